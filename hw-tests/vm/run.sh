@@ -1,0 +1,167 @@
+#!/bin/bash
+# run.sh [-m MEM] [-c CPUS] [-t TIMEOUT_S] [-w WORKDIR] [-v] -- cmd [args...]
+#
+# Boots the fdlink test VM (qemu, TCG) and runs cmd as root in WORKDIR (default: $PWD) inside it.
+# The host's / is the guest's / (read-only 9p + tmpfs overlay); WORKDIR is shared read-write at
+# the same path. Exits with cmd's exit status; 125 if the guest panics, hangs past TIMEOUT_S or
+# the harness itself fails. Works as a cargo runner:
+#   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="/abs/path/hw-tests/vm/run.sh --"
+# cmd's stdout goes to our stdout and its stderr to our stderr (each over its own virtio
+# console), so callers that parse stdout (cargo, nextest --list) see only cmd's output; the
+# kernel console goes to our stderr.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+CACHE=${FDLINK_VM_CACHE:-/var/cache/fdlink-vm}
+MEM=${FDLINK_VM_MEM:-2G}
+CPUS=${FDLINK_VM_CPUS:-$(nproc)}
+TMO=${FDLINK_VM_TIMEOUT:-600}
+WORK=$PWD
+VERBOSE=${FDLINK_VM_VERBOSE:-0}
+
+usage() { echo "usage: $0 [-m MEM] [-c CPUS] [-t TIMEOUT_S] [-w WORKDIR] [-v] -- cmd [args...]" >&2; exit 125; }
+say() { echo "fdlink-vm: $*" >&2; }
+while getopts "m:c:t:w:vh" o; do
+  case $o in
+    m) MEM=$OPTARG ;;
+    c) CPUS=$OPTARG ;;
+    t) TMO=$OPTARG ;;
+    w) WORK=$OPTARG ;;
+    v) VERBOSE=1 ;;
+    *) usage ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ $# -gt 0 ] || usage
+WORK=$(cd "$WORK" && pwd -P) || usage
+[ "$WORK" != / ] || { say "WORKDIR must not be /"; exit 125; }
+T0=$EPOCHREALTIME
+
+# setup.sh is a quick no-op on a complete cache; only call it when the cache looks incomplete
+# or setup.sh changed since (a fresh checkout is newer than a restored cache: one cheap call).
+STAMP=$CACHE/stamp
+kver() { sed -n 's/^KVER=//p' "$STAMP" 2>/dev/null | head -1; }
+KVER=$(kver || true)
+if [ -z "$KVER" ] || [ "$HERE/setup.sh" -nt "$STAMP" ] || [ ! -f "$CACHE/initramfs-$KVER.gz" ] ||
+  [ ! -f "$CACHE/kernel-$KVER/fdlink-drivers" ]; then
+  "$HERE/setup.sh" >&2 || { say "setup.sh failed"; exit 125; }
+  KVER=$(kver)
+fi
+K=$CACHE/kernel-$KVER
+REGDIR=$CACHE/gst-registry
+mkdir -p "$REGDIR"
+
+CTL=$(mktemp -d "${TMPDIR:-/tmp}/fdlink-vm.XXXXXX")
+PIDS=()
+# shellcheck disable=SC2317 # called via trap
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$CTL"
+}
+trap cleanup EXIT
+
+# Everything the guest's stage2 needs comes through this read-write "ctl" share.
+echo "$WORK" >"$CTL/workdir"
+printf '%q ' "$@" >"$CTL/cmd"
+printf '%s %s\n' work "$WORK" reg "$REGDIR" >"$CTL/mounts"
+if [ -n "${FDLINK_VM_MODULES+x}" ]; then
+  echo "$FDLINK_VM_MODULES" >"$CTL/modules"
+else
+  awk '$2 == "module" { print $1 }' "$K/fdlink-drivers" | paste -sd' ' >"$CTL/modules"
+fi
+{
+  while IFS= read -r v; do
+    [[ $v =~ ^(CARGO|RUST|GST_|FDLINK_) ]] && printf 'export %s=%q\n' "$v" "${!v}"
+  done < <(compgen -e)
+  # Same filesystem as the host, so the host's PATH and HOME (cargo, rustup) are valid.
+  printf 'export HOME=%q PATH=%q\n' "$HOME" "/usr/local/sbin:/usr/sbin:/sbin:$PATH"
+  # The guest's plugins see devices the host lacks, so it keeps its own registry; it persists
+  # in the cache: the first scan under TCG takes 20-50 s, later boots about 3 s.
+  printf 'export GST_REGISTRY=%q\n' "$REGDIR/registry-$KVER.x86_64.bin"
+} >"$CTL/env"
+
+cat >"$CTL/stage2.sh" <<'EOS'
+#!/bin/bash
+# PID 1 of the guest after switch_root. No rc file on the host means "harness failure" (125).
+C=/fdlink-ctl
+halt() { sync; echo o >/proc/sysrq-trigger; sleep 10; }
+fatal() { echo "fdlink-vm guest: $*" >&2; halt; }
+mount -t tmpfs -o mode=755 tmpfs /run
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+ln -sfn /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin; ln -sf /proc/self/fd/1 /dev/stdout; ln -sf /proc/self/fd/2 /dev/stderr
+# shellcheck disable=SC1091
+. $C/env
+read -r -a mods <$C/modules
+if [ ${#mods[@]} -gt 0 ]; then modprobe -a "${mods[@]}" || fatal "modprobe ${mods[*]} failed"; fi
+for d in /dev/udmabuf /dev/dma_heap/system; do [ -c $d ] || fatal "$d missing"; done
+# hvc0/hvc1 are cmd's stdout/stderr: raw, so "\n" is not turned into "\r\n".
+stty -F /dev/hvc0 raw -echo && stty -F /dev/hvc1 raw -echo || fatal "virtio consoles missing"
+cd "$(cat $C/workdir)" || fatal "cannot cd to work dir"
+bash -c "$(cat $C/cmd)" </dev/null >/dev/hvc0 2>/dev/hvc1
+rc=$?
+# stty sets attributes with TCSADRAIN: returns once all output has reached qemu.
+stty -F /dev/hvc0 raw; stty -F /dev/hvc1 raw
+echo $rc >$C/rc
+halt
+EOS
+chmod +x "$CTL/stage2.sh"
+
+# qemu "pipe" chardevs write NAME.out; readers copy them to our fds (not /proc/self/fd/N:
+# reopening a redirected file truncates it). out/err: cmd's stdout/stderr; con: kernel console,
+# minus the two lines every poweroff prints.
+mkfifo "$CTL"/{out,err,con}.{in,out}
+cat "$CTL/out.out" &
+PIDS+=($!)
+cat "$CTL/err.out" >&2 &
+PIDS+=($!)
+grep --line-buffered -avE '\] (sysrq: Power Off|reboot: Power down)' "$CTL/con.out" >&2 &
+PIDS+=($!)
+
+P9=security_model=none,multidevs=remap
+read -r -a QEXTRA <<<"${FDLINK_VM_QEMU_EXTRA:-}"
+set +e
+timeout --foreground -k 5 "$TMO" qemu-system-x86_64 -nodefaults -no-user-config -machine q35 \
+  -accel tcg,thread=multi -cpu max -smp "$CPUS" -m "$MEM" -display none -vga none -no-reboot \
+  -chardev pipe,id=con,path="$CTL/con" -serial chardev:con \
+  -chardev pipe,id=out,path="$CTL/out" -chardev pipe,id=err,path="$CTL/err" \
+  -device virtio-serial-pci,max_ports=2 \
+  -device virtconsole,chardev=out,name=fdlink.stdout,nr=0 \
+  -device virtconsole,chardev=err,name=fdlink.stderr,nr=1 \
+  -kernel "$K/boot/vmlinuz-$KVER" -initrd "$CACHE/initramfs-$KVER.gz" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off ${FDLINK_VM_APPEND:-}" \
+  -fsdev "local,id=r,path=/,readonly=on,$P9" -device virtio-9p-pci,fsdev=r,mount_tag=hostroot \
+  -fsdev "local,id=k,path=$K/lib/modules,readonly=on,$P9" -device virtio-9p-pci,fsdev=k,mount_tag=kmods \
+  -fsdev "local,id=c,path=$CTL,$P9" -device virtio-9p-pci,fsdev=c,mount_tag=ctl \
+  -fsdev "local,id=w,path=$WORK,$P9" -device virtio-9p-pci,fsdev=w,mount_tag=work \
+  -fsdev "local,id=g,path=$REGDIR,$P9" -device virtio-9p-pci,fsdev=g,mount_tag=reg \
+  "${QEXTRA[@]}" </dev/null
+qrc=$?
+set -e
+
+# Let the readers drain. If qemu died before opening a FIFO its reader still blocks in open():
+# after a grace period a writer open/close gives it EOF.
+(
+  sleep 5
+  for f in out err con; do exec {w}<>"$CTL/$f.out"; exec {w}>&-; done
+) </dev/null >/dev/null 2>&1 &
+unblock=$!
+wait "${PIDS[@]}" 2>/dev/null || true
+kill "$unblock" 2>/dev/null || true
+PIDS=()
+
+el=$((${EPOCHREALTIME//[!0-9]/} - ${T0//[!0-9]/}))
+el=$((el / 1000000)).$((el / 100000 % 10))
+if [ -f "$CTL/rc" ]; then
+  rc=$(cat "$CTL/rc")
+  [ "$VERBOSE" = 1 ] && say "exit $rc after ${el}s"
+  exit "$rc"
+fi
+case $qrc in
+  124 | 137) say "timed out after ${TMO}s (${el}s)" ;;
+  *) say "guest did not report an exit status (qemu rc=$qrc, ${el}s)" ;;
+esac
+exit 125

@@ -1,0 +1,615 @@
+//! Consumers of one fdlinksink: accepting them, greeting them, fanning packets out, holding
+//! each buffer until every consumer that got it has released it.
+//!
+//! Two threads touch the hub: the streaming thread (`send_buffer`, `send_event`) and the
+//! control thread (`run_control`), which accepts connections and reads releases. All socket
+//! writes are non-blocking, so no consumer can stall the streaming thread beyond the bounded
+//! wait for `max-held`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::poll::PollFlags;
+
+use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role};
+use crate::transport::{Connection, Listener, TransportError, Waker, poll_many};
+
+/// A consumer that has not completed the hello by then is dropped.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control packets queued for one consumer whose socket is full; past this it is dropped.
+const MAX_PENDING_PACKETS: usize = 1024;
+
+/// Something the hub reports to the element (which logs it with its debug category).
+pub enum HubEvent {
+    ConsumerAdded { id: u64, pid: Option<i32> },
+    ConsumerRemoved { id: u64, reason: String },
+    Warning(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingHello { since: Instant },
+    Ready,
+}
+
+struct Consumer {
+    id: u64,
+    conn: Arc<Connection>,
+    pid: Option<i32>,
+    phase: Phase,
+    /// Control packets (never buffers) waiting for room in the socket, in order.
+    pending: VecDeque<Vec<u8>>,
+    held: HashSet<u64>,
+    frames_sent: u64,
+    frames_dropped: u64,
+}
+
+struct HeldBuffer {
+    _buffer: gst::Buffer,
+    holders: u32,
+}
+
+/// Counters exposed in the `stats` property.
+#[derive(Debug, Default, Clone)]
+pub struct HubStats {
+    pub frames_in: u64,
+    pub frames_sent: u64,
+    pub frames_zero_copy: u64,
+    pub frames_copied: u64,
+    pub bytes_copied: u64,
+    pub frames_dropped: u64,
+    pub frames_without_consumer: u64,
+    pub releases: u64,
+    pub consumers_total: u64,
+}
+
+#[derive(Default)]
+struct Sticky {
+    stream_start: Option<Vec<u8>>,
+    caps: Option<Vec<u8>>,
+    segment: Option<Vec<u8>>,
+    tags: Option<Vec<u8>>,
+    eos: Option<Vec<u8>>,
+}
+
+impl Sticky {
+    fn replay(&self) -> impl Iterator<Item = &Vec<u8>> {
+        [
+            &self.stream_start,
+            &self.caps,
+            &self.segment,
+            &self.tags,
+            &self.eos,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    consumers: Vec<Consumer>,
+    held: HashMap<u64, HeldBuffer>,
+    sticky: Sticky,
+    next_consumer_id: u64,
+    next_buffer_id: u64,
+    flushing: bool,
+    stats: HubStats,
+}
+
+/// Which sticky slot an event packet fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StickyKind {
+    StreamStart,
+    Segment,
+    Tags,
+    Eos,
+    /// flush-stop: clears segment and EOS, like GStreamer's own sticky events.
+    FlushStop,
+    None,
+}
+
+pub struct Hub {
+    inner: Mutex<Inner>,
+    room: Condvar,
+    waker: Waker,
+    stop: AtomicBool,
+    max_held: u32,
+    slow_wait: Duration,
+    on_event: Box<dyn Fn(HubEvent) + Send + Sync>,
+}
+
+/// Outcome of offering one buffer to the consumers.
+pub struct SendOutcome {
+    pub sent_to: usize,
+}
+
+impl Hub {
+    pub fn new(
+        max_held: u32,
+        slow_wait: Duration,
+        on_event: impl Fn(HubEvent) + Send + Sync + 'static,
+    ) -> Result<Arc<Hub>, TransportError> {
+        Ok(Arc::new(Hub {
+            inner: Mutex::new(Inner {
+                next_buffer_id: 1,
+                next_consumer_id: 1,
+                ..Default::default()
+            }),
+            room: Condvar::new(),
+            waker: Waker::new()?,
+            stop: AtomicBool::new(false),
+            max_held,
+            slow_wait,
+            on_event: Box::new(on_event),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stats(&self) -> (HubStats, u32, u32) {
+        let inner = self.lock();
+        let ready = inner
+            .consumers
+            .iter()
+            .filter(|c| c.phase == Phase::Ready)
+            .count() as u32;
+        (inner.stats.clone(), ready, inner.held.len() as u32)
+    }
+
+    pub fn num_consumers(&self) -> u32 {
+        self.stats().1
+    }
+
+    pub fn has_ready_consumer(&self) -> bool {
+        self.lock()
+            .consumers
+            .iter()
+            .any(|c| c.phase == Phase::Ready)
+    }
+
+    pub fn count_frame_in(&self, copied_bytes: Option<usize>) {
+        let mut inner = self.lock();
+        inner.stats.frames_in += 1;
+        if let Some(n) = copied_bytes {
+            inner.stats.frames_copied += 1;
+            inner.stats.bytes_copied += n as u64;
+        }
+    }
+
+    pub fn count_frame_without_consumer(&self) {
+        let mut inner = self.lock();
+        inner.stats.frames_in += 1;
+        inner.stats.frames_without_consumer += 1;
+    }
+
+    pub fn set_flushing(&self, flushing: bool) {
+        self.lock().flushing = flushing;
+        self.room.notify_all();
+    }
+
+    /// Stores a control packet (caps or event) for late joiners and sends it to every ready
+    /// consumer, in stream order behind anything already queued for it.
+    pub fn send_control(&self, bytes: Vec<u8>, sticky: StickyKind, is_caps: bool) {
+        let mut removed = Vec::new();
+        {
+            let mut inner = self.lock();
+            let s = &mut inner.sticky;
+            match (is_caps, sticky) {
+                (true, _) => s.caps = Some(bytes.clone()),
+                (_, StickyKind::StreamStart) => {
+                    s.stream_start = Some(bytes.clone());
+                    s.eos = None;
+                }
+                (_, StickyKind::Segment) => s.segment = Some(bytes.clone()),
+                (_, StickyKind::Tags) => s.tags = Some(bytes.clone()),
+                (_, StickyKind::Eos) => s.eos = Some(bytes.clone()),
+                (_, StickyKind::FlushStop) => {
+                    s.segment = None;
+                    s.eos = None;
+                }
+                (_, StickyKind::None) => {}
+            }
+            for c in inner
+                .consumers
+                .iter_mut()
+                .filter(|c| c.phase == Phase::Ready)
+            {
+                if let Err(reason) = queue_or_send(c, &bytes) {
+                    removed.push((c.id, reason));
+                }
+            }
+            for (id, reason) in &removed {
+                self.remove_consumer(&mut inner, *id, reason.clone());
+            }
+        }
+        self.after_removals(removed);
+    }
+
+    /// Waits (at most `slow_wait`) for every ready consumer to have room under `max-held`.
+    /// Returns false when flushing.
+    pub fn wait_for_room(&self) -> bool {
+        let deadline = Instant::now() + self.slow_wait;
+        let mut inner = self.lock();
+        loop {
+            if inner.flushing {
+                return false;
+            }
+            let full = inner
+                .consumers
+                .iter()
+                .any(|c| c.phase == Phase::Ready && c.held.len() >= self.max_held as usize);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !full || left.is_zero() {
+                return true;
+            }
+            inner = self
+                .room
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Allocates the id for the next buffer packet.
+    pub fn next_buffer_id(&self) -> u64 {
+        let mut inner = self.lock();
+        let id = inner.next_buffer_id;
+        inner.next_buffer_id += 1;
+        id
+    }
+
+    /// Sends an encoded buffer packet and its fds to every ready consumer with room, and
+    /// keeps `buffer` (which owns the fds) until each of them released it.
+    pub fn send_buffer(
+        &self,
+        buffer_id: u64,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        buffer: gst::Buffer,
+        zero_copy: bool,
+    ) -> SendOutcome {
+        let mut removed = Vec::new();
+        let mut holders = 0u32;
+        {
+            let mut inner = self.lock();
+            let max_held = self.max_held as usize;
+            let mut dropped = 0;
+            for c in inner
+                .consumers
+                .iter_mut()
+                .filter(|c| c.phase == Phase::Ready)
+            {
+                // A consumer that is behind on control packets or at its hold limit skips
+                // this frame rather than stalling the others.
+                if !c.pending.is_empty() || c.held.len() >= max_held {
+                    c.frames_dropped += 1;
+                    dropped += 1;
+                    continue;
+                }
+                match c.conn.try_send(bytes, fds) {
+                    Ok(()) => {
+                        c.held.insert(buffer_id);
+                        c.frames_sent += 1;
+                        holders += 1;
+                    }
+                    Err(TransportError::WouldBlock) => {
+                        c.frames_dropped += 1;
+                        dropped += 1;
+                    }
+                    Err(e) => removed.push((c.id, format!("send failed: {e}"))),
+                }
+            }
+            inner.stats.frames_dropped += dropped;
+            if holders > 0 {
+                inner.stats.frames_sent += 1;
+                if zero_copy {
+                    inner.stats.frames_zero_copy += 1;
+                }
+                inner.held.insert(
+                    buffer_id,
+                    HeldBuffer {
+                        _buffer: buffer,
+                        holders,
+                    },
+                );
+            }
+            for (id, reason) in &removed {
+                self.remove_consumer(&mut inner, *id, reason.clone());
+            }
+        }
+        self.after_removals(removed);
+        SendOutcome {
+            sent_to: holders as usize,
+        }
+    }
+
+    /// Waits up to `timeout` until no control packet is queued for any consumer (used at EOS
+    /// so consumers see everything before the producer goes away).
+    pub fn drain(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let busy = self.lock().consumers.iter().any(|c| !c.pending.is_empty());
+            if !busy || Instant::now() >= deadline {
+                return;
+            }
+            self.waker.wake();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn remove_consumer(&self, inner: &mut Inner, id: u64, reason: String) {
+        let Some(pos) = inner.consumers.iter().position(|c| c.id == id) else {
+            return;
+        };
+        let c = inner.consumers.swap_remove(pos);
+        for buffer_id in c.held {
+            release_one(inner, buffer_id);
+        }
+        if c.phase == Phase::Ready {
+            (self.on_event)(HubEvent::ConsumerRemoved { id, reason });
+        } else {
+            (self.on_event)(HubEvent::Warning(format!(
+                "rejected connection {id} (pid {:?}): {reason}",
+                c.pid
+            )));
+        }
+    }
+
+    fn after_removals(&self, removed: Vec<(u64, String)>) {
+        if !removed.is_empty() {
+            self.room.notify_all();
+        }
+    }
+
+    /// Stops the control thread.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.waker.wake();
+        self.set_flushing(true);
+    }
+
+    /// Drops every consumer and every held buffer (after the control thread stopped).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.consumers.clear();
+        inner.held.clear();
+    }
+
+    /// The control thread: accepts consumers, runs the hello, reads releases.
+    pub fn run_control(&self, listener: &Listener) {
+        let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        let our_hello = protocol::encode_hello(&Hello::new(Role::Producer, std::process::id()));
+        while !self.stop.load(Ordering::SeqCst) {
+            let conns: Vec<(u64, Arc<Connection>, bool)> = self
+                .lock()
+                .consumers
+                .iter()
+                .map(|c| (c.id, c.conn.clone(), !c.pending.is_empty()))
+                .collect();
+            let mut watch: Vec<(BorrowedFd<'_>, PollFlags)> = vec![
+                (self.waker.as_fd(), PollFlags::POLLIN),
+                (listener.as_fd(), PollFlags::POLLIN),
+            ];
+            for (_, conn, want_out) in &conns {
+                let mut ev = PollFlags::POLLIN;
+                if *want_out {
+                    ev |= PollFlags::POLLOUT;
+                }
+                watch.push((conn.as_fd(), ev));
+            }
+            let revents = match poll_many(&watch, Some(Duration::from_millis(500))) {
+                Ok(r) => r,
+                Err(e) => {
+                    (self.on_event)(HubEvent::Warning(format!("poll failed: {e}")));
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            drop(watch);
+            if revents[0].contains(PollFlags::POLLIN) {
+                self.waker.reset();
+            }
+            if revents[1].contains(PollFlags::POLLIN) {
+                self.accept_all(listener, &our_hello);
+            }
+            let mut released = Vec::new();
+            let mut removed = Vec::new();
+            {
+                let mut inner = self.lock();
+                for ((id, conn, _), ev) in conns.iter().zip(&revents[2..]) {
+                    if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                        && let Err(reason) =
+                            self.read_consumer(&mut inner, *id, conn, &mut buf, &mut released)
+                    {
+                        removed.push((*id, reason));
+                        continue;
+                    }
+                    if ev.contains(PollFlags::POLLOUT)
+                        && let Some(c) = inner.consumers.iter_mut().find(|c| c.id == *id)
+                        && let Err(reason) = flush_pending(c)
+                    {
+                        removed.push((*id, reason));
+                    }
+                }
+                let now = Instant::now();
+                for c in &inner.consumers {
+                    if let Phase::AwaitingHello { since } = c.phase
+                        && now.duration_since(since) > HELLO_TIMEOUT
+                    {
+                        removed.push((c.id, "no hello within 5 s".into()));
+                    }
+                }
+                for (id, reason) in &removed {
+                    self.remove_consumer(&mut inner, *id, reason.clone());
+                }
+            }
+            if !released.is_empty() || !removed.is_empty() {
+                self.room.notify_all();
+            }
+        }
+    }
+
+    fn accept_all(&self, listener: &Listener, our_hello: &[u8]) {
+        loop {
+            match listener.accept() {
+                Ok(Some(conn)) => {
+                    let pid = conn.peer_pid();
+                    // The hello is the first datagram on a fresh socket: it always fits.
+                    if let Err(e) = conn.try_send(our_hello, &[]) {
+                        (self.on_event)(HubEvent::Warning(format!(
+                            "could not greet new connection: {e}"
+                        )));
+                        continue;
+                    }
+                    let mut inner = self.lock();
+                    let id = inner.next_consumer_id;
+                    inner.next_consumer_id += 1;
+                    inner.consumers.push(Consumer {
+                        id,
+                        conn: Arc::new(conn),
+                        pid,
+                        phase: Phase::AwaitingHello {
+                            since: Instant::now(),
+                        },
+                        pending: VecDeque::new(),
+                        held: HashSet::new(),
+                        frames_sent: 0,
+                        frames_dropped: 0,
+                    });
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    (self.on_event)(HubEvent::Warning(format!("accept failed: {e}")));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads everything pending from one consumer. An error means: drop it, for this reason.
+    fn read_consumer(
+        &self,
+        inner: &mut Inner,
+        id: u64,
+        conn: &Connection,
+        buf: &mut [u8],
+        released: &mut Vec<u64>,
+    ) -> Result<(), String> {
+        loop {
+            let got = match conn.try_recv(buf) {
+                Ok(got) => got,
+                Err(TransportError::WouldBlock) => return Ok(()),
+                Err(TransportError::Closed) => return Err("consumer closed the connection".into()),
+                Err(e) => return Err(format!("protocol error: {e}")),
+            };
+            let Some(pos) = inner.consumers.iter().position(|c| c.id == id) else {
+                return Ok(());
+            };
+            let bytes = &buf[..got.len];
+            if let Phase::AwaitingHello { .. } = inner.consumers[pos].phase {
+                if !got.fds.is_empty() {
+                    return Err("hello carried file descriptors".into());
+                }
+                let hello = protocol::decode_hello(bytes).map_err(|e| {
+                    let msg = format!("bad hello: {e}");
+                    send_error(conn, &msg);
+                    msg
+                })?;
+                if hello.role != Role::Consumer {
+                    let msg = "peer is not a consumer (two fdlinksinks on one socket?)".to_string();
+                    send_error(conn, &msg);
+                    return Err(msg);
+                }
+                let replay: Vec<Vec<u8>> = inner.sticky.replay().cloned().collect();
+                let c = &mut inner.consumers[pos];
+                c.phase = Phase::Ready;
+                for p in replay {
+                    queue_or_send(c, &p)?;
+                }
+                inner.stats.consumers_total += 1;
+                (self.on_event)(HubEvent::ConsumerAdded {
+                    id,
+                    pid: inner.consumers[pos].pid,
+                });
+                continue;
+            }
+            match Packet::decode(bytes, got.fds) {
+                Ok(Packet::Release { buffer_id }) => {
+                    if !inner.consumers[pos].held.remove(&buffer_id) {
+                        return Err(format!(
+                            "protocol error: release of buffer {buffer_id} it does not hold"
+                        ));
+                    }
+                    release_one(inner, buffer_id);
+                    inner.stats.releases += 1;
+                    released.push(buffer_id);
+                }
+                Ok(Packet::Error(msg)) => return Err(format!("consumer reported: {msg}")),
+                Ok(_) => {
+                    return Err("protocol error: consumer sent a producer-only packet".into());
+                }
+                Err(e) => {
+                    let msg = format!("protocol error: {e}");
+                    send_error(conn, &msg);
+                    return Err(msg);
+                }
+            }
+        }
+    }
+}
+
+fn release_one(inner: &mut Inner, buffer_id: u64) {
+    if let Some(h) = inner.held.get_mut(&buffer_id) {
+        h.holders -= 1;
+        if h.holders == 0 {
+            inner.held.remove(&buffer_id);
+        }
+    }
+}
+
+fn send_error(conn: &Connection, msg: &str) {
+    let mut out = Vec::new();
+    if Packet::<BorrowedFd<'_>>::Error(msg.to_string())
+        .encode(&mut out)
+        .is_ok()
+    {
+        let _ = conn.try_send(&out, &[]);
+    }
+}
+
+/// Sends a control packet now, or queues it behind earlier ones when the socket is full.
+fn queue_or_send(c: &mut Consumer, bytes: &[u8]) -> Result<(), String> {
+    if c.pending.is_empty() {
+        match c.conn.try_send(bytes, &[]) {
+            Ok(()) => return Ok(()),
+            Err(TransportError::WouldBlock) => {}
+            Err(e) => return Err(format!("send failed: {e}")),
+        }
+    }
+    if c.pending.len() >= MAX_PENDING_PACKETS {
+        return Err(format!(
+            "consumer too slow: {MAX_PENDING_PACKETS} control packets queued"
+        ));
+    }
+    c.pending.push_back(bytes.to_vec());
+    Ok(())
+}
+
+fn flush_pending(c: &mut Consumer) -> Result<(), String> {
+    while let Some(p) = c.pending.front() {
+        match c.conn.try_send(p, &[]) {
+            Ok(()) => {
+                c.pending.pop_front();
+            }
+            Err(TransportError::WouldBlock) => return Ok(()),
+            Err(e) => return Err(format!("send failed: {e}")),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,500 @@
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::prelude::*;
+
+use super::hub::{Hub, HubEvent, StickyKind};
+use crate::clock;
+use crate::memory::{self, MemfdBufferPool};
+use crate::protocol::{BufferHeader, EventPacket, MemoryDesc, Packet, TIME_NONE};
+use crate::transport::Listener;
+use crate::wire_event;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "fdlinksink",
+        gst::DebugColorFlags::empty(),
+        Some("fdlink producer: serves buffers to other processes"),
+    )
+});
+
+const DEFAULT_MAX_HELD: u32 = 16;
+/// How long a frame waits for a consumer at its `max-held` limit before that consumer skips it.
+const SLOW_CONSUMER_WAIT: Duration = Duration::from_secs(1);
+/// How long EOS waits for queued packets to reach consumers.
+const EOS_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Buffers the proposed memfd pool keeps at least.
+const POOL_MIN_BUFFERS: u32 = 2;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    socket_path: Option<String>,
+    max_held: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            socket_path: None,
+            max_held: DEFAULT_MAX_HELD,
+        }
+    }
+}
+
+/// Per-stream resources of the streaming thread.
+#[derive(Default)]
+enum State {
+    #[default]
+    Stopped,
+    Started {
+        control: JoinHandle<()>,
+        copy_pool: Option<MemfdBufferPool>,
+        packet: Vec<u8>,
+    },
+}
+
+#[derive(Default)]
+pub struct FdlinkSink {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    /// Kept apart from `state` so `unlock()` never waits for the streaming thread.
+    hub: Mutex<Option<Arc<Hub>>>,
+}
+
+impl FdlinkSink {
+    fn hub(&self) -> Option<Arc<Hub>> {
+        self.hub.lock().unwrap().clone()
+    }
+
+    fn stats_structure(&self) -> gst::Structure {
+        let mut s = gst::Structure::builder("application/x-fdlinksink-stats");
+        let (stats, consumers, held) = match self.hub() {
+            Some(hub) => hub.stats(),
+            None => Default::default(),
+        };
+        s = s
+            .field("frames-in", stats.frames_in)
+            .field("frames-sent", stats.frames_sent)
+            .field("frames-zero-copy", stats.frames_zero_copy)
+            .field("frames-copied", stats.frames_copied)
+            .field("bytes-copied", stats.bytes_copied)
+            .field("frames-dropped", stats.frames_dropped)
+            .field("frames-without-consumer", stats.frames_without_consumer)
+            .field("releases", stats.releases)
+            .field("consumers", consumers)
+            .field("consumers-total", stats.consumers_total)
+            .field("buffers-held", held);
+        s.build()
+    }
+
+    /// Converts a buffer timestamp to CLOCK_MONOTONIC, as the consumer will need it.
+    fn wire_time(&self, ts: Option<gst::ClockTime>) -> u64 {
+        let obj = self.obj();
+        let segment = obj.segment();
+        let Some(segment) = segment.downcast_ref::<gst::ClockTime>() else {
+            return TIME_NONE;
+        };
+        let (Some(running), Some(clock), Some(base)) = (
+            ts.and_then(|t| segment.to_running_time(t)),
+            obj.clock(),
+            obj.base_time(),
+        ) else {
+            return TIME_NONE;
+        };
+        let running = running + obj.latency();
+        clock::running_to_monotonic(running, base, clock::clock_to_monotonic_offset(&clock))
+            .unwrap_or(TIME_NONE)
+    }
+
+    fn send_frame(
+        &self,
+        hub: &Hub,
+        state: &mut State,
+        meta_src: &gst::BufferRef,
+        wire: &gst::Buffer,
+        memories: Vec<MemoryDesc>,
+        fds: &[BorrowedFd<'_>],
+        zero_copy: bool,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let State::Started { packet, .. } = state else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let buffer_id = hub.next_buffer_id();
+        let header = BufferHeader {
+            buffer_id,
+            pts: self.wire_time(meta_src.pts()),
+            dts: self.wire_time(meta_src.dts()),
+            duration: meta_src.duration().map_or(TIME_NONE, |d| d.nseconds()),
+            offset: meta_src.offset(),
+            offset_end: meta_src.offset_end(),
+            flags: meta_src.flags().bits(),
+            sent_at: clock::monotonic_now(),
+            memories,
+            video: memory::video_layout(meta_src),
+        };
+        if let Err(e) = Packet::Buffer(header, fds.to_vec()).encode(packet) {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Encode,
+                ["cannot encode buffer: {e}"]
+            );
+            return Err(gst::FlowError::Error);
+        }
+        let out = hub.send_buffer(buffer_id, packet, fds, wire.clone(), zero_copy);
+        gst::trace!(
+            CAT,
+            imp = self,
+            "buffer {buffer_id} sent to {} consumers",
+            out.sent_to
+        );
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn copy_pool(&self, state: &mut State, size: usize) -> Result<MemfdBufferPool, gst::FlowError> {
+        let State::Started { copy_pool, .. } = state else {
+            return Err(gst::FlowError::Flushing);
+        };
+        if let Some(pool) = copy_pool
+            && pool
+                .config()
+                .params()
+                .is_some_and(|(_, s, _, _)| s as usize >= size)
+        {
+            return Ok(pool.clone());
+        }
+        if let Some(old) = copy_pool.take() {
+            let _ = old.set_active(false);
+        }
+        let caps = gst::Caps::new_empty_simple("application/x-fdlink-copy");
+        let pool =
+            MemfdBufferPool::new_configured(&caps, size as u32, 2, 0, false).map_err(|e| {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::NoSpaceLeft,
+                    ["cannot create memfd copy pool of {size}-byte buffers: {e}"]
+                );
+                gst::FlowError::Error
+            })?;
+        *copy_pool = Some(pool.clone());
+        Ok(pool)
+    }
+
+    fn forward_event(&self, event: &gst::Event) {
+        let Some(hub) = self.hub() else { return };
+        let sticky = match event.view() {
+            gst::EventView::StreamStart(_) => StickyKind::StreamStart,
+            gst::EventView::Segment(_) => StickyKind::Segment,
+            gst::EventView::Tag(_) => StickyKind::Tags,
+            gst::EventView::Eos(_) => StickyKind::Eos,
+            gst::EventView::FlushStop(_) => StickyKind::FlushStop,
+            _ => StickyKind::None,
+        };
+        let structure = match event.view() {
+            // A gap's timestamp is a buffer time: it crosses as CLOCK_MONOTONIC too.
+            gst::EventView::Gap(gap) => {
+                let (ts, dur) = gap.get();
+                gst::Structure::builder("GstEventGap")
+                    .field("timestamp", self.wire_time(Some(ts)))
+                    .field("duration", dur.map_or(TIME_NONE, |d| d.nseconds()))
+                    .build()
+                    .to_string()
+            }
+            _ => event.structure().map_or_else(String::new, |s| {
+                wire_event::serializable_structure(s, |field| {
+                    gst::debug!(CAT, imp = self, "dropping unserializable field {field}");
+                })
+            }),
+        };
+        let packet = Packet::<BorrowedFd<'_>>::Event(EventPacket {
+            event_type: wire_event::event_type_code(event.type_()),
+            seqnum: event.seqnum().into_glib(),
+            structure,
+        });
+        let mut bytes = Vec::new();
+        match packet.encode(&mut bytes) {
+            Ok(()) => hub.send_control(bytes, sticky, false),
+            Err(e) => gst::warning!(
+                CAT,
+                imp = self,
+                "not forwarding {:?} event: {e}",
+                event.type_()
+            ),
+        }
+    }
+}
+
+use glib::translate::IntoGlib;
+
+#[glib::object_subclass]
+impl ObjectSubclass for FdlinkSink {
+    const NAME: &'static str = "GstFdlinkSink";
+    type Type = super::FdlinkSink;
+    type ParentType = gst_base::BaseSink;
+}
+
+impl ObjectImpl for FdlinkSink {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("socket-path")
+                    .nick("Socket path")
+                    .blurb("Path of the AF_UNIX socket consumers connect to (a stale file left by a dead producer is replaced; one a live process listens on is not)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-held")
+                    .nick("Max held buffers per consumer")
+                    .blurb("Buffers one consumer may hold unreleased; at the limit a frame waits up to 1 s for a release, then that consumer skips it")
+                    .minimum(1)
+                    .maximum(1024)
+                    .default_value(DEFAULT_MAX_HELD)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("num-clients")
+                    .nick("Number of clients")
+                    .blurb("Consumers connected now (handshake done)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, frames-dropped, frames-without-consumer, releases, consumers, consumers-total, buffers-held")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "socket-path" => settings.socket_path = value.get().expect("type checked upstream"),
+            "max-held" => settings.max_held = value.get().expect("type checked upstream"),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        match pspec.name() {
+            "socket-path" => self.settings.lock().unwrap().socket_path.to_value(),
+            "max-held" => self.settings.lock().unwrap().max_held.to_value(),
+            "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
+            "stats" => self.stats_structure().to_value(),
+            _ => unimplemented!(),
+        }
+    }
+}
+
+impl GstObjectImpl for FdlinkSink {}
+
+impl ElementImpl for FdlinkSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "fdlink sink",
+                "Sink/Network",
+                "Serves buffers zero-copy to fdlinksrc elements in other processes (memfd and dmabuf over SCM_RIGHTS)",
+                "fdlink developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_any(),
+                )
+                .unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSinkImpl for FdlinkSink {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let Some(path) = settings.socket_path.map(PathBuf::from) else {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["socket-path is not set"]
+            ));
+        };
+        let listener = Listener::bind(&path).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenReadWrite,
+                ["cannot listen on {}: {e}", path.display()]
+            )
+        })?;
+        let obj = self.obj().downgrade();
+        let hub = Hub::new(settings.max_held, SLOW_CONSUMER_WAIT, move |ev| {
+            let Some(obj) = obj.upgrade() else { return };
+            match ev {
+                HubEvent::ConsumerAdded { id, pid } => {
+                    gst::info!(CAT, obj = obj, "consumer {id} connected (pid {pid:?})");
+                    obj.notify("num-clients");
+                }
+                HubEvent::ConsumerRemoved { id, reason } => {
+                    gst::info!(CAT, obj = obj, "consumer {id} removed: {reason}");
+                    obj.notify("num-clients");
+                }
+                HubEvent::Warning(msg) => gst::warning!(CAT, obj = obj, "{msg}"),
+            }
+        })
+        .map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ["{e}"]))?;
+        let control_hub = hub.clone();
+        let control = std::thread::Builder::new()
+            .name("fdlinksink-ctl".into())
+            .spawn(move || {
+                control_hub.run_control(&listener);
+                // The listener drops here, unlinking the socket path.
+            })
+            .map_err(|e| {
+                gst::error_msg!(gst::ResourceError::Failed, ["cannot spawn thread: {e}"])
+            })?;
+        gst::info!(CAT, imp = self, "listening on {}", path.display());
+        *self.hub.lock().unwrap() = Some(hub);
+        *self.state.lock().unwrap() = State::Started {
+            control,
+            copy_pool: None,
+            packet: Vec::with_capacity(1024),
+        };
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let hub = self.hub.lock().unwrap().take();
+        let state = std::mem::take(&mut *self.state.lock().unwrap());
+        if let Some(hub) = &hub {
+            hub.shutdown();
+        }
+        if let State::Started {
+            control, copy_pool, ..
+        } = state
+        {
+            let _ = control.join();
+            if let Some(pool) = copy_pool {
+                let _ = pool.set_active(false);
+            }
+        }
+        if let Some(hub) = hub {
+            hub.clear();
+        }
+        gst::info!(CAT, imp = self, "stopped");
+        Ok(())
+    }
+
+    fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let Some(hub) = self.hub() else {
+            return Err(gst::loggable_error!(CAT, "caps before start"));
+        };
+        let mut bytes = Vec::new();
+        Packet::<BorrowedFd<'_>>::Caps(caps.to_string())
+            .encode(&mut bytes)
+            .map_err(|e| gst::loggable_error!(CAT, "caps do not fit a packet: {e}"))?;
+        gst::debug!(CAT, imp = self, "caps {caps}");
+        hub.send_control(bytes, StickyKind::None, true);
+        Ok(())
+    }
+
+    fn event(&self, event: gst::Event) -> bool {
+        if event.type_() != gst::EventType::Caps {
+            self.forward_event(&event);
+        }
+        if let (gst::EventView::Eos(_), Some(hub)) = (event.view(), self.hub()) {
+            hub.drain(EOS_DRAIN_TIMEOUT);
+        }
+        self.parent_event(event)
+    }
+
+    fn propose_allocation(
+        &self,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        let (caps, need_pool) = query.get_owned();
+        if let (Some(caps), true) = (caps, need_pool)
+            && let Ok(info) = gst_video::VideoInfo::from_caps(&caps)
+        {
+            let size = info.size() as u32;
+            match MemfdBufferPool::new_configured(&caps, size, POOL_MIN_BUFFERS, 0, true) {
+                Ok(pool) => {
+                    // Hand it over inactive: upstream configures and activates it.
+                    let _ = pool.set_active(false);
+                    query.add_allocation_pool(Some(&pool), size, POOL_MIN_BUFFERS, 0);
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "proposing memfd pool of {size}-byte buffers"
+                    );
+                }
+                Err(e) => gst::warning!(CAT, imp = self, "cannot make memfd pool: {e}"),
+            }
+        }
+        query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        Ok(())
+    }
+
+    fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let Some(hub) = self.hub() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        if !hub.has_ready_consumer() {
+            hub.count_frame_without_consumer();
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        if !hub.wait_for_room() {
+            return Err(gst::FlowError::Flushing);
+        }
+        let mut state = self.state.lock().unwrap();
+        let mut descs = Vec::with_capacity(4);
+        let mut fds = Vec::with_capacity(4);
+        match memory::describe_buffer(buffer, &mut descs, &mut fds) {
+            Ok(()) => {
+                hub.count_frame_in(None);
+                self.send_frame(&hub, &mut state, buffer, buffer, descs, &fds, true)
+            }
+            Err(reason) => {
+                drop(fds);
+                gst::trace!(CAT, imp = self, "copying buffer: {reason:?}");
+                let pool = self.copy_pool(&mut state, buffer.size())?;
+                let copy = memory::copy_into(buffer, &pool)?;
+                let mut fds = Vec::with_capacity(1);
+                if let Err(r) = memory::describe_buffer(&copy, &mut descs, &mut fds) {
+                    gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::Failed,
+                        ["memfd copy is not shareable: {r:?}"]
+                    );
+                    return Err(gst::FlowError::Error);
+                }
+                hub.count_frame_in(Some(buffer.size()));
+                self.send_frame(&hub, &mut state, buffer, &copy, descs, &fds, false)
+            }
+        }
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(hub) = self.hub() {
+            hub.set_flushing(true);
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(hub) = self.hub() {
+            hub.set_flushing(false);
+        }
+        Ok(())
+    }
+}

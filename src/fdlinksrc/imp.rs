@@ -1,0 +1,650 @@
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::clock;
+use crate::memory::{Importer, ReleaseToken};
+use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role, TIME_NONE};
+use crate::transport::{Connection, TransportError, Waker};
+use crate::wire_event::{self, WireEvent};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "fdlinksrc",
+        gst::DebugColorFlags::empty(),
+        Some("fdlink consumer: receives buffers from another process"),
+    )
+});
+
+const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+/// How often a missing producer is looked for again while waiting for it.
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
+/// How long the producer has to answer our hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a release may wait for room in the socket before it is given up.
+const RELEASE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Latency samples kept for the percentiles in `stats`.
+const LATENCY_WINDOW: usize = 1024;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    socket_path: Option<String>,
+    timeout_ms: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            socket_path: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
+    }
+}
+
+#[derive(Default)]
+enum State {
+    #[default]
+    Stopped,
+    Started(Box<Stream>),
+}
+
+/// The connection and what the streaming thread knows about the producer's stream.
+struct Stream {
+    path: PathBuf,
+    timeout: Duration,
+    conn: Option<Arc<Connection>>,
+    importer: Importer,
+    packet: Vec<u8>,
+    eos: bool,
+    /// Whether a segment went downstream (events such as tags must follow one).
+    segment_sent: bool,
+    producer_segment: Option<gst::Segment>,
+}
+
+#[derive(Default)]
+struct Stats {
+    frames: u64,
+    latencies_us: Vec<u32>,
+    next_sample: usize,
+    last_us: u32,
+    max_us: u32,
+    sum_us: u64,
+}
+
+#[derive(Default)]
+pub struct FdlinkSrc {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    /// Apart from `state`: `unlock()` wakes the streaming thread out of its poll.
+    waker: Mutex<Option<Arc<Waker>>>,
+    /// Apart from `state`: caps queries must not wait for a blocked streaming thread.
+    caps: Mutex<Option<gst::Caps>>,
+    stats: Mutex<Stats>,
+    releases: Arc<AtomicU64>,
+}
+
+/// What ends `create()` early.
+enum Stop {
+    Flushing,
+    Eos,
+    Error(gst::ErrorMessage),
+}
+
+impl From<Stop> for gst::FlowError {
+    fn from(s: Stop) -> Self {
+        match s {
+            Stop::Flushing => gst::FlowError::Flushing,
+            Stop::Eos => gst::FlowError::Eos,
+            Stop::Error(_) => gst::FlowError::Error,
+        }
+    }
+}
+
+impl FdlinkSrc {
+    fn waker(&self) -> Option<Arc<Waker>> {
+        self.waker.lock().unwrap().clone()
+    }
+
+    fn stats_structure(&self) -> gst::Structure {
+        let s = self.stats.lock().unwrap();
+        let mut sorted = s.latencies_us.clone();
+        sorted.sort_unstable();
+        let pct = |p: usize| -> u32 {
+            if sorted.is_empty() {
+                0
+            } else {
+                sorted[(sorted.len() - 1) * p / 100]
+            }
+        };
+        gst::Structure::builder("application/x-fdlinksrc-stats")
+            .field("frames-received", s.frames)
+            .field("releases-sent", self.releases.load(Ordering::Relaxed))
+            .field("latency-last-us", s.last_us)
+            .field(
+                "latency-avg-us",
+                s.sum_us.checked_div(s.frames).unwrap_or(0),
+            )
+            .field("latency-p50-us", pct(50))
+            .field("latency-p99-us", pct(99))
+            .field("latency-max-us", s.max_us)
+            .build()
+    }
+
+    fn record_latency(&self, sent_at: u64) {
+        let us =
+            (clock::monotonic_now().saturating_sub(sent_at) / 1000).min(u32::MAX as u64) as u32;
+        let mut s = self.stats.lock().unwrap();
+        s.frames += 1;
+        s.last_us = us;
+        s.max_us = s.max_us.max(us);
+        s.sum_us += us as u64;
+        if s.latencies_us.len() < LATENCY_WINDOW {
+            s.latencies_us.push(us);
+        } else {
+            let i = s.next_sample;
+            s.latencies_us[i] = us;
+        }
+        s.next_sample = (s.next_sample + 1) % LATENCY_WINDOW;
+    }
+
+    /// Connects (waiting up to `timeout` for a producer to appear) and runs the hello.
+    fn connect(&self, stream: &mut Stream, waker: &Waker) -> Result<Arc<Connection>, Stop> {
+        let deadline = Instant::now() + stream.timeout;
+        let conn = loop {
+            match Connection::connect(&stream.path) {
+                Ok(c) => break c,
+                Err(
+                    e @ (TransportError::NoSuchPath { .. } | TransportError::NotListening { .. }),
+                ) => {
+                    if Instant::now() >= deadline {
+                        return Err(Stop::Error(gst::error_msg!(
+                            gst::ResourceError::OpenRead,
+                            [
+                                "no fdlink producer at {} after waiting {} ms: {e}",
+                                stream.path.display(),
+                                stream.timeout.as_millis()
+                            ]
+                        )));
+                    }
+                    if crate::transport::wait_fd(
+                        std::os::fd::AsFd::as_fd(waker),
+                        nix::poll::PollFlags::POLLIN,
+                        CONNECT_RETRY,
+                    )
+                    .is_ok()
+                        && self.is_woken(waker)
+                    {
+                        return Err(Stop::Flushing);
+                    }
+                }
+                Err(e) => {
+                    return Err(Stop::Error(gst::error_msg!(
+                        gst::ResourceError::OpenRead,
+                        ["cannot connect to {}: {e}", stream.path.display()]
+                    )));
+                }
+            }
+        };
+        let hello = protocol::encode_hello(&Hello::new(Role::Consumer, std::process::id()));
+        conn.send_timeout(&hello, &[], HELLO_TIMEOUT)
+            .map_err(|e| self.link_error(&stream.path, "sending hello", e))?;
+        let got = match conn.recv_wait(&mut stream.packet, Some(waker), Some(HELLO_TIMEOUT)) {
+            Ok(Some(got)) => got,
+            Ok(None) => return Err(Stop::Flushing),
+            Err(e) => {
+                return Err(self.link_error(&stream.path, "waiting for the producer's hello", e));
+            }
+        };
+        let bytes = &stream.packet[..got.len];
+        let peer = match protocol::decode_hello(bytes) {
+            Ok(h) => h,
+            Err(e) => {
+                // A producer that refused us says why in an error packet.
+                if let Ok(Packet::Error(msg)) = Packet::decode(bytes, got.fds) {
+                    return Err(protocol_error(
+                        &stream.path,
+                        format!("producer refused us: {msg}"),
+                    ));
+                }
+                send_error(&conn, &format!("bad hello: {e}"));
+                return Err(protocol_error(&stream.path, e.to_string()));
+            }
+        };
+        if peer.role != Role::Producer {
+            return Err(protocol_error(
+                &stream.path,
+                "peer is not a producer".into(),
+            ));
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "connected to producer pid {} at {}",
+            peer.pid,
+            stream.path.display()
+        );
+        Ok(Arc::new(conn))
+    }
+
+    fn is_woken(&self, waker: &Waker) -> bool {
+        crate::transport::poll_many(
+            &[(
+                std::os::fd::AsFd::as_fd(waker),
+                nix::poll::PollFlags::POLLIN,
+            )],
+            Some(Duration::ZERO),
+        )
+        .is_ok_and(|r| r[0].contains(nix::poll::PollFlags::POLLIN))
+    }
+
+    fn link_error(&self, path: &Path, doing: &str, e: TransportError) -> Stop {
+        Stop::Error(gst::error_msg!(
+            gst::ResourceError::Read,
+            [
+                "fdlink producer at {} failed while {doing}: {e}",
+                path.display()
+            ]
+        ))
+    }
+
+    fn ensure_segment(&self, stream: &mut Stream) {
+        if !stream.segment_sent {
+            let seg = self.obj().segment();
+            self.obj()
+                .src_pad()
+                .push_event(gst::event::Segment::new(&seg));
+            stream.segment_sent = true;
+        }
+    }
+
+    fn running_time(&self, mono: u64) -> Option<gst::ClockTime> {
+        if mono == TIME_NONE {
+            return None;
+        }
+        let obj = self.obj();
+        let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
+            return None;
+        };
+        Some(clock::monotonic_to_running(
+            mono,
+            base,
+            clock::clock_to_monotonic_offset(&clock),
+        ))
+    }
+
+    /// Acts on one event packet. Returns Some(stop) when the stream ends here.
+    fn handle_event(&self, stream: &mut Stream, p: &protocol::EventPacket) -> Option<Stop> {
+        let ev = match wire_event::decode(p) {
+            Ok(ev) => ev,
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "ignoring event: {e}");
+                return None;
+            }
+        };
+        gst::debug!(CAT, imp = self, "event from producer: {ev:?}");
+        let obj = self.obj();
+        let pad = obj.src_pad();
+        match ev {
+            // The live stream keeps the stream-start and TIME segment this source made;
+            // the producer's segment is kept for position and rate.
+            WireEvent::StreamStart { .. } => {}
+            WireEvent::Segment(seg) => stream.producer_segment = Some(seg),
+            WireEvent::Tag(tags) => {
+                self.ensure_segment(stream);
+                pad.push_event(gst::event::Tag::new(tags));
+            }
+            WireEvent::Gap {
+                timestamp,
+                duration,
+            } => {
+                if let Some(ts) = self.running_time(timestamp) {
+                    self.ensure_segment(stream);
+                    let dur =
+                        (duration != TIME_NONE).then(|| gst::ClockTime::from_nseconds(duration));
+                    pad.push_event(gst::event::Gap::builder(ts).duration(dur).build());
+                }
+            }
+            WireEvent::Eos => {
+                stream.eos = true;
+                return Some(Stop::Eos);
+            }
+            WireEvent::FlushStart => {
+                pad.push_event(gst::event::FlushStart::new());
+            }
+            WireEvent::FlushStop => {
+                // Running time stays continuous: this live source keeps its own timeline.
+                pad.push_event(gst::event::FlushStop::new(false));
+                stream.segment_sent = false;
+                self.ensure_segment(stream);
+            }
+            WireEvent::CustomDownstream(s) => {
+                self.ensure_segment(stream);
+                pad.push_event(gst::event::CustomDownstream::new(s));
+            }
+            WireEvent::Other(t) => gst::debug!(CAT, imp = self, "not forwarding {t:?} event"),
+        }
+        None
+    }
+
+    fn receive(&self, stream: &mut Stream, waker: &Waker) -> Result<gst::Buffer, Stop> {
+        let conn = match &stream.conn {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.connect(stream, waker)?;
+                stream.conn = Some(c.clone());
+                c
+            }
+        };
+        loop {
+            let got = match conn.recv_wait(&mut stream.packet, Some(waker), None) {
+                Ok(Some(got)) => got,
+                Ok(None) => return Err(Stop::Flushing),
+                Err(TransportError::Closed) if stream.eos => return Err(Stop::Eos),
+                Err(TransportError::Closed) => {
+                    return Err(Stop::Error(gst::error_msg!(
+                        gst::ResourceError::Read,
+                        [
+                            "producer disconnected from {} without EOS",
+                            stream.path.display()
+                        ]
+                    )));
+                }
+                Err(e) => {
+                    send_error(&conn, &e.to_string());
+                    return Err(protocol_error(&stream.path, e.to_string()));
+                }
+            };
+            let packet = match Packet::decode(&stream.packet[..got.len], got.fds) {
+                Ok(p) => p,
+                Err(e) => {
+                    send_error(&conn, &format!("malformed packet: {e}"));
+                    return Err(protocol_error(&stream.path, e.to_string()));
+                }
+            };
+            match packet {
+                Packet::Caps(s) => {
+                    let caps = s.parse::<gst::Caps>().map_err(|_| {
+                        protocol_error(&stream.path, format!("unparsable caps {s:?}"))
+                    })?;
+                    let changed = self.caps.lock().unwrap().as_ref() != Some(&caps);
+                    if changed {
+                        gst::info!(CAT, imp = self, "caps from producer: {caps}");
+                        *self.caps.lock().unwrap() = Some(caps.clone());
+                        if self.obj().set_caps(&caps).is_err() {
+                            return Err(Stop::Error(gst::error_msg!(
+                                gst::CoreError::Negotiation,
+                                ["downstream does not accept the producer's caps {caps}"]
+                            )));
+                        }
+                    }
+                }
+                Packet::Event(ev) => {
+                    if let Some(stop) = self.handle_event(stream, &ev) {
+                        return Err(stop);
+                    }
+                }
+                Packet::Buffer(header, fds) => {
+                    let buffer_id = header.buffer_id;
+                    let weak = Arc::downgrade(&conn);
+                    let releases = self.releases.clone();
+                    let token = ReleaseToken::new(move || {
+                        let Some(conn) = weak.upgrade() else { return };
+                        let mut out = Vec::with_capacity(16);
+                        let release = Packet::<BorrowedFd<'_>>::Release { buffer_id };
+                        if release.encode(&mut out).is_ok()
+                            && conn.send_timeout(&out, &[], RELEASE_SEND_TIMEOUT).is_ok()
+                        {
+                            releases.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                    let mut buffer = match stream.importer.import(&header, fds, &token) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let msg = format!("invalid buffer {buffer_id}: {e}");
+                            send_error(&conn, &msg);
+                            return Err(protocol_error(&stream.path, msg));
+                        }
+                    };
+                    drop(token);
+                    {
+                        let b = buffer.get_mut().expect("fresh buffer");
+                        b.set_pts(self.running_time(header.pts));
+                        b.set_dts(self.running_time(header.dts));
+                        b.set_duration(
+                            (header.duration != TIME_NONE)
+                                .then(|| gst::ClockTime::from_nseconds(header.duration)),
+                        );
+                    }
+                    self.record_latency(header.sent_at);
+                    stream.segment_sent = true;
+                    return Ok(buffer);
+                }
+                Packet::Error(msg) => {
+                    return Err(Stop::Error(gst::error_msg!(
+                        gst::ResourceError::Read,
+                        [
+                            "producer at {} reported an error: {msg}",
+                            stream.path.display()
+                        ]
+                    )));
+                }
+                Packet::Release { .. } => {
+                    let msg = "producer sent a consumer-only packet (release)".to_string();
+                    send_error(&conn, &msg);
+                    return Err(protocol_error(&stream.path, msg));
+                }
+            }
+        }
+    }
+}
+
+fn protocol_error(path: &Path, what: String) -> Stop {
+    Stop::Error(gst::error_msg!(
+        gst::StreamError::Decode,
+        [
+            "protocol error from fdlink producer at {}: {what}",
+            path.display()
+        ]
+    ))
+}
+
+fn send_error(conn: &Connection, msg: &str) {
+    let mut out = Vec::new();
+    if Packet::<BorrowedFd<'_>>::Error(msg.to_string())
+        .encode(&mut out)
+        .is_ok()
+    {
+        let _ = conn.try_send(&out, &[]);
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for FdlinkSrc {
+    const NAME: &'static str = "GstFdlinkSrc";
+    type Type = super::FdlinkSrc;
+    type ParentType = gst_base::PushSrc;
+}
+
+impl ObjectImpl for FdlinkSrc {
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_live(true);
+        obj.set_format(gst::Format::Time);
+        obj.set_do_timestamp(false);
+    }
+
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("socket-path")
+                    .nick("Socket path")
+                    .blurb("Path of the AF_UNIX socket an fdlinksink listens on")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("timeout")
+                    .nick("Timeout (ms)")
+                    .blurb("How long to wait for a producer to appear at socket-path before failing (0 = try once)")
+                    .default_value(DEFAULT_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("frames-received, releases-sent, latency-{last,avg,p50,p99,max}-us (producer send to consumer receive, over the last 1024 frames for percentiles)")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "socket-path" => settings.socket_path = value.get().expect("type checked upstream"),
+            "timeout" => settings.timeout_ms = value.get().expect("type checked upstream"),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        match pspec.name() {
+            "socket-path" => self.settings.lock().unwrap().socket_path.to_value(),
+            "timeout" => self.settings.lock().unwrap().timeout_ms.to_value(),
+            "stats" => self.stats_structure().to_value(),
+            _ => unimplemented!(),
+        }
+    }
+}
+
+impl GstObjectImpl for FdlinkSrc {}
+
+impl ElementImpl for FdlinkSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "fdlink source",
+                "Source/Network",
+                "Receives buffers zero-copy from an fdlinksink in another process (memfd and dmabuf over SCM_RIGHTS)",
+                "fdlink developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_any(),
+                )
+                .unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSrcImpl for FdlinkSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let Some(path) = settings.socket_path.map(PathBuf::from) else {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["socket-path is not set"]
+            ));
+        };
+        let waker =
+            Waker::new().map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ["{e}"]))?;
+        *self.waker.lock().unwrap() = Some(Arc::new(waker));
+        *self.caps.lock().unwrap() = None;
+        *self.stats.lock().unwrap() = Stats::default();
+        self.releases.store(0, Ordering::Relaxed);
+        *self.state.lock().unwrap() = State::Started(Box::new(Stream {
+            path,
+            timeout: Duration::from_millis(settings.timeout_ms as u64),
+            conn: None,
+            importer: Importer::default(),
+            packet: vec![0u8; MAX_PACKET_SIZE],
+            eos: false,
+            segment_sent: false,
+            producer_segment: None,
+        }));
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        // Dropping the connection makes later releases no-ops: the producer frees everything
+        // this consumer held when it sees the socket close.
+        *self.state.lock().unwrap() = State::Stopped;
+        *self.waker.lock().unwrap() = None;
+        Ok(())
+    }
+
+    fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
+        let caps = self
+            .caps
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(gst::Caps::new_any);
+        Some(match filter {
+            Some(f) => f.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+            None => caps,
+        })
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(w) = self.waker() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(w) = self.waker() {
+            w.reset();
+        }
+        Ok(())
+    }
+}
+
+impl PushSrcImpl for FdlinkSrc {
+    fn create(
+        &self,
+        _buffer: Option<&mut gst::BufferRef>,
+    ) -> Result<CreateSuccess, gst::FlowError> {
+        let Some(waker) = self.waker() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let mut state = self.state.lock().unwrap();
+        let State::Started(stream) = &mut *state else {
+            return Err(gst::FlowError::Flushing);
+        };
+        match self.receive(stream, &waker) {
+            Ok(buffer) => Ok(CreateSuccess::NewBuffer(buffer)),
+            Err(Stop::Error(msg)) => {
+                self.post_error_message(msg);
+                Err(gst::FlowError::Error)
+            }
+            Err(stop) => {
+                if matches!(stop, Stop::Eos) {
+                    gst::info!(CAT, imp = self, "producer sent EOS");
+                }
+                Err(stop.into())
+            }
+        }
+    }
+}

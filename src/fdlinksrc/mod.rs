@@ -1,0 +1,31 @@
+//! `fdlinksrc`: receives the stream of an fdlinksink in another process, zero-copy.
+//!
+//! It connects to `socket-path` (waiting up to `timeout` for a producer), and outputs buffers
+//! whose memories wrap the received file descriptors read-only (GstFdMemory for memfds,
+//! GstDmaBufMemory for dmabufs), with the producer's caps and video meta. When the last
+//! reference to such a buffer goes, from whatever thread, the producer is told so it can reuse
+//! the memory. It is a live source: timestamps are translated through CLOCK_MONOTONIC so that
+//! a sink with `sync=true` shows each frame when the producer meant it to be shown.
+//!
+//! ```text
+//! gst-launch-1.0 fdlinksrc socket-path=/tmp/fdlink.sock ! videoconvert ! autovideosink
+//! ```
+
+mod imp;
+
+use gst::glib;
+use gst::prelude::*;
+
+glib::wrapper! {
+    pub struct FdlinkSrc(ObjectSubclass<imp::FdlinkSrc>)
+        @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(
+        Some(plugin),
+        "fdlinksrc",
+        gst::Rank::NONE,
+        FdlinkSrc::static_type(),
+    )
+}

@@ -1,0 +1,560 @@
+//! The only module that turns file descriptors into `gst::Memory` and back.
+//!
+//! Sending: [`describe_buffer`] lists a buffer's memories as fd windows when every memory is
+//! fd-backed (dmabuf, or a memfd sealed against shrinking), and [`copy_into`] makes the one
+//! copy of the system-memory fallback into a [`MemfdBufferPool`] buffer.
+//!
+//! Receiving: [`Importer::import`] checks each received fd (what kind of file it is, that a
+//! memfd is sealed so the producer cannot truncate it under us, that the window fits), wraps it
+//! read-only with GstFdAllocator or GstDmaBufAllocator, attaches the video meta, and ties a
+//! [`ReleaseToken`] to the memories so the producer is told when the last reference goes.
+
+pub mod pool;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::{Arc, LazyLock};
+
+use gst_allocators::prelude::*;
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+
+pub use pool::MemfdBufferPool;
+
+use crate::protocol::{BufferHeader, MAX_FDS, MemoryDesc, MemoryKind, VideoLayout};
+
+/// Creates a memfd of `size` bytes sealed against shrinking and growing (its contents stay
+/// writable for the producer; receivers can rely on its size).
+pub fn create_sealed_memfd(name: &str, size: usize) -> std::io::Result<OwnedFd> {
+    let mfd = memfd::MemfdOptions::default()
+        .allow_sealing(true)
+        .close_on_exec(true)
+        .create(name)
+        .map_err(std::io::Error::other)?;
+    mfd.as_file().set_len(size as u64)?;
+    mfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow])
+        .map_err(std::io::Error::other)?;
+    Ok(OwnedFd::from(mfd.into_file()))
+}
+
+fn is_sealed_against_shrink(fd: BorrowedFd<'_>) -> bool {
+    fcntl(fd, FcntlArg::F_GET_SEALS)
+        .is_ok_and(|s| SealFlag::from_bits_truncate(s).contains(SealFlag::F_SEAL_SHRINK))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sending
+
+/// Why a buffer cannot go out zero-copy (it is then copied once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyReason {
+    /// A memory is not fd-backed (plain system memory).
+    NotFdMemory,
+    /// A memory is an fd that is not sealed against shrinking, which a consumer cannot trust.
+    UnsealedFd,
+    /// More distinct fds than one packet carries.
+    TooManyFds,
+}
+
+/// Describes every memory of `buffer` as a window into an fd, filling `descs` and `fds`
+/// (distinct fds, in first-use order). Fails when any memory has to be copied.
+pub fn describe_buffer<'a>(
+    buffer: &'a gst::BufferRef,
+    descs: &mut Vec<MemoryDesc>,
+    fds: &mut Vec<BorrowedFd<'a>>,
+) -> Result<(), CopyReason> {
+    descs.clear();
+    fds.clear();
+    for mem in buffer.iter_memories() {
+        let (raw, kind) = if let Some(d) = mem.downcast_memory_ref::<gst_allocators::DmaBufMemory>()
+        {
+            (d.fd(), MemoryKind::DmaBuf)
+        } else if let Some(f) = mem.downcast_memory_ref::<gst_allocators::FdMemory>() {
+            (f.fd(), MemoryKind::Memfd)
+        } else {
+            return Err(CopyReason::NotFdMemory);
+        };
+        if raw < 0 {
+            return Err(CopyReason::NotFdMemory);
+        }
+        // SAFETY: the memory owns this fd and `buffer` (borrowed for 'a) keeps the memory alive.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        if kind == MemoryKind::Memfd && !is_sealed_against_shrink(fd) {
+            return Err(CopyReason::UnsealedFd);
+        }
+        let fd_index = match fds.iter().position(|f| f.as_raw_fd() == raw) {
+            Some(i) => i,
+            None if fds.len() == MAX_FDS => return Err(CopyReason::TooManyFds),
+            None => {
+                fds.push(fd);
+                fds.len() - 1
+            }
+        };
+        descs.push(MemoryDesc {
+            kind,
+            fd_index: fd_index as u8,
+            offset: mem.offset() as u64,
+            size: mem.size() as u64,
+        });
+    }
+    if descs.is_empty() {
+        return Err(CopyReason::NotFdMemory);
+    }
+    Ok(())
+}
+
+/// Copies the bytes of `src` (all memories, in order, so VideoMeta offsets stay valid) into a
+/// buffer from `pool`, and returns it.
+pub fn copy_into(
+    src: &gst::BufferRef,
+    pool: &MemfdBufferPool,
+) -> Result<gst::Buffer, gst::FlowError> {
+    use gst::prelude::*;
+    let mut dst = pool.acquire_buffer(None)?;
+    {
+        let dst = dst.get_mut().ok_or(gst::FlowError::Error)?;
+        let total = src.size();
+        if dst.size() < total {
+            return Err(gst::FlowError::NotNegotiated);
+        }
+        dst.set_size(total);
+        let mut map = dst.map_writable().map_err(|_| gst::FlowError::Error)?;
+        let out = map.as_mut_slice();
+        let mut at = 0;
+        for mem in src.iter_memories() {
+            let m = mem.map_readable().map_err(|_| gst::FlowError::Error)?;
+            out[at..at + m.size()].copy_from_slice(m.as_slice());
+            at += m.size();
+        }
+    }
+    Ok(dst)
+}
+
+/// The video layout of `buffer`'s GstVideoMeta, if it has one.
+pub fn video_layout(buffer: &gst::BufferRef) -> Option<VideoLayout> {
+    let meta = buffer.meta::<gst_video::VideoMeta>()?;
+    let n = meta.n_planes() as usize;
+    let mut layout = VideoLayout {
+        format: meta.format().into_glib_u32(),
+        flags: meta.video_frame_flags().bits(),
+        width: meta.width(),
+        height: meta.height(),
+        n_planes: n as u32,
+        ..Default::default()
+    };
+    for i in 0..n.min(4) {
+        layout.offsets[i] = meta.offset()[i] as u64;
+        layout.strides[i] = meta.stride()[i];
+    }
+    Some(layout)
+}
+
+trait IntoGlibU32 {
+    fn into_glib_u32(self) -> u32;
+}
+
+impl IntoGlibU32 for gst_video::VideoFormat {
+    fn into_glib_u32(self) -> u32 {
+        use glib::translate::IntoGlib;
+        self.into_glib() as u32
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiving
+
+/// Why received fds could not become memories. Each names the fd and the problem.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ImportError {
+    #[error("fd {index} is sent as memfd but is not a regular file")]
+    NotAFile { index: usize },
+    #[error("fd {index} is sent as dmabuf but is a regular file")]
+    NotADmabuf { index: usize },
+    #[error(
+        "memfd {index} is not sealed against shrinking (F_SEAL_SHRINK); the producer could truncate it under us"
+    )]
+    NotSealed { index: usize },
+    #[error("memory window {offset}+{size} overruns fd {index} of {file_size} bytes")]
+    WindowOutOfBounds {
+        index: usize,
+        offset: u64,
+        size: u64,
+        file_size: u64,
+    },
+    #[error("fd {index} is used as both memfd and dmabuf")]
+    MixedKinds { index: usize },
+    #[error("cannot inspect fd {index}: {errno}")]
+    Sys { index: usize, errno: Errno },
+    #[error("video meta: {0}")]
+    VideoMeta(String),
+    #[error("GStreamer allocator refused fd {index}")]
+    Alloc { index: usize },
+}
+
+/// Runs a closure once, when the last memory holding it is freed (on whatever thread).
+pub struct ReleaseToken {
+    on_release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl ReleaseToken {
+    pub fn new(on_release: impl FnOnce() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(ReleaseToken {
+            on_release: Some(Box::new(on_release)),
+        })
+    }
+}
+
+impl Drop for ReleaseToken {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_release.take() {
+            f();
+        }
+    }
+}
+
+static RELEASE_QUARK: LazyLock<glib::Quark> =
+    LazyLock::new(|| glib::Quark::from_str("fdlink-release-token"));
+
+unsafe extern "C" fn drop_release_token(data: glib::ffi::gpointer) {
+    // SAFETY: `data` is the Box<Arc<ReleaseToken>> leaked in attach_release_token; GStreamer
+    // calls this destroy notify exactly once, when the memory is freed.
+    drop(unsafe { Box::from_raw(data as *mut Arc<ReleaseToken>) });
+}
+
+fn attach_release_token(mem: &mut gst::MemoryRef, token: &Arc<ReleaseToken>) {
+    use glib::translate::IntoGlib;
+    let data = Box::into_raw(Box::new(token.clone()));
+    // SAFETY: `mem` is a valid memory we hold mutably; qdata takes ownership of `data` and
+    // frees it through drop_release_token when the memory's last reference goes.
+    unsafe {
+        gst::ffi::gst_mini_object_set_qdata(
+            mem.as_mut_ptr() as *mut gst::ffi::GstMiniObject,
+            RELEASE_QUARK.into_glib(),
+            data as glib::ffi::gpointer,
+            Some(drop_release_token),
+        );
+    }
+}
+
+fn set_readonly(mem: &mut gst::MemoryRef) {
+    // SAFETY: `mem` is valid and exclusively ours; setting a flag bit on a fresh memory is
+    // what GST_MINI_OBJECT_FLAG_SET does.
+    unsafe {
+        (*mem.as_mut_ptr()).mini_object.flags |= gst::ffi::GST_MEMORY_FLAG_READONLY;
+    }
+}
+
+/// Wraps received fds into GStreamer memories.
+#[derive(Debug)]
+pub struct Importer {
+    fd_allocator: gst_allocators::FdAllocator,
+    dmabuf_allocator: gst_allocators::DmaBufAllocator,
+}
+
+impl Default for Importer {
+    fn default() -> Self {
+        Importer {
+            fd_allocator: gst_allocators::FdAllocator::new(),
+            dmabuf_allocator: gst_allocators::DmaBufAllocator::new(),
+        }
+    }
+}
+
+/// Checks one received fd against the memories that use it; returns its size in bytes.
+fn check_fd(
+    index: usize,
+    fd: BorrowedFd<'_>,
+    kind: MemoryKind,
+    windows: impl Iterator<Item = (u64, u64)>,
+) -> Result<u64, ImportError> {
+    let st = nix::sys::stat::fstat(fd).map_err(|errno| ImportError::Sys { index, errno })?;
+    let is_file = (st.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFREG;
+    let file_size = match kind {
+        MemoryKind::Memfd => {
+            if !is_file {
+                return Err(ImportError::NotAFile { index });
+            }
+            if !is_sealed_against_shrink(fd) {
+                return Err(ImportError::NotSealed { index });
+            }
+            st.st_size as u64
+        }
+        MemoryKind::DmaBuf => {
+            if is_file {
+                return Err(ImportError::NotADmabuf { index });
+            }
+            // dmabufs report their size through lseek(SEEK_END).
+            nix::unistd::lseek(fd, 0, nix::unistd::Whence::SeekEnd)
+                .map_err(|errno| ImportError::Sys { index, errno })? as u64
+        }
+    };
+    for (offset, size) in windows {
+        if offset + size > file_size {
+            return Err(ImportError::WindowOutOfBounds {
+                index,
+                offset,
+                size,
+                file_size,
+            });
+        }
+    }
+    Ok(file_size)
+}
+
+impl Importer {
+    /// Builds a read-only buffer from a received buffer packet: memories, flags, offsets and
+    /// the video meta (timestamps are the caller's business). `token` is dropped when the
+    /// last memory is freed. On error every fd is closed.
+    pub fn import(
+        &self,
+        header: &BufferHeader,
+        fds: Vec<OwnedFd>,
+        token: &Arc<ReleaseToken>,
+    ) -> Result<gst::Buffer, ImportError> {
+        let mut kinds: [Option<MemoryKind>; MAX_FDS] = [None; MAX_FDS];
+        let mut uses = [0usize; MAX_FDS];
+        for m in &header.memories {
+            let i = m.fd_index as usize;
+            match kinds[i] {
+                Some(k) if k != m.kind => return Err(ImportError::MixedKinds { index: i }),
+                _ => kinds[i] = Some(m.kind),
+            }
+            uses[i] += 1;
+        }
+        let mut sizes = [0u64; MAX_FDS];
+        for (i, fd) in fds.iter().enumerate() {
+            let kind = kinds[i].ok_or(ImportError::Alloc { index: i })?;
+            let windows = header
+                .memories
+                .iter()
+                .filter(|m| m.fd_index as usize == i)
+                .map(|m| (m.offset, m.size));
+            sizes[i] = check_fd(i, fd.as_fd(), kind, windows)?;
+        }
+
+        // One base memory per fd, owning it; memories that share an fd are sub-memories.
+        let mut bases: Vec<gst::Memory> = Vec::with_capacity(fds.len());
+        for (i, fd) in fds.into_iter().enumerate() {
+            let size = sizes[i] as usize;
+            let raw = fd.into_raw_fd();
+            // SAFETY: the allocator takes ownership of `raw` on success.
+            let mem = unsafe {
+                match kinds[i] {
+                    Some(MemoryKind::DmaBuf) => self.dmabuf_allocator.alloc_dmabuf_with_flags(
+                        raw,
+                        size,
+                        gst_allocators::FdMemoryFlags::NONE,
+                    ),
+                    _ => self
+                        .fd_allocator
+                        .alloc_fd(raw, size, gst_allocators::FdMemoryFlags::NONE),
+                }
+            };
+            match mem {
+                Ok(m) => bases.push(m),
+                Err(_) => {
+                    // SAFETY: allocation failed, so `raw` is still ours alone; close it.
+                    drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                    return Err(ImportError::Alloc { index: i });
+                }
+            }
+        }
+
+        let mut buffer = gst::Buffer::new();
+        let b = buffer.get_mut().expect("new buffer is writable");
+        let mut bases: Vec<Option<gst::Memory>> = bases.into_iter().map(Some).collect();
+        for m in &header.memories {
+            let i = m.fd_index as usize;
+            let range = m.offset as usize..(m.offset + m.size) as usize;
+            let mut mem = if uses[i] == 1 {
+                let mut base = bases[i].take().expect("fd used once");
+                base.get_mut().expect("fresh memory").resize(range);
+                base
+            } else {
+                bases[i].as_ref().expect("shared fd").share(range)
+            };
+            let mref = mem.get_mut().expect("fresh memory");
+            set_readonly(mref);
+            attach_release_token(mref, token);
+            b.append_memory(mem);
+        }
+        b.set_offset(header.offset);
+        b.set_offset_end(header.offset_end);
+        b.set_flags(gst::BufferFlags::from_bits_truncate(header.flags));
+        if let Some(v) = &header.video {
+            add_video_meta(b, v)?;
+        }
+        Ok(buffer)
+    }
+}
+
+fn add_video_meta(b: &mut gst::BufferRef, v: &VideoLayout) -> Result<(), ImportError> {
+    use glib::translate::FromGlib;
+    // SAFETY: any i32 is accepted by from_glib; unknown values map to VideoFormat::__Unknown.
+    let format = unsafe { gst_video::VideoFormat::from_glib(v.format as i32) };
+    let n = v.n_planes as usize;
+    let offsets: Vec<usize> = v.offsets[..n].iter().map(|&o| o as usize).collect();
+    gst_video::VideoMeta::add_full(
+        b,
+        gst_video::VideoFrameFlags::from_bits_truncate(v.flags),
+        format,
+        v.width,
+        v.height,
+        &offsets,
+        &v.strides[..n],
+    )
+    .map(|_| ())
+    .map_err(|e| ImportError::VideoMeta(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn init() {
+        gst::init().unwrap();
+    }
+
+    use crate::test_support::{fd_lock, open_fds};
+
+    fn header(memories: Vec<MemoryDesc>) -> BufferHeader {
+        BufferHeader {
+            memories,
+            ..Default::default()
+        }
+    }
+
+    fn desc(kind: MemoryKind, fd_index: u8, offset: u64, size: u64) -> MemoryDesc {
+        MemoryDesc {
+            kind,
+            fd_index,
+            offset,
+            size,
+        }
+    }
+
+    #[test]
+    fn import_wraps_same_file_and_releases_once() {
+        let _fds = fd_lock();
+        init();
+        let before = open_fds();
+        let fd = create_sealed_memfd("t", 8192).unwrap();
+        nix::sys::uio::pwrite(&fd, b"abcdefgh", 4096).unwrap();
+        let ident = crate::transport::file_identity(fd.as_fd()).unwrap();
+        let released = Arc::new(AtomicUsize::new(0));
+        let r = released.clone();
+        let token = ReleaseToken::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        let h = header(vec![
+            desc(MemoryKind::Memfd, 0, 4096, 4),
+            desc(MemoryKind::Memfd, 0, 4100, 4),
+        ]);
+        let buf = Importer::default().import(&h, vec![fd], &token).unwrap();
+        drop(token);
+        assert_eq!(buf.n_memory(), 2);
+        let m0 = buf.peek_memory(0);
+        assert!(m0.is_memory_type::<gst_allocators::FdMemory>());
+        let raw = m0
+            .downcast_memory_ref::<gst_allocators::FdMemory>()
+            .unwrap()
+            .fd();
+        // SAFETY: the buffer keeps the memory and so the fd alive for this borrow.
+        let got = unsafe { BorrowedFd::borrow_raw(raw) };
+        assert_eq!(crate::transport::file_identity(got).unwrap(), ident);
+        for (i, want) in [b"abcd", b"efgh"].iter().enumerate() {
+            let mem = buf.peek_memory(i);
+            assert!(mem.flags().contains(gst::MemoryFlags::READONLY));
+            assert_eq!(mem.map_readable().unwrap().as_slice(), &want[..]);
+        }
+        let copy = buf.copy();
+        drop(buf);
+        assert_eq!(
+            released.load(Ordering::SeqCst),
+            0,
+            "released while a copy lives"
+        );
+        drop(copy);
+        assert_eq!(released.load(Ordering::SeqCst), 1);
+        assert_eq!(open_fds(), before, "fd leaked");
+    }
+
+    #[test]
+    fn import_rejects_bad_fds_without_leaking() {
+        let _fds = fd_lock();
+        init();
+        let before = open_fds();
+        let token = ReleaseToken::new(|| {});
+        let imp = Importer::default();
+
+        let unsealed = OwnedFd::from(
+            memfd::MemfdOptions::default()
+                .create("u")
+                .unwrap()
+                .into_file(),
+        );
+        nix::unistd::ftruncate(&unsealed, 100).unwrap();
+        let h = header(vec![desc(MemoryKind::Memfd, 0, 0, 10)]);
+        assert_eq!(
+            imp.import(&h, vec![unsealed], &token).unwrap_err(),
+            ImportError::NotSealed { index: 0 }
+        );
+
+        let small = create_sealed_memfd("s", 100).unwrap();
+        let h = header(vec![desc(MemoryKind::Memfd, 0, 90, 20)]);
+        assert!(matches!(
+            imp.import(&h, vec![small], &token).unwrap_err(),
+            ImportError::WindowOutOfBounds { .. }
+        ));
+
+        let file = create_sealed_memfd("f", 100).unwrap();
+        let h = header(vec![desc(MemoryKind::DmaBuf, 0, 0, 10)]);
+        assert_eq!(
+            imp.import(&h, vec![file], &token).unwrap_err(),
+            ImportError::NotADmabuf { index: 0 }
+        );
+
+        let (a, _b) = nix::unistd::pipe().unwrap();
+        let h = header(vec![desc(MemoryKind::Memfd, 0, 0, 10)]);
+        assert_eq!(
+            imp.import(&h, vec![a], &token).unwrap_err(),
+            ImportError::NotAFile { index: 0 }
+        );
+        drop(_b);
+        assert_eq!(open_fds(), before, "fds leaked on rejected imports");
+    }
+
+    #[test]
+    fn describe_and_copy() {
+        let _fds = fd_lock();
+        init();
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", "NV12")
+            .field("width", 64)
+            .field("height", 48)
+            .field("framerate", gst::Fraction::new(30, 1))
+            .build();
+        let pool = MemfdBufferPool::new_configured(&caps, 0, 1, 0, true).unwrap();
+        let buf = pool.acquire_buffer(None).unwrap();
+        assert!(buf.meta::<gst_video::VideoMeta>().is_some());
+        let mut descs = Vec::new();
+        let mut fds = Vec::new();
+        describe_buffer(&buf, &mut descs, &mut fds).unwrap();
+        assert_eq!(descs, vec![desc(MemoryKind::Memfd, 0, 0, 64 * 48 * 3 / 2)]);
+        assert_eq!(fds.len(), 1);
+        drop(fds);
+
+        let sys = gst::Buffer::from_slice(vec![5u8; 64 * 48 * 3 / 2]);
+        let mut fds = Vec::new();
+        assert_eq!(
+            describe_buffer(&sys, &mut descs, &mut fds),
+            Err(CopyReason::NotFdMemory)
+        );
+        let copy = copy_into(&sys, &pool).unwrap();
+        assert_eq!(
+            copy.map_readable().unwrap().as_slice(),
+            &vec![5u8; 64 * 48 * 3 / 2][..]
+        );
+        describe_buffer(&copy, &mut descs, &mut fds).unwrap();
+    }
+}

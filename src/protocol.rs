@@ -1,0 +1,1077 @@
+//! fdlink wire protocol, version 1: pure encoding and decoding.
+//!
+//! This module knows neither GStreamer nor syscalls. It turns packets into bytes and bytes
+//! (plus the file descriptors that arrived beside them) back into packets, checking every
+//! length and count before use. `docs/protocol.md` describes every byte.
+//!
+//! Packets are generic over the file descriptor type: the producer encodes packets holding
+//! `BorrowedFd`s, the consumer decodes into packets holding `OwnedFd`s, and tests use plain
+//! integers.
+
+use std::fmt;
+
+/// First four bytes of a hello: "FDLK".
+pub const MAGIC: [u8; 4] = *b"FDLK";
+/// The protocol version this build speaks.
+pub const VERSION: u16 = 1;
+/// Largest datagram either side sends or accepts.
+pub const MAX_PACKET_SIZE: usize = 64 * 1024;
+/// Most memories (and so fds) in one buffer packet: GStreamer's own limit per buffer.
+pub const MAX_MEMORIES: usize = 16;
+/// Most file descriptors attached to one packet.
+pub const MAX_FDS: usize = MAX_MEMORIES;
+/// Most planes in a video meta (GST_VIDEO_MAX_PLANES).
+pub const MAX_PLANES: usize = 4;
+/// Timestamps use this value for "none" (GST_CLOCK_TIME_NONE).
+pub const TIME_NONE: u64 = u64::MAX;
+
+/// Size of the hello datagram.
+pub const HELLO_SIZE: usize = 16;
+/// Size of the header that starts every packet after the hello.
+pub const HEADER_SIZE: usize = 8;
+const BUFFER_FIXED_SIZE: usize = 8 * 7 + 4 + 4;
+const MEMORY_DESC_SIZE: usize = 24;
+const VIDEO_META_SIZE: usize = 4 * 5 + 8 * MAX_PLANES + 4 * MAX_PLANES;
+
+/// Which end of the link a peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// fdlinksink: listens, sends frames.
+    Producer = 1,
+    /// fdlinksrc: connects, receives frames, sends releases.
+    Consumer = 2,
+}
+
+/// The first datagram each side sends after connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub role: Role,
+    /// Capability bits; none are defined in version 1, unknown bits are ignored.
+    pub capabilities: u32,
+    /// Process id of the sender, for logs only.
+    pub pid: u32,
+}
+
+impl Hello {
+    pub fn new(role: Role, pid: u32) -> Self {
+        Hello {
+            version: VERSION,
+            role,
+            capabilities: 0,
+            pid,
+        }
+    }
+}
+
+/// How the consumer must treat a memory's fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// A sealed memfd (or other mappable shared file).
+    Memfd = 1,
+    /// A kernel dmabuf.
+    DmaBuf = 2,
+}
+
+/// One memory of a buffer: a window `[offset, offset + size)` into the file `fd_index`
+/// (an index into the packet's fd list; several memories may share one fd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryDesc {
+    pub kind: MemoryKind,
+    pub fd_index: u8,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Video frame layout, as GstVideoMeta carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VideoLayout {
+    /// GstVideoFormat value (stable across GStreamer versions).
+    pub format: u32,
+    pub flags: u32,
+    pub width: u32,
+    pub height: u32,
+    pub n_planes: u32,
+    pub offsets: [u64; MAX_PLANES],
+    pub strides: [i32; MAX_PLANES],
+}
+
+/// Everything about a buffer except its file descriptors.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BufferHeader {
+    /// Producer-chosen id, echoed back in `Release`.
+    pub buffer_id: u64,
+    /// Presentation time as CLOCK_MONOTONIC nanoseconds, or TIME_NONE.
+    pub pts: u64,
+    /// Decoding time as CLOCK_MONOTONIC nanoseconds, or TIME_NONE.
+    pub dts: u64,
+    pub duration: u64,
+    pub offset: u64,
+    pub offset_end: u64,
+    /// GstBufferFlags bits.
+    pub flags: u32,
+    /// CLOCK_MONOTONIC nanoseconds when the producer sent the packet (latency statistics).
+    pub sent_at: u64,
+    pub memories: Vec<MemoryDesc>,
+    pub video: Option<VideoLayout>,
+}
+
+/// A serialized event: the GstEventType value and its structure as a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPacket {
+    pub event_type: u32,
+    pub seqnum: u32,
+    /// `gst_structure_to_string` of the event's structure, empty when it has none.
+    pub structure: String,
+}
+
+/// A packet after the hello.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Packet<Fd> {
+    /// Producer -> consumer: caps as a string.
+    Caps(String),
+    /// Producer -> consumer: a downstream event in stream order.
+    Event(EventPacket),
+    /// Producer -> consumer: a buffer, with one fd per distinct file in `fds`.
+    Buffer(BufferHeader, Vec<Fd>),
+    /// Consumer -> producer: the consumer dropped its last reference to a buffer.
+    Release { buffer_id: u64 },
+    /// Either way: a fatal error, sent just before closing.
+    Error(String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+enum PacketType {
+    Caps = 2,
+    Event = 3,
+    Buffer = 4,
+    Release = 5,
+    Error = 6,
+}
+
+impl PacketType {
+    fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            2 => PacketType::Caps,
+            3 => PacketType::Event,
+            4 => PacketType::Buffer,
+            5 => PacketType::Release,
+            6 => PacketType::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// Why bytes could not be decoded. Every variant names what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The peer's hello does not start with "FDLK": it is not fdlink.
+    NotFdlink,
+    /// The peer speaks another protocol version.
+    VersionMismatch {
+        ours: u16,
+        theirs: u16,
+    },
+    /// A hello carried an unknown role.
+    BadRole(u8),
+    /// The datagram is shorter than what it announces or needs.
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
+    /// The datagram has bytes past the end of its content.
+    TrailingBytes {
+        what: &'static str,
+        extra: usize,
+    },
+    /// The datagram is larger than MAX_PACKET_SIZE.
+    TooLarge {
+        size: usize,
+    },
+    UnknownPacketType(u16),
+    /// The header announces a different number of fds than arrived.
+    FdCountMismatch {
+        declared: usize,
+        received: usize,
+    },
+    /// A packet type that never carries fds came with some.
+    UnexpectedFds {
+        what: &'static str,
+        count: usize,
+    },
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    BadMemoryKind(u8),
+    /// A memory refers to an fd that is not in the packet.
+    BadFdIndex {
+        index: u8,
+        fds: usize,
+    },
+    /// An fd arrived that no memory uses.
+    UnusedFd {
+        index: usize,
+    },
+    /// A memory window overflows u64.
+    BadMemoryWindow {
+        offset: u64,
+        size: u64,
+    },
+    InvalidUtf8 {
+        what: &'static str,
+    },
+    /// Reserved bytes must be zero, so a later version can give them a meaning.
+    NonZeroReserved {
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use DecodeError::*;
+        match self {
+            NotFdlink => write!(f, "peer is not fdlink (bad magic in hello)"),
+            VersionMismatch { ours, theirs } => write!(
+                f,
+                "protocol version mismatch: this side speaks version {ours}, the peer speaks version {theirs}"
+            ),
+            BadRole(r) => write!(f, "hello carries unknown role {r}"),
+            Truncated { what, need, have } => {
+                write!(f, "{what} truncated: need {need} bytes, have {have}")
+            }
+            TrailingBytes { what, extra } => write!(f, "{what} has {extra} trailing bytes"),
+            TooLarge { size } => {
+                write!(
+                    f,
+                    "packet of {size} bytes exceeds the limit of {MAX_PACKET_SIZE}"
+                )
+            }
+            UnknownPacketType(t) => write!(f, "unknown packet type {t}"),
+            FdCountMismatch { declared, received } => {
+                write!(f, "packet declares {declared} fds but {received} arrived")
+            }
+            UnexpectedFds { what, count } => write!(f, "{what} packet carries {count} fds"),
+            TooMany { what, count, max } => write!(f, "{count} {what} exceed the limit of {max}"),
+            BadMemoryKind(k) => write!(f, "unknown memory kind {k}"),
+            BadFdIndex { index, fds } => {
+                write!(
+                    f,
+                    "memory refers to fd {index} but the packet has {fds} fds"
+                )
+            }
+            UnusedFd { index } => write!(f, "fd {index} of the packet is used by no memory"),
+            BadMemoryWindow { offset, size } => {
+                write!(f, "memory window offset {offset} + size {size} overflows")
+            }
+            InvalidUtf8 { what } => write!(f, "{what} is not valid UTF-8"),
+            NonZeroReserved { what } => write!(f, "{what} has nonzero reserved bytes"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Why a packet could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    TooLarge {
+        what: &'static str,
+        size: usize,
+    },
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    BadFdIndex {
+        index: u8,
+        fds: usize,
+    },
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::TooLarge { what, size } => write!(
+                f,
+                "{what} of {size} bytes does not fit in a {MAX_PACKET_SIZE}-byte packet"
+            ),
+            EncodeError::TooMany { what, count, max } => {
+                write!(f, "{count} {what} exceed the limit of {max}")
+            }
+            EncodeError::BadFdIndex { index, fds } => {
+                write!(
+                    f,
+                    "memory refers to fd {index} but only {fds} fds are attached"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+// ---------------------------------------------------------------------------------------------
+// Hello
+
+/// Encodes a hello datagram.
+pub fn encode_hello(hello: &Hello) -> [u8; HELLO_SIZE] {
+    let mut out = [0u8; HELLO_SIZE];
+    out[0..4].copy_from_slice(&MAGIC);
+    out[4..6].copy_from_slice(&hello.version.to_le_bytes());
+    out[6] = hello.role as u8;
+    out[7] = 0;
+    out[8..12].copy_from_slice(&hello.capabilities.to_le_bytes());
+    out[12..16].copy_from_slice(&hello.pid.to_le_bytes());
+    out
+}
+
+/// Decodes a hello datagram. Magic and version are checked first, so a peer of another
+/// version (whatever the rest of its hello looks like) gets a message naming both versions.
+pub fn decode_hello(bytes: &[u8]) -> Result<Hello, DecodeError> {
+    if bytes.len() < 4 || bytes[0..4] != MAGIC {
+        return Err(DecodeError::NotFdlink);
+    }
+    if bytes.len() < 6 {
+        return Err(DecodeError::Truncated {
+            what: "hello",
+            need: HELLO_SIZE,
+            have: bytes.len(),
+        });
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != VERSION {
+        return Err(DecodeError::VersionMismatch {
+            ours: VERSION,
+            theirs: version,
+        });
+    }
+    let mut r = Reader::new(bytes, "hello");
+    r.skip(6)?;
+    let role = match r.u8()? {
+        1 => Role::Producer,
+        2 => Role::Consumer,
+        other => return Err(DecodeError::BadRole(other)),
+    };
+    r.reserved(1)?;
+    let capabilities = r.u32()?;
+    let pid = r.u32()?;
+    r.finish()?;
+    Ok(Hello {
+        version,
+        role,
+        capabilities,
+        pid,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packets
+
+impl<Fd> Packet<Fd> {
+    /// The fds that travel with this packet.
+    pub fn fds(&self) -> &[Fd] {
+        match self {
+            Packet::Buffer(_, fds) => fds,
+            _ => &[],
+        }
+    }
+
+    /// Appends the encoded packet to `out` (cleared first). The caller sends `self.fds()`
+    /// beside it.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        out.clear();
+        out.extend_from_slice(&[0u8; HEADER_SIZE]);
+        let (ty, n_fds) = match self {
+            Packet::Caps(caps) => {
+                put_str(out, caps);
+                (PacketType::Caps, 0)
+            }
+            Packet::Event(ev) => {
+                out.extend_from_slice(&ev.event_type.to_le_bytes());
+                out.extend_from_slice(&ev.seqnum.to_le_bytes());
+                put_str(out, &ev.structure);
+                (PacketType::Event, 0)
+            }
+            Packet::Buffer(header, fds) => {
+                encode_buffer(header, fds.len(), out)?;
+                (PacketType::Buffer, fds.len())
+            }
+            Packet::Release { buffer_id } => {
+                out.extend_from_slice(&buffer_id.to_le_bytes());
+                (PacketType::Release, 0)
+            }
+            Packet::Error(msg) => {
+                put_str(out, msg);
+                (PacketType::Error, 0)
+            }
+        };
+        let payload = out.len() - HEADER_SIZE;
+        if out.len() > MAX_PACKET_SIZE {
+            return Err(EncodeError::TooLarge {
+                what: "packet",
+                size: out.len(),
+            });
+        }
+        out[0..2].copy_from_slice(&(ty as u16).to_le_bytes());
+        out[2..4].copy_from_slice(&(n_fds as u16).to_le_bytes());
+        out[4..8].copy_from_slice(&(payload as u32).to_le_bytes());
+        Ok(())
+    }
+
+    /// Decodes one datagram and the fds that arrived with it. On error the fds are dropped
+    /// (for `OwnedFd`, closed).
+    pub fn decode(bytes: &[u8], fds: Vec<Fd>) -> Result<Packet<Fd>, DecodeError> {
+        if bytes.len() > MAX_PACKET_SIZE {
+            return Err(DecodeError::TooLarge { size: bytes.len() });
+        }
+        let mut r = Reader::new(bytes, "packet header");
+        let ty = r.u16()?;
+        let n_fds = r.u16()? as usize;
+        let payload = r.u32()? as usize;
+        if payload != bytes.len() - HEADER_SIZE {
+            return Err(if payload > bytes.len() - HEADER_SIZE {
+                DecodeError::Truncated {
+                    what: "packet",
+                    need: HEADER_SIZE + payload,
+                    have: bytes.len(),
+                }
+            } else {
+                DecodeError::TrailingBytes {
+                    what: "packet",
+                    extra: bytes.len() - HEADER_SIZE - payload,
+                }
+            });
+        }
+        if n_fds != fds.len() {
+            return Err(DecodeError::FdCountMismatch {
+                declared: n_fds,
+                received: fds.len(),
+            });
+        }
+        let ty = PacketType::from_u16(ty).ok_or(DecodeError::UnknownPacketType(ty))?;
+        let what = match ty {
+            PacketType::Caps => "caps",
+            PacketType::Event => "event",
+            PacketType::Buffer => "buffer",
+            PacketType::Release => "release",
+            PacketType::Error => "error",
+        };
+        if ty != PacketType::Buffer && !fds.is_empty() {
+            return Err(DecodeError::UnexpectedFds {
+                what,
+                count: fds.len(),
+            });
+        }
+        let mut r = Reader::new(&bytes[HEADER_SIZE..], what);
+        let packet = match ty {
+            PacketType::Caps => Packet::Caps(r.string()?),
+            PacketType::Event => {
+                let event_type = r.u32()?;
+                let seqnum = r.u32()?;
+                let structure = r.string()?;
+                Packet::Event(EventPacket {
+                    event_type,
+                    seqnum,
+                    structure,
+                })
+            }
+            PacketType::Buffer => {
+                let header = decode_buffer(&mut r, fds.len())?;
+                Packet::Buffer(header, fds)
+            }
+            PacketType::Release => Packet::Release {
+                buffer_id: r.u64()?,
+            },
+            PacketType::Error => Packet::Error(r.string()?),
+        };
+        r.finish()?;
+        Ok(packet)
+    }
+}
+
+fn encode_buffer(h: &BufferHeader, n_fds: usize, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    if h.memories.is_empty() || h.memories.len() > MAX_MEMORIES {
+        return Err(EncodeError::TooMany {
+            what: "memories",
+            count: h.memories.len(),
+            max: MAX_MEMORIES,
+        });
+    }
+    if n_fds > MAX_FDS {
+        return Err(EncodeError::TooMany {
+            what: "fds",
+            count: n_fds,
+            max: MAX_FDS,
+        });
+    }
+    for v in [
+        h.buffer_id,
+        h.pts,
+        h.dts,
+        h.duration,
+        h.offset,
+        h.offset_end,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&h.flags.to_le_bytes());
+    out.extend_from_slice(&h.sent_at.to_le_bytes());
+    out.push(h.memories.len() as u8);
+    out.push(h.video.is_some() as u8);
+    out.extend_from_slice(&[0, 0]);
+    for m in &h.memories {
+        if m.fd_index as usize >= n_fds {
+            return Err(EncodeError::BadFdIndex {
+                index: m.fd_index,
+                fds: n_fds,
+            });
+        }
+        out.push(m.kind as u8);
+        out.push(m.fd_index);
+        out.extend_from_slice(&[0u8; 6]);
+        out.extend_from_slice(&m.offset.to_le_bytes());
+        out.extend_from_slice(&m.size.to_le_bytes());
+    }
+    if let Some(v) = &h.video {
+        if v.n_planes as usize > MAX_PLANES {
+            return Err(EncodeError::TooMany {
+                what: "planes",
+                count: v.n_planes as usize,
+                max: MAX_PLANES,
+            });
+        }
+        for x in [v.format, v.flags, v.width, v.height, v.n_planes] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        for o in v.offsets {
+            out.extend_from_slice(&o.to_le_bytes());
+        }
+        for s in v.strides {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
+fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHeader, DecodeError> {
+    r.need(BUFFER_FIXED_SIZE)?;
+    let buffer_id = r.u64()?;
+    let pts = r.u64()?;
+    let dts = r.u64()?;
+    let duration = r.u64()?;
+    let offset = r.u64()?;
+    let offset_end = r.u64()?;
+    let flags = r.u32()?;
+    let sent_at = r.u64()?;
+    let n_memories = r.u8()? as usize;
+    let has_video = r.u8()?;
+    r.reserved(2)?;
+    if n_memories == 0 || n_memories > MAX_MEMORIES {
+        return Err(DecodeError::TooMany {
+            what: "memories",
+            count: n_memories,
+            max: MAX_MEMORIES,
+        });
+    }
+    if n_fds > MAX_FDS {
+        return Err(DecodeError::TooMany {
+            what: "fds",
+            count: n_fds,
+            max: MAX_FDS,
+        });
+    }
+    r.need(n_memories * MEMORY_DESC_SIZE)?;
+    let mut used = [false; MAX_FDS];
+    let mut memories = Vec::with_capacity(n_memories);
+    for _ in 0..n_memories {
+        let kind = match r.u8()? {
+            1 => MemoryKind::Memfd,
+            2 => MemoryKind::DmaBuf,
+            other => return Err(DecodeError::BadMemoryKind(other)),
+        };
+        let fd_index = r.u8()?;
+        r.reserved(6)?;
+        let offset = r.u64()?;
+        let size = r.u64()?;
+        if fd_index as usize >= n_fds {
+            return Err(DecodeError::BadFdIndex {
+                index: fd_index,
+                fds: n_fds,
+            });
+        }
+        if offset.checked_add(size).is_none() {
+            return Err(DecodeError::BadMemoryWindow { offset, size });
+        }
+        used[fd_index as usize] = true;
+        memories.push(MemoryDesc {
+            kind,
+            fd_index,
+            offset,
+            size,
+        });
+    }
+    if let Some(index) = (0..n_fds).find(|&i| !used[i]) {
+        return Err(DecodeError::UnusedFd { index });
+    }
+    let video = match has_video {
+        0 => None,
+        1 => {
+            r.need(VIDEO_META_SIZE)?;
+            let format = r.u32()?;
+            let flags = r.u32()?;
+            let width = r.u32()?;
+            let height = r.u32()?;
+            let n_planes = r.u32()?;
+            if n_planes as usize > MAX_PLANES {
+                return Err(DecodeError::TooMany {
+                    what: "planes",
+                    count: n_planes as usize,
+                    max: MAX_PLANES,
+                });
+            }
+            let mut offsets = [0u64; MAX_PLANES];
+            for o in &mut offsets {
+                *o = r.u64()?;
+            }
+            let mut strides = [0i32; MAX_PLANES];
+            for s in &mut strides {
+                *s = r.u32()? as i32;
+            }
+            Some(VideoLayout {
+                format,
+                flags,
+                width,
+                height,
+                n_planes,
+                offsets,
+                strides,
+            })
+        }
+        _ => {
+            return Err(DecodeError::NonZeroReserved {
+                what: "buffer video flag",
+            });
+        }
+    };
+    Ok(BufferHeader {
+        buffer_id,
+        pts,
+        dts,
+        duration,
+        offset,
+        offset_end,
+        flags,
+        sent_at,
+        memories,
+        video,
+    })
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Strings run to the end of the packet; the header's payload length bounds them.
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Bounds-checked little-endian reader over one datagram.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Reader {
+            bytes,
+            pos: 0,
+            what,
+        }
+    }
+
+    fn need(&self, n: usize) -> Result<(), DecodeError> {
+        let have = self.bytes.len() - self.pos;
+        if have < n {
+            return Err(DecodeError::Truncated {
+                what: self.what,
+                need: self.pos + n,
+                have: self.bytes.len(),
+            });
+        }
+        Ok(())
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.need(N)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.bytes[self.pos..self.pos + N]);
+        self.pos += N;
+        Ok(a)
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), DecodeError> {
+        self.need(n)?;
+        self.pos += n;
+        Ok(())
+    }
+
+    fn reserved(&mut self, n: usize) -> Result<(), DecodeError> {
+        self.need(n)?;
+        if self.bytes[self.pos..self.pos + n].iter().any(|&b| b != 0) {
+            return Err(DecodeError::NonZeroReserved { what: self.what });
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.take()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+
+    /// The rest of the datagram as UTF-8.
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let rest = &self.bytes[self.pos..];
+        self.pos = self.bytes.len();
+        std::str::from_utf8(rest)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::InvalidUtf8 { what: self.what })
+    }
+
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.pos != self.bytes.len() {
+            return Err(DecodeError::TrailingBytes {
+                what: self.what,
+                extra: self.bytes.len() - self.pos,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_buffer() -> BufferHeader {
+        BufferHeader {
+            buffer_id: 0x1122_3344_5566_7788,
+            pts: 1_000_000,
+            dts: TIME_NONE,
+            duration: 16_666_666,
+            offset: 7,
+            offset_end: 8,
+            flags: 0x40,
+            sent_at: 42,
+            memories: vec![
+                MemoryDesc {
+                    kind: MemoryKind::Memfd,
+                    fd_index: 0,
+                    offset: 0,
+                    size: 2_073_600,
+                },
+                MemoryDesc {
+                    kind: MemoryKind::Memfd,
+                    fd_index: 0,
+                    offset: 2_073_600,
+                    size: 1_036_800,
+                },
+                MemoryDesc {
+                    kind: MemoryKind::DmaBuf,
+                    fd_index: 1,
+                    offset: 4096,
+                    size: 100,
+                },
+            ],
+            video: Some(VideoLayout {
+                format: 23,
+                flags: 0,
+                width: 1920,
+                height: 1080,
+                n_planes: 2,
+                offsets: [0, 2_073_600, 0, 0],
+                strides: [1920, 1920, 0, 0],
+            }),
+        }
+    }
+
+    fn encoded(p: &Packet<i32>) -> Vec<u8> {
+        let mut out = Vec::new();
+        p.encode(&mut out).unwrap();
+        out
+    }
+
+    fn roundtrip(p: Packet<i32>) {
+        let bytes = encoded(&p);
+        let fds = p.fds().to_vec();
+        assert_eq!(Packet::decode(&bytes, fds).unwrap(), p);
+    }
+
+    #[test]
+    fn hello_roundtrip() {
+        let h = Hello::new(Role::Consumer, 1234);
+        assert_eq!(decode_hello(&encode_hello(&h)).unwrap(), h);
+        let h = Hello::new(Role::Producer, u32::MAX);
+        assert_eq!(decode_hello(&encode_hello(&h)).unwrap(), h);
+    }
+
+    #[test]
+    fn hello_rejects_other_peers_and_versions() {
+        assert_eq!(
+            decode_hello(b"GET / HTTP/1.1\r\n"),
+            Err(DecodeError::NotFdlink)
+        );
+        assert_eq!(decode_hello(b""), Err(DecodeError::NotFdlink));
+        assert_eq!(decode_hello(b"FDL"), Err(DecodeError::NotFdlink));
+        let mut b = encode_hello(&Hello::new(Role::Producer, 1));
+        b[4..6].copy_from_slice(&2u16.to_le_bytes());
+        let err = decode_hello(&b).unwrap_err();
+        assert_eq!(err, DecodeError::VersionMismatch { ours: 1, theirs: 2 });
+        assert!(err.to_string().contains("version 1") && err.to_string().contains("version 2"));
+        // A future version with a longer hello still gets the version error, not "trailing".
+        let mut long = b.to_vec();
+        long.extend_from_slice(&[0; 32]);
+        assert!(matches!(
+            decode_hello(&long),
+            Err(DecodeError::VersionMismatch { .. })
+        ));
+        let mut b = encode_hello(&Hello::new(Role::Producer, 1));
+        b[6] = 9;
+        assert_eq!(decode_hello(&b), Err(DecodeError::BadRole(9)));
+        let b = encode_hello(&Hello::new(Role::Producer, 1));
+        assert!(matches!(
+            decode_hello(&b[..10]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        let mut long = b.to_vec();
+        long.push(0);
+        assert!(matches!(
+            decode_hello(&long),
+            Err(DecodeError::TrailingBytes { .. })
+        ));
+    }
+
+    #[test]
+    fn packets_roundtrip() {
+        roundtrip(Packet::Caps("video/x-raw, format=(string)NV12".into()));
+        roundtrip(Packet::Caps(String::new()));
+        roundtrip(Packet::Event(EventPacket {
+            event_type: 0x2800 | 0x3,
+            seqnum: 99,
+            structure: "GstEventSegment, segment=(GstSegment)\"x\";".into(),
+        }));
+        roundtrip(Packet::Release {
+            buffer_id: u64::MAX,
+        });
+        roundtrip(Packet::Error("producer is shutting down ✓".into()));
+        roundtrip(Packet::Buffer(sample_buffer(), vec![10, 11]));
+        let mut no_video = sample_buffer();
+        no_video.video = None;
+        roundtrip(Packet::Buffer(no_video, vec![3, 4]));
+    }
+
+    #[test]
+    fn header_checks() {
+        let bytes = encoded(&Packet::<i32>::Release { buffer_id: 5 });
+        assert!(matches!(
+            Packet::<i32>::decode(&bytes[..4], vec![]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        assert!(matches!(
+            Packet::<i32>::decode(&bytes[..bytes.len() - 1], vec![]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(
+            Packet::<i32>::decode(&long, vec![]),
+            Err(DecodeError::TrailingBytes { .. })
+        ));
+        let mut t = bytes.clone();
+        t[0..2].copy_from_slice(&77u16.to_le_bytes());
+        assert_eq!(
+            Packet::<i32>::decode(&t, vec![]),
+            Err(DecodeError::UnknownPacketType(77))
+        );
+        // A release packet with an fd riding along: the fd is refused (and dropped).
+        let mut t = bytes.clone();
+        t[2..4].copy_from_slice(&1u16.to_le_bytes());
+        assert!(matches!(
+            Packet::<i32>::decode(&t, vec![9]),
+            Err(DecodeError::UnexpectedFds { count: 1, .. })
+        ));
+        // Fds arriving that the header does not declare.
+        assert_eq!(
+            Packet::<i32>::decode(&bytes, vec![9]),
+            Err(DecodeError::FdCountMismatch {
+                declared: 0,
+                received: 1
+            })
+        );
+        let huge = vec![0u8; MAX_PACKET_SIZE + 1];
+        assert!(matches!(
+            Packet::<i32>::decode(&huge, vec![]),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        // Release payload of the wrong size, with a consistent header.
+        let mut t = bytes.clone();
+        t.push(0);
+        t[4..8].copy_from_slice(&9u32.to_le_bytes());
+        assert!(matches!(
+            Packet::<i32>::decode(&t, vec![]),
+            Err(DecodeError::TrailingBytes { .. })
+        ));
+    }
+
+    #[test]
+    fn buffer_malformed_cases() {
+        let good = encoded(&Packet::Buffer(sample_buffer(), vec![1, 2]));
+        let mem0 = HEADER_SIZE + BUFFER_FIXED_SIZE;
+        let n_mem_at = HEADER_SIZE + 8 * 6 + 4 + 8;
+        let decode = |b: &[u8], fds: Vec<i32>| Packet::<i32>::decode(b, fds);
+
+        // fd count declared 2, one arrived (MSG_CTRUNC-like loss).
+        assert_eq!(
+            decode(&good, vec![1]),
+            Err(DecodeError::FdCountMismatch {
+                declared: 2,
+                received: 1
+            })
+        );
+        // Every truncation point is rejected, with consistent header lengths.
+        for cut in HEADER_SIZE..good.len() {
+            let mut t = good[..cut].to_vec();
+            t[4..8].copy_from_slice(&((cut - HEADER_SIZE) as u32).to_le_bytes());
+            assert!(
+                matches!(decode(&t, vec![1, 2]), Err(DecodeError::Truncated { .. })),
+                "cut at {cut}"
+            );
+        }
+        let mut t = good.clone();
+        t[n_mem_at] = 0;
+        assert!(matches!(
+            decode(&t, vec![1, 2]),
+            Err(DecodeError::TooMany {
+                what: "memories",
+                ..
+            })
+        ));
+        let mut t = good.clone();
+        t[n_mem_at] = 17;
+        assert!(matches!(
+            decode(&t, vec![1, 2]),
+            Err(DecodeError::TooMany {
+                what: "memories",
+                ..
+            })
+        ));
+        let mut t = good.clone();
+        t[mem0] = 7;
+        assert_eq!(decode(&t, vec![1, 2]), Err(DecodeError::BadMemoryKind(7)));
+        let mut t = good.clone();
+        t[mem0 + 1] = 2;
+        assert_eq!(
+            decode(&t, vec![1, 2]),
+            Err(DecodeError::BadFdIndex { index: 2, fds: 2 })
+        );
+        // Memory 2 pointed at fd 0: fd 1 arrives but nothing uses it.
+        let mut t = good.clone();
+        t[mem0 + 2 * MEMORY_DESC_SIZE + 1] = 0;
+        assert_eq!(
+            decode(&t, vec![1, 2]),
+            Err(DecodeError::UnusedFd { index: 1 })
+        );
+        let mut t = good.clone();
+        t[mem0 + 8..mem0 + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            decode(&t, vec![1, 2]),
+            Err(DecodeError::BadMemoryWindow { .. })
+        ));
+        let planes_at = mem0 + 3 * MEMORY_DESC_SIZE + 16;
+        let mut t = good.clone();
+        t[planes_at..planes_at + 4].copy_from_slice(&5u32.to_le_bytes());
+        assert!(matches!(
+            decode(&t, vec![1, 2]),
+            Err(DecodeError::TooMany { what: "planes", .. })
+        ));
+        // Too many fds declared and delivered.
+        let mut t = good.clone();
+        t[2..4].copy_from_slice(&17u16.to_le_bytes());
+        assert!(matches!(
+            decode(&t, (0..17).collect()),
+            Err(DecodeError::TooMany { what: "fds", .. })
+        ));
+    }
+
+    #[test]
+    fn strings_must_be_utf8() {
+        let mut t = encoded(&Packet::<i32>::Caps("ab".into()));
+        t[HEADER_SIZE] = 0xff;
+        assert_eq!(
+            Packet::<i32>::decode(&t, vec![]),
+            Err(DecodeError::InvalidUtf8 { what: "caps" })
+        );
+    }
+
+    #[test]
+    fn encode_checks() {
+        let mut out = Vec::new();
+        let big = Packet::<i32>::Caps("x".repeat(MAX_PACKET_SIZE));
+        assert!(matches!(
+            big.encode(&mut out),
+            Err(EncodeError::TooLarge { .. })
+        ));
+        let mut h = sample_buffer();
+        assert!(matches!(
+            Packet::Buffer(h.clone(), vec![1]).encode(&mut out),
+            Err(EncodeError::BadFdIndex { .. })
+        ));
+        h.memories.clear();
+        assert!(matches!(
+            Packet::Buffer(h, vec![1]).encode(&mut out),
+            Err(EncodeError::TooMany { .. })
+        ));
+    }
+
+    /// Random bytes never panic the decoder, and when they decode they re-encode identically.
+    #[test]
+    fn fuzz_decode_never_panics() {
+        let seeds = [
+            encoded(&Packet::Buffer(sample_buffer(), vec![1, 2])),
+            encoded(&Packet::<i32>::Caps("video/x-raw".into())),
+            encoded(&Packet::<i32>::Release { buffer_id: 3 }),
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..20_000 {
+            let mut b = seeds[i % seeds.len()].clone();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % b.len();
+                b[at] = next() as u8;
+            }
+            let n_fds = u16::from_le_bytes([b[2], b[3]]) as usize;
+            let fds: Vec<i32> = (0..n_fds.min(20) as i32).collect();
+            if let Ok(p) = Packet::decode(&b, fds) {
+                assert_eq!(encoded(&p), b);
+            }
+            let _ = decode_hello(&b);
+        }
+    }
+}

@@ -1,0 +1,681 @@
+//! Socket I/O: the only module that talks to sockets.
+//!
+//! AF_UNIX SOCK_SEQPACKET keeps message boundaries, so one `send` is one packet. File
+//! descriptors travel as SCM_RIGHTS beside the bytes. Received fds become `OwnedFd` the moment
+//! the kernel hands them over, are close-on-exec (MSG_CMSG_CLOEXEC), and a truncated control
+//! message (MSG_CTRUNC) is an error after every fd that did arrive has been closed.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
+};
+
+use crate::protocol::{MAX_FDS, MAX_PACKET_SIZE};
+
+/// Socket-level failures, each naming the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("socket path {path:?} does not exist (is the producer running?)")]
+    NoSuchPath { path: PathBuf },
+    #[error("nothing listens on socket path {path:?} (stale socket file of a dead producer?)")]
+    NotListening { path: PathBuf },
+    #[error("{path:?} is not an fdlink socket: {why}")]
+    NotFdlinkSocket { path: PathBuf, why: &'static str },
+    #[error("another live process already listens on {path:?}; refusing to take it over")]
+    InUse { path: PathBuf },
+    #[error("{path:?} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("socket path {path:?} is too long for AF_UNIX")]
+    PathTooLong { path: PathBuf },
+    #[error("inherited fd is not a SOCK_SEQPACKET AF_UNIX socket: {why}")]
+    BadInheritedSocket { why: String },
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("received packet larger than {max} bytes", max = MAX_PACKET_SIZE)]
+    Truncated,
+    #[error("received fds were truncated by the kernel (MSG_CTRUNC): more than {max} fds sent", max = MAX_FDS)]
+    FdsTruncated,
+    #[error("peer is too slow: its socket buffer is full")]
+    WouldBlock,
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error("{op} on {what}: {errno}")]
+    Sys {
+        op: &'static str,
+        what: String,
+        errno: Errno,
+    },
+}
+
+fn sys(op: &'static str, what: impl Into<String>) -> impl FnOnce(Errno) -> TransportError {
+    let what = what.into();
+    move |errno| TransportError::Sys { op, what, errno }
+}
+
+fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> TransportError {
+    sys(op, path.display().to_string())(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+}
+
+fn unix_addr(path: &Path) -> Result<UnixAddr, TransportError> {
+    UnixAddr::new(path).map_err(|_| TransportError::PathTooLong { path: path.into() })
+}
+
+fn seqpacket_socket() -> Result<OwnedFd, TransportError> {
+    socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sys("socket", "AF_UNIX SOCK_SEQPACKET"))
+}
+
+/// A listening socket bound to a path, unlinked on drop if the path is still ours.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    path: PathBuf,
+    /// (dev, ino) of the socket file we bound, so drop never unlinks a successor's socket.
+    identity: (u64, u64),
+}
+
+impl Listener {
+    /// Binds and listens on `path`. A socket file left by a dead process is replaced; one that
+    /// a live process listens on is not.
+    pub fn bind(path: &Path) -> Result<Listener, TransportError> {
+        let addr = unix_addr(path)?;
+        let fd = seqpacket_socket()?;
+        match socket::bind(fd.as_raw_fd(), &addr) {
+            Ok(()) => {}
+            Err(Errno::EADDRINUSE) => {
+                Self::remove_stale(path)?;
+                socket::bind(fd.as_raw_fd(), &addr)
+                    .map_err(sys("bind", path.display().to_string()))?;
+            }
+            Err(Errno::ENOENT) => return Err(TransportError::NoSuchPath { path: path.into() }),
+            Err(e) => return Err(sys("bind", path.display().to_string())(e)),
+        }
+        socket::listen(&fd, Backlog::new(64).expect("valid backlog"))
+            .map_err(sys("listen", path.display().to_string()))?;
+        set_nonblocking(fd.as_fd())?;
+        let identity =
+            file_identity_of_path(path).map_err(sys("stat", path.display().to_string()))?;
+        Ok(Listener {
+            fd,
+            path: path.into(),
+            identity,
+        })
+    }
+
+    fn remove_stale(path: &Path) -> Result<(), TransportError> {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| io_err("stat", path, e))?;
+        if !meta.file_type().is_socket() {
+            return Err(TransportError::NotASocket { path: path.into() });
+        }
+        match Connection::connect(path) {
+            // Someone answered: a live producer (or some other live server) owns it.
+            Ok(_) => Err(TransportError::InUse { path: path.into() }),
+            Err(TransportError::NotFdlinkSocket { .. }) => {
+                Err(TransportError::InUse { path: path.into() })
+            }
+            Err(TransportError::NotListening { .. }) => {
+                std::fs::remove_file(path).map_err(|e| io_err("unlink stale socket", path, e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts one pending connection, or `None` when there is none.
+    pub fn accept(&self) -> Result<Option<Connection>, TransportError> {
+        match socket::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+            // SAFETY: accept4 returned a new fd that nothing else owns.
+            Ok(raw) => Ok(Some(Connection {
+                fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            })),
+            Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNABORTED) => Ok(None),
+            Err(e) => Err(sys("accept", self.path.display().to_string())(e)),
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if file_identity_of_path(&self.path).ok() == Some(self.identity) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn file_identity_of_path(path: &Path) -> Result<(u64, u64), Errno> {
+    let st = nix::sys::stat::lstat(path)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// (st_dev, st_ino) of an open file: the identity of the kernel object behind an fd.
+pub fn file_identity(fd: BorrowedFd<'_>) -> Result<(u64, u64), Errno> {
+    let st = nix::sys::stat::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), TransportError> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(sys("fcntl", "F_GETFL"))?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(sys("fcntl", "F_SETFL"))?;
+    Ok(())
+}
+
+/// One end of a connected SEQPACKET socket. Sends and receives may run on different threads.
+#[derive(Debug)]
+pub struct Connection {
+    fd: OwnedFd,
+}
+
+/// Bytes and fds of one received packet.
+#[derive(Debug)]
+pub struct Received {
+    pub len: usize,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Connection {
+    /// Connects to the producer listening on `path`.
+    pub fn connect(path: &Path) -> Result<Connection, TransportError> {
+        let addr = unix_addr(path)?;
+        let fd = seqpacket_socket()?;
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => Ok(Connection { fd }),
+            Err(Errno::ENOENT) => Err(TransportError::NoSuchPath { path: path.into() }),
+            Err(Errno::ECONNREFUSED) => Err(TransportError::NotListening { path: path.into() }),
+            Err(Errno::EPROTOTYPE) => Err(TransportError::NotFdlinkSocket {
+                path: path.into(),
+                why: "it is not a SOCK_SEQPACKET socket",
+            }),
+            Err(Errno::ENOTSOCK) => Err(TransportError::NotFdlinkSocket {
+                path: path.into(),
+                why: "it is not a socket",
+            }),
+            Err(e) => Err(sys("connect", path.display().to_string())(e)),
+        }
+    }
+
+    /// Takes over an already-connected socket (e.g. one end of a socketpair a launcher made).
+    pub fn from_owned(fd: OwnedFd) -> Result<Connection, TransportError> {
+        let ty = socket::getsockopt(&fd, sockopt::SockType).map_err(|e| {
+            TransportError::BadInheritedSocket {
+                why: format!("getsockopt(SO_TYPE): {e}"),
+            }
+        })?;
+        if ty != SockType::SeqPacket {
+            return Err(TransportError::BadInheritedSocket {
+                why: format!("socket type is {ty:?}"),
+            });
+        }
+        Ok(Connection { fd })
+    }
+
+    /// A connected pair, for tests and launchers.
+    pub fn pair() -> Result<(Connection, Connection), TransportError> {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(sys("socketpair", "AF_UNIX SOCK_SEQPACKET"))?;
+        Ok((Connection { fd: a }, Connection { fd: b }))
+    }
+
+    /// Process id of the peer (SO_PEERCRED), for logs.
+    pub fn peer_pid(&self) -> Option<i32> {
+        socket::getsockopt(&self.fd, sockopt::PeerCredentials)
+            .ok()
+            .map(|c| c.pid())
+    }
+
+    /// Sends one packet with its fds. Never blocks: a full socket buffer is `WouldBlock`.
+    pub fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
+        self.send_flags(bytes, fds, MsgFlags::MSG_DONTWAIT)
+    }
+
+    /// Sends one packet, waiting at most `timeout` for room in the socket buffer.
+    pub fn send_timeout(
+        &self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.try_send(bytes, fds) {
+                Err(TransportError::WouldBlock) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(TransportError::TimedOut(timeout));
+                    }
+                    wait_fd(self.fd.as_fd(), PollFlags::POLLOUT, left)?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn send_flags(
+        &self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        flags: MsgFlags,
+    ) -> Result<(), TransportError> {
+        let raw: smallvec_fds::Fds = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsg = [ControlMessage::ScmRights(raw.as_slice())];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        let iov = [IoSlice::new(bytes)];
+        loop {
+            match socket::sendmsg::<UnixAddr>(
+                self.fd.as_raw_fd(),
+                &iov,
+                cmsgs,
+                flags | MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Err(TransportError::WouldBlock),
+                Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN) => {
+                    return Err(TransportError::Closed);
+                }
+                Err(e) => return Err(sys("sendmsg", "fdlink socket")(e)),
+            }
+        }
+    }
+
+    /// Receives one packet into `buf` (which must hold MAX_PACKET_SIZE bytes). Returns
+    /// `WouldBlock` when nothing is pending and `Closed` at end of stream.
+    pub fn try_recv(&self, buf: &mut [u8]) -> Result<Received, TransportError> {
+        recv_packet(self.fd.as_fd(), buf, libc::MSG_DONTWAIT)
+    }
+
+    /// Waits up to `timeout` (forever if `None`) for a packet, or until `waker` fires
+    /// (then `Ok(None)`).
+    pub fn recv_wait(
+        &self,
+        buf: &mut [u8],
+        waker: Option<&Waker>,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Received>, TransportError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.try_recv(buf) {
+                Err(TransportError::WouldBlock) => {}
+                other => return other.map(Some),
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(TransportError::TimedOut(timeout.unwrap_or_default()));
+            }
+            let mut pfds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            if let Some(w) = waker {
+                pfds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+            }
+            poll_retry(&mut pfds, left)?;
+            if pfds.len() > 1
+                && pfds[1]
+                    .revents()
+                    .is_some_and(|r| r.contains(PollFlags::POLLIN))
+            {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Minimal fixed-capacity fd list so sending does not allocate.
+mod smallvec_fds {
+    use super::{MAX_FDS, RawFd};
+
+    pub struct Fds {
+        fds: [RawFd; MAX_FDS],
+        len: usize,
+    }
+
+    impl Fds {
+        pub fn as_slice(&self) -> &[RawFd] {
+            &self.fds[..self.len]
+        }
+    }
+
+    impl FromIterator<RawFd> for Fds {
+        fn from_iter<I: IntoIterator<Item = RawFd>>(iter: I) -> Self {
+            let mut out = Fds {
+                fds: [-1; MAX_FDS],
+                len: 0,
+            };
+            for fd in iter.into_iter().take(MAX_FDS) {
+                out.fds[out.len] = fd;
+                out.len += 1;
+            }
+            out
+        }
+    }
+}
+
+/// Exactly CMSG_SPACE(MAX_FDS fds) in u64 words (aligned): one fd more is MSG_CTRUNC.
+const CMSG_BUFFER_WORDS: usize = (16 + MAX_FDS * std::mem::size_of::<RawFd>()).div_ceil(8);
+
+fn recv_packet(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> Result<Received, TransportError> {
+    // nix's RecvMsg::cmsgs() refuses to iterate when MSG_CTRUNC is set, which would leak the
+    // fds the kernel did install; so this one call walks the control messages itself.
+    let mut cmsg_buf = [0u64; CMSG_BUFFER_WORDS];
+    // SAFETY: CMSG_SPACE only computes a size.
+    debug_assert_eq!(
+        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize,
+        std::mem::size_of_val(&cmsg_buf)
+    );
+    let mut iov = [IoSliceMut::new(buf)];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    mhdr.msg_iov = iov.as_mut_ptr().cast();
+    mhdr.msg_iovlen = iov.len();
+    mhdr.msg_control = cmsg_buf.as_mut_ptr().cast();
+    mhdr.msg_controllen = std::mem::size_of_val(&cmsg_buf);
+    let n = loop {
+        // SAFETY: mhdr points at live buffers (iov, cmsg_buf) of the sizes it states.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut mhdr, flags | libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Err(TransportError::WouldBlock),
+            Errno::ECONNRESET => return Err(TransportError::Closed),
+            e => return Err(sys("recvmsg", "fdlink socket")(e)),
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: mhdr was filled by a successful recvmsg; CMSG_FIRSTHDR/NXTHDR stay within
+    // msg_controllen, and each SCM_RIGHTS payload holds whole c_ints installed for us.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&mhdr);
+        while !cmsg.is_null() {
+            let hdr = &*cmsg;
+            if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let data_len = hdr.cmsg_len as usize - (data as usize - cmsg as usize);
+                let count = data_len / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    // SAFETY: the kernel installed this fd for us; nothing else owns it.
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&mhdr, cmsg);
+        }
+    }
+    if mhdr.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(TransportError::FdsTruncated);
+    }
+    if mhdr.msg_flags & libc::MSG_TRUNC != 0 {
+        return Err(TransportError::Truncated);
+    }
+    if n == 0 && fds.is_empty() {
+        return Err(TransportError::Closed);
+    }
+    Ok(Received { len: n, fds })
+}
+
+fn poll_retry(pfds: &mut [PollFd<'_>], timeout: Option<Duration>) -> Result<(), TransportError> {
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        // Round up so a 0.4 ms wait does not become a busy loop.
+        Some(t) => {
+            PollTimeout::try_from(t.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::MAX)
+        }
+    };
+    match poll(pfds, timeout) {
+        Ok(_) | Err(Errno::EINTR) => Ok(()),
+        Err(e) => Err(sys("poll", "fdlink socket")(e)),
+    }
+}
+
+/// Waits until `fd` has one of `events` or `timeout` passes.
+pub fn wait_fd(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    timeout: Duration,
+) -> Result<(), TransportError> {
+    let mut pfds = [PollFd::new(fd, events)];
+    poll_retry(&mut pfds, Some(timeout))
+}
+
+/// Wakes a thread blocked in `poll` (an eventfd): used by `unlock()` and by shutdown.
+#[derive(Debug)]
+pub struct Waker {
+    efd: EventFd,
+}
+
+impl Waker {
+    pub fn new() -> Result<Waker, TransportError> {
+        let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(sys("eventfd", "waker"))?;
+        Ok(Waker { efd })
+    }
+
+    pub fn wake(&self) {
+        let _ = self.efd.write(1);
+    }
+
+    /// Clears pending wake-ups.
+    pub fn reset(&self) {
+        let _ = self.efd.read();
+    }
+}
+
+impl AsFd for Waker {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.efd.as_fd()
+    }
+}
+
+/// Waits for readiness on several fds at once; returns their revents in order.
+pub fn poll_many(
+    fds: &[(BorrowedFd<'_>, PollFlags)],
+    timeout: Option<Duration>,
+) -> Result<Vec<PollFlags>, TransportError> {
+    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|(fd, ev)| PollFd::new(*fd, *ev)).collect();
+    poll_retry(&mut pfds, timeout)?;
+    Ok(pfds
+        .iter()
+        .map(|p| p.revents().unwrap_or(PollFlags::empty()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn memfd_with(bytes: &[u8]) -> OwnedFd {
+        let mfd = memfd::MemfdOptions::default().create("t").unwrap();
+        mfd.as_file().write_all(bytes).unwrap();
+        OwnedFd::from(mfd.into_file())
+    }
+
+    use crate::test_support::{fd_lock, open_fds};
+
+    #[test]
+    fn fds_cross_as_the_same_file_and_are_cloexec() {
+        let _fds = fd_lock();
+        let (a, b) = Connection::pair().unwrap();
+        let f1 = memfd_with(b"one");
+        let f2 = memfd_with(b"two");
+        a.try_send(b"hello", &[f1.as_fd(), f2.as_fd()]).unwrap();
+        let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        let got = b.try_recv(&mut buf).unwrap();
+        assert_eq!(&buf[..got.len], b"hello");
+        assert_eq!(got.fds.len(), 2);
+        for (sent, recv) in [&f1, &f2].iter().zip(&got.fds) {
+            assert_eq!(
+                file_identity(sent.as_fd()).unwrap(),
+                file_identity(recv.as_fd()).unwrap()
+            );
+            let fl = nix::fcntl::fcntl(recv, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+            assert!(
+                fl & libc::FD_CLOEXEC != 0,
+                "received fd is not close-on-exec"
+            );
+        }
+    }
+
+    #[test]
+    fn too_many_fds_is_ctrunc_and_nothing_leaks() {
+        let _fds = fd_lock();
+        let (a, b) = Connection::pair().unwrap();
+        let files: Vec<OwnedFd> = (0..40).map(|_| memfd_with(b"x")).collect();
+        let before = open_fds();
+        // Bypass the sender-side MAX_FDS cap with a raw sendmsg, as a hostile peer would.
+        let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        socket::sendmsg::<UnixAddr>(
+            a.as_fd().as_raw_fd(),
+            &[IoSlice::new(b"x")],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        assert!(matches!(
+            b.try_recv(&mut buf),
+            Err(TransportError::FdsTruncated)
+        ));
+        assert_eq!(open_fds(), before, "fds leaked after MSG_CTRUNC");
+    }
+
+    #[test]
+    fn oversized_packet_is_truncated_error() {
+        let _fds = fd_lock();
+        let (a, b) = Connection::pair().unwrap();
+        a.try_send(&vec![7u8; MAX_PACKET_SIZE + 10], &[]).unwrap();
+        let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        assert!(matches!(
+            b.try_recv(&mut buf),
+            Err(TransportError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn closed_and_wouldblock() {
+        let _fds = fd_lock();
+        let (a, b) = Connection::pair().unwrap();
+        let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        assert!(matches!(
+            b.try_recv(&mut buf),
+            Err(TransportError::WouldBlock)
+        ));
+        drop(a);
+        assert!(matches!(b.try_recv(&mut buf), Err(TransportError::Closed)));
+        assert!(matches!(b.try_send(b"x", &[]), Err(TransportError::Closed)));
+    }
+
+    #[test]
+    fn waker_interrupts_recv_wait() {
+        let _fds = fd_lock();
+        let (_a, b) = Connection::pair().unwrap();
+        let w = Waker::new().unwrap();
+        w.wake();
+        let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        assert!(b.recv_wait(&mut buf, Some(&w), None).unwrap().is_none());
+        w.reset();
+        assert!(matches!(
+            b.recv_wait(&mut buf, Some(&w), Some(Duration::from_millis(20))),
+            Err(TransportError::TimedOut(_))
+        ));
+    }
+
+    #[test]
+    fn listener_replaces_stale_socket_but_not_live_or_foreign_files() {
+        let _fds = fd_lock();
+        let dir = std::env::temp_dir().join(format!("fdlink-t-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+
+        let live = Listener::bind(&path).unwrap();
+        assert!(matches!(
+            Listener::bind(&path),
+            Err(TransportError::InUse { .. })
+        ));
+        drop(live);
+        assert!(!path.exists(), "listener did not unlink its socket on drop");
+
+        // A stale socket file: std's listener leaves its file behind when dropped.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        assert!(matches!(
+            Connection::connect(&path),
+            Err(TransportError::NotListening { .. })
+        ));
+        let replaced = Listener::bind(&path).unwrap();
+        drop(replaced);
+
+        std::fs::write(&path, b"not a socket").unwrap();
+        assert!(matches!(
+            Listener::bind(&path),
+            Err(TransportError::NotASocket { .. })
+        ));
+        assert!(matches!(
+            Connection::connect(&path),
+            Err(TransportError::NotListening { .. } | TransportError::NotFdlinkSocket { .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            Connection::connect(&path),
+            Err(TransportError::NoSuchPath { .. })
+        ));
+
+        // A stream socket at the path: connect names the wrong socket type.
+        let stream = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(matches!(
+            Connection::connect(&path),
+            Err(TransportError::NotFdlinkSocket { .. })
+        ));
+        assert!(matches!(
+            Listener::bind(&path),
+            Err(TransportError::InUse { .. })
+        ));
+        drop(stream);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
