@@ -11,12 +11,15 @@ pub fn event_type_code(t: gst::EventType) -> u32 {
     t.into_glib() as u32
 }
 
-/// `s` as a string, without the fields whose values have no string form (objects such as a
-/// GstStream). `on_drop` is told each dropped field name.
+/// `s` as a string, without the fields whose values do not survive a string round trip
+/// (objects such as a GstStream print but do not parse). `on_drop` is told each dropped field.
 pub fn serializable_structure(s: &gst::StructureRef, mut on_drop: impl FnMut(&str)) -> String {
     let mut out = gst::Structure::new_empty(s.name());
     for (name, value) in s.iter() {
-        if value.serialize().is_ok() {
+        let round_trips = value
+            .serialize()
+            .is_ok_and(|text| glib::Value::deserialize(&text, value.type_()).is_ok());
+        if round_trips {
             out.set_value(name, value.clone());
         } else {
             on_drop(name.as_str());

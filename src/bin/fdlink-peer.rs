@@ -1,1 +1,500 @@
-fn main() {}
+//! `fdlink-peer`: one end of an fdlink, as a process. Runs the demo, and is the producer and
+//! consumer processes of the integration tests.
+//!
+//! ```text
+//! fdlink-peer demo [--frames N] [--size WxH] [--copy]
+//! fdlink-peer produce [OPTIONS] PIPELINE...       (a pipeline with an fdlinksink)
+//! fdlink-peer consume [OPTIONS] PIPELINE...       (a pipeline with an fdlinksrc)
+//! fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--size WxH]
+//! ```
+//!
+//! Options of produce/consume:
+//! - `--frames-log`: print one `frame` line per buffer (offset, CRC-32 of its bytes, and the
+//!   (dev, inode) of each fd-backed memory) at the fdlink element, or at the element named
+//!   `check` if the pipeline has one.
+//! - `--slow-ms N`: sleep N ms in that probe per buffer, checking that the frame did not
+//!   change meanwhile (`overwritten` line if it did).
+//! - `--pattern`: check each buffer is filled with `offset % 251` (see produce-pattern).
+//! - `--stats-every MS`: print the fdlink element's `stats` every MS ms.
+//! - `--seconds S`: send EOS after S seconds.
+//!
+//! Output lines: `frame ...`, `stats <structure>`, `overwritten ...`, `pattern-mismatch ...`,
+//! `eos`, and on failure `error: ...` on stderr with exit code 1.
+
+use std::io::Write;
+use std::os::fd::BorrowedFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: fdlink-peer demo [--frames N] [--size WxH] [--copy]\n\
+         \x20      fdlink-peer produce|consume [--frames-log] [--slow-ms N] [--pattern] [--stats-every MS] [--seconds S] PIPELINE...\n\
+         \x20      fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--size WxH]"
+    );
+    std::process::exit(2)
+}
+
+#[derive(Default)]
+struct Opts {
+    frames_log: bool,
+    slow_ms: u64,
+    pattern: bool,
+    stats_every_ms: u64,
+    seconds: Option<f64>,
+    frames: u64,
+    size: (u32, u32),
+    socket: Option<String>,
+    pool_max: u32,
+    copy: bool,
+    rest: Vec<String>,
+}
+
+fn parse_opts(args: &[String]) -> Opts {
+    let mut o = Opts {
+        frames: 600,
+        size: (1920, 1080),
+        pool_max: 4,
+        ..Default::default()
+    };
+    let mut it = args.iter();
+    let num =
+        |v: Option<&String>| -> u64 { v.and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()) };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--frames-log" => o.frames_log = true,
+            "--pattern" => o.pattern = true,
+            "--copy" => o.copy = true,
+            "--slow-ms" => o.slow_ms = num(it.next()),
+            "--stats-every" => o.stats_every_ms = num(it.next()),
+            "--frames" => o.frames = num(it.next()),
+            "--pool-max" => o.pool_max = num(it.next()) as u32,
+            "--seconds" => {
+                o.seconds = Some(
+                    it.next()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_else(|| usage()),
+                )
+            }
+            "--socket" => o.socket = Some(it.next().cloned().unwrap_or_else(|| usage())),
+            "--size" => {
+                let s = it.next().unwrap_or_else(|| usage());
+                let (w, h) = s.split_once('x').unwrap_or_else(|| usage());
+                o.size = (
+                    w.parse().unwrap_or_else(|_| usage()),
+                    h.parse().unwrap_or_else(|_| usage()),
+                );
+            }
+            _ => {
+                o.rest.push(a.clone());
+                o.rest.extend(it.by_ref().cloned());
+            }
+        }
+    }
+    o
+}
+
+fn init() {
+    gst::init().expect("GStreamer initializes");
+    gstfdlink::plugin_register_static().expect("fdlink plugin registers");
+}
+
+fn print_line(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{s}");
+    let _ = out.flush();
+}
+
+/// The fdlink element of a pipeline (the first fdlinksink or fdlinksrc).
+fn fdlink_element(pipeline: &gst::Bin) -> Option<gst::Element> {
+    pipeline.iterate_recurse().into_iter().flatten().find(|e| {
+        e.factory()
+            .is_some_and(|f| f.name() == "fdlinksink" || f.name() == "fdlinksrc")
+    })
+}
+
+fn buffer_crc(buffer: &gst::BufferRef) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for mem in buffer.iter_memories() {
+        if let Ok(m) = mem.map_readable() {
+            h.update(m.as_slice());
+        }
+    }
+    h.finalize()
+}
+
+fn buffer_files(buffer: &gst::BufferRef) -> String {
+    let mut files = Vec::new();
+    for mem in buffer.iter_memories() {
+        if let Some(f) = mem.downcast_memory_ref::<gst_allocators::FdMemory>() {
+            // SAFETY: the buffer (borrowed here) keeps the memory and its fd open.
+            let fd = unsafe { BorrowedFd::borrow_raw(f.fd()) };
+            if let Ok((dev, ino)) = gstfdlink::transport::file_identity(fd) {
+                files.push(format!("{dev}:{ino}"));
+            }
+        }
+    }
+    if files.is_empty() {
+        "-".into()
+    } else {
+        files.join(",")
+    }
+}
+
+/// Checks the produce-pattern fill: sampled bytes all equal `offset % 251`.
+fn pattern_ok(buffer: &gst::BufferRef) -> bool {
+    let want = (buffer.offset() % 251) as u8;
+    buffer.iter_memories().all(|mem| {
+        mem.map_readable().is_ok_and(|m| {
+            let s = m.as_slice();
+            s.iter().step_by(4093).all(|&b| b == want) && s.last().is_none_or(|&b| b == want)
+        })
+    })
+}
+
+fn add_probe(pipeline: &gst::Bin, element: &gst::Element, o: &Opts) {
+    let (target, pad) = match pipeline.by_name("check") {
+        Some(check) => (check.clone(), check.static_pad("sink")),
+        None => {
+            let is_src = element.factory().is_some_and(|f| f.name() == "fdlinksrc");
+            let pad = if is_src {
+                element.static_pad("src")
+            } else {
+                element.static_pad("sink")
+            };
+            (element.clone(), pad)
+        }
+    };
+    let Some(pad) = pad else {
+        eprintln!("error: no pad to probe on {}", target.name());
+        std::process::exit(2);
+    };
+    let (frames_log, slow, pattern) = (o.frames_log, o.slow_ms, o.pattern);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(buffer) = info.buffer() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let crc = (frames_log || slow > 0).then(|| buffer_crc(buffer));
+        if pattern && !pattern_ok(buffer) {
+            print_line(&format!("pattern-mismatch offset={}", buffer.offset()));
+        }
+        if let Some(crc) = crc {
+            if frames_log {
+                print_line(&format!(
+                    "frame offset={} pts={} size={} crc={crc:08x} files={}",
+                    buffer.offset(),
+                    buffer.pts().map_or(-1i64, |t| t.nseconds() as i64),
+                    buffer.size(),
+                    buffer_files(buffer)
+                ));
+            }
+            if slow > 0 {
+                std::thread::sleep(Duration::from_millis(slow));
+                let after = buffer_crc(buffer);
+                if after != crc || (pattern && !pattern_ok(buffer)) {
+                    print_line(&format!(
+                        "overwritten offset={} crc-before={crc:08x} crc-after={after:08x}",
+                        buffer.offset()
+                    ));
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+fn print_stats(element: &gst::Element) {
+    let s = element.property::<gst::Structure>("stats");
+    print_line(&format!("stats {s}"));
+}
+
+/// Runs a pipeline to EOS or error. Returns the exit code.
+fn run(pipeline: gst::Pipeline, element: Option<gst::Element>, o: &Opts) -> i32 {
+    let stop_at = o
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let stats_every = (o.stats_every_ms > 0).then(|| Duration::from_millis(o.stats_every_ms));
+    let mut next_stats = Instant::now();
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        eprintln!("error: cannot start pipeline: {e}");
+        drain_errors(&pipeline);
+        let _ = pipeline.set_state(gst::State::Null);
+        return 1;
+    }
+    let bus = pipeline.bus().expect("pipeline has a bus");
+    let mut sent_eos = false;
+    let code = loop {
+        if let (Some(every), Some(el)) = (stats_every, &element)
+            && Instant::now() >= next_stats
+        {
+            print_stats(el);
+            next_stats = Instant::now() + every;
+        }
+        if let Some(t) = stop_at
+            && !sent_eos
+            && Instant::now() >= t
+        {
+            pipeline.send_event(gst::event::Eos::new());
+            sent_eos = true;
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(20)) else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => {
+                print_line("eos");
+                break 0;
+            }
+            gst::MessageView::Error(err) => {
+                eprintln!(
+                    "error: {} (from {})",
+                    err.error(),
+                    err.src().map_or_else(|| "?".into(), |s| s.path_string())
+                );
+                if let Some(d) = err.debug() {
+                    eprintln!("debug: {d}");
+                }
+                break 1;
+            }
+            _ => {}
+        }
+    };
+    if let Some(el) = &element {
+        print_stats(el);
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    code
+}
+
+fn drain_errors(pipeline: &gst::Pipeline) {
+    let bus = pipeline.bus().expect("pipeline has a bus");
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+        if let gst::MessageView::Error(err) = msg.view() {
+            eprintln!("error: {}", err.error());
+            if let Some(d) = err.debug() {
+                eprintln!("debug: {d}");
+            }
+        }
+    }
+}
+
+fn launch(o: &Opts) -> i32 {
+    if o.rest.is_empty() {
+        usage();
+    }
+    init();
+    let desc = o.rest.join(" ");
+    let pipeline = match gst::parse::launch(&desc) {
+        Ok(p) => p.downcast::<gst::Pipeline>().unwrap_or_else(|_| {
+            eprintln!("error: not a pipeline: {desc}");
+            std::process::exit(2)
+        }),
+        Err(e) => {
+            eprintln!("error: cannot parse pipeline: {e}");
+            return 2;
+        }
+    };
+    let element = fdlink_element(pipeline.upcast_ref());
+    if let Some(el) = &element
+        && (o.frames_log || o.slow_ms > 0 || o.pattern)
+    {
+        add_probe(pipeline.upcast_ref(), el, o);
+    }
+    run(pipeline, element, o)
+}
+
+/// A producer whose frames come from a small memfd pool (`--pool-max` buffers), each filled
+/// with `offset % 251`: if a frame were reused while a consumer still held it, the consumer's
+/// pattern check would see it.
+fn produce_pattern(o: &Opts) -> i32 {
+    init();
+    let socket = o.socket.clone().unwrap_or_else(|| usage());
+    let (w, h) = o.size;
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "NV12")
+        .field("width", w as i32)
+        .field("height", h as i32)
+        .field("framerate", gst::Fraction::new(30, 1))
+        .build();
+    let info = gst_video::VideoInfo::from_caps(&caps).expect("valid caps");
+    let pool = gstfdlink::memory::MemfdBufferPool::new_configured(
+        &caps,
+        info.size() as u32,
+        o.pool_max,
+        o.pool_max,
+        true,
+    )
+    .expect("pool configures");
+    let pipeline = gst::Pipeline::new();
+    let appsrc = gst_app::AppSrc::builder()
+        .caps(&caps)
+        .format(gst::Format::Time)
+        .build();
+    let sink = gst::ElementFactory::make("fdlinksink")
+        .property("socket-path", &socket)
+        .property("sync", false)
+        .property("wait-for-connection", true)
+        .build()
+        .expect("fdlinksink");
+    pipeline
+        .add_many([appsrc.upcast_ref(), &sink])
+        .expect("add");
+    appsrc.link(&sink).expect("link");
+    let frames = o.frames;
+    let acquired = Arc::new(AtomicU64::new(0));
+    let pool_cb = Mutex::new(pool);
+    let counter = acquired.clone();
+    appsrc.set_callbacks(
+        gst_app::AppSrcCallbacks::builder()
+            .need_data(move |src, _| {
+                let i = counter.load(Ordering::SeqCst);
+                if i >= frames {
+                    let _ = src.end_of_stream();
+                    return;
+                }
+                // Blocks while all pool buffers are held by consumers.
+                let Ok(mut buffer) = pool_cb.lock().unwrap().acquire_buffer(None) else {
+                    return;
+                };
+                {
+                    let b = buffer.get_mut().expect("pool buffer is writable");
+                    b.set_offset(i);
+                    b.set_pts(gst::ClockTime::from_mseconds(i * 33));
+                    let mut map = b.map_writable().expect("maps");
+                    map.as_mut_slice().fill((i % 251) as u8);
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = src.push_buffer(buffer);
+            })
+            .build(),
+    );
+    let o2 = Opts {
+        stats_every_ms: o.stats_every_ms,
+        ..Default::default()
+    };
+    run(pipeline, Some(sink), &o2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Demo
+
+fn spawn_self(args: &[&str]) -> std::io::Result<Child> {
+    Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+fn last_stats(output: &str) -> Option<gst::Structure> {
+    output
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("stats "))
+        .and_then(|s| s.parse().ok())
+}
+
+fn demo(o: &Opts) -> i32 {
+    init();
+    let (w, h) = o.size;
+    let dir = std::env::temp_dir().join(format!("fdlink-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let sock = dir.join("fdlink.sock");
+    let sock = sock.to_str().expect("utf-8 temp path");
+    // `identity drop-allocation=true` hides the memfd pool from videotestsrc, forcing the
+    // system-memory path (one copy per frame) to show it.
+    let copy = if o.copy {
+        "identity drop-allocation=true ! "
+    } else {
+        ""
+    };
+    let producer_pipeline = format!(
+        "videotestsrc num-buffers={} pattern=ball ! video/x-raw,format=NV12,width={w},height={h},framerate=60/1 ! {copy}fdlinksink socket-path={sock} wait-for-connection=true",
+        o.frames
+    );
+    let consumer_pipeline = format!("fdlinksrc socket-path={sock} ! fakesink sync=true");
+    println!("fdlink demo: {} frames of {w}x{h} NV12 at 60 fps", o.frames);
+    println!("  producer: gst-launch-1.0 {producer_pipeline}");
+    println!("  consumer: gst-launch-1.0 {consumer_pipeline}");
+    let producer = spawn_self(&["produce", &producer_pipeline]).expect("spawn producer");
+    let consumer = spawn_self(&["consume", &consumer_pipeline]).expect("spawn consumer");
+    println!(
+        "  running: producer pid {}, consumer pid {} ...",
+        producer.id(),
+        consumer.id()
+    );
+    let started = Instant::now();
+    let p = producer.wait_with_output().expect("producer runs");
+    let c = consumer.wait_with_output().expect("consumer runs");
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (Some(ps), Some(cs)) = (
+        last_stats(&String::from_utf8_lossy(&p.stdout)),
+        last_stats(&String::from_utf8_lossy(&c.stdout)),
+    ) else {
+        eprintln!(
+            "demo failed: producer {:?}, consumer {:?}",
+            p.status, c.status
+        );
+        return 1;
+    };
+    let g = |s: &gst::Structure, f: &str| -> u64 {
+        s.get::<u64>(f)
+            .or_else(|_| s.get::<u32>(f).map(u64::from))
+            .unwrap_or(0)
+    };
+    let sent = g(&ps, "frames-sent");
+    let zc = g(&ps, "frames-zero-copy");
+    let received = g(&cs, "frames-received");
+    println!("results after {:.1} s:", elapsed.as_secs_f64());
+    println!(
+        "  producer: {} frames in, {sent} sent, {zc} zero-copy ({:.1}%), {} copied ({} bytes copied)",
+        g(&ps, "frames-in"),
+        if sent > 0 {
+            100.0 * zc as f64 / sent as f64
+        } else {
+            0.0
+        },
+        g(&ps, "frames-copied"),
+        g(&ps, "bytes-copied"),
+    );
+    println!(
+        "  consumer: {received} frames received, {} released back",
+        g(&cs, "releases-sent")
+    );
+    println!(
+        "  per-frame latency (producer send -> consumer receive): p50 {} us, p99 {} us, max {} us",
+        g(&cs, "latency-p50-us"),
+        g(&cs, "latency-p99-us"),
+        g(&cs, "latency-max-us")
+    );
+    let ok = p.status.success() && c.status.success() && received == o.frames && sent == o.frames;
+    println!(
+        "  {}",
+        if ok {
+            "OK: every frame crossed"
+        } else {
+            "FAILED"
+        }
+    );
+    if ok { 0 } else { 1 }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        usage()
+    };
+    let o = parse_opts(rest);
+    let code = match cmd.as_str() {
+        "demo" => demo(&o),
+        "produce" | "consume" => launch(&o),
+        "produce-pattern" => produce_pattern(&o),
+        _ => usage(),
+    };
+    std::process::exit(code);
+}

@@ -231,6 +231,20 @@ impl Hub {
         self.after_removals(removed);
     }
 
+    /// Waits until a consumer is ready. Returns false when flushing.
+    pub fn wait_for_consumer(&self) -> bool {
+        let mut inner = self.lock();
+        loop {
+            if inner.flushing {
+                return false;
+            }
+            if inner.consumers.iter().any(|c| c.phase == Phase::Ready) {
+                return true;
+            }
+            inner = self.room.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     /// Waits (at most `slow_wait`) for every ready consumer to have room under `max-held`.
     /// Returns false when flushing.
     pub fn wait_for_room(&self) -> bool {
@@ -537,6 +551,7 @@ impl Hub {
                     id,
                     pid: inner.consumers[pos].pid,
                 });
+                self.room.notify_all();
                 continue;
             }
             match Packet::decode(bytes, got.fds) {

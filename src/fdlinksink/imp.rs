@@ -37,6 +37,7 @@ const POOL_MIN_BUFFERS: u32 = 2;
 struct Settings {
     socket_path: Option<String>,
     max_held: u32,
+    wait_for_connection: bool,
 }
 
 impl Default for Settings {
@@ -44,6 +45,7 @@ impl Default for Settings {
         Settings {
             socket_path: None,
             max_held: DEFAULT_MAX_HELD,
+            wait_for_connection: false,
         }
     }
 }
@@ -57,7 +59,19 @@ enum State {
         control: JoinHandle<()>,
         copy_pool: Option<MemfdBufferPool>,
         packet: Vec<u8>,
+        /// Whether upstream is live, asked once per stream: a live stream never waits for a
+        /// slow consumer (that consumer skips frames instead).
+        upstream_live: Option<bool>,
     },
+}
+
+/// A frame ready to go out: the buffer whose memories cross (the upstream buffer, or its
+/// memfd copy) described as fd windows.
+struct Outgoing<'a> {
+    wire: &'a gst::Buffer,
+    memories: Vec<MemoryDesc>,
+    fds: Vec<BorrowedFd<'a>>,
+    zero_copy: bool,
 }
 
 #[derive(Default)]
@@ -118,10 +132,7 @@ impl FdlinkSink {
         hub: &Hub,
         state: &mut State,
         meta_src: &gst::BufferRef,
-        wire: &gst::Buffer,
-        memories: Vec<MemoryDesc>,
-        fds: &[BorrowedFd<'_>],
-        zero_copy: bool,
+        out: Outgoing<'_>,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let State::Started { packet, .. } = state else {
             return Err(gst::FlowError::Flushing);
@@ -136,23 +147,25 @@ impl FdlinkSink {
             offset_end: meta_src.offset_end(),
             flags: meta_src.flags().bits(),
             sent_at: clock::monotonic_now(),
-            memories,
+            memories: out.memories,
             video: memory::video_layout(meta_src),
         };
-        if let Err(e) = Packet::Buffer(header, fds.to_vec()).encode(packet) {
+        let packet_fds = out.fds;
+        let p = Packet::Buffer(header, packet_fds);
+        if let Err(e) = p.encode(packet) {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Encode,
-                ["cannot encode buffer: {e}"]
+                ("cannot encode buffer: {e}")
             );
             return Err(gst::FlowError::Error);
         }
-        let out = hub.send_buffer(buffer_id, packet, fds, wire.clone(), zero_copy);
+        let sent = hub.send_buffer(buffer_id, packet, p.fds(), out.wire.clone(), out.zero_copy);
         gst::trace!(
             CAT,
             imp = self,
             "buffer {buffer_id} sent to {} consumers",
-            out.sent_to
+            sent.sent_to
         );
         Ok(gst::FlowSuccess::Ok)
     }
@@ -178,7 +191,7 @@ impl FdlinkSink {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::NoSpaceLeft,
-                    ["cannot create memfd copy pool of {size}-byte buffers: {e}"]
+                    ("cannot create memfd copy pool of {size}-byte buffers: {e}")
                 );
                 gst::FlowError::Error
             })?;
@@ -250,11 +263,17 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecUInt::builder("max-held")
                     .nick("Max held buffers per consumer")
-                    .blurb("Buffers one consumer may hold unreleased; at the limit a frame waits up to 1 s for a release, then that consumer skips it")
+                    .blurb("Buffers one consumer may hold unreleased. At the limit, a live stream skips the frame for that consumer; a non-live one first waits up to 1 s for a release")
                     .minimum(1)
                     .maximum(1024)
                     .default_value(DEFAULT_MAX_HELD)
                     .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("wait-for-connection")
+                    .nick("Wait for connection")
+                    .blurb("Without any consumer, wait for one (true) or drop frames (false); once consumers came and went, frames are dropped again until the next one")
+                    .default_value(false)
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("num-clients")
                     .nick("Number of clients")
@@ -276,6 +295,9 @@ impl ObjectImpl for FdlinkSink {
         match pspec.name() {
             "socket-path" => settings.socket_path = value.get().expect("type checked upstream"),
             "max-held" => settings.max_held = value.get().expect("type checked upstream"),
+            "wait-for-connection" => {
+                settings.wait_for_connection = value.get().expect("type checked upstream")
+            }
             _ => unimplemented!(),
         }
     }
@@ -284,6 +306,7 @@ impl ObjectImpl for FdlinkSink {
         match pspec.name() {
             "socket-path" => self.settings.lock().unwrap().socket_path.to_value(),
             "max-held" => self.settings.lock().unwrap().max_held.to_value(),
+            "wait-for-connection" => self.settings.lock().unwrap().wait_for_connection.to_value(),
             "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
             "stats" => self.stats_structure().to_value(),
             _ => unimplemented!(),
@@ -328,13 +351,13 @@ impl BaseSinkImpl for FdlinkSink {
         let Some(path) = settings.socket_path.map(PathBuf::from) else {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["socket-path is not set"]
+                ("socket-path is not set")
             ));
         };
         let listener = Listener::bind(&path).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenReadWrite,
-                ["cannot listen on {}: {e}", path.display()]
+                ("cannot listen on {}: {e}", path.display())
             )
         })?;
         let obj = self.obj().downgrade();
@@ -352,7 +375,7 @@ impl BaseSinkImpl for FdlinkSink {
                 HubEvent::Warning(msg) => gst::warning!(CAT, obj = obj, "{msg}"),
             }
         })
-        .map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ["{e}"]))?;
+        .map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ("{e}")))?;
         let control_hub = hub.clone();
         let control = std::thread::Builder::new()
             .name("fdlinksink-ctl".into())
@@ -361,7 +384,7 @@ impl BaseSinkImpl for FdlinkSink {
                 // The listener drops here, unlinking the socket path.
             })
             .map_err(|e| {
-                gst::error_msg!(gst::ResourceError::Failed, ["cannot spawn thread: {e}"])
+                gst::error_msg!(gst::ResourceError::Failed, ("cannot spawn thread: {e}"))
             })?;
         gst::info!(CAT, imp = self, "listening on {}", path.display());
         *self.hub.lock().unwrap() = Some(hub);
@@ -369,6 +392,7 @@ impl BaseSinkImpl for FdlinkSink {
             control,
             copy_pool: None,
             packet: Vec::with_capacity(1024),
+            upstream_live: None,
         };
         Ok(())
     }
@@ -450,19 +474,44 @@ impl BaseSinkImpl for FdlinkSink {
             return Err(gst::FlowError::Flushing);
         };
         if !hub.has_ready_consumer() {
-            hub.count_frame_without_consumer();
-            return Ok(gst::FlowSuccess::Ok);
-        }
-        if !hub.wait_for_room() {
-            return Err(gst::FlowError::Flushing);
+            // Waiting applies to the first consumer only, so a stream never blocks forever
+            // because the last consumer left.
+            let wait = self.settings.lock().unwrap().wait_for_connection
+                && hub.stats().0.consumers_total == 0;
+            if !wait {
+                hub.count_frame_without_consumer();
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            gst::debug!(CAT, imp = self, "waiting for the first consumer");
+            if !hub.wait_for_consumer() {
+                return Err(gst::FlowError::Flushing);
+            }
         }
         let mut state = self.state.lock().unwrap();
+        let live = match &mut *state {
+            State::Started { upstream_live, .. } => *upstream_live.get_or_insert_with(|| {
+                let mut q = gst::query::Latency::new();
+                let live = self.obj().sink_pad().peer_query(&mut q) && q.result().0;
+                gst::debug!(CAT, imp = self, "upstream is live: {live}");
+                live
+            }),
+            State::Stopped => return Err(gst::FlowError::Flushing),
+        };
+        if !live && !hub.wait_for_room() {
+            return Err(gst::FlowError::Flushing);
+        }
         let mut descs = Vec::with_capacity(4);
         let mut fds = Vec::with_capacity(4);
         match memory::describe_buffer(buffer, &mut descs, &mut fds) {
             Ok(()) => {
                 hub.count_frame_in(None);
-                self.send_frame(&hub, &mut state, buffer, buffer, descs, &fds, true)
+                let out = Outgoing {
+                    wire: buffer,
+                    memories: descs,
+                    fds,
+                    zero_copy: true,
+                };
+                self.send_frame(&hub, &mut state, buffer, out)
             }
             Err(reason) => {
                 drop(fds);
@@ -474,12 +523,18 @@ impl BaseSinkImpl for FdlinkSink {
                     gst::element_imp_error!(
                         self,
                         gst::ResourceError::Failed,
-                        ["memfd copy is not shareable: {r:?}"]
+                        ("memfd copy is not shareable: {r:?}")
                     );
                     return Err(gst::FlowError::Error);
                 }
                 hub.count_frame_in(Some(buffer.size()));
-                self.send_frame(&hub, &mut state, buffer, &copy, descs, &fds, false)
+                let out = Outgoing {
+                    wire: &copy,
+                    memories: descs,
+                    fds,
+                    zero_copy: false,
+                };
+                self.send_frame(&hub, &mut state, buffer, out)
             }
         }
     }

@@ -168,11 +168,11 @@ impl FdlinkSrc {
                     if Instant::now() >= deadline {
                         return Err(Stop::Error(gst::error_msg!(
                             gst::ResourceError::OpenRead,
-                            [
+                            (
                                 "no fdlink producer at {} after waiting {} ms: {e}",
                                 stream.path.display(),
                                 stream.timeout.as_millis()
-                            ]
+                            )
                         )));
                     }
                     if crate::transport::wait_fd(
@@ -189,7 +189,7 @@ impl FdlinkSrc {
                 Err(e) => {
                     return Err(Stop::Error(gst::error_msg!(
                         gst::ResourceError::OpenRead,
-                        ["cannot connect to {}: {e}", stream.path.display()]
+                        ("cannot connect to {}: {e}", stream.path.display())
                     )));
                 }
             }
@@ -249,10 +249,10 @@ impl FdlinkSrc {
     fn link_error(&self, path: &Path, doing: &str, e: TransportError) -> Stop {
         Stop::Error(gst::error_msg!(
             gst::ResourceError::Read,
-            [
+            (
                 "fdlink producer at {} failed while {doing}: {e}",
                 path.display()
-            ]
+            )
         ))
     }
 
@@ -352,10 +352,10 @@ impl FdlinkSrc {
                 Err(TransportError::Closed) => {
                     return Err(Stop::Error(gst::error_msg!(
                         gst::ResourceError::Read,
-                        [
+                        (
                             "producer disconnected from {} without EOS",
                             stream.path.display()
-                        ]
+                        )
                     )));
                 }
                 Err(e) => {
@@ -382,7 +382,7 @@ impl FdlinkSrc {
                         if self.obj().set_caps(&caps).is_err() {
                             return Err(Stop::Error(gst::error_msg!(
                                 gst::CoreError::Negotiation,
-                                ["downstream does not accept the producer's caps {caps}"]
+                                ("downstream does not accept the producer's caps {caps}")
                             )));
                         }
                     }
@@ -431,10 +431,10 @@ impl FdlinkSrc {
                 Packet::Error(msg) => {
                     return Err(Stop::Error(gst::error_msg!(
                         gst::ResourceError::Read,
-                        [
+                        (
                             "producer at {} reported an error: {msg}",
                             stream.path.display()
-                        ]
+                        )
                     )));
                 }
                 Packet::Release { .. } => {
@@ -450,10 +450,10 @@ impl FdlinkSrc {
 fn protocol_error(path: &Path, what: String) -> Stop {
     Stop::Error(gst::error_msg!(
         gst::StreamError::Decode,
-        [
+        (
             "protocol error from fdlink producer at {}: {what}",
             path.display()
-        ]
+        )
     ))
 }
 
@@ -563,11 +563,11 @@ impl BaseSrcImpl for FdlinkSrc {
         let Some(path) = settings.socket_path.map(PathBuf::from) else {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["socket-path is not set"]
+                ("socket-path is not set")
             ));
         };
         let waker =
-            Waker::new().map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ["{e}"]))?;
+            Waker::new().map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ("{e}")))?;
         *self.waker.lock().unwrap() = Some(Arc::new(waker));
         *self.caps.lock().unwrap() = None;
         *self.stats.lock().unwrap() = Stats::default();

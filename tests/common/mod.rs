@@ -1,0 +1,243 @@
+//! Helpers for tests that run real producer and consumer processes (`fdlink-peer`).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A fresh directory for one test's socket, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "fdlink-test-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn socket(&self) -> String {
+        self.0.join("link.sock").to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `fdlink-peer` process whose output lines are collected as they come.
+pub struct Peer {
+    pub child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+impl Peer {
+    pub fn spawn(args: &[&str]) -> Peer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fdlink-peer"))
+            .args(args)
+            .env("GST_REGISTRY_FORK", "no")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fdlink-peer");
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        Peer {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn errors(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits until some stdout line satisfies `pred`; returns it.
+    pub fn wait_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(l) = self.stdout.lock().unwrap().iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// The newest `stats` line seen after `after` lines, parsed.
+    pub fn latest_stats(&self) -> Option<gst::Structure> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("stats "))
+            .and_then(|s| s.parse().ok())
+    }
+
+    /// Waits until the latest stats satisfy `pred`.
+    pub fn wait_stats(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&gst::Structure) -> bool,
+    ) -> Option<gst::Structure> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.latest_stats()
+                && pred(&s)
+            {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits for exit; kills the process and panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "process {} did not exit within {timeout:?}\nstdout tail: {:?}\nstderr: {}",
+                    self.pid(),
+                    self.lines().iter().rev().take(5).collect::<Vec<_>>(),
+                    self.errors()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Open fds of another process, counted from /proc.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// What each open fd of another process points at (for failure messages).
+pub fn fd_targets(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn wait_for_path(p: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !Path::new(p).exists() {
+        assert!(Instant::now() < deadline, "{p} never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `u64` or `u32` stats field as u64.
+pub fn field(s: &gst::Structure, name: &str) -> u64 {
+    s.get::<u64>(name)
+        .or_else(|_| s.get::<u32>(name).map(u64::from))
+        .unwrap_or_else(|_| panic!("stats field {name} missing in {s}"))
+}
+
+/// One parsed `frame` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub offset: u64,
+    pub size: u64,
+    pub crc: String,
+    pub files: String,
+}
+
+pub fn frames(lines: &[String]) -> Vec<Frame> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("frame "))
+        .map(|rest| {
+            let mut f = Frame {
+                offset: 0,
+                size: 0,
+                crc: String::new(),
+                files: String::new(),
+            };
+            for kv in rest.split(' ') {
+                match kv.split_once('=') {
+                    Some(("offset", v)) => f.offset = v.parse().unwrap(),
+                    Some(("size", v)) => f.size = v.parse().unwrap(),
+                    Some(("crc", v)) => f.crc = v.into(),
+                    Some(("files", v)) => f.files = v.into(),
+                    _ => {}
+                }
+            }
+            f
+        })
+        .collect()
+}
+
+pub fn init_gst() {
+    gst::init().unwrap();
+}
+
+/// 1080p NV12 at 60 fps from videotestsrc (a moving ball, so frames differ).
+pub fn nv12_1080p(frames: u32) -> String {
+    format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,format=NV12,width=1920,height=1080,framerate=60/1"
+    )
+}

@@ -1,0 +1,296 @@
+//! Producer and consumer as two real processes over a real socket.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Runs a consumer and a producer with frame logs; returns (producer, consumer) frames and
+/// final stats.
+fn run_pair(
+    producer_pipeline: &str,
+    consumer_pipeline: &str,
+) -> (Vec<Frame>, Vec<Frame>, gst::Structure, gst::Structure) {
+    init_gst();
+    let mut consumer = Peer::spawn(&["consume", "--frames-log", consumer_pipeline]);
+    let mut producer = Peer::spawn(&["produce", "--frames-log", producer_pipeline]);
+    let ps = producer.wait(T);
+    let cs = consumer.wait(T);
+    assert!(ps.success(), "producer failed: {}", producer.errors());
+    assert!(cs.success(), "consumer failed: {}", consumer.errors());
+    (
+        frames(&producer.lines()),
+        frames(&consumer.lines()),
+        producer.latest_stats().expect("producer stats"),
+        consumer.latest_stats().expect("consumer stats"),
+    )
+}
+
+#[test]
+fn frames_cross_zero_copy_in_order_byte_identical_same_file() {
+    let dir = TempDir::new("zc");
+    let sock = dir.socket();
+    let n = 90;
+    let (sent, got, ps, cs) = run_pair(
+        &format!(
+            "{} ! fdlinksink socket-path={sock} wait-for-connection=true sync=false",
+            nv12_1080p(n)
+        ),
+        &format!("fdlinksrc socket-path={sock} ! fakesink"),
+    );
+    assert_eq!(sent.len(), n as usize);
+    assert_eq!(
+        got.len(),
+        n as usize,
+        "consumer got {} of {n} frames",
+        got.len()
+    );
+    let offsets: Vec<u64> = got.iter().map(|f| f.offset).collect();
+    assert_eq!(
+        offsets,
+        (0..n as u64).collect::<Vec<_>>(),
+        "frames out of order"
+    );
+    let distinct: std::collections::HashSet<&str> = got.iter().map(|f| f.crc.as_str()).collect();
+    assert!(
+        distinct.len() > n as usize / 2,
+        "test pattern should change per frame"
+    );
+    for (p, c) in sent.iter().zip(&got) {
+        assert_eq!(p.size, 1920 * 1080 * 3 / 2);
+        assert_eq!(p.crc, c.crc, "frame {} differs", p.offset);
+        assert_ne!(p.files, "-", "producer frame {} is not fd-backed", p.offset);
+        assert_eq!(
+            p.files, c.files,
+            "frame {} is not the same file on both sides",
+            p.offset
+        );
+    }
+    assert_eq!(field(&ps, "frames-sent"), n as u64);
+    assert_eq!(field(&ps, "frames-zero-copy"), n as u64);
+    assert_eq!(field(&ps, "frames-copied"), 0);
+    assert_eq!(field(&ps, "bytes-copied"), 0);
+    assert_eq!(field(&cs, "frames-received"), n as u64);
+}
+
+#[test]
+fn system_memory_is_copied_exactly_once_per_frame() {
+    let dir = TempDir::new("copy");
+    let sock = dir.socket();
+    let n = 40;
+    let (sent, got, ps, _) = run_pair(
+        &format!(
+            "{} ! identity drop-allocation=true ! fdlinksink socket-path={sock} wait-for-connection=true sync=false",
+            nv12_1080p(n)
+        ),
+        &format!("fdlinksrc socket-path={sock} ! fakesink"),
+    );
+    assert_eq!(got.len(), n as usize);
+    for (p, c) in sent.iter().zip(&got) {
+        assert_eq!(p.files, "-", "upstream should push system memory here");
+        assert_ne!(c.files, "-", "consumer should receive a memfd");
+        assert_eq!(p.crc, c.crc, "frame {} differs", p.offset);
+    }
+    assert_eq!(field(&ps, "frames-copied"), n as u64);
+    assert_eq!(field(&ps, "bytes-copied"), n as u64 * 1920 * 1080 * 3 / 2);
+    assert_eq!(field(&ps, "frames-zero-copy"), 0);
+}
+
+#[test]
+fn small_pool_slow_consumer_never_sees_a_frame_overwritten() {
+    init_gst();
+    let dir = TempDir::new("pool");
+    let sock = dir.socket();
+    let n = 24;
+    // The consumer queues up to 6 frames and takes 40 ms for each; the producer's pool has 3
+    // buffers, so it must wait for releases, and must never refill a frame still held.
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--pattern",
+        "--slow-ms",
+        "40",
+        "--frames-log",
+        &format!("fdlinksrc socket-path={sock} ! queue max-size-buffers=6 ! fakesink name=check"),
+    ]);
+    let mut producer = Peer::spawn(&[
+        "produce-pattern",
+        "--socket",
+        &sock,
+        "--frames",
+        &n.to_string(),
+        "--pool-max",
+        "3",
+        "--size",
+        "640x480",
+    ]);
+    assert!(
+        producer.wait(T).success(),
+        "producer: {}",
+        producer.errors()
+    );
+    assert!(
+        consumer.wait(T).success(),
+        "consumer: {}",
+        consumer.errors()
+    );
+    let lines = consumer.lines();
+    let bad: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("overwritten") || l.starts_with("pattern-mismatch"))
+        .collect();
+    assert!(bad.is_empty(), "frames changed while held: {bad:?}");
+    let got = frames(&lines);
+    assert_eq!(got.len(), n, "consumer got {} of {n} frames", got.len());
+    let ps = producer.latest_stats().unwrap();
+    assert_eq!(field(&ps, "frames-sent"), n as u64);
+    // With 3 pool buffers and a slow consumer, the producer was held back by releases.
+    assert!(field(&ps, "releases") >= n as u64 - 3);
+}
+
+#[test]
+fn killed_consumers_free_their_buffers_and_fds() {
+    init_gst();
+    let dir = TempDir::new("kill");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--stats-every",
+        "50",
+        "--seconds",
+        "30",
+        &format!(
+            "videotestsrc is-live=true pattern=ball ! video/x-raw,format=NV12,width=1280,height=720,framerate=30/1 ! fdlinksink socket-path={sock} max-held=4"
+        ),
+    ]);
+    wait_for_path(&sock, T);
+    producer
+        .wait_stats(T, |s| field(s, "frames-in") >= 5)
+        .expect("producer streams");
+    // Pool memfds may grow (up to what consumers can hold plus upstream's own); every other
+    // fd must be exactly as before any consumer came.
+    let is_pool = |t: &String| t.contains("memfd:fdlink-pool");
+    let baseline: Vec<String> = fd_targets(producer.pid())
+        .into_iter()
+        .filter(|t| !is_pool(t))
+        .collect();
+    for round in 0..3 {
+        // A consumer that holds frames (stuck 10 s in its probe, its queue filling up).
+        let mut consumer = Peer::spawn(&[
+            "consume",
+            "--slow-ms",
+            "10000",
+            &format!("fdlinksrc socket-path={sock} ! queue ! fakesink name=check"),
+        ]);
+        producer
+            .wait_stats(T, |s| {
+                field(s, "consumers") == 1 && field(s, "buffers-held") >= 4
+            })
+            .unwrap_or_else(|| panic!("round {round}: consumer never held 4 buffers"));
+        let frames_before = field(&producer.latest_stats().unwrap(), "frames-in");
+        consumer.kill9();
+        let s = producer
+            .wait_stats(T, |s| {
+                field(s, "consumers") == 0 && field(s, "buffers-held") == 0
+            })
+            .unwrap_or_else(|| panic!("round {round}: held buffers never came back"));
+        // The producer keeps streaming after the kill.
+        producer
+            .wait_stats(Duration::from_secs(5), |s| {
+                field(s, "frames-in") >= frames_before + 10
+            })
+            .unwrap_or_else(|| panic!("round {round}: producer stalled after the kill: {s}"));
+        let (pool, other): (Vec<String>, Vec<String>) =
+            fd_targets(producer.pid()).into_iter().partition(is_pool);
+        assert_eq!(
+            other, baseline,
+            "round {round}: producer fds differ from before any consumer"
+        );
+        assert!(
+            pool.len() <= 4 + 4,
+            "round {round}: {} pool memfds for max-held=4",
+            pool.len()
+        );
+    }
+    producer.kill9();
+}
+
+#[test]
+fn killed_producer_makes_consumer_fail_cleanly() {
+    init_gst();
+    let dir = TempDir::new("pkill");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        &format!(
+            "videotestsrc is-live=true ! video/x-raw,format=NV12,width=640,height=480,framerate=30/1 ! fdlinksink socket-path={sock}"
+        ),
+    ]);
+    wait_for_path(&sock, T);
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--frames-log",
+        &format!("fdlinksrc socket-path={sock} ! fakesink"),
+    ]);
+    consumer
+        .wait_line(T, |l| l.starts_with("frame "))
+        .expect("consumer receives frames");
+    producer.kill9();
+    let started = std::time::Instant::now();
+    let status = consumer.wait(Duration::from_secs(10));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "consumer took {:?} to notice",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        consumer.errors().contains("producer disconnected"),
+        "stderr: {}",
+        consumer.errors()
+    );
+}
+
+#[test]
+fn late_consumer_gets_caps_and_frames_from_the_next_one() {
+    init_gst();
+    let dir = TempDir::new("late");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--stats-every",
+        "50",
+        "--seconds",
+        "4",
+        &format!(
+            "videotestsrc is-live=true ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! fdlinksink socket-path={sock}"
+        ),
+    ]);
+    producer
+        .wait_stats(T, |s| field(s, "frames-without-consumer") >= 10)
+        .expect("producer streams without consumers");
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--frames-log",
+        &format!(
+            "fdlinksrc socket-path={sock} ! video/x-raw,format=NV12,width=320,height=240 ! fakesink"
+        ),
+    ]);
+    assert!(producer.wait(T).success(), "{}", producer.errors());
+    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    let got = frames(&consumer.lines());
+    assert!(
+        got.len() >= 30,
+        "late consumer got only {} frames",
+        got.len()
+    );
+    assert!(
+        got[0].offset >= 10,
+        "late consumer should not get old frames"
+    );
+    let by_offset: HashMap<u64, usize> = got.iter().map(|f| (f.offset, 1)).collect();
+    assert_eq!(by_offset.len(), got.len(), "duplicate frames");
+}
