@@ -100,6 +100,29 @@ fn system_memory_is_copied_exactly_once_per_frame() {
     assert_eq!(field(&ps, "frames-zero-copy"), 0);
 }
 
+/// A software decoder writes into the proposed memfd pool, so its frames cross zero-copy.
+/// (`direct-rendering=false`: with direct rendering libav keeps reference frames mapped and
+/// GstVideoDecoder copies them into system memory before they reach any sink.)
+#[test]
+fn software_decoder_output_crosses_zero_copy() {
+    let dir = TempDir::new("avdec");
+    let sock = dir.socket();
+    let n = 30;
+    let (sent, got, ps, _) = run_pair(
+        &format!(
+            "videotestsrc num-buffers={n} pattern=ball ! video/x-raw,width=640,height=480,format=I420 ! x264enc ! h264parse ! avdec_h264 direct-rendering=false ! fdlinksink socket-path={sock} wait-for-connection=true sync=false"
+        ),
+        &format!("fdlinksrc socket-path={sock} ! fakesink"),
+    );
+    assert_eq!(got.len(), n);
+    for (p, c) in sent.iter().zip(&got) {
+        assert_ne!(p.files, "-", "decoder output is not fd-backed");
+        assert_eq!((&p.crc, &p.files), (&c.crc, &c.files), "frame {}", p.offset);
+    }
+    assert_eq!(field(&ps, "frames-zero-copy"), n as u64);
+    assert_eq!(field(&ps, "frames-copied"), 0);
+}
+
 #[test]
 fn small_pool_slow_consumer_never_sees_a_frame_overwritten() {
     init_gst();

@@ -6,6 +6,7 @@
 
 use gst::prelude::*;
 use gst::subclass::prelude::*;
+use gst_video::prelude::*;
 use std::sync::LazyLock;
 
 use super::create_sealed_memfd;
@@ -66,6 +67,9 @@ mod imp {
         size: usize,
         video_info: Option<gst_video::VideoInfo>,
         add_video_meta: bool,
+        /// Padding asked for with GST_BUFFER_POOL_OPTION_VIDEO_ALIGNMENT (software decoders such
+        /// as avdec_* render straight into the pool only when it is supported).
+        alignment: Option<gst_video::VideoAlignment>,
     }
 
     pub struct MemfdBufferPool {
@@ -94,8 +98,12 @@ mod imp {
 
     impl BufferPoolImpl for MemfdBufferPool {
         fn options() -> &'static [&'static str] {
-            static OPTIONS: LazyLock<[&'static str; 1]> =
-                LazyLock::new(|| [gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str()]);
+            static OPTIONS: LazyLock<[&'static str; 2]> = LazyLock::new(|| {
+                [
+                    gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str(),
+                    gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT.as_str(),
+                ]
+            });
             OPTIONS.as_slice()
         }
 
@@ -104,7 +112,19 @@ mod imp {
                 gst::warning!(CAT, imp = self, "config without caps");
                 return false;
             };
-            let video_info = gst_video::VideoInfo::from_caps(&caps).ok();
+            let mut video_info = gst_video::VideoInfo::from_caps(&caps).ok();
+            let mut alignment = None;
+            if let Some(info) = &mut video_info
+                && config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT.as_str())
+                && let Some(mut align) = config.video_alignment()
+            {
+                if info.align(&mut align).is_err() {
+                    gst::warning!(CAT, imp = self, "cannot apply video alignment {align:?}");
+                    return false;
+                }
+                config.set_video_alignment(&align);
+                alignment = Some(align);
+            }
             let size = video_info
                 .as_ref()
                 .map_or(size as usize, |info| info.size().max(size as usize));
@@ -124,6 +144,7 @@ mod imp {
                 size,
                 video_info,
                 add_video_meta,
+                alignment,
             };
             self.parent_set_config(config)
         }
@@ -132,9 +153,9 @@ mod imp {
             &self,
             _params: Option<&gst::BufferPoolAcquireParams>,
         ) -> Result<gst::Buffer, gst::FlowError> {
-            let (size, info, add_meta) = {
+            let (size, info, add_meta, alignment) = {
                 let c = self.config.lock().unwrap();
-                (c.size, c.video_info.clone(), c.add_video_meta)
+                (c.size, c.video_info.clone(), c.add_video_meta, c.alignment)
             };
             let fd = create_sealed_memfd("fdlink-pool", size).map_err(|e| {
                 gst::error!(CAT, imp = self, "cannot create memfd of {size} bytes: {e}");
@@ -158,7 +179,7 @@ mod imp {
                 let b = buffer.get_mut().unwrap();
                 b.append_memory(mem);
                 if let (true, Some(info)) = (add_meta, info) {
-                    gst_video::VideoMeta::add_full(
+                    let mut meta = gst_video::VideoMeta::add_full(
                         b,
                         gst_video::VideoFrameFlags::empty(),
                         info.format(),
@@ -171,9 +192,57 @@ mod imp {
                         gst::error!(CAT, imp = self, "cannot add video meta: {e}");
                         gst::FlowError::Error
                     })?;
+                    if let Some(align) = alignment {
+                        let _ = meta.set_alignment(&align);
+                    }
                 }
             }
             Ok(buffer)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With GST_BUFFER_POOL_OPTION_VIDEO_ALIGNMENT (what avdec_* asks for), frames are laid out
+    /// exactly as GstVideoBufferPool lays them out, or decoders refuse the pool.
+    #[test]
+    fn alignment_matches_video_buffer_pool() {
+        gst::init().unwrap();
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("width", 630)
+            .field("height", 470)
+            .field("framerate", gst::Fraction::new(30, 1))
+            .build();
+        let info = gst_video::VideoInfo::from_caps(&caps).unwrap();
+        let layout = |pool: gst::BufferPool| {
+            let mut c = pool.config();
+            c.set_params(Some(&caps), info.size() as u32, 2, 0);
+            c.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str());
+            c.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT.as_str());
+            c.set_video_alignment(&gst_video::VideoAlignment::new(
+                2,
+                5,
+                8,
+                3,
+                &[63, 63, 63, 63],
+            ));
+            pool.set_config(c).unwrap();
+            assert!(pool.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT.as_str()));
+            pool.set_active(true).unwrap();
+            let b = pool.acquire_buffer(None).unwrap();
+            let m = b.meta::<gst_video::VideoMeta>().unwrap();
+            (b.size(), m.offset().to_vec(), m.stride().to_vec())
+        };
+        let ours = layout(MemfdBufferPool::new().upcast());
+        let reference = layout(gst_video::VideoBufferPool::new().upcast());
+        assert_eq!(ours, reference);
+        assert!(
+            ours.2.iter().all(|s| s % 64 == 0),
+            "strides not aligned: {ours:?}"
+        );
     }
 }
