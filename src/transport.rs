@@ -387,8 +387,9 @@ mod smallvec_fds {
     }
 }
 
-/// Exactly CMSG_SPACE(MAX_FDS fds) in u64 words (aligned): one fd more is MSG_CTRUNC.
-const CMSG_BUFFER_WORDS: usize = (16 + MAX_FDS * std::mem::size_of::<RawFd>()).div_ceil(8);
+/// Room for CMSG_SPACE(MAX_FDS fds) on any target; msg_controllen is set to exactly that, so
+/// one fd more is MSG_CTRUNC.
+const CMSG_BUFFER_WORDS: usize = 32;
 
 fn recv_packet(
     fd: BorrowedFd<'_>,
@@ -399,17 +400,16 @@ fn recv_packet(
     // fds the kernel did install; so this one call walks the control messages itself.
     let mut cmsg_buf = [0u64; CMSG_BUFFER_WORDS];
     // SAFETY: CMSG_SPACE only computes a size.
-    debug_assert_eq!(
-        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize,
-        std::mem::size_of_val(&cmsg_buf)
-    );
+    let cmsg_len =
+        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    debug_assert!(cmsg_len <= std::mem::size_of_val(&cmsg_buf));
     let mut iov = [IoSliceMut::new(buf)];
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };
     mhdr.msg_iov = iov.as_mut_ptr().cast();
     mhdr.msg_iovlen = iov.len();
     mhdr.msg_control = cmsg_buf.as_mut_ptr().cast();
-    mhdr.msg_controllen = std::mem::size_of_val(&cmsg_buf);
+    mhdr.msg_controllen = cmsg_len as _;
     let n = loop {
         // SAFETY: mhdr points at live buffers (iov, cmsg_buf) of the sizes it states.
         let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut mhdr, flags | libc::MSG_CMSG_CLOEXEC) };

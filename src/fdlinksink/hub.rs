@@ -43,6 +43,8 @@ struct Consumer {
     /// Control packets (never buffers) waiting for room in the socket, in order.
     pending: VecDeque<Vec<u8>>,
     held: HashSet<u64>,
+    /// Stayed at max-held through a whole wait: not waited for again until it releases.
+    stalled: bool,
     frames_sent: u64,
     frames_dropped: u64,
 }
@@ -203,8 +205,12 @@ impl Hub {
             match (is_caps, sticky) {
                 (true, _) => s.caps = Some(bytes.clone()),
                 (_, StickyKind::StreamStart) => {
-                    s.stream_start = Some(bytes.clone());
-                    s.eos = None;
+                    // A new stream: the old one's segment, tags and EOS no longer apply.
+                    *s = Sticky {
+                        stream_start: Some(bytes.clone()),
+                        caps: s.caps.take(),
+                        ..Default::default()
+                    };
                 }
                 (_, StickyKind::Segment) => s.segment = Some(bytes.clone()),
                 (_, StickyKind::Tags) => s.tags = Some(bytes.clone()),
@@ -245,7 +251,9 @@ impl Hub {
         }
     }
 
-    /// Waits (at most `slow_wait`) for every ready consumer to have room under `max-held`.
+    /// Waits (at most `slow_wait`) for every ready consumer to have room under `max-held`. A
+    /// consumer still full when the wait ends is marked stalled and not waited for again until
+    /// it releases something, so one stuck consumer cannot slow every frame.
     /// Returns false when flushing.
     pub fn wait_for_room(&self) -> bool {
         let deadline = Instant::now() + self.slow_wait;
@@ -254,12 +262,21 @@ impl Hub {
             if inner.flushing {
                 return false;
             }
+            let max = self.max_held as usize;
             let full = inner
                 .consumers
                 .iter()
-                .any(|c| c.phase == Phase::Ready && c.held.len() >= self.max_held as usize);
+                .any(|c| c.phase == Phase::Ready && !c.stalled && c.held.len() >= max);
             let left = deadline.saturating_duration_since(Instant::now());
-            if !full || left.is_zero() {
+            if !full {
+                return true;
+            }
+            if left.is_zero() {
+                for c in inner.consumers.iter_mut() {
+                    if c.phase == Phase::Ready && c.held.len() >= max {
+                        c.stalled = true;
+                    }
+                }
                 return true;
             }
             inner = self
@@ -493,13 +510,16 @@ impl Hub {
                         },
                         pending: VecDeque::new(),
                         held: HashSet::new(),
+                        stalled: false,
                         frames_sent: 0,
                         frames_dropped: 0,
                     });
                 }
                 Ok(None) => return,
                 Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on a readable listener.
                     (self.on_event)(HubEvent::Warning(format!("accept failed: {e}")));
+                    std::thread::sleep(Duration::from_millis(100));
                     return;
                 }
             }
@@ -520,7 +540,11 @@ impl Hub {
                 Ok(got) => got,
                 Err(TransportError::WouldBlock) => return Ok(()),
                 Err(TransportError::Closed) => return Err("consumer closed the connection".into()),
-                Err(e) => return Err(format!("protocol error: {e}")),
+                Err(e) => {
+                    let msg = format!("protocol error: {e}");
+                    send_error(conn, &msg);
+                    return Err(msg);
+                }
             };
             let Some(pos) = inner.consumers.iter().position(|c| c.id == id) else {
                 return Ok(());
@@ -528,7 +552,9 @@ impl Hub {
             let bytes = &buf[..got.len];
             if let Phase::AwaitingHello { .. } = inner.consumers[pos].phase {
                 if !got.fds.is_empty() {
-                    return Err("hello carried file descriptors".into());
+                    let msg = "hello carried file descriptors".to_string();
+                    send_error(conn, &msg);
+                    return Err(msg);
                 }
                 let hello = protocol::decode_hello(bytes).map_err(|e| {
                     let msg = format!("bad hello: {e}");
@@ -557,17 +583,22 @@ impl Hub {
             match Packet::decode(bytes, got.fds) {
                 Ok(Packet::Release { buffer_id }) => {
                     if !inner.consumers[pos].held.remove(&buffer_id) {
-                        return Err(format!(
+                        let msg = format!(
                             "protocol error: release of buffer {buffer_id} it does not hold"
-                        ));
+                        );
+                        send_error(conn, &msg);
+                        return Err(msg);
                     }
+                    inner.consumers[pos].stalled = false;
                     release_one(inner, buffer_id);
                     inner.stats.releases += 1;
                     released.push(buffer_id);
                 }
                 Ok(Packet::Error(msg)) => return Err(format!("consumer reported: {msg}")),
                 Ok(_) => {
-                    return Err("protocol error: consumer sent a producer-only packet".into());
+                    let msg = "protocol error: consumer sent a producer-only packet".to_string();
+                    send_error(conn, &msg);
+                    return Err(msg);
                 }
                 Err(e) => {
                     let msg = format!("protocol error: {e}");

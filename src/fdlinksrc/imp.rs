@@ -67,7 +67,6 @@ struct Stream {
     eos: bool,
     /// Whether a segment went downstream (events such as tags must follow one).
     segment_sent: bool,
-    producer_segment: Option<gst::Segment>,
 }
 
 #[derive(Default)]
@@ -274,11 +273,7 @@ impl FdlinkSrc {
         let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
             return None;
         };
-        Some(clock::monotonic_to_running(
-            mono,
-            base,
-            clock::clock_to_monotonic_offset(&clock),
-        ))
+        clock::monotonic_to_running(mono, base, clock::clock_to_monotonic_offset(&clock))
     }
 
     /// Acts on one event packet. Returns Some(stop) when the stream ends here.
@@ -294,10 +289,8 @@ impl FdlinkSrc {
         let obj = self.obj();
         let pad = obj.src_pad();
         match ev {
-            // The live stream keeps the stream-start and TIME segment this source made;
-            // the producer's segment is kept for position and rate.
-            WireEvent::StreamStart { .. } => {}
-            WireEvent::Segment(seg) => stream.producer_segment = Some(seg),
+            // The live stream keeps the stream-start and TIME segment this source made.
+            WireEvent::StreamStart { .. } | WireEvent::Segment(_) => {}
             WireEvent::Tag(tags) => {
                 self.ensure_segment(stream);
                 pad.push_event(gst::event::Tag::new(tags));
@@ -373,7 +366,9 @@ impl FdlinkSrc {
             match packet {
                 Packet::Caps(s) => {
                     let caps = s.parse::<gst::Caps>().map_err(|_| {
-                        protocol_error(&stream.path, format!("unparsable caps {s:?}"))
+                        let msg = format!("unparsable caps {s:?}");
+                        send_error(&conn, &msg);
+                        protocol_error(&stream.path, msg)
                     })?;
                     let changed = self.caps.lock().unwrap().as_ref() != Some(&caps);
                     if changed {
@@ -580,7 +575,6 @@ impl BaseSrcImpl for FdlinkSrc {
             packet: vec![0u8; MAX_PACKET_SIZE],
             eos: false,
             segment_sent: false,
-            producer_segment: None,
         }));
         Ok(())
     }

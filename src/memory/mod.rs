@@ -31,14 +31,34 @@ pub fn create_sealed_memfd(name: &str, size: usize) -> std::io::Result<OwnedFd> 
         .create(name)
         .map_err(std::io::Error::other)?;
     mfd.as_file().set_len(size as u64)?;
-    mfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow])
-        .map_err(std::io::Error::other)?;
+    // SEAL_SEAL last: a consumer holding the fd must not add seals (F_SEAL_FUTURE_WRITE would
+    // stop the producer's own new mappings).
+    mfd.add_seals(&[
+        memfd::FileSeal::SealShrink,
+        memfd::FileSeal::SealGrow,
+        memfd::FileSeal::SealSeal,
+    ])
+    .map_err(std::io::Error::other)?;
     Ok(OwnedFd::from(mfd.into_file()))
 }
 
 fn is_sealed_against_shrink(fd: BorrowedFd<'_>) -> bool {
     fcntl(fd, FcntlArg::F_GET_SEALS)
         .is_ok_and(|s| SealFlag::from_bits_truncate(s).contains(SealFlag::F_SEAL_SHRINK))
+}
+
+/// f_type of the dmabuf pseudo file system (DMA_BUF_MAGIC, "DMAB").
+const DMA_BUF_MAGIC: i64 = 0x444d_4142;
+
+/// Whether `fd` is a dmabuf: its file lives on the dmabuf pseudo file system.
+fn is_dmabuf(fd: BorrowedFd<'_>) -> bool {
+    // f_type is i64 on 64-bit targets and i32 on 32-bit ones.
+    #[allow(clippy::unnecessary_cast)]
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|s| s.filesystem_type().0 as i64 == DMA_BUF_MAGIC)
+}
+
+fn is_regular_file(fd: BorrowedFd<'_>) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|st| (st.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFREG)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -78,6 +98,12 @@ pub fn describe_buffer<'a>(
         }
         // SAFETY: the memory owns this fd and `buffer` (borrowed for 'a) keeps the memory alive.
         let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        // A regular file wrapped by GstDmaBufAllocator (a memfd) is not a dmabuf: the
+        // consumer would rightly refuse it as one, so it crosses as what it is.
+        let kind = match kind {
+            MemoryKind::DmaBuf if is_regular_file(fd) => MemoryKind::Memfd,
+            k => k,
+        };
         if kind == MemoryKind::Memfd && !is_sealed_against_shrink(fd) {
             return Err(CopyReason::UnsealedFd);
         }
@@ -129,6 +155,22 @@ pub fn copy_into(
     Ok(dst)
 }
 
+/// Wraps a dmabuf fd (owned from here on) as GstDmaBufMemory of `size` bytes, for producers
+/// that allocate dmabufs themselves (udmabuf, dma-heap, DRM dumb buffers).
+pub fn wrap_dmabuf(fd: OwnedFd, size: usize) -> Result<gst::Memory, glib::BoolError> {
+    let allocator = gst_allocators::DmaBufAllocator::new();
+    let raw = fd.into_raw_fd();
+    // SAFETY: the allocator takes ownership of `raw` on success.
+    let mem = unsafe {
+        allocator.alloc_dmabuf_with_flags(raw, size, gst_allocators::FdMemoryFlags::NONE)
+    };
+    if mem.is_err() {
+        // SAFETY: allocation failed, so `raw` is still ours alone; close it.
+        drop(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+    mem
+}
+
 /// The video layout of `buffer`'s GstVideoMeta, if it has one.
 pub fn video_layout(buffer: &gst::BufferRef) -> Option<VideoLayout> {
     let meta = buffer.meta::<gst_video::VideoMeta>()?;
@@ -167,7 +209,7 @@ impl IntoGlibU32 for gst_video::VideoFormat {
 pub enum ImportError {
     #[error("fd {index} is sent as memfd but is not a regular file")]
     NotAFile { index: usize },
-    #[error("fd {index} is sent as dmabuf but is a regular file")]
+    #[error("fd {index} is sent as dmabuf but is not one (not on the dmabuf file system)")]
     NotADmabuf { index: usize },
     #[error(
         "memfd {index} is not sealed against shrinking (F_SEAL_SHRINK); the producer could truncate it under us"
@@ -186,6 +228,8 @@ pub enum ImportError {
     Sys { index: usize, errno: Errno },
     #[error("video meta: {0}")]
     VideoMeta(String),
+    #[error("video layout {0}")]
+    BadVideoLayout(String),
     #[error("GStreamer allocator refused fd {index}")]
     Alloc { index: usize },
 }
@@ -279,7 +323,7 @@ fn check_fd(
             st.st_size as u64
         }
         MemoryKind::DmaBuf => {
-            if is_file {
+            if is_file || !is_dmabuf(fd) {
                 return Err(ImportError::NotADmabuf { index });
             }
             // dmabufs report their size through lseek(SEEK_END).
@@ -381,16 +425,85 @@ impl Importer {
         b.set_offset_end(header.offset_end);
         b.set_flags(gst::BufferFlags::from_bits_truncate(header.flags));
         if let Some(v) = &header.video {
+            check_video_layout(v, b.size())?;
             add_video_meta(b, v)?;
         }
         Ok(buffer)
     }
 }
 
-fn add_video_meta(b: &mut gst::BufferRef, v: &VideoLayout) -> Result<(), ImportError> {
+fn video_format(v: &VideoLayout) -> gst_video::VideoFormat {
     use glib::translate::FromGlib;
     // SAFETY: any i32 is accepted by from_glib; unknown values map to VideoFormat::__Unknown.
-    let format = unsafe { gst_video::VideoFormat::from_glib(v.format as i32) };
+    unsafe { gst_video::VideoFormat::from_glib(v.format as i32) }
+}
+
+/// Checks that every plane of `v` lies inside the `total` bytes of the buffer, as a consumer
+/// mapping the frame will assume: a lying producer must not make it read out of bounds.
+fn check_video_layout(v: &VideoLayout, total: usize) -> Result<(), ImportError> {
+    let bad = |why: String| Err(ImportError::BadVideoLayout(why));
+    let format = video_format(v);
+    // Out-of-range values are __Unknown(n), on which to_str() panics: reject them first.
+    if matches!(
+        format,
+        gst_video::VideoFormat::Unknown
+            | gst_video::VideoFormat::Encoded
+            | gst_video::VideoFormat::__Unknown(_)
+    ) {
+        return bad(format!("has unknown format {}", v.format));
+    }
+    let finfo = gst_video::VideoFormatInfo::from_format(format);
+    if v.n_planes != finfo.n_planes() {
+        return bad(format!(
+            "has {} planes, {} has {}",
+            v.n_planes,
+            format.to_str(),
+            finfo.n_planes()
+        ));
+    }
+    if v.width == 0 || v.height == 0 || v.width > 1 << 16 || v.height > 1 << 16 {
+        return bad(format!("has size {}x{}", v.width, v.height));
+    }
+    if finfo.flags().contains(gst_video::VideoFormatFlags::TILED) {
+        // Tiled layouts have their own stride encoding; their planes are checked by
+        // GStreamer when mapped.
+        return Ok(());
+    }
+    for c in 0..finfo.n_components() as u8 {
+        let ci = c as usize;
+        let p = finfo.plane()[ci] as usize;
+        let stride = v.strides[p];
+        let pixel_stride = finfo.pixel_stride()[ci];
+        if pixel_stride <= 0 {
+            // Packed formats without a per-pixel stride (v210, ...): GStreamer checks them.
+            continue;
+        }
+        let width = finfo.scale_width(c, v.width) as u64;
+        let rows = finfo.scale_height(c, v.height) as u64;
+        let row_bytes = pixel_stride as u64 * width;
+        if stride <= 0 || (stride as u64) < row_bytes {
+            return bad(format!(
+                "plane {p} stride {stride} is under its row of {row_bytes} bytes"
+            ));
+        }
+        // The last byte of this component: its last row, its last pixel, its last sample byte.
+        let sample_bytes = (finfo.depth()[ci] as u64).div_ceil(8).max(1);
+        let end = v.offsets[p]
+            .checked_add(finfo.poffset()[ci] as u64)
+            .and_then(|x| x.checked_add((rows - 1) * stride as u64))
+            .and_then(|x| x.checked_add((width - 1) * pixel_stride as u64 + sample_bytes));
+        if end.is_none_or(|e| e > total as u64) {
+            return bad(format!(
+                "plane {p} (offset {}, stride {stride}, {rows} rows) overruns the {total}-byte buffer",
+                v.offsets[p]
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn add_video_meta(b: &mut gst::BufferRef, v: &VideoLayout) -> Result<(), ImportError> {
+    let format = video_format(v);
     let n = v.n_planes as usize;
     let offsets: Vec<usize> = v.offsets[..n].iter().map(|&o| o as usize).collect();
     gst_video::VideoMeta::add_full(
@@ -522,6 +635,87 @@ mod tests {
         );
         drop(_b);
         assert_eq!(open_fds(), before, "fds leaked on rejected imports");
+    }
+
+    #[test]
+    fn video_layouts_that_overrun_the_buffer_are_refused() {
+        let _fds = fd_lock();
+        init();
+        use glib::translate::IntoGlib;
+        let nv12 = gst_video::VideoFormat::Nv12.into_glib() as u32;
+        let good = VideoLayout {
+            format: nv12,
+            flags: 0,
+            width: 64,
+            height: 48,
+            n_planes: 2,
+            offsets: [0, 64 * 48, 0, 0],
+            strides: [64, 64, 0, 0],
+        };
+        let size = 64 * 48 * 3 / 2;
+        assert_eq!(check_video_layout(&good, size), Ok(()));
+        let cases = [
+            (
+                VideoLayout {
+                    n_planes: 1,
+                    ..good
+                },
+                "planes",
+            ),
+            (
+                VideoLayout {
+                    format: 9999,
+                    ..good
+                },
+                "format",
+            ),
+            (
+                VideoLayout {
+                    strides: [32, 64, 0, 0],
+                    ..good
+                },
+                "stride",
+            ),
+            (
+                VideoLayout {
+                    strides: [-64, 64, 0, 0],
+                    ..good
+                },
+                "stride",
+            ),
+            (
+                VideoLayout {
+                    offsets: [0, 64 * 48 + 1, 0, 0],
+                    ..good
+                },
+                "overruns",
+            ),
+            (
+                VideoLayout {
+                    offsets: [0, u64::MAX - 10, 0, 0],
+                    ..good
+                },
+                "overruns",
+            ),
+            (
+                VideoLayout {
+                    height: 1 << 20,
+                    ..good
+                },
+                "size",
+            ),
+        ];
+        for (layout, want) in cases {
+            let err = check_video_layout(&layout, size).unwrap_err().to_string();
+            assert!(err.contains(want), "{layout:?}: {err}");
+        }
+        // Padded strides with room for them are fine.
+        let padded = VideoLayout {
+            strides: [128, 128, 0, 0],
+            offsets: [0, 128 * 48, 0, 0],
+            ..good
+        };
+        assert_eq!(check_video_layout(&padded, 128 * 72), Ok(()));
     }
 
     #[test]

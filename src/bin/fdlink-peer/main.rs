@@ -6,7 +6,13 @@
 //! fdlink-peer produce [OPTIONS] PIPELINE...       (a pipeline with an fdlinksink)
 //! fdlink-peer consume [OPTIONS] PIPELINE...       (a pipeline with an fdlinksrc)
 //! fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--size WxH]
+//! fdlink-peer produce-dmabuf --source udmabuf|dma-heap|vgem --socket PATH --frames N
+//!     --pool-max N [--size WxH] [--layout single|offsets|planes]
 //! ```
+//!
+//! produce-dmabuf pushes NV12 frames in real kernel dmabufs (each filled with `offset % 251`):
+//! `single` is one memory per frame; `offsets` two memories (Y, UV) in one dmabuf at nonzero
+//! offsets; `planes` one dmabuf per plane. Strides are padded past the width.
 //!
 //! Options of produce/consume:
 //! - `--frames-log`: print one `frame` line per buffer (offset, CRC-32 of its bytes, and the
@@ -30,6 +36,8 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
+mod dmabuf_sources;
+
 fn usage() -> ! {
     eprintln!(
         "usage: fdlink-peer demo [--frames N] [--size WxH] [--copy]\n\
@@ -51,6 +59,8 @@ struct Opts {
     socket: Option<String>,
     pool_max: u32,
     copy: bool,
+    source: Option<String>,
+    layout: Option<String>,
     rest: Vec<String>,
 }
 
@@ -81,6 +91,8 @@ fn parse_opts(args: &[String]) -> Opts {
                 )
             }
             "--socket" => o.socket = Some(it.next().cloned().unwrap_or_else(|| usage())),
+            "--source" => o.source = Some(it.next().cloned().unwrap_or_else(|| usage())),
+            "--layout" => o.layout = Some(it.next().cloned().unwrap_or_else(|| usage())),
             "--size" => {
                 let s = it.next().unwrap_or_else(|| usage());
                 let (w, h) = s.split_once('x').unwrap_or_else(|| usage());
@@ -127,6 +139,22 @@ fn buffer_crc(buffer: &gst::BufferRef) -> u32 {
     h.finalize()
 }
 
+/// The buffer's GstVideoMeta as `FORMAT:WxH:offsets:strides`, or `-`.
+fn video_meta_text(buffer: &gst::BufferRef) -> String {
+    match buffer.meta::<gst_video::VideoMeta>() {
+        Some(m) => format!(
+            "{}:{}x{}:{:?}:{:?}",
+            m.format().to_str(),
+            m.width(),
+            m.height(),
+            m.offset(),
+            m.stride()
+        )
+        .replace(' ', ""),
+        None => "-".into(),
+    }
+}
+
 fn buffer_files(buffer: &gst::BufferRef) -> String {
     let mut files = Vec::new();
     for mem in buffer.iter_memories() {
@@ -134,7 +162,8 @@ fn buffer_files(buffer: &gst::BufferRef) -> String {
             // SAFETY: the buffer (borrowed here) keeps the memory and its fd open.
             let fd = unsafe { BorrowedFd::borrow_raw(f.fd()) };
             if let Ok((dev, ino)) = gstfdlink::transport::file_identity(fd) {
-                files.push(format!("{dev}:{ino}"));
+                let exp = dmabuf_sources::exporter(f.fd()).unwrap_or_else(|| "file".into());
+                files.push(format!("{dev}:{ino}:{exp}"));
             }
         }
     }
@@ -185,11 +214,13 @@ fn add_probe(pipeline: &gst::Bin, element: &gst::Element, o: &Opts) {
         if let Some(crc) = crc {
             if frames_log {
                 print_line(&format!(
-                    "frame offset={} pts={} size={} crc={crc:08x} files={}",
+                    "frame offset={} pts={} size={} crc={crc:08x} files={} vmeta={} mems={}",
                     buffer.offset(),
                     buffer.pts().map_or(-1i64, |t| t.nseconds() as i64),
                     buffer.size(),
-                    buffer_files(buffer)
+                    buffer_files(buffer),
+                    video_meta_text(buffer),
+                    buffer.n_memory()
                 ));
             }
             if slow > 0 {
@@ -379,6 +410,152 @@ fn produce_pattern(o: &Opts) -> i32 {
     run(pipeline, Some(sink), &o2)
 }
 
+/// Frames in real kernel dmabufs (see the module doc), through appsrc into fdlinksink.
+fn produce_dmabuf(o: &Opts) -> i32 {
+    use dmabuf_sources::{Allocator, Source};
+    init();
+    let socket = o.socket.clone().unwrap_or_else(|| usage());
+    let source = o
+        .source
+        .as_deref()
+        .and_then(Source::parse)
+        .unwrap_or_else(|| usage());
+    let layout = o.layout.clone().unwrap_or_else(|| "single".into());
+    let alloc = match Allocator::open(source) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: cannot open {source:?} allocator: {e}");
+            return 1;
+        }
+    };
+    let (w, h) = (o.size.0 as usize, o.size.1 as usize);
+    // Padded stride, so strides that get lost or defaulted on the way show up.
+    let stride = (w + 64).div_ceil(64) * 64;
+    let (y_size, uv_size) = (stride * h, stride * h.div_ceil(2));
+    let make_buffer = || -> std::io::Result<gst::Buffer> {
+        let mut buffer = gst::Buffer::new();
+        let b = buffer.get_mut().expect("new buffer");
+        let wrap =
+            |fd, size| gstfdlink::memory::wrap_dmabuf(fd, size).map_err(std::io::Error::other);
+        let mem_sizes = match layout.as_str() {
+            "single" => {
+                let (fd, size) = alloc.alloc(y_size + uv_size)?;
+                let mut m = wrap(fd, size)?;
+                m.get_mut().unwrap().resize(0..y_size + uv_size);
+                b.append_memory(m);
+                vec![y_size + uv_size]
+            }
+            "offsets" => {
+                // Y at 4096, UV one page after Y: nonzero memory offsets on one fd.
+                let uv_at = (4096 + y_size).div_ceil(4096) * 4096 + 4096;
+                let (fd, size) = alloc.alloc(uv_at + uv_size)?;
+                let base = wrap(fd, size)?;
+                b.append_memory(base.share(4096..4096 + y_size));
+                b.append_memory(base.share(uv_at..uv_at + uv_size));
+                vec![y_size, uv_size]
+            }
+            "planes" => {
+                for plane in [y_size, uv_size] {
+                    let (fd, size) = alloc.alloc(plane)?;
+                    let mut m = wrap(fd, size)?;
+                    m.get_mut().unwrap().resize(0..plane);
+                    b.append_memory(m);
+                }
+                vec![y_size, uv_size]
+            }
+            _ => usage(),
+        };
+        let _ = mem_sizes;
+        gst_video::VideoMeta::add_full(
+            b,
+            gst_video::VideoFrameFlags::empty(),
+            gst_video::VideoFormat::Nv12,
+            w as u32,
+            h as u32,
+            &[0, y_size],
+            &[stride as i32, stride as i32],
+        )
+        .map_err(std::io::Error::other)?;
+        Ok(buffer)
+    };
+    let mut frames_pool = Vec::new();
+    for _ in 0..o.pool_max {
+        match make_buffer() {
+            Ok(b) => frames_pool.push(b),
+            Err(e) => {
+                eprintln!("error: cannot allocate a {source:?} dmabuf: {e}");
+                return 1;
+            }
+        }
+    }
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "NV12")
+        .field("width", w as i32)
+        .field("height", h as i32)
+        .field("framerate", gst::Fraction::new(30, 1))
+        .build();
+    let pipeline = gst::Pipeline::new();
+    let appsrc = gst_app::AppSrc::builder()
+        .caps(&caps)
+        .format(gst::Format::Time)
+        .build();
+    let sink = gst::ElementFactory::make("fdlinksink")
+        .property("socket-path", &socket)
+        .property("sync", false)
+        .property("wait-for-connection", true)
+        .build()
+        .expect("fdlinksink");
+    pipeline
+        .add_many([appsrc.upcast_ref(), &sink])
+        .expect("add");
+    appsrc.link(&sink).expect("link");
+    let frames = o.frames;
+    let next = Mutex::new((0u64, frames_pool));
+    appsrc.set_callbacks(
+        gst_app::AppSrcCallbacks::builder()
+            .need_data(move |src, _| {
+                let mut guard = next.lock().unwrap();
+                let (i, pool) = &mut *guard;
+                if *i >= frames {
+                    let _ = src.end_of_stream();
+                    return;
+                }
+                // A pool buffer is free when nobody but us holds it (consumers released it).
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let slot = loop {
+                    if let Some(slot) = pool.iter().position(|b| b.is_writable()) {
+                        break slot;
+                    }
+                    if Instant::now() > deadline {
+                        eprintln!("error: no dmabuf came back within 20 s");
+                        let _ = src.end_of_stream();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                };
+                let fill = (*i % 251) as u8;
+                {
+                    let b = pool[slot].get_mut().expect("free buffer");
+                    b.set_offset(*i);
+                    b.set_pts(gst::ClockTime::from_mseconds(*i * 33));
+                    for m in 0..b.n_memory() {
+                        let mem = b.peek_memory_mut(m).expect("writable memory");
+                        let mut map = mem.map_writable().expect("dmabuf maps for writing");
+                        map.as_mut_slice().fill(fill);
+                    }
+                }
+                *i += 1;
+                let _ = src.push_buffer(pool[slot].clone());
+            })
+            .build(),
+    );
+    let o2 = Opts {
+        stats_every_ms: o.stats_every_ms,
+        ..Default::default()
+    };
+    run(pipeline, Some(sink), &o2)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Demo
 
@@ -494,6 +671,7 @@ fn main() {
         "demo" => demo(&o),
         "produce" | "consume" => launch(&o),
         "produce-pattern" => produce_pattern(&o),
+        "produce-dmabuf" => produce_dmabuf(&o),
         _ => usage(),
     };
     std::process::exit(code);
