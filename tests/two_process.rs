@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use gst::prelude::*;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -22,6 +23,8 @@ fn run_pair(
     let cs = consumer.wait(T);
     assert!(ps.success(), "producer failed: {}", producer.errors());
     assert!(cs.success(), "consumer failed: {}", consumer.errors());
+    assert_no_leaked_fds(&producer, "producer");
+    assert_no_leaked_fds(&consumer, "consumer");
     (
         frames(&producer.lines()),
         frames(&consumer.lines()),
@@ -316,4 +319,24 @@ fn late_consumer_gets_caps_and_frames_from_the_next_one() {
     );
     let by_offset: HashMap<u64, usize> = got.iter().map(|f| (f.offset, 1)).collect();
     assert_eq!(by_offset.len(), got.len(), "duplicate frames");
+}
+
+/// The sink's caps query offers only memory that crosses as fds, so decoders with several
+/// output kinds (VA: VAMemory, DMABuf, system) pick a shareable one.
+#[test]
+fn caps_query_offers_only_shareable_memory() {
+    init_gst();
+    gstfdlink::plugin_register_static().unwrap();
+    let sink = gst::ElementFactory::make("fdlinksink").build().unwrap();
+    let pad = sink.static_pad("sink").unwrap();
+    let filter: gst::Caps =
+        "video/x-raw(memory:VAMemory), format=NV12; video/x-raw(memory:DMABuf), format=NV12; video/x-raw, format=NV12; video/x-raw(memory:GLMemory), format=RGBA"
+            .parse()
+            .unwrap();
+    let got = pad.query_caps(Some(&filter));
+    let want: gst::Caps = "video/x-raw(memory:DMABuf), format=NV12; video/x-raw, format=NV12"
+        .parse()
+        .unwrap();
+    assert_eq!(got, want);
+    assert!(!sink.property::<bool>("enable-last-sample"));
 }

@@ -25,13 +25,35 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_MAX_HELD: u32 = 16;
+const DEFAULT_MAX_HELD: u32 = 8;
 /// How long a frame waits for a consumer at its `max-held` limit before that consumer skips it.
 const SLOW_CONSUMER_WAIT: Duration = Duration::from_secs(1);
 /// How long EOS waits for queued packets to reach consumers.
 const EOS_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Buffers the proposed memfd pool keeps at least.
 const POOL_MIN_BUFFERS: u32 = 2;
+/// Memory kinds that cross as fds. Anything else (VAMemory, GLMemory, ...) would be copied, so
+/// the caps query does not offer it: a VA decoder then picks DMABuf output.
+const SHAREABLE_FEATURES: [&str; 2] = ["memory:SystemMemory", "memory:DMABuf"];
+
+/// `caps` without the structures whose memory cannot cross as an fd.
+fn shareable_caps(caps: &gst::CapsRef) -> gst::Caps {
+    if caps.is_any() {
+        return caps.to_owned();
+    }
+    let mut out = gst::Caps::new_empty();
+    let out_mut = out.get_mut().expect("new caps");
+    for (s, features) in caps.iter_with_features() {
+        let ok = features.is_any()
+            || features
+                .iter()
+                .all(|f| SHAREABLE_FEATURES.contains(&f.as_str()) || f.starts_with("meta:"));
+        if ok {
+            out_mut.append_structure_full(s.to_owned(), Some(features.to_owned()));
+        }
+    }
+    out
+}
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -253,6 +275,12 @@ impl ObjectSubclass for FdlinkSink {
 }
 
 impl ObjectImpl for FdlinkSink {
+    fn constructed(&self) {
+        self.parent_constructed();
+        // The last sample would pin one more upstream buffer (a decoder surface) for nothing.
+        self.obj().set_enable_last_sample(false);
+    }
+
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
@@ -263,7 +291,7 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecUInt::builder("max-held")
                     .nick("Max held buffers per consumer")
-                    .blurb("Buffers one consumer may hold unreleased. At the limit, a live stream skips the frame for that consumer; a non-live one first waits up to 1 s for a release")
+                    .blurb("Buffers one consumer may hold unreleased. At the limit, a live stream skips the frame for that consumer; a non-live one first waits up to 1 s for a release. Upstream is asked for pools of at least max-held + 1 buffers")
                     .minimum(1)
                     .maximum(1024)
                     .default_value(DEFAULT_MAX_HELD)
@@ -442,27 +470,43 @@ impl BaseSinkImpl for FdlinkSink {
         self.parent_event(event)
     }
 
+    fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
+        let template = self.obj().sink_pad().pad_template_caps();
+        let caps = match filter {
+            Some(f) => f.intersect_with_mode(&template, gst::CapsIntersectMode::First),
+            None => template,
+        };
+        Some(shareable_caps(&caps))
+    }
+
     fn propose_allocation(
         &self,
         query: &mut gst::query::Allocation,
     ) -> Result<(), gst::LoggableError> {
+        // Upstream pools (decoder surfaces) must have room for what one consumer may hold
+        // without the decoder running dry; decoders add this minimum to their own needs.
+        let min = (self.settings.lock().unwrap().max_held + 1).max(POOL_MIN_BUFFERS);
         let (caps, need_pool) = query.get_owned();
-        if let (Some(caps), true) = (caps, need_pool)
-            && let Ok(info) = gst_video::VideoInfo::from_caps(&caps)
+        if let Some(caps) = &caps
+            && let Ok(info) = gst_video::VideoInfo::from_caps(caps)
         {
             let size = info.size() as u32;
-            match MemfdBufferPool::new_configured(&caps, size, POOL_MIN_BUFFERS, 0, true) {
-                Ok(pool) => {
-                    // Hand it over inactive: upstream configures and activates it.
-                    let _ = pool.set_active(false);
-                    query.add_allocation_pool(Some(&pool), size, POOL_MIN_BUFFERS, 0);
-                    gst::debug!(
-                        CAT,
-                        imp = self,
-                        "proposing memfd pool of {size}-byte buffers"
-                    );
+            if need_pool {
+                match MemfdBufferPool::new_configured(caps, size, min, 0, true) {
+                    Ok(pool) => {
+                        // Hand it over inactive: upstream configures and activates it.
+                        let _ = pool.set_active(false);
+                        query.add_allocation_pool(Some(&pool), size, min, 0);
+                        gst::debug!(
+                            CAT,
+                            imp = self,
+                            "proposing memfd pool of {size}-byte buffers, at least {min}"
+                        );
+                    }
+                    Err(e) => gst::warning!(CAT, imp = self, "cannot make memfd pool: {e}"),
                 }
-                Err(e) => gst::warning!(CAT, imp = self, "cannot make memfd pool: {e}"),
+            } else {
+                query.add_allocation_pool(None::<&gst::BufferPool>, size, min, 0);
             }
         }
         query.add_allocation_meta::<gst_video::VideoMeta>(None);

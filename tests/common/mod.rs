@@ -241,3 +241,13 @@ pub fn nv12_1080p(frames: u32) -> String {
         "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,format=NV12,width=1920,height=1080,framerate=60/1"
     )
 }
+
+/// The process's `leaked-fds` line (fds opened during the run still open at exit) is empty.
+pub fn assert_no_leaked_fds(peer: &Peer, who: &str) {
+    let line = peer
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("leaked-fds"))
+        .unwrap_or_else(|| panic!("{who} printed no leaked-fds line"));
+    assert_eq!(line.trim_end(), "leaked-fds", "{who} left fds open: {line}");
+}

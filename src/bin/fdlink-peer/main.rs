@@ -110,9 +110,45 @@ fn parse_opts(args: &[String]) -> Opts {
     o
 }
 
+static BASELINE_FDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+fn open_fd_targets() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 fn init() {
     gst::init().expect("GStreamer initializes");
     gstfdlink::plugin_register_static().expect("fdlink plugin registers");
+    let _ = BASELINE_FDS.set(open_fd_targets());
+}
+
+/// Fds opened since init() that are still open (the pipeline is gone by now): a `leaked-fds`
+/// line lists them, each as what it points at. (Reading /proc/self/fd opens one fd itself;
+/// it is closed again before the second read.)
+fn report_fds() {
+    let Some(base) = BASELINE_FDS.get() else {
+        return;
+    };
+    let mut now = open_fd_targets();
+    for b in base {
+        if let Some(i) = now.iter().position(|n| n == b) {
+            now.remove(i);
+        }
+    }
+    print_line(
+        &format!("leaked-fds {}", now.join(" "))
+            .trim_end()
+            .to_string(),
+    );
 }
 
 fn print_line(s: &str) {
@@ -674,5 +710,6 @@ fn main() {
         "produce-dmabuf" => produce_dmabuf(&o),
         _ => usage(),
     };
+    report_fds();
     std::process::exit(code);
 }
