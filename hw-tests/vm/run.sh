@@ -55,7 +55,10 @@ CTL=$(mktemp -d "${TMPDIR:-/tmp}/fdlink-vm.XXXXXX")
 PIDS=()
 # shellcheck disable=SC2317 # called via trap
 cleanup() {
+  # bash may run an inherited EXIT trap in a subshell (e.g. one killed by a signal): not ours.
+  [ "$BASHPID" = "$$" ] || return 0
   local p
+  [ -z "${QPID:-}" ] || kill "$QPID" 2>/dev/null || true
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$CTL"
 }
@@ -81,31 +84,25 @@ fi
   printf 'export GST_REGISTRY=%q\n' "$REGDIR/registry-$KVER.x86_64.bin"
 } >"$CTL/env"
 
+# Per-run part of the guest's boot; /init (setup.sh) did the mounts and the virtio consoles.
+# Uses bash builtins where it can: each host binary costs a 9p read under TCG.
 cat >"$CTL/stage2.sh" <<'EOS'
 #!/bin/bash
-# PID 1 of the guest after switch_root. No rc file on the host means "harness failure" (125).
+# PID 1 of the guest after switch_root. fds 3/4: the command's stdout/stderr (hvc0/hvc1).
+# No rc file on the host means "harness failure" (125).
 C=/fdlink-ctl
-halt() { sync; echo o >/proc/sysrq-trigger; sleep 10; }
+halt() { echo o >/proc/sysrq-trigger; sleep 10; }
 fatal() { echo "fdlink-vm guest: $*" >&2; halt; }
-mount -t tmpfs -o mode=755 tmpfs /run
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
-ln -sfn /proc/self/fd /dev/fd
-ln -sf /proc/self/fd/0 /dev/stdin; ln -sf /proc/self/fd/1 /dev/stdout; ln -sf /proc/self/fd/2 /dev/stderr
 # shellcheck disable=SC1091
 . $C/env
 read -r -a mods <$C/modules
 if [ ${#mods[@]} -gt 0 ]; then modprobe -a "${mods[@]}" || fatal "modprobe ${mods[*]} failed"; fi
 for d in /dev/udmabuf /dev/dma_heap/system; do [ -c $d ] || fatal "$d missing"; done
-# hvc0/hvc1 are cmd's stdout/stderr: raw, so "\n" is not turned into "\r\n".
-stty -F /dev/hvc0 raw -echo && stty -F /dev/hvc1 raw -echo || fatal "virtio consoles missing"
-cd "$(cat $C/workdir)" || fatal "cannot cd to work dir"
-bash -c "$(cat $C/cmd)" </dev/null >/dev/hvc0 2>/dev/hvc1
-rc=$?
-# stty sets attributes with TCSADRAIN: returns once all output has reached qemu.
-stty -F /dev/hvc0 raw; stty -F /dev/hvc1 raw
-echo $rc >$C/rc
+cd "$(<$C/workdir)" || fatal "cannot cd to work dir"
+# hvc writes are synchronous (the guest waits until qemu has written the bytes to its chardev),
+# and the 9p shares are uncached: nothing to flush before the power-off.
+bash -c "$(<$C/cmd)" </dev/null >&3 2>&4 3>&- 4>&-
+echo $? >$C/rc
 halt
 EOS
 chmod +x "$CTL/stage2.sh"
@@ -123,7 +120,8 @@ PIDS+=($!)
 
 P9=security_model=none,multidevs=remap
 read -r -a QEXTRA <<<"${FDLINK_VM_QEMU_EXTRA:-}"
-set +e
+# In the background so that a signal to us (Ctrl-C, CI cancel) runs the trap below at once
+# instead of after qemu exits; timeout passes it on to qemu.
 timeout --foreground -k 5 "$TMO" qemu-system-x86_64 -nodefaults -no-user-config -machine q35 \
   -accel tcg,thread=multi -cpu max -smp "$CPUS" -m "$MEM" -display none -vga none -no-reboot \
   -chardev pipe,id=con,path="$CTL/con" -serial chardev:con \
@@ -138,25 +136,45 @@ timeout --foreground -k 5 "$TMO" qemu-system-x86_64 -nodefaults -no-user-config 
   -fsdev "local,id=c,path=$CTL,$P9" -device virtio-9p-pci,fsdev=c,mount_tag=ctl \
   -fsdev "local,id=w,path=$WORK,$P9" -device virtio-9p-pci,fsdev=w,mount_tag=work \
   -fsdev "local,id=g,path=$REGDIR,$P9" -device virtio-9p-pci,fsdev=g,mount_tag=reg \
-  "${QEXTRA[@]}" </dev/null
-qrc=$?
-set -e
+  "${QEXTRA[@]}" </dev/null &
+QPID=$!
+SIG=
+for s in INT TERM HUP; do
+  # shellcheck disable=SC2064 # expand $s now
+  trap "SIG=$s; kill -$s $QPID 2>/dev/null" "$s"
+done
+while :; do
+  qrc=0
+  wait "$QPID" || qrc=$?
+  # A trapped signal interrupts wait while qemu is still shutting down: wait again.
+  kill -0 "$QPID" 2>/dev/null || break
+done
+trap - INT TERM HUP
 
 # Let the readers drain. If qemu died before opening a FIFO its reader still blocks in open():
 # after a grace period a writer open/close gives it EOF.
+# (read -t on a private FIFO: a timer that dies with the subshell, unlike sleep.)
+mkfifo "$CTL/tick"
 (
-  sleep 5
+  trap - EXIT
+  read -r -t 5 <>"$CTL/tick" || true
   for f in out err con; do exec {w}<>"$CTL/$f.out"; exec {w}>&-; done
 ) </dev/null >/dev/null 2>&1 &
 unblock=$!
 wait "${PIDS[@]}" 2>/dev/null || true
+# Reap it here: left to bash's SIGCHLD handling it caused "wait_for: No record of process".
 kill "$unblock" 2>/dev/null || true
+wait "$unblock" 2>/dev/null || true
 PIDS=()
 
 el=$((${EPOCHREALTIME//[!0-9]/} - ${T0//[!0-9]/}))
 el=$((el / 1000000)).$((el / 100000 % 10))
+if [ -n "$SIG" ]; then
+  say "interrupted by SIG$SIG (${el}s)"
+  case $SIG in INT) exit 130 ;; TERM) exit 143 ;; *) exit 129 ;; esac
+fi
 if [ -f "$CTL/rc" ]; then
-  rc=$(cat "$CTL/rc")
+  read -r rc <"$CTL/rc"
   [ "$VERBOSE" = 1 ] && say "exit $rc after ${el}s"
   exit "$rc"
 fi

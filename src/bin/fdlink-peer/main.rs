@@ -144,11 +144,7 @@ fn report_fds() {
             now.remove(i);
         }
     }
-    print_line(
-        &format!("leaked-fds {}", now.join(" "))
-            .trim_end()
-            .to_string(),
-    );
+    print_line(format!("leaked-fds {}", now.join(" ")).trim_end());
 }
 
 fn print_line(s: &str) {
