@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing and runs every check: formatting, clippy (warnings are errors),
-# and all tests (protocol/transport/memory unit tests, two-process tests with real sockets).
+# all cargo tests (protocol/transport/memory unit tests, two-process tests with real sockets),
+# then the hardware matrix inside the test VM (real udmabuf, dma-heap, vgem, vivid, vicodec
+# and visl drivers), which rewrites docs/hardware-matrix.md.
+# FDLINK_SKIP_VM=1 skips the VM part (it says so, and the run does not count as complete).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -8,3 +11,11 @@ export RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
 cargo fmt --check
 cargo clippy --locked --all-targets -q -- -D warnings
 cargo test --locked
+
+if [ "${FDLINK_SKIP_VM:-0}" = 1 ]; then
+  echo "test.sh: FDLINK_SKIP_VM=1: the hardware matrix (VM) was NOT run"
+  exit 0
+fi
+cargo build --locked -q --bins
+bash hw-tests/vm/setup.sh
+hw-tests/vm/run.sh -t 1500 -- bash hw-tests/guest-matrix.sh --write docs/hardware-matrix.md

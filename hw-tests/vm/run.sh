@@ -66,6 +66,8 @@ trap cleanup EXIT
 
 # Everything the guest's stage2 needs comes through this read-write "ctl" share.
 echo "$WORK" >"$CTL/workdir"
+[ -t 1 ] && : >"$CTL/stdout-tty"
+[ -t 2 ] && : >"$CTL/stderr-tty"
 printf '%q ' "$@" >"$CTL/cmd"
 printf '%s %s\n' work "$WORK" reg "$REGDIR" >"$CTL/mounts"
 if [ -n "${FDLINK_VM_MODULES+x}" ]; then
@@ -74,9 +76,15 @@ else
   awk '$2 == "module" { print $1 }' "$K/fdlink-drivers" | paste -sd' ' >"$CTL/modules"
 fi
 {
-  while IFS= read -r v; do
-    [[ $v =~ ^(CARGO|RUST|GST_|FDLINK_) ]] && printf 'export %s=%q\n' "$v" "${!v}"
-  done < <(compgen -e)
+  # cargo/rustc, GStreamer and our own knobs, plus what shapes a program's output and the
+  # LD_LIBRARY_PATH cargo sets for dylib crates; FDLINK_VM_ENV names any extra variables.
+  re="^(CARGO|RUST|GST_|FDLINK_|LC_)|^(LD_LIBRARY_PATH|TERM|NO_COLOR|CLICOLOR|CLICOLOR_FORCE|LANG|TZ)\$"
+  for v in ${FDLINK_VM_ENV:-}; do re+="|^$v\$"; done
+  # (No process substitution here: a bash 5.2 bug makes a later wait print "wait_for: No
+  # record of process".)
+  for v in $(compgen -e); do
+    [[ $v =~ $re ]] && printf 'export %s=%q\n' "$v" "${!v}"
+  done
   # Same filesystem as the host, so the host's PATH and HOME (cargo, rustup) are valid.
   printf 'export HOME=%q PATH=%q\n' "$HOME" "/usr/local/sbin:/usr/sbin:/sbin:$PATH"
   # The guest's plugins see devices the host lacks, so it keeps its own registry; it persists
@@ -101,21 +109,36 @@ for d in /dev/udmabuf /dev/dma_heap/system; do [ -c $d ] || fatal "$d missing"; 
 cd "$(<$C/workdir)" || fatal "cannot cd to work dir"
 # hvc writes are synchronous (the guest waits until qemu has written the bytes to its chardev),
 # and the 9p shares are uncached: nothing to flush before the power-off.
-bash -c "$(<$C/cmd)" </dev/null >&3 2>&4 3>&- 4>&-
-echo $? >$C/rc
+# The command's stdout/stderr are ttys only where ours are (colours, buffering, isatty checks);
+# otherwise a cat relays a pipe to the console.
+o=3 e=4 relays=()
+if [ ! -e $C/stdout-tty ]; then exec 5> >(exec cat >&3); relays+=($!); o=5; fi
+if [ ! -e $C/stderr-tty ]; then exec 6> >(exec cat >&4); relays+=($!); e=6; fi
+bash -c "$(<$C/cmd)" </dev/null >&$o 2>&$e 3>&- 4>&- 5>&- 6>&-
+rc=$?
+exec 5>&- 6>&-
+# Leftover processes could hold the pipes open: stop everything but us and the relays.
+for p in /proc/[0-9]*; do
+  p=${p#/proc/}
+  [[ $p == 1 || " ${relays[*]} " == *" $p "* ]] || kill -KILL "$p" 2>/dev/null
+done
+for p in "${relays[@]}"; do wait "$p"; done
+echo $rc >$C/rc
 halt
 EOS
 chmod +x "$CTL/stage2.sh"
 
 # qemu "pipe" chardevs write NAME.out; readers copy them to our fds (not /proc/self/fd/N:
 # reopening a redirected file truncates it). out/err: cmd's stdout/stderr; con: kernel console,
-# minus the two lines every poweroff prints.
+# minus the two lines every poweroff prints. We hold each FIFO open until qemu has
+# exited, so no reader blocks in open() if qemu never starts, and none sees EOF early.
 mkfifo "$CTL"/{out,err,con}.{in,out}
-cat "$CTL/out.out" &
+exec {HO}<>"$CTL/out.out" {HE}<>"$CTL/err.out" {HC}<>"$CTL/con.out"
+cat "$CTL/out.out" {HO}>&- {HE}>&- {HC}>&- &
 PIDS+=($!)
-cat "$CTL/err.out" >&2 &
+cat "$CTL/err.out" >&2 {HO}>&- {HE}>&- {HC}>&- &
 PIDS+=($!)
-grep --line-buffered -avE '\] (sysrq: Power Off|reboot: Power down)' "$CTL/con.out" >&2 &
+grep --line-buffered -avE '\] (sysrq: Power Off|reboot: Power down)' "$CTL/con.out" >&2 {HO}>&- {HE}>&- {HC}>&- &
 PIDS+=($!)
 
 P9=security_model=none,multidevs=remap
@@ -136,7 +159,7 @@ timeout --foreground -k 5 "$TMO" qemu-system-x86_64 -nodefaults -no-user-config 
   -fsdev "local,id=c,path=$CTL,$P9" -device virtio-9p-pci,fsdev=c,mount_tag=ctl \
   -fsdev "local,id=w,path=$WORK,$P9" -device virtio-9p-pci,fsdev=w,mount_tag=work \
   -fsdev "local,id=g,path=$REGDIR,$P9" -device virtio-9p-pci,fsdev=g,mount_tag=reg \
-  "${QEXTRA[@]}" </dev/null &
+  "${QEXTRA[@]}" </dev/null {HO}>&- {HE}>&- {HC}>&- &
 QPID=$!
 SIG=
 for s in INT TERM HUP; do
@@ -151,35 +174,28 @@ while :; do
 done
 trap - INT TERM HUP
 
-# Let the readers drain. If qemu died before opening a FIFO its reader still blocks in open():
-# after a grace period a writer open/close gives it EOF.
-# (read -t on a private FIFO: a timer that dies with the subshell, unlike sleep.)
-mkfifo "$CTL/tick"
-(
-  trap - EXIT
-  read -r -t 5 <>"$CTL/tick" || true
-  for f in out err con; do exec {w}<>"$CTL/$f.out"; exec {w}>&-; done
-) </dev/null >/dev/null 2>&1 &
-unblock=$!
+# qemu is gone: dropping our ends gives the readers EOF once they have drained the FIFOs.
+exec {HO}>&- {HE}>&- {HC}>&-
 wait "${PIDS[@]}" 2>/dev/null || true
-# Reap it here: left to bash's SIGCHLD handling it caused "wait_for: No record of process".
-kill "$unblock" 2>/dev/null || true
-wait "$unblock" 2>/dev/null || true
 PIDS=()
 
 el=$((${EPOCHREALTIME//[!0-9]/} - ${T0//[!0-9]/}))
 el=$((el / 1000000)).$((el / 100000 % 10))
 if [ -n "$SIG" ]; then
   say "interrupted by SIG$SIG (${el}s)"
-  case $SIG in INT) exit 130 ;; TERM) exit 143 ;; *) exit 129 ;; esac
-fi
-if [ -f "$CTL/rc" ]; then
+  case $SIG in INT) rc=130 ;; TERM) rc=143 ;; *) rc=129 ;; esac
+elif [ -f "$CTL/rc" ]; then
   read -r rc <"$CTL/rc"
   [ "$VERBOSE" = 1 ] && say "exit $rc after ${el}s"
-  exit "$rc"
+else
+  case $qrc in
+    124 | 137) say "timed out after ${TMO}s (${el}s)" ;;
+    *) say "guest did not report an exit status: panic or init failure, see above (qemu rc=$qrc, ${el}s)" ;;
+  esac
+  rc=125
 fi
-case $qrc in
-  124 | 137) say "timed out after ${TMO}s (${el}s)" ;;
-  *) say "guest did not report an exit status (qemu rc=$qrc, ${el}s)" ;;
-esac
-exit 125
+# Clean up here rather than in the EXIT trap: external commands run from an exiting bash's
+# trap sometimes made it print "wait_for: No record of process".
+rm -rf "$CTL"
+trap - EXIT
+exit "$rc"

@@ -21,6 +21,9 @@ OOT_MODULES=(v4l2-mem2mem vim2m vicodec visl)
 GUEST_MODULES=(vicodec vivid vgem visl vim2m udmabuf)
 # Loaded by the initramfs before the root filesystem is reachable (dependencies resolved).
 INITRD_MODULES=(virtio_pci 9pnet_virtio 9p overlay)
+# A local mirror, or snapshot.debian.org/archive/debian/<time> to pin an older kernel (the live
+# mirror keeps only the newest backports kernel).
+MIRROR=${FDLINK_VM_MIRROR:-http://deb.debian.org/debian}
 
 T0=$EPOCHREALTIME
 log() {
@@ -71,18 +74,20 @@ build_kernel() {
   rm -rf "$B"
   mkdir -p "$B/apt/lists/partial" "$B/apt/cache/archives/partial" "$B/debs"
   # Private apt state for bookworm-backports: the host's sources stay untouched.
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" \
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm-backports main" \
     >"$B/apt/sources.list"
   local APTO=(-o "Dir::Etc::SourceList=$B/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
     -o "Dir::State::Lists=$B/apt/lists" -o "Dir::Cache=$B/apt/cache" -o Dir::State::status=/dev/null
     -o APT::Sandbox::User=root)
+  # Snapshots are past their Release files' Valid-Until by design.
+  [[ $MIRROR != *snapshot.debian.org* ]] || APTO+=(-o Acquire::Check-Valid-Until=false)
   apt-get "${APTO[@]}" -qq update
   local IMG KVER PKGVER ABI SER
   IMG=$(apt-cache "${APTO[@]}" depends linux-image-amd64 | sed -n 's/.*Depends: \(linux-image-.*-amd64\)$/\1/p' | head -1)
   [ -n "$IMG" ] || die "cannot resolve linux-image-amd64 in bookworm-backports"
-  KVER=${IMG#linux-image-}                     # e.g. 6.12.57+deb12-amd64
+  KVER=${IMG#linux-image-}                     # e.g. 6.12.95+deb12-amd64
   PKGVER=$(apt-cache "${APTO[@]}" show "$IMG" | sed -n 's/^Version: //p' | head -1)
-  ABI=${KVER%-amd64}                           # e.g. 6.12.57+deb12
+  ABI=${KVER%-amd64}                           # e.g. 6.12.95+deb12
   SER=$(cut -d. -f1,2 <<<"$KVER")              # e.g. 6.12
   log "bookworm-backports kernel: $KVER ($PKGVER)"
   if [ "$REFRESH" = 1 ] && [ "$KVER" = "$(stamp_get KVER)" ] && kernel_complete "$KVER"; then
@@ -156,6 +161,7 @@ EOK
   # Drop other kernel versions only now that the new one is complete.
   find "$CACHE" -maxdepth 1 \( -name 'kernel-*' -o -name 'initramfs-*' \) ! -name "kernel-$KVER" \
     ! -name "initramfs-$KVER.*" -exec rm -rf {} +
+  find "$CACHE/gst-registry" -name 'registry-*' ! -name "registry-$KVER.*" -delete 2>/dev/null || true
   rm -rf "$B"
   printf 'KVER=%s\nPKGVER=%s\nFORMAT=%s\n' "$KVER" "$PKGVER" "$FORMAT" >"$STAMP.tmp"
   mv "$STAMP.tmp" "$STAMP"
@@ -243,7 +249,7 @@ if [ -f "$INITRD" ] && [ "$(cat "$INITRD.key" 2>/dev/null)" = "$KEY" ]; then
   log "initramfs cached: $INITRD"
 else
   T=$(mktemp -d)
-  trap '[ "$BASHPID" != "$$" ] || rm -rf "$T"' EXIT # not from subshells that inherit it
+  trap '[ "$BASHPID" != "$$" ] || rm -rf "$T"' EXIT # on failure; not from subshells
   mkdir -p "$T"/{bin,lib,proc,sys,dev,lower,rw,newroot}
   cp /bin/busybox "$T/bin/busybox"
   for f in "${IMODS[@]}"; do
@@ -262,6 +268,8 @@ else
   mv "$INITRD.tmp" "$INITRD"
   echo "$KEY" >"$INITRD.key"
   log "initramfs built: $INITRD (modules: $(paste -sd' ' "$T/lib/modules.list"))"
+  rm -rf "$T"
+  trap - EXIT
 fi
 mkdir -p "$CACHE/gst-registry"
 # run.sh compares mtimes against setup.sh to know whether to call us again.

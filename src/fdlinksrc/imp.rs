@@ -219,7 +219,10 @@ impl FdlinkSrc {
             }
         };
         if peer.role != Role::Producer {
-            send_error(&conn, "peer is not a producer (two fdlinksrcs on one socket?)");
+            send_error(
+                &conn,
+                "peer is not a producer (two fdlinksrcs on one socket?)",
+            );
             return Err(protocol_error(
                 &stream.path,
                 "peer is not a producer".into(),

@@ -153,7 +153,7 @@ impl Allocator {
     }
 }
 
-/// The DRM card node whose driver is vgem.
+/// The DRM card node of vgem (a platform device: /sys/class/drm/cardN -> .../platform/vgem/...).
 fn find_vgem() -> std::io::Result<String> {
     for entry in std::fs::read_dir("/sys/class/drm")? {
         let entry = entry?;
@@ -161,8 +161,8 @@ fn find_vgem() -> std::io::Result<String> {
         if !name.starts_with("card") || name.contains('-') {
             continue;
         }
-        let driver = std::fs::read_link(entry.path().join("device/driver")).unwrap_or_default();
-        if driver.to_string_lossy().ends_with("vgem") {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target.to_string_lossy().contains("/platform/vgem/") {
             return Ok(format!("/dev/dri/{name}"));
         }
     }
@@ -170,6 +170,56 @@ fn find_vgem() -> std::io::Result<String> {
         std::io::ErrorKind::NotFound,
         "no vgem DRM device (modprobe vgem)",
     ))
+}
+
+#[repr(C)]
+struct DmaBufSync {
+    flags: u64,
+}
+const DMA_BUF_SYNC_WRITE: u64 = 2;
+const DMA_BUF_SYNC_END: u64 = 4;
+nix::ioctl_write_ptr!(dma_buf_ioctl_sync, b'b', 0, DmaBufSync);
+
+/// Writes `byte` into `ranges` of a dmabuf through the CPU, bracketed by DMA_BUF_IOCTL_SYNC as
+/// the kernel asks of CPU access.
+pub fn fill(
+    fd: std::os::fd::BorrowedFd<'_>,
+    size: usize,
+    ranges: &[(usize, usize)],
+    byte: u8,
+) -> std::io::Result<()> {
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+    let len = std::num::NonZeroUsize::new(size).ok_or(std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: a fresh shared mapping of a dmabuf we hold; unmapped below before returning.
+    let ptr = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            fd,
+            0,
+        )
+    }?;
+    let sync = |flags| {
+        // SAFETY: `DmaBufSync` is the kernel's struct dma_buf_sync.
+        unsafe { dma_buf_ioctl_sync(fd.as_raw_fd(), &DmaBufSync { flags }) }
+    };
+    let result = (|| -> std::io::Result<()> {
+        sync(DMA_BUF_SYNC_WRITE)?;
+        for &(offset, n) in ranges {
+            if offset + n > size {
+                return Err(std::io::ErrorKind::InvalidInput.into());
+            }
+            // SAFETY: [offset, offset + n) lies inside the `size`-byte mapping.
+            unsafe { std::ptr::write_bytes(ptr.as_ptr().cast::<u8>().add(offset), byte, n) };
+        }
+        sync(DMA_BUF_SYNC_WRITE | DMA_BUF_SYNC_END)?;
+        Ok(())
+    })();
+    // SAFETY: unmapping exactly what mmap returned above.
+    unsafe { munmap(ptr, size) }?;
+    result
 }
 
 /// The exporter of a dmabuf fd ("udmabuf", "system", "vgem", "videobuf2_vmalloc", ...), from

@@ -28,7 +28,7 @@
 //! `eos`, and on failure `error: ...` on stderr with exit code 1.
 
 use std::io::Write;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -362,10 +362,14 @@ fn launch(o: &Opts) -> i32 {
         }
     };
     let element = fdlink_element(pipeline.upcast_ref());
-    if let Some(el) = &element
-        && (o.frames_log || o.slow_ms > 0 || o.pattern)
-    {
-        add_probe(pipeline.upcast_ref(), el, o);
+    if o.frames_log || o.slow_ms > 0 || o.pattern {
+        match element.clone().or_else(|| pipeline.by_name("check")) {
+            Some(el) => add_probe(pipeline.upcast_ref(), &el, o),
+            None => {
+                eprintln!("error: nothing to probe: no fdlink element and no element named check");
+                return 2;
+            }
+        }
     }
     run(pipeline, element, o)
 }
@@ -464,40 +468,44 @@ fn produce_dmabuf(o: &Opts) -> i32 {
     // Padded stride, so strides that get lost or defaulted on the way show up.
     let stride = (w + 64).div_ceil(64) * 64;
     let (y_size, uv_size) = (stride * h, stride * h.div_ceil(2));
-    let make_buffer = || -> std::io::Result<gst::Buffer> {
+    // Each frame: the buffer, plus for CPU filling a dup of every dmabuf with its size and
+    // the ranges the buffer's memories cover.
+    type Fill = Vec<(OwnedFd, usize, Vec<(usize, usize)>)>;
+    let make_buffer = || -> std::io::Result<(gst::Buffer, Fill)> {
         let mut buffer = gst::Buffer::new();
         let b = buffer.get_mut().expect("new buffer");
-        let wrap =
-            |fd, size| gstfdlink::memory::wrap_dmabuf(fd, size).map_err(std::io::Error::other);
-        let mem_sizes = match layout.as_str() {
+        let wrap = |fd: &OwnedFd, size| {
+            gstfdlink::memory::wrap_dmabuf(fd.try_clone()?, size).map_err(std::io::Error::other)
+        };
+        let mut fill = Fill::new();
+        match layout.as_str() {
             "single" => {
                 let (fd, size) = alloc.alloc(y_size + uv_size)?;
-                let mut m = wrap(fd, size)?;
+                let mut m = wrap(&fd, size)?;
                 m.get_mut().unwrap().resize(0..y_size + uv_size);
                 b.append_memory(m);
-                vec![y_size + uv_size]
+                fill.push((fd, size, vec![(0, y_size + uv_size)]));
             }
             "offsets" => {
                 // Y at 4096, UV one page after Y: nonzero memory offsets on one fd.
                 let uv_at = (4096 + y_size).div_ceil(4096) * 4096 + 4096;
                 let (fd, size) = alloc.alloc(uv_at + uv_size)?;
-                let base = wrap(fd, size)?;
+                let base = wrap(&fd, size)?;
                 b.append_memory(base.share(4096..4096 + y_size));
                 b.append_memory(base.share(uv_at..uv_at + uv_size));
-                vec![y_size, uv_size]
+                fill.push((fd, size, vec![(4096, y_size), (uv_at, uv_size)]));
             }
             "planes" => {
                 for plane in [y_size, uv_size] {
                     let (fd, size) = alloc.alloc(plane)?;
-                    let mut m = wrap(fd, size)?;
+                    let mut m = wrap(&fd, size)?;
                     m.get_mut().unwrap().resize(0..plane);
                     b.append_memory(m);
+                    fill.push((fd, size, vec![(0, plane)]));
                 }
-                vec![y_size, uv_size]
             }
             _ => usage(),
-        };
-        let _ = mem_sizes;
+        }
         gst_video::VideoMeta::add_full(
             b,
             gst_video::VideoFrameFlags::empty(),
@@ -508,7 +516,7 @@ fn produce_dmabuf(o: &Opts) -> i32 {
             &[stride as i32, stride as i32],
         )
         .map_err(std::io::Error::other)?;
-        Ok(buffer)
+        Ok((buffer, fill))
     };
     let mut frames_pool = Vec::new();
     for _ in 0..o.pool_max {
@@ -541,6 +549,9 @@ fn produce_dmabuf(o: &Opts) -> i32 {
         .add_many([appsrc.upcast_ref(), &sink])
         .expect("add");
     appsrc.link(&sink).expect("link");
+    if o.frames_log {
+        add_probe(pipeline.upcast_ref(), &sink, o);
+    }
     let frames = o.frames;
     let next = Mutex::new((0u64, frames_pool));
     appsrc.set_callbacks(
@@ -552,10 +563,15 @@ fn produce_dmabuf(o: &Opts) -> i32 {
                     let _ = src.end_of_stream();
                     return;
                 }
-                // A pool buffer is free when nobody but us holds it (consumers released it).
+                // A pool buffer is free when nobody but us holds it or its memories: basesrc
+                // shallow-copies some buffers (DISCONT), and the copy keeps the memories, as
+                // GstBufferPool itself checks.
                 let deadline = Instant::now() + Duration::from_secs(20);
                 let slot = loop {
-                    if let Some(slot) = pool.iter().position(|b| b.is_writable()) {
+                    if let Some(slot) = pool
+                        .iter()
+                        .position(|(b, _)| b.is_writable() && b.is_all_memory_writable())
+                    {
                         break slot;
                     }
                     if Instant::now() > deadline {
@@ -565,19 +581,22 @@ fn produce_dmabuf(o: &Opts) -> i32 {
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 };
-                let fill = (*i % 251) as u8;
-                {
-                    let b = pool[slot].get_mut().expect("free buffer");
-                    b.set_offset(*i);
-                    b.set_pts(gst::ClockTime::from_mseconds(*i * 33));
-                    for m in 0..b.n_memory() {
-                        let mem = b.peek_memory_mut(m).expect("writable memory");
-                        let mut map = mem.map_writable().expect("dmabuf maps for writing");
-                        map.as_mut_slice().fill(fill);
+                let byte = (*i % 251) as u8;
+                let (buffer, fill) = &mut pool[slot];
+                for (fd, size, ranges) in fill.iter() {
+                    if let Err(e) = dmabuf_sources::fill(fd.as_fd(), *size, ranges, byte) {
+                        eprintln!("error: cannot write into the dmabuf: {e}");
+                        let _ = src.end_of_stream();
+                        return;
                     }
                 }
+                {
+                    let b = buffer.get_mut().expect("free buffer");
+                    b.set_offset(*i);
+                    b.set_pts(gst::ClockTime::from_mseconds(*i * 33));
+                }
                 *i += 1;
-                let _ = src.push_buffer(pool[slot].clone());
+                let _ = src.push_buffer(buffer.clone());
             })
             .build(),
     );
