@@ -14,7 +14,7 @@ set -euo pipefail
 CACHE=${FDLINK_VM_CACHE:-/var/cache/fdlink-vm}
 # Bump when the layout of the kernel tree or the module build changes: forces a rebuild.
 FORMAT=2
-HOST_PKGS=(qemu-system-x86 busybox-static kmod xz-utils gcc make libelf-dev bc)
+HOST_PKGS=(qemu-system-x86 busybox-static kmod xz-utils gcc make libelf-dev bc strace)
 # Test drivers Debian does not build; compiled out of tree from linux-source.
 OOT_MODULES=(v4l2-mem2mem vim2m vicodec visl)
 # What the guest needs; each must be built in or a module (checked below).

@@ -28,8 +28,10 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_MAX_HELD: u32 = 8;
 /// How long a frame waits for a consumer at its `max-held` limit before that consumer skips it.
 const SLOW_CONSUMER_WAIT: Duration = Duration::from_secs(1);
-/// How long EOS waits for queued packets to reach consumers.
-const EOS_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long EOS waits for queued packets (the EOS itself among them) to reach consumers. An
+/// AF_UNIX receiver queues only net.unix.max_dgram_qlen (10) datagrams, so a slow consumer
+/// can leave the EOS queued here; past this the producer stops anyway.
+const EOS_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Buffers the proposed memfd pool keeps at least.
 const POOL_MIN_BUFFERS: u32 = 2;
 /// Memory kinds that cross as fds. Anything else (VAMemory, GLMemory, ...) would be copied, so
@@ -456,6 +458,10 @@ impl BaseSinkImpl for FdlinkSink {
             .encode(&mut bytes)
             .map_err(|e| gst::loggable_error!(CAT, "caps do not fit a packet: {e}"))?;
         gst::debug!(CAT, imp = self, "caps {caps}");
+        let drm = crate::drm_format::describe_caps(caps);
+        if !drm.is_empty() {
+            gst::info!(CAT, imp = self, "DMA_DRM format: {drm}");
+        }
         hub.send_control(bytes, StickyKind::None, true);
         Ok(())
     }

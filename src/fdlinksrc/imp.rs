@@ -377,6 +377,10 @@ impl FdlinkSrc {
                     let changed = self.caps.lock().unwrap().as_ref() != Some(&caps);
                     if changed {
                         gst::info!(CAT, imp = self, "caps from producer: {caps}");
+                        let drm = crate::drm_format::describe_caps(&caps);
+                        if !drm.is_empty() {
+                            gst::info!(CAT, imp = self, "DMA_DRM format: {drm}");
+                        }
                         *self.caps.lock().unwrap() = Some(caps.clone());
                         if self.obj().set_caps(&caps).is_err() {
                             return Err(Stop::Error(gst::error_msg!(
