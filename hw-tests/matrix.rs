@@ -24,6 +24,9 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// One row of the matrix.
 struct Row {
     name: &'static str,
+    /// The consumer holds frames in a queue and takes 40 ms each, checking each frame did not
+    /// change while it held it: the decoder must neither deadlock nor reuse a held surface.
+    slow_consumer: bool,
     /// The message a decoder logs when its driver ends the stream before draining every frame
     /// (vicodec: "eos sent too early"). When the producer logged it, a shorter tail than the
     /// one-process run is the driver's loss, not the link's: the frames must still match.
@@ -66,6 +69,7 @@ fn rows() -> Vec<Row> {
     vec![
         Row {
             name: "udmabuf",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &[],
             source: Dmabuf {
@@ -75,6 +79,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "dma-heap",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &[],
             source: Dmabuf {
@@ -84,6 +89,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "vgem",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &[],
             source: Dmabuf {
@@ -93,6 +99,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2src-vivid-vmalloc",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["v4l2src"],
             source: Pipeline {
@@ -103,6 +110,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2src-vivid-dma-contig",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["v4l2src"],
             source: Pipeline {
@@ -113,6 +121,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2fwhtdec",
+            slow_consumer: false,
             eos_bug: Some("left undrained after CMD_STOP"),
             needs_elements: &["v4l2fwhtdec", "gdpdepay"],
             source: pipe(
@@ -122,6 +131,17 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2slh264dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["v4l2slh264dec"],
+            source: pipe(
+                "filesrc location={fixture} ! h264parse ! v4l2slh264dec",
+                Some("h264-320x240.h264"),
+            ),
+        },
+        Row {
+            name: "v4l2slh264dec-slow-consumer",
+            slow_consumer: true,
             eos_bug: None,
             needs_elements: &["v4l2slh264dec"],
             source: pipe(
@@ -131,6 +151,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2slvp8dec",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["v4l2slvp8dec"],
             source: pipe(
@@ -140,6 +161,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2slh265dec",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["v4l2slh265dec"],
             source: pipe(
@@ -149,6 +171,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2slvp9dec",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["v4l2slvp9dec"],
             source: pipe(
@@ -158,6 +181,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2h264dec",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["v4l2h264dec"],
             source: pipe(
@@ -167,12 +191,14 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2h265dec",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["v4l2h265dec"],
             source: External,
         },
         Row {
             name: "vah264dec",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["vah264dec"],
             source: pipe(
@@ -182,24 +208,28 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "vah265dec",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["vah265dec"],
             source: External,
         },
         Row {
             name: "vavp9dec",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["vavp9dec"],
             source: External,
         },
         Row {
             name: "vaav1dec",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["vaav1dec"],
             source: External,
         },
         Row {
             name: "vaapih264dec",
+            slow_consumer: false,
             eos_bug: None,
             needs_elements: &["vaapih264dec"],
             source: pipe(
@@ -431,11 +461,23 @@ fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     }
     let sock = sock_dir.join(format!("{}.sock", row.name));
     let sock = sock.to_str().unwrap().to_string();
-    let consumer_args = vec![
-        "consume".to_string(),
-        "--frames-log".into(),
-        format!("fdlinksrc socket-path={sock} timeout=60000 ! fakesink"),
-    ];
+    let consumer_args = if row.slow_consumer {
+        vec![
+            "consume".to_string(),
+            "--frames-log".into(),
+            "--slow-ms".into(),
+            "40".into(),
+            format!(
+                "fdlinksrc socket-path={sock} timeout=60000 ! queue max-size-buffers=6 ! fakesink name=check"
+            ),
+        ]
+    } else {
+        vec![
+            "consume".to_string(),
+            "--frames-log".into(),
+            format!("fdlinksrc socket-path={sock} timeout=60000 ! fakesink"),
+        ]
+    };
     let live = matches!(
         row.source,
         Source::Pipeline {
@@ -557,6 +599,9 @@ fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     let sent = frames(&p_out);
     let got = frames(&c_out);
     let mut problems = Vec::new();
+    if let Some(l) = c_out.iter().find(|l| l.starts_with("overwritten")) {
+        problems.push(format!("a frame changed while the consumer held it: {l}"));
+    }
     if got.is_empty() {
         problems.push("no frames arrived".to_string());
     }
@@ -683,6 +728,9 @@ fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
             }
             None => problems.push(format!("{who} printed no fd report")),
         }
+    }
+    if row.slow_consumer && problems.is_empty() {
+        reference_note.push_str(", a consumer holding frames 40 ms each never saw one change");
     }
     if problems.is_empty() {
         Outcome::Pass(format!(

@@ -417,9 +417,10 @@ fn recv_packet(
             break n as usize;
         }
         match Errno::last() {
-            Errno::EINTR => continue,
+            // A peer that closed with unread datagrams of ours leaves ECONNRESET here, reported
+            // once, before the datagrams it sent us are read: read on (the end is a 0-byte read).
+            Errno::EINTR | Errno::ECONNRESET => continue,
             Errno::EAGAIN => return Err(TransportError::WouldBlock),
-            Errno::ECONNRESET => return Err(TransportError::Closed),
             e => return Err(sys("recvmsg", "fdlink socket")(e)),
         }
     };
@@ -607,6 +608,21 @@ mod tests {
         drop(a);
         assert!(matches!(b.try_recv(&mut buf), Err(TransportError::Closed)));
         assert!(matches!(b.try_send(b"x", &[]), Err(TransportError::Closed)));
+    }
+
+    /// A peer that closes with our datagrams unread makes the kernel report ECONNRESET before
+    /// the datagrams it sent us: they must still be read, then the end.
+    #[test]
+    fn data_queued_before_a_reset_close_is_still_read() {
+        let _fds = fd_lock();
+        let (a, b) = Connection::pair().unwrap();
+        b.try_send(b"release", &[]).unwrap(); // never read by `a`
+        a.try_send(b"eos", &[]).unwrap();
+        drop(a);
+        let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        let got = b.try_recv(&mut buf).unwrap();
+        assert_eq!(&buf[..got.len], b"eos");
+        assert!(matches!(b.try_recv(&mut buf), Err(TransportError::Closed)));
     }
 
     #[test]

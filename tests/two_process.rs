@@ -340,3 +340,55 @@ fn caps_query_offers_only_shareable_memory() {
     assert_eq!(got, want);
     assert!(!sink.property::<bool>("enable-last-sample"));
 }
+
+/// Two consumers at once: each gets every frame (same bytes, same file), and a buffer goes
+/// back upstream only when both released it.
+#[test]
+fn two_consumers_each_get_every_frame() {
+    init_gst();
+    let dir = TempDir::new("fanout");
+    let sock = dir.socket();
+    let n = 40;
+    // Non-live, and the producer waits for a consumer: start both consumers first, and let
+    // the producer wait until both are in (it polls num-clients through its stats).
+    let consumers: Vec<Peer> = (0..2)
+        .map(|_| {
+            Peer::spawn(&[
+                "consume",
+                "--frames-log",
+                &format!("fdlinksrc socket-path={sock} timeout=30000 ! queue ! fakesink"),
+            ])
+        })
+        .collect();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--frames-log",
+        "--wait-clients",
+        "2",
+        &format!(
+            "videotestsrc num-buffers={n} pattern=ball ! video/x-raw,format=NV12,width=640,height=480 ! fdlinksink socket-path={sock} sync=false"
+        ),
+    ]);
+    assert!(producer.wait(T).success(), "{}", producer.errors());
+    let sent = frames(&producer.lines());
+    assert_eq!(sent.len(), n);
+    for (i, mut c) in consumers.into_iter().enumerate() {
+        assert!(c.wait(T).success(), "consumer {i}: {}", c.errors());
+        let got = frames(&c.lines());
+        assert_eq!(got.len(), n, "consumer {i} got {} of {n} frames", got.len());
+        for (p, g) in sent.iter().zip(&got) {
+            assert_eq!(
+                (&p.crc, &p.files),
+                (&g.crc, &g.files),
+                "consumer {i} frame {}",
+                p.offset
+            );
+        }
+        assert_no_leaked_fds(&c, "consumer");
+    }
+    let ps = producer.latest_stats().unwrap();
+    assert_eq!(field(&ps, "consumers-total"), 2);
+    assert_eq!(field(&ps, "frames-sent"), n as u64);
+    // One release per consumer per frame (the last frames may still be held at EOS).
+    assert!(field(&ps, "releases") >= 2 * (n as u64 - 2), "{ps}");
+}

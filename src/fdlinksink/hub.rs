@@ -405,9 +405,15 @@ impl Hub {
         self.set_flushing(true);
     }
 
-    /// Drops every consumer and every held buffer (after the control thread stopped).
+    /// Drops every consumer and every held buffer (after the control thread stopped). Unread
+    /// releases are read first: closing a socket with unread datagrams makes the kernel report
+    /// ECONNRESET to the consumer ahead of the packets (EOS among them) still queued for it.
     pub fn clear(&self) {
         let mut inner = self.lock();
+        let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        for c in &inner.consumers {
+            while c.conn.try_recv(&mut buf).is_ok() {}
+        }
         inner.consumers.clear();
         inner.held.clear();
     }

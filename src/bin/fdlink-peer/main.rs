@@ -23,6 +23,7 @@
 //! - `--pattern`: check each buffer is filled with `offset % 251` (see produce-pattern).
 //! - `--stats-every MS`: print the fdlink element's `stats` every MS ms.
 //! - `--seconds S`: send EOS after S seconds.
+//! - `--wait-clients N`: keep the pipeline in PAUSED until the fdlinksink has N consumers.
 //!
 //! Output lines: `frame ...`, `stats <structure>`, `overwritten ...`, `pattern-mismatch ...`,
 //! `eos`, and on failure `error: ...` on stderr with exit code 1.
@@ -61,6 +62,7 @@ struct Opts {
     copy: bool,
     source: Option<String>,
     layout: Option<String>,
+    wait_clients: u32,
     rest: Vec<String>,
 }
 
@@ -83,6 +85,7 @@ fn parse_opts(args: &[String]) -> Opts {
             "--stats-every" => o.stats_every_ms = num(it.next()),
             "--frames" => o.frames = num(it.next()),
             "--pool-max" => o.pool_max = num(it.next()) as u32,
+            "--wait-clients" => o.wait_clients = num(it.next()) as u32,
             "--seconds" => {
                 o.seconds = Some(
                     it.next()
@@ -282,6 +285,24 @@ fn run(pipeline: gst::Pipeline, element: Option<gst::Element>, o: &Opts) -> i32 
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let stats_every = (o.stats_every_ms > 0).then(|| Duration::from_millis(o.stats_every_ms));
     let mut next_stats = Instant::now();
+    if o.wait_clients > 0
+        && let Some(el) = &element
+    {
+        // The sink listens from READY on: go to PAUSED (it prerolls), wait for the consumers.
+        let _ = pipeline.set_state(gst::State::Paused);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while el.property::<u32>("num-clients") < o.wait_clients {
+            if Instant::now() > deadline {
+                eprintln!(
+                    "error: fewer than {} consumers came within 30 s",
+                    o.wait_clients
+                );
+                let _ = pipeline.set_state(gst::State::Null);
+                return 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     if let Err(e) = pipeline.set_state(gst::State::Playing) {
         eprintln!("error: cannot start pipeline: {e}");
         drain_errors(&pipeline);
