@@ -9,6 +9,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod clock;
+pub mod control;
 pub mod drm_format;
 mod fdlinksink;
 mod fdlinksrc;

@@ -138,6 +138,39 @@ pub enum Packet<Fd> {
     Release { buffer_id: u64 },
     /// Either way: a fatal error, sent just before closing.
     Error(String),
+    /// Consumer -> producer: an upstream event (seek, QoS, navigation, ...).
+    UpstreamEvent(EventPacket),
+    /// Either way: a query for the other pipeline to answer; `id` pairs it with its reply.
+    Query(QueryPacket),
+    /// The answer to the query with the same `id`.
+    QueryReply(QueryReplyPacket),
+    /// Consumer -> producer: a message posted on the consumer's bus.
+    Message(MessagePacket),
+}
+
+/// A serialized query: its GstQueryType value and its structure as a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryPacket {
+    pub id: u32,
+    pub query_type: u32,
+    pub structure: String,
+}
+
+/// The answer to a query: whether the other side answered it, and the filled-in structure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryReplyPacket {
+    pub id: u32,
+    pub answered: bool,
+    pub structure: String,
+}
+
+/// A serialized bus message: its GstMessageType bits, the path of the element that posted it,
+/// and its structure as a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessagePacket {
+    pub message_type: u32,
+    pub source: String,
+    pub structure: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -148,6 +181,10 @@ enum PacketType {
     Buffer = 4,
     Release = 5,
     Error = 6,
+    UpstreamEvent = 7,
+    Query = 8,
+    QueryReply = 9,
+    Message = 10,
 }
 
 impl PacketType {
@@ -158,6 +195,10 @@ impl PacketType {
             4 => PacketType::Buffer,
             5 => PacketType::Release,
             6 => PacketType::Error,
+            7 => PacketType::UpstreamEvent,
+            8 => PacketType::Query,
+            9 => PacketType::QueryReply,
+            10 => PacketType::Message,
             _ => return None,
         })
     }
@@ -409,6 +450,39 @@ impl<Fd> Packet<Fd> {
                 put_str(out, msg);
                 (PacketType::Error, 0)
             }
+            Packet::UpstreamEvent(ev) => {
+                out.extend_from_slice(&ev.event_type.to_le_bytes());
+                out.extend_from_slice(&ev.seqnum.to_le_bytes());
+                put_str(out, &ev.structure);
+                (PacketType::UpstreamEvent, 0)
+            }
+            Packet::Query(q) => {
+                out.extend_from_slice(&q.id.to_le_bytes());
+                out.extend_from_slice(&q.query_type.to_le_bytes());
+                put_str(out, &q.structure);
+                (PacketType::Query, 0)
+            }
+            Packet::QueryReply(r) => {
+                out.extend_from_slice(&r.id.to_le_bytes());
+                out.push(r.answered as u8);
+                out.extend_from_slice(&[0, 0, 0]);
+                put_str(out, &r.structure);
+                (PacketType::QueryReply, 0)
+            }
+            Packet::Message(m) => {
+                if m.source.len() > u16::MAX as usize {
+                    return Err(EncodeError::TooLarge {
+                        what: "message source",
+                        size: m.source.len(),
+                    });
+                }
+                out.extend_from_slice(&m.message_type.to_le_bytes());
+                out.extend_from_slice(&(m.source.len() as u16).to_le_bytes());
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(m.source.as_bytes());
+                put_str(out, &m.structure);
+                (PacketType::Message, 0)
+            }
         };
         let payload = out.len() - HEADER_SIZE;
         if out.len() > MAX_PACKET_SIZE {
@@ -460,6 +534,10 @@ impl<Fd> Packet<Fd> {
             PacketType::Buffer => "buffer",
             PacketType::Release => "release",
             PacketType::Error => "error",
+            PacketType::UpstreamEvent => "upstream event",
+            PacketType::Query => "query",
+            PacketType::QueryReply => "query reply",
+            PacketType::Message => "message",
         };
         if ty != PacketType::Buffer && !fds.is_empty() {
             return Err(DecodeError::UnexpectedFds {
@@ -488,6 +566,53 @@ impl<Fd> Packet<Fd> {
                 buffer_id: r.u64()?,
             },
             PacketType::Error => Packet::Error(r.string()?),
+            PacketType::UpstreamEvent => {
+                let event_type = r.u32()?;
+                let seqnum = r.u32()?;
+                let structure = r.string()?;
+                Packet::UpstreamEvent(EventPacket {
+                    event_type,
+                    seqnum,
+                    structure,
+                })
+            }
+            PacketType::Query => {
+                let id = r.u32()?;
+                let query_type = r.u32()?;
+                let structure = r.string()?;
+                Packet::Query(QueryPacket {
+                    id,
+                    query_type,
+                    structure,
+                })
+            }
+            PacketType::QueryReply => {
+                let id = r.u32()?;
+                let answered = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::NonZeroReserved { what }),
+                };
+                r.reserved(3)?;
+                let structure = r.string()?;
+                Packet::QueryReply(QueryReplyPacket {
+                    id,
+                    answered,
+                    structure,
+                })
+            }
+            PacketType::Message => {
+                let message_type = r.u32()?;
+                let source_len = r.u16()? as usize;
+                r.reserved(2)?;
+                let source = r.str_of(source_len)?;
+                let structure = r.string()?;
+                Packet::Message(MessagePacket {
+                    message_type,
+                    source,
+                    structure,
+                })
+            }
         };
         r.finish()?;
         Ok(packet)
@@ -741,6 +866,16 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.take()?))
     }
 
+    /// The next `n` bytes as UTF-8.
+    fn str_of(&mut self, n: usize) -> Result<String, DecodeError> {
+        self.need(n)?;
+        let bytes = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::InvalidUtf8 { what: self.what })
+    }
+
     /// The rest of the datagram as UTF-8.
     fn string(&mut self) -> Result<String, DecodeError> {
         let rest = &self.bytes[self.pos..];
@@ -880,6 +1015,69 @@ mod tests {
         let mut no_video = sample_buffer();
         no_video.video = None;
         roundtrip(Packet::Buffer(no_video, vec![3, 4]));
+        roundtrip(Packet::UpstreamEvent(EventPacket {
+            event_type: 0x3c1,
+            seqnum: 7,
+            structure: "GstEventSeek, rate=(double)1;".into(),
+        }));
+        roundtrip(Packet::Query(QueryPacket {
+            id: 9,
+            query_type: 0x0a03,
+            structure: "GstQueryPosition, format=(GstFormat)time;".into(),
+        }));
+        roundtrip(Packet::QueryReply(QueryReplyPacket {
+            id: 9,
+            answered: true,
+            structure: "GstQueryPosition, current=(gint64)5;".into(),
+        }));
+        roundtrip(Packet::QueryReply(QueryReplyPacket {
+            id: u32::MAX,
+            answered: false,
+            structure: String::new(),
+        }));
+        roundtrip(Packet::Message(MessagePacket {
+            message_type: 2,
+            source: "/GstPipeline:pipeline0/GstFakeSink:fakesink0".into(),
+            structure: "GstMessageError, gerror=(GError)NULL;".into(),
+        }));
+        roundtrip(Packet::Message(MessagePacket {
+            message_type: 2,
+            source: String::new(),
+            structure: String::new(),
+        }));
+    }
+
+    #[test]
+    fn control_packets_malformed() {
+        let reply = encoded(&Packet::<i32>::QueryReply(QueryReplyPacket {
+            id: 1,
+            answered: true,
+            structure: "x".into(),
+        }));
+        let mut t = reply.clone();
+        t[HEADER_SIZE + 4] = 2;
+        assert!(matches!(
+            Packet::<i32>::decode(&t, vec![]),
+            Err(DecodeError::NonZeroReserved { .. })
+        ));
+        let msg = encoded(&Packet::<i32>::Message(MessagePacket {
+            message_type: 2,
+            source: "abc".into(),
+            structure: String::new(),
+        }));
+        // A source length past the end of the packet.
+        let mut t = msg.clone();
+        t[HEADER_SIZE + 4..HEADER_SIZE + 6].copy_from_slice(&100u16.to_le_bytes());
+        assert!(matches!(
+            Packet::<i32>::decode(&t, vec![]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        let mut t = msg.clone();
+        t[HEADER_SIZE + 8] = 0xff;
+        assert!(matches!(
+            Packet::<i32>::decode(&t, vec![]),
+            Err(DecodeError::InvalidUtf8 { what: "message" })
+        ));
     }
 
     #[test]
@@ -1052,6 +1250,16 @@ mod tests {
             encoded(&Packet::Buffer(sample_buffer(), vec![1, 2])),
             encoded(&Packet::<i32>::Caps("video/x-raw".into())),
             encoded(&Packet::<i32>::Release { buffer_id: 3 }),
+            encoded(&Packet::<i32>::Message(MessagePacket {
+                message_type: 2,
+                source: "/a/b".into(),
+                structure: "s".into(),
+            })),
+            encoded(&Packet::<i32>::QueryReply(QueryReplyPacket {
+                id: 1,
+                answered: true,
+                structure: "q".into(),
+            })),
         ];
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = || {

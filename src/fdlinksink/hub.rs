@@ -24,9 +24,30 @@ const MAX_PENDING_PACKETS: usize = 1024;
 
 /// Something the hub reports to the element (which logs it with its debug category).
 pub enum HubEvent {
-    ConsumerAdded { id: u64, pid: Option<i32> },
-    ConsumerRemoved { id: u64, reason: String },
+    ConsumerAdded {
+        id: u64,
+        pid: Option<i32>,
+    },
+    ConsumerRemoved {
+        id: u64,
+        reason: String,
+    },
     Warning(String),
+    /// A consumer's upstream event, query or bus message, for the producer's pipeline. Sent
+    /// outside the hub's lock; replies go out on `conn`.
+    Request {
+        id: u64,
+        pid: Option<i32>,
+        conn: Arc<Connection>,
+        request: Request,
+    },
+}
+
+/// What a consumer asks of the producer's pipeline.
+pub enum Request {
+    UpstreamEvent(protocol::EventPacket),
+    Query(protocol::QueryPacket),
+    Message(protocol::MessagePacket),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -457,12 +478,18 @@ impl Hub {
             }
             let mut released = Vec::new();
             let mut removed = Vec::new();
+            let mut requests = Vec::new();
             {
                 let mut inner = self.lock();
                 for ((id, conn, _), ev) in conns.iter().zip(&revents[2..]) {
                     if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-                        && let Err(reason) =
-                            self.read_consumer(&mut inner, *id, conn, &mut buf, &mut released)
+                        && let Err(reason) = self.read_consumer(
+                            &mut inner,
+                            (*id, conn),
+                            &mut buf,
+                            &mut released,
+                            &mut requests,
+                        )
                     {
                         removed.push((*id, reason));
                         continue;
@@ -488,6 +515,9 @@ impl Hub {
             }
             if !released.is_empty() || !removed.is_empty() {
                 self.room.notify_all();
+            }
+            for event in requests {
+                (self.on_event)(event);
             }
         }
     }
@@ -536,10 +566,10 @@ impl Hub {
     fn read_consumer(
         &self,
         inner: &mut Inner,
-        id: u64,
-        conn: &Connection,
+        (id, conn): (u64, &Arc<Connection>),
         buf: &mut [u8],
         released: &mut Vec<u64>,
+        requests: &mut Vec<HubEvent>,
     ) -> Result<(), String> {
         loop {
             let got = match conn.try_recv(buf) {
@@ -601,6 +631,15 @@ impl Hub {
                     released.push(buffer_id);
                 }
                 Ok(Packet::Error(msg)) => return Err(format!("consumer reported: {msg}")),
+                Ok(Packet::UpstreamEvent(ev)) => {
+                    requests.push(self.request(inner, pos, conn, Request::UpstreamEvent(ev)))
+                }
+                Ok(Packet::Query(q)) => {
+                    requests.push(self.request(inner, pos, conn, Request::Query(q)))
+                }
+                Ok(Packet::Message(m)) => {
+                    requests.push(self.request(inner, pos, conn, Request::Message(m)))
+                }
                 Ok(_) => {
                     let msg = "protocol error: consumer sent a producer-only packet".to_string();
                     send_error(conn, &msg);
@@ -612,6 +651,24 @@ impl Hub {
                     return Err(msg);
                 }
             }
+        }
+    }
+}
+
+impl Hub {
+    fn request(
+        &self,
+        inner: &Inner,
+        pos: usize,
+        conn: &Arc<Connection>,
+        request: Request,
+    ) -> HubEvent {
+        let c = &inner.consumers[pos];
+        HubEvent::Request {
+            id: c.id,
+            pid: c.pid,
+            conn: conn.clone(),
+            request,
         }
     }
 }

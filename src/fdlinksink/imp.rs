@@ -10,8 +10,9 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::hub::{Hub, HubEvent, StickyKind};
+use super::hub::{Hub, HubEvent, Request, StickyKind};
 use crate::clock;
+use crate::control;
 use crate::memory::{self, MemfdBufferPool};
 use crate::protocol::{BufferHeader, EventPacket, MemoryDesc, Packet, TIME_NONE};
 use crate::transport::Listener;
@@ -62,6 +63,7 @@ struct Settings {
     socket_path: Option<String>,
     max_held: u32,
     wait_for_connection: bool,
+    forward_messages: bool,
 }
 
 impl Default for Settings {
@@ -70,6 +72,7 @@ impl Default for Settings {
             socket_path: None,
             max_held: DEFAULT_MAX_HELD,
             wait_for_connection: false,
+            forward_messages: true,
         }
     }
 }
@@ -269,6 +272,78 @@ impl FdlinkSink {
 
 use glib::translate::IntoGlib;
 
+impl FdlinkSink {
+    /// Runs a consumer's request against this pipeline. Events and queries go upstream from
+    /// a thread of their own: they may wait on the streaming thread (a flushing seek), which
+    /// may wait on releases that only the control thread reads.
+    fn serve(
+        &self,
+        id: u64,
+        pid: Option<i32>,
+        conn: Arc<crate::transport::Connection>,
+        request: Request,
+    ) {
+        let obj = self.obj().clone();
+        match request {
+            Request::Message(m) => {
+                if !self.settings.lock().unwrap().forward_messages {
+                    return;
+                }
+                let who = format!("consumer {id} (pid {})", pid.unwrap_or(0));
+                match control::message_from_packet(&m, obj.upcast_ref(), &who) {
+                    Some(msg) => {
+                        let _ = obj.post_message(msg);
+                    }
+                    None => gst::debug!(CAT, imp = self, "dropping unreadable message from {who}"),
+                }
+            }
+            Request::UpstreamEvent(p) => {
+                let Some(event) = control::event_from_packet(&p) else {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "dropping unreadable event from consumer {id}"
+                    );
+                    return;
+                };
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "consumer {id} sends {:?} upstream",
+                    event.type_()
+                );
+                std::thread::spawn(move || {
+                    obj.sink_pad().push_event(event);
+                });
+            }
+            Request::Query(p) => {
+                std::thread::spawn(move || {
+                    let (answered, structure) = match control::query_from_packet(&p) {
+                        Some(mut q) => {
+                            let answered = obj.sink_pad().peer_query(q.get_mut().unwrap());
+                            (
+                                answered,
+                                q.structure().map_or_else(String::new, |s| s.to_string()),
+                            )
+                        }
+                        None => (false, String::new()),
+                    };
+                    let reply =
+                        Packet::<BorrowedFd<'_>>::QueryReply(crate::protocol::QueryReplyPacket {
+                            id: p.id,
+                            answered,
+                            structure,
+                        });
+                    let mut out = Vec::new();
+                    if reply.encode(&mut out).is_ok() {
+                        let _ = conn.send_timeout(&out, &[], Duration::from_secs(1));
+                    }
+                });
+            }
+        }
+    }
+}
+
 #[glib::object_subclass]
 impl ObjectSubclass for FdlinkSink {
     const NAME: &'static str = "GstFdlinkSink";
@@ -305,6 +380,12 @@ impl ObjectImpl for FdlinkSink {
                     .default_value(false)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecBoolean::builder("forward-messages")
+                    .nick("Forward consumer messages")
+                    .blurb("Post the errors, warnings, infos and element messages of consumer pipelines on this pipeline's bus, naming the consumer and the original source")
+                    .default_value(true)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("num-clients")
                     .nick("Number of clients")
                     .blurb("Consumers connected now (handshake done)")
@@ -328,6 +409,9 @@ impl ObjectImpl for FdlinkSink {
             "wait-for-connection" => {
                 settings.wait_for_connection = value.get().expect("type checked upstream")
             }
+            "forward-messages" => {
+                settings.forward_messages = value.get().expect("type checked upstream")
+            }
             _ => unimplemented!(),
         }
     }
@@ -337,6 +421,7 @@ impl ObjectImpl for FdlinkSink {
             "socket-path" => self.settings.lock().unwrap().socket_path.to_value(),
             "max-held" => self.settings.lock().unwrap().max_held.to_value(),
             "wait-for-connection" => self.settings.lock().unwrap().wait_for_connection.to_value(),
+            "forward-messages" => self.settings.lock().unwrap().forward_messages.to_value(),
             "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
             "stats" => self.stats_structure().to_value(),
             _ => unimplemented!(),
@@ -403,6 +488,12 @@ impl BaseSinkImpl for FdlinkSink {
                     obj.notify("num-clients");
                 }
                 HubEvent::Warning(msg) => gst::warning!(CAT, obj = obj, "{msg}"),
+                HubEvent::Request {
+                    id,
+                    pid,
+                    conn,
+                    request,
+                } => obj.imp().serve(id, pid, conn, request),
             }
         })
         .map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ("{e}")))?;

@@ -12,6 +12,9 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::clock;
+use crate::control;
+
+use super::link::{Inbound, Link};
 use crate::memory::{Importer, ReleaseToken};
 use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role, TIME_NONE};
 use crate::transport::{Connection, TransportError, Waker};
@@ -26,6 +29,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+const DEFAULT_ACK_TIMEOUT_MS: u32 = 5_000;
 /// How often a missing producer is looked for again while waiting for it.
 const CONNECT_RETRY: Duration = Duration::from_millis(20);
 /// How long the producer has to answer our hello.
@@ -39,6 +43,7 @@ const LATENCY_WINDOW: usize = 1024;
 struct Settings {
     socket_path: Option<String>,
     timeout_ms: u32,
+    ack_timeout_ms: u32,
 }
 
 impl Default for Settings {
@@ -46,6 +51,7 @@ impl Default for Settings {
         Settings {
             socket_path: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            ack_timeout_ms: DEFAULT_ACK_TIMEOUT_MS,
         }
     }
 }
@@ -61,7 +67,7 @@ enum State {
 struct Stream {
     path: PathBuf,
     timeout: Duration,
-    conn: Option<Arc<Connection>>,
+    link: Option<Arc<Link>>,
     importer: Importer,
     packet: Vec<u8>,
     eos: bool,
@@ -89,6 +95,9 @@ pub struct FdlinkSrc {
     caps: Mutex<Option<gst::Caps>>,
     stats: Mutex<Stats>,
     releases: Arc<AtomicU64>,
+    link: Mutex<Option<Arc<Link>>>,
+    /// The bus whose messages this element forwards to the producer, and the handler.
+    bus_watch: Mutex<Option<(gst::Bus, glib::SignalHandlerId)>>,
 }
 
 /// What ends `create()` early.
@@ -238,6 +247,97 @@ impl FdlinkSrc {
         Ok(Arc::new(conn))
     }
 
+    /// Asks the producer's pipeline `query`. None when there is no link (not connected yet, or
+    /// gone); Some(false) when the producer could not answer or did not in `ack-timeout`.
+    fn ask_producer(&self, query: &mut gst::QueryRef) -> Option<bool> {
+        let link = self.link.lock().unwrap().clone()?;
+        let timeout = Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64);
+        let id = link.pending.register();
+        let mut out = Vec::new();
+        Packet::<BorrowedFd<'_>>::Query(control::query_to_packet(id, query))
+            .encode(&mut out)
+            .ok()?;
+        if let Err(e) = link.conn.send_timeout(&out, &[], timeout) {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "cannot send {:?} query: {e}",
+                query.type_()
+            );
+            return Some(false);
+        }
+        match link.pending.wait(id, timeout) {
+            Some(reply) => Some(control::apply_reply(query, &reply)),
+            None => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "no answer to {:?} query from the producer within {timeout:?}",
+                    query.type_()
+                );
+                Some(false)
+            }
+        }
+    }
+
+    /// Sends an upstream event to the producer's pipeline; false when there is no link.
+    fn tell_producer(&self, event: &gst::Event) -> bool {
+        let Some(link) = self.link.lock().unwrap().clone() else {
+            gst::debug!(CAT, imp = self, "no producer for {:?} event", event.type_());
+            return false;
+        };
+        let mut out = Vec::new();
+        let packet = Packet::<BorrowedFd<'_>>::UpstreamEvent(control::event_to_packet(event));
+        packet.encode(&mut out).is_ok()
+            && link
+                .conn
+                .send_timeout(&out, &[], RELEASE_SEND_TIMEOUT)
+                .is_ok()
+    }
+
+    /// Forwards this pipeline's error, warning, info and element messages to the producer,
+    /// from the thread that posts them (bus sync-message emission works alongside whatever
+    /// sync handler the application set).
+    fn watch_bus(&self) {
+        let obj = self.obj();
+        let mut top: gst::Object = obj.clone().upcast();
+        while let Some(parent) = top.parent() {
+            top = parent;
+        }
+        let Some(bus) = top.downcast_ref::<gst::Element>().and_then(|e| e.bus()) else {
+            return;
+        };
+        bus.enable_sync_message_emission();
+        let weak = obj.downgrade();
+        let id = bus.connect_sync_message(None, move |_, message| {
+            let Some(obj) = weak.upgrade() else { return };
+            if !control::forwards(message) {
+                return;
+            }
+            let imp = obj.imp();
+            let Some(link) = imp.link.lock().unwrap().clone() else {
+                return;
+            };
+            if let Some(p) = control::message_to_packet(message) {
+                let mut out = Vec::new();
+                if Packet::<BorrowedFd<'_>>::Message(p)
+                    .encode(&mut out)
+                    .is_ok()
+                {
+                    let _ = link.conn.send_timeout(&out, &[], RELEASE_SEND_TIMEOUT);
+                }
+            }
+        });
+        *self.bus_watch.lock().unwrap() = Some((bus, id));
+    }
+
+    fn unwatch_bus(&self) {
+        if let Some((bus, id)) = self.bus_watch.lock().unwrap().take() {
+            bus.disconnect(id);
+            bus.disable_sync_message_emission();
+        }
+    }
+
     fn is_woken(&self, waker: &Waker) -> bool {
         crate::transport::poll_many(
             &[(
@@ -333,20 +433,25 @@ impl FdlinkSrc {
     }
 
     fn receive(&self, stream: &mut Stream, waker: &Waker) -> Result<gst::Buffer, Stop> {
-        let conn = match &stream.conn {
-            Some(c) => c.clone(),
+        let link = match &stream.link {
+            Some(l) => l.clone(),
             None => {
-                let c = self.connect(stream, waker)?;
-                stream.conn = Some(c.clone());
-                c
+                let conn = self.connect(stream, waker)?;
+                let obj = self.obj().downgrade();
+                let link = Link::start(conn, move |q| answer_query(&obj, q))
+                    .map_err(|e| self.link_error(&stream.path, "starting the reader", e))?;
+                stream.link = Some(link.clone());
+                *self.link.lock().unwrap() = Some(link.clone());
+                link
             }
         };
+        let conn = link.conn.clone();
         loop {
-            let got = match conn.recv_wait(&mut stream.packet, Some(waker), None) {
-                Ok(Some(got)) => got,
-                Ok(None) => return Err(Stop::Flushing),
-                Err(TransportError::Closed) if stream.eos => return Err(Stop::Eos),
-                Err(TransportError::Closed) => {
+            let packet = match link.next() {
+                None => return Err(Stop::Flushing),
+                Some(Inbound::Packet(p)) => p,
+                Some(Inbound::Closed) if stream.eos => return Err(Stop::Eos),
+                Some(Inbound::Closed) => {
                     return Err(Stop::Error(gst::error_msg!(
                         gst::ResourceError::Read,
                         (
@@ -355,17 +460,7 @@ impl FdlinkSrc {
                         )
                     )));
                 }
-                Err(e) => {
-                    send_error(&conn, &e.to_string());
-                    return Err(protocol_error(&stream.path, e.to_string()));
-                }
-            };
-            let packet = match Packet::decode(&stream.packet[..got.len], got.fds) {
-                Ok(p) => p,
-                Err(e) => {
-                    send_error(&conn, &format!("malformed packet: {e}"));
-                    return Err(protocol_error(&stream.path, e.to_string()));
-                }
+                Some(Inbound::Failed(why)) => return Err(protocol_error(&stream.path, why)),
             };
             match packet {
                 Packet::Caps(s) => {
@@ -440,13 +535,44 @@ impl FdlinkSrc {
                         )
                     )));
                 }
-                Packet::Release { .. } => {
+                Packet::QueryReply(_) | Packet::Query(_) => {
+                    unreachable!("the link's reader takes queries and replies")
+                }
+                Packet::Release { .. } | Packet::UpstreamEvent(_) | Packet::Message(_) => {
                     let msg = "producer sent a consumer-only packet (release)".to_string();
                     send_error(&conn, &msg);
                     return Err(protocol_error(&stream.path, msg));
                 }
             }
         }
+    }
+}
+
+/// Answers a query from the producer by asking this pipeline downstream of the source.
+fn answer_query(
+    obj: &glib::WeakRef<super::FdlinkSrc>,
+    q: &protocol::QueryPacket,
+) -> protocol::QueryReplyPacket {
+    let answer = obj
+        .upgrade()
+        .zip(control::query_from_packet(q))
+        .map(|(obj, mut query)| {
+            let answered = obj.src_pad().peer_query(query.get_mut().unwrap());
+            (answered, query)
+        });
+    match answer {
+        Some((answered, query)) => protocol::QueryReplyPacket {
+            id: q.id,
+            answered,
+            structure: query
+                .structure()
+                .map_or_else(String::new, |s| s.to_string()),
+        },
+        None => protocol::QueryReplyPacket {
+            id: q.id,
+            answered: false,
+            structure: String::new(),
+        },
     }
 }
 
@@ -500,6 +626,13 @@ impl ObjectImpl for FdlinkSrc {
                     .default_value(DEFAULT_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("ack-timeout")
+                    .nick("Ack timeout (ms)")
+                    .blurb("How long a query answered across the link (position, duration, seeking, ...) waits for the producer's reply before it fails")
+                    .minimum(1)
+                    .default_value(DEFAULT_ACK_TIMEOUT_MS)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("frames-received, releases-sent, latency-{last,avg,p50,p99,max}-us (producer send to consumer receive, over the last 1024 frames for percentiles)")
@@ -515,6 +648,7 @@ impl ObjectImpl for FdlinkSrc {
         match pspec.name() {
             "socket-path" => settings.socket_path = value.get().expect("type checked upstream"),
             "timeout" => settings.timeout_ms = value.get().expect("type checked upstream"),
+            "ack-timeout" => settings.ack_timeout_ms = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
     }
@@ -523,6 +657,7 @@ impl ObjectImpl for FdlinkSrc {
         match pspec.name() {
             "socket-path" => self.settings.lock().unwrap().socket_path.to_value(),
             "timeout" => self.settings.lock().unwrap().timeout_ms.to_value(),
+            "ack-timeout" => self.settings.lock().unwrap().ack_timeout_ms.to_value(),
             "stats" => self.stats_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -532,6 +667,20 @@ impl ObjectImpl for FdlinkSrc {
 impl GstObjectImpl for FdlinkSrc {}
 
 impl ElementImpl for FdlinkSrc {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::NullToReady {
+            self.watch_bus();
+        }
+        let result = self.parent_change_state(transition);
+        if transition == gst::StateChange::ReadyToNull || result.is_err() {
+            self.unwatch_bus();
+        }
+        result
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -578,7 +727,7 @@ impl BaseSrcImpl for FdlinkSrc {
         *self.state.lock().unwrap() = State::Started(Box::new(Stream {
             path,
             timeout: Duration::from_millis(settings.timeout_ms as u64),
-            conn: None,
+            link: None,
             importer: Importer::default(),
             packet: vec![0u8; MAX_PACKET_SIZE],
             eos: false,
@@ -590,6 +739,9 @@ impl BaseSrcImpl for FdlinkSrc {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         // Dropping the connection makes later releases no-ops: the producer frees everything
         // this consumer held when it sees the socket close.
+        if let Some(link) = self.link.lock().unwrap().take() {
+            link.shutdown();
+        }
         *self.state.lock().unwrap() = State::Stopped;
         *self.waker.lock().unwrap() = None;
         Ok(())
@@ -608,9 +760,46 @@ impl BaseSrcImpl for FdlinkSrc {
         })
     }
 
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        use gst::QueryViewMut::*;
+        let across = matches!(
+            query.view_mut(),
+            Position(_)
+                | Duration(_)
+                | Seeking(_)
+                | Segment(_)
+                | Convert(_)
+                | Formats(_)
+                | Uri(_)
+                | Custom(_)
+        );
+        if across && let Some(answered) = self.ask_producer(query) {
+            return answered;
+        }
+        BaseSrcImplExt::parent_query(self, query)
+    }
+
+    fn event(&self, event: &gst::Event) -> bool {
+        use gst::EventView::*;
+        match event.view() {
+            // Upstream events for the producer's pipeline: a seek here seeks the producer.
+            Seek(_) | Navigation(_) | Qos(_) | Step(_) | CustomUpstream(_) => {
+                self.tell_producer(event)
+            }
+            Reconfigure(_) => {
+                self.tell_producer(event);
+                self.parent_event(event)
+            }
+            _ => self.parent_event(event),
+        }
+    }
+
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(w) = self.waker() {
             w.wake();
+        }
+        if let Some(link) = self.link.lock().unwrap().as_ref() {
+            link.set_flushing(true);
         }
         Ok(())
     }
@@ -618,6 +807,9 @@ impl BaseSrcImpl for FdlinkSrc {
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(w) = self.waker() {
             w.reset();
+        }
+        if let Some(link) = self.link.lock().unwrap().as_ref() {
+            link.set_flushing(false);
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 //! ```
 
 mod imp;
+mod link;
 
 use gst::glib;
 use gst::prelude::*;

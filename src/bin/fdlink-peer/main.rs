@@ -24,6 +24,9 @@
 //! - `--stats-every MS`: print the fdlink element's `stats` every MS ms.
 //! - `--seconds S`: send EOS after S seconds.
 //! - `--wait-clients N`: keep the pipeline in PAUSED until the fdlinksink has N consumers.
+//! - `--events-log`: print an `event NAME` line per downstream event leaving the fdlinksrc.
+//! - `--seek-after N --seek-to S`: after N frames, a flushing seek of the pipeline to S seconds.
+//! - `--query-after N`: after N frames, print `position P duration D` (ns, -1 if unknown).
 //!
 //! Output lines: `frame ...`, `stats <structure>`, `overwritten ...`, `pattern-mismatch ...`,
 //! `eos`, and on failure `error: ...` on stderr with exit code 1.
@@ -63,6 +66,10 @@ struct Opts {
     source: Option<String>,
     layout: Option<String>,
     wait_clients: u32,
+    events_log: bool,
+    seek_after: Option<u64>,
+    seek_to: f64,
+    query_after: Option<u64>,
     rest: Vec<String>,
 }
 
@@ -86,6 +93,15 @@ fn parse_opts(args: &[String]) -> Opts {
             "--frames" => o.frames = num(it.next()),
             "--pool-max" => o.pool_max = num(it.next()) as u32,
             "--wait-clients" => o.wait_clients = num(it.next()) as u32,
+            "--events-log" => o.events_log = true,
+            "--seek-after" => o.seek_after = Some(num(it.next())),
+            "--query-after" => o.query_after = Some(num(it.next())),
+            "--seek-to" => {
+                o.seek_to = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             "--seconds" => {
                 o.seconds = Some(
                     it.next()
@@ -392,7 +408,62 @@ fn launch(o: &Opts) -> i32 {
             }
         }
     }
+    if let Some(el) = &element
+        && (o.events_log || o.seek_after.is_some() || o.query_after.is_some())
+    {
+        add_control_probes(&pipeline, el, o);
+    }
     run(pipeline, element, o)
+}
+
+/// Event log, and seek / position queries issued from another thread after N buffers, as an
+/// application would.
+fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts) {
+    let pad = element
+        .static_pad("src")
+        .or_else(|| element.static_pad("sink"))
+        .expect("fdlink element has a pad");
+    if o.events_log {
+        let events = gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::EVENT_FLUSH;
+        pad.add_probe(events, |_, info| {
+            if let Some(ev) = info.event() {
+                print_line(&format!("event {}", ev.type_().name()));
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    let (seek_after, seek_to, query_after) = (o.seek_after, o.seek_to, o.query_after);
+    let frames = Arc::new(AtomicU64::new(0));
+    let weak = pipeline.downgrade();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        let n = frames.fetch_add(1, Ordering::SeqCst) + 1;
+        if Some(n) == seek_after {
+            let weak = weak.clone();
+            std::thread::spawn(move || {
+                let Some(p) = weak.upgrade() else { return };
+                let ok = p
+                    .seek_simple(
+                        gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
+                        gst::ClockTime::from_nseconds((seek_to * 1e9) as u64),
+                    )
+                    .is_ok();
+                print_line(&format!("seek-sent ok={ok}"));
+            });
+        }
+        if Some(n) == query_after {
+            let weak = weak.clone();
+            std::thread::spawn(move || {
+                let Some(p) = weak.upgrade() else { return };
+                let ns = |t: Option<gst::ClockTime>| t.map_or(-1i64, |t| t.nseconds() as i64);
+                print_line(&format!(
+                    "position {} duration {}",
+                    ns(p.query_position::<gst::ClockTime>()),
+                    ns(p.query_duration::<gst::ClockTime>())
+                ));
+            });
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// A producer whose frames come from a small memfd pool (`--pool-max` buffers), each filled

@@ -1,0 +1,344 @@
+//! The control plane between the two pipelines: queries, upstream events and bus messages to
+//! and from their packets, and the table of queries waiting for a reply.
+//!
+//! Queries and events cross as their GstQueryType / GstEventType value plus their structure as
+//! a string; the receiving side rebuilds them with `gst_query_new_custom` /
+//! `gst_event_new_custom`, which GStreamer's own parse functions read like native ones (the
+//! ipcpipeline elements do the same). Fields that do not survive a string round trip are
+//! dropped (see `wire_event::serializable_structure`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use glib::translate::{FromGlibPtrFull, IntoGlib, IntoGlibPtr};
+use gst::prelude::*;
+
+use crate::protocol::{EventPacket, MessagePacket, QueryPacket, QueryReplyPacket};
+use crate::wire_event::serializable_structure;
+
+/// Queries sent to the other side, waiting for their reply.
+#[derive(Debug, Default)]
+pub struct PendingQueries {
+    next_id: AtomicU32,
+    replies: Mutex<HashMap<u32, Option<QueryReplyPacket>>>,
+    arrived: Condvar,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl PendingQueries {
+    /// A fresh id for a query about to be sent.
+    pub fn register(&self) -> u32 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.replies.lock().unwrap().insert(id, None);
+        id
+    }
+
+    /// Files a reply; replies nobody waits for (timed out) are dropped.
+    pub fn deliver(&self, reply: QueryReplyPacket) {
+        let mut replies = self.replies.lock().unwrap();
+        if let Some(slot) = replies.get_mut(&reply.id) {
+            *slot = Some(reply);
+            self.arrived.notify_all();
+        }
+    }
+
+    /// Waits for the reply to `id`; None on timeout or when the link closed.
+    pub fn wait(&self, id: u32, timeout: Duration) -> Option<QueryReplyPacket> {
+        let deadline = Instant::now() + timeout;
+        let mut replies = self.replies.lock().unwrap();
+        loop {
+            if let Some(Some(_)) = replies.get(&id) {
+                return replies.remove(&id).flatten();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.closed.load(Ordering::SeqCst) {
+                replies.remove(&id);
+                return None;
+            }
+            replies = self.arrived.wait_timeout(replies, left).unwrap().0;
+        }
+    }
+
+    /// The link is gone: every waiter returns None at once.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _guard = self.replies.lock().unwrap();
+        self.arrived.notify_all();
+    }
+}
+
+/// A query as a packet.
+pub fn query_to_packet(id: u32, query: &gst::QueryRef) -> QueryPacket {
+    QueryPacket {
+        id,
+        query_type: query.type_().into_glib() as u32,
+        structure: query
+            .structure()
+            .map_or_else(String::new, |s| serializable_structure(s, |_| {})),
+    }
+}
+
+/// Rebuilds a query from a packet; None when its structure does not parse.
+pub fn query_from_packet(p: &QueryPacket) -> Option<gst::Query> {
+    let structure: gst::Structure = p.structure.parse().ok()?;
+    // SAFETY: gst_query_new_custom takes ownership of the structure and returns a new query
+    // (or NULL, which from_glib_full turns into None through Option).
+    unsafe {
+        Option::<gst::Query>::from_glib_full(gst::ffi::gst_query_new_custom(
+            p.query_type as gst::ffi::GstQueryType,
+            structure.into_glib_ptr(),
+        ))
+    }
+}
+
+/// Copies an answered reply's fields into `query`, as if it had been answered here.
+pub fn apply_reply(query: &mut gst::QueryRef, reply: &QueryReplyPacket) -> bool {
+    if !reply.answered {
+        return false;
+    }
+    let Ok(answer) = reply.structure.parse::<gst::Structure>() else {
+        return false;
+    };
+    let s = query.structure_mut();
+    for (name, value) in answer.iter() {
+        s.set_value(name, value.clone());
+    }
+    true
+}
+
+/// An upstream event as a packet.
+pub fn event_to_packet(event: &gst::EventRef) -> EventPacket {
+    EventPacket {
+        event_type: crate::wire_event::event_type_code(event.type_()),
+        seqnum: event.seqnum().into_glib(),
+        structure: event
+            .structure()
+            .map_or_else(String::new, |s| serializable_structure(s, |_| {})),
+    }
+}
+
+/// Rebuilds an event from a packet, keeping its seqnum (so the flush a seek causes carries the
+/// seek's seqnum back); None when its structure does not parse.
+pub fn event_from_packet(p: &EventPacket) -> Option<gst::Event> {
+    let structure: Option<gst::Structure> = if p.structure.is_empty() {
+        None
+    } else {
+        Some(p.structure.parse().ok()?)
+    };
+    let ptr = structure.map_or(std::ptr::null_mut(), |s| s.into_glib_ptr());
+    // SAFETY: gst_event_new_custom takes ownership of the structure (or NULL) and returns a
+    // new event, or NULL.
+    let mut event = unsafe {
+        Option::<gst::Event>::from_glib_full(gst::ffi::gst_event_new_custom(
+            p.event_type as gst::ffi::GstEventType,
+            ptr,
+        ))
+    }?;
+    if p.seqnum != 0 {
+        // SAFETY: the event is writable (make_mut) and any non-zero u32 is a valid seqnum.
+        unsafe { gst::ffi::gst_event_set_seqnum(event.make_mut().as_mut_ptr(), p.seqnum) };
+    }
+    Some(event)
+}
+
+/// Message types that cross from a consumer's bus to the producer's.
+pub fn forwards(message: &gst::MessageRef) -> bool {
+    matches!(
+        message.view(),
+        gst::MessageView::Error(_)
+            | gst::MessageView::Warning(_)
+            | gst::MessageView::Info(_)
+            | gst::MessageView::Element(_)
+    )
+}
+
+/// A bus message as a packet: errors, warnings and infos as their text, debug string, domain
+/// and code; element messages as their structure.
+pub fn message_to_packet(message: &gst::MessageRef) -> Option<MessagePacket> {
+    let source = message
+        .src()
+        .map_or_else(String::new, |s| s.path_string().to_string());
+    let text = |e: &glib::Error, debug: Option<&str>| {
+        gst::Structure::builder("fdlink-message")
+            .field("text", e.message())
+            .field("debug", debug.unwrap_or(""))
+            .field("domain", e.domain().as_str())
+            .field("code", e.code())
+            .build()
+            .to_string()
+    };
+    let structure = match message.view() {
+        gst::MessageView::Error(m) => text(&m.error(), m.debug().as_deref()),
+        gst::MessageView::Warning(m) => text(&m.error(), m.debug().as_deref()),
+        gst::MessageView::Info(m) => text(&m.error(), m.debug().as_deref()),
+        gst::MessageView::Element(m) => m
+            .structure()
+            .map_or_else(String::new, |s| serializable_structure(s, |_| {})),
+        _ => return None,
+    };
+    Some(MessagePacket {
+        message_type: message.type_().into_glib(),
+        source,
+        structure,
+    })
+}
+
+/// Rebuilds a consumer's message to post on the producer's bus from `element`. The text names
+/// the consumer and the original source path.
+pub fn message_from_packet(
+    p: &MessagePacket,
+    element: &gst::Element,
+    consumer: &str,
+) -> Option<gst::Message> {
+    let s: gst::Structure = p.structure.parse().ok()?;
+    let origin = format!("{consumer} {}", p.source);
+    let ty = p.message_type;
+    if ty == gst::ffi::GST_MESSAGE_ELEMENT {
+        let mut s = s;
+        s.set("fdlink-origin", origin);
+        return Some(gst::message::Element::builder(s).src(element).build());
+    }
+    let text = s.get::<String>("text").ok()?;
+    let debug = s.get::<String>("debug").unwrap_or_default();
+    let domain = s.get::<String>("domain").unwrap_or_default();
+    let code = s.get::<i32>("code").unwrap_or(0);
+    let error = new_error(&domain, code, &format!("{origin}: {text}"));
+    let debug = format!("{origin}: {debug}");
+    Some(match ty {
+        gst::ffi::GST_MESSAGE_ERROR => gst::message::Error::builder_from_error(error)
+            .debug(&debug)
+            .src(element)
+            .build(),
+        gst::ffi::GST_MESSAGE_WARNING => gst::message::Warning::builder_from_error(error)
+            .debug(&debug)
+            .src(element)
+            .build(),
+        gst::ffi::GST_MESSAGE_INFO => gst::message::Info::builder_from_error(error)
+            .debug(&debug)
+            .src(element)
+            .build(),
+        _ => return None,
+    })
+}
+
+/// A GError in the domain named `domain` (GStreamer's own domains keep their meaning).
+fn new_error(domain: &str, code: i32, message: &str) -> glib::Error {
+    let quark = glib::Quark::from_str(if domain.is_empty() {
+        "gst-stream-error-quark"
+    } else {
+        domain
+    });
+    let message = std::ffi::CString::new(message.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: g_error_new_literal copies the message and returns a new GError we own.
+    unsafe {
+        glib::Error::from_glib_full(glib::ffi::g_error_new_literal(
+            quark.into_glib(),
+            code,
+            message.as_ptr(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_cross_and_answers_come_back() {
+        gst::init().unwrap();
+        let q = gst::query::Position::new(gst::Format::Time);
+        let p = query_to_packet(3, &q);
+        let mut rebuilt = query_from_packet(&p).unwrap();
+        assert_eq!(rebuilt.type_(), gst::QueryType::Position);
+        // The other side answers it...
+        match rebuilt.get_mut().unwrap().view_mut() {
+            gst::QueryViewMut::Position(pos) => pos.set(gst::ClockTime::from_seconds(7)),
+            _ => unreachable!(),
+        }
+        let reply = QueryReplyPacket {
+            id: 3,
+            answered: true,
+            structure: rebuilt.structure().unwrap().to_string(),
+        };
+        // ... and the answer lands in the original query.
+        let mut q = gst::query::Position::new(gst::Format::Time);
+        assert!(apply_reply(q.get_mut().unwrap(), &reply));
+        assert_eq!(
+            q.result(),
+            gst::GenericFormattedValue::from(gst::ClockTime::from_seconds(7))
+        );
+        assert!(!apply_reply(
+            q.get_mut().unwrap(),
+            &QueryReplyPacket {
+                answered: false,
+                ..reply
+            }
+        ));
+    }
+
+    #[test]
+    fn seeks_cross_with_their_seqnum() {
+        gst::init().unwrap();
+        let seek = gst::event::Seek::new(
+            1.0,
+            gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+            gst::SeekType::Set,
+            gst::ClockTime::from_seconds(2),
+            gst::SeekType::None,
+            gst::ClockTime::NONE,
+        );
+        let back = event_from_packet(&event_to_packet(&seek)).unwrap();
+        assert_eq!(back.seqnum(), seek.seqnum());
+        match back.view() {
+            gst::EventView::Seek(s) => {
+                let (rate, flags, start_type, start, _, _) = s.get();
+                assert_eq!(rate, 1.0);
+                assert!(flags.contains(gst::SeekFlags::FLUSH));
+                assert_eq!(start_type, gst::SeekType::Set);
+                assert_eq!(
+                    start,
+                    gst::GenericFormattedValue::from(gst::ClockTime::from_seconds(2))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_cross_with_their_origin() {
+        gst::init().unwrap();
+        let src = gst::ElementFactory::make("fakesrc")
+            .name("dec0")
+            .build()
+            .unwrap();
+        let msg = gst::message::Error::builder(gst::StreamError::Decode, "bad bitstream")
+            .debug("at byte 42")
+            .src(&src)
+            .build();
+        let p = message_to_packet(&msg).unwrap();
+        assert_eq!(p.source, "/GstFakeSrc:dec0");
+        let sink = gst::ElementFactory::make("fakesink").build().unwrap();
+        let back = message_from_packet(&p, &sink, "consumer 1 (pid 9)").unwrap();
+        match back.view() {
+            gst::MessageView::Error(e) => {
+                let err = e.error();
+                assert!(err.matches(gst::StreamError::Decode));
+                assert!(
+                    err.message()
+                        .contains("consumer 1 (pid 9) /GstFakeSrc:dec0: bad bitstream")
+                );
+                assert!(e.debug().unwrap().contains("at byte 42"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut pending = PendingQueries::default();
+        let id = pending.register();
+        assert!(pending.wait(id, Duration::from_millis(10)).is_none());
+        pending.close();
+        let id = pending.register();
+        assert!(pending.wait(id, Duration::from_secs(5)).is_none());
+        let _ = &mut pending;
+    }
+}

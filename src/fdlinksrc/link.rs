@@ -1,0 +1,164 @@
+//! The consumer's side of a connection. A reader thread takes every packet off the socket:
+//! query replies go straight to the thread waiting for them, and queries from the producer
+//! are answered here, whatever the streaming thread is doing (downstream elements ask their
+//! questions from the streaming thread itself); everything else waits, in order, in an inbox
+//! that `create()` takes from.
+
+use std::collections::VecDeque;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::control::PendingQueries;
+use crate::protocol::{MAX_PACKET_SIZE, Packet, QueryPacket, QueryReplyPacket};
+use crate::transport::{Connection, TransportError, Waker};
+
+/// How long a reply or an error packet may wait for room in the socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What `next()` hands the streaming thread.
+pub enum Inbound {
+    Packet(Packet<OwnedFd>),
+    /// The producer closed the connection.
+    Closed,
+    /// The connection failed or the producer broke the protocol; the text says how.
+    Failed(String),
+}
+
+#[derive(Default)]
+struct Inbox {
+    packets: VecDeque<Packet<OwnedFd>>,
+    end: Option<Inbound>,
+    flushing: bool,
+}
+
+pub struct Link {
+    pub conn: Arc<Connection>,
+    pub pending: PendingQueries,
+    inbox: Mutex<Inbox>,
+    arrived: Condvar,
+    stop: Waker,
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Link {
+    /// Starts the reader thread on a connection whose hello is done. `answer` answers the
+    /// producer's queries (on the reader thread).
+    pub fn start(
+        conn: Arc<Connection>,
+        answer: impl Fn(&QueryPacket) -> QueryReplyPacket + Send + 'static,
+    ) -> Result<Arc<Link>, TransportError> {
+        let link = Arc::new(Link {
+            conn,
+            pending: PendingQueries::default(),
+            inbox: Mutex::new(Inbox::default()),
+            arrived: Condvar::new(),
+            stop: Waker::new()?,
+            reader: Mutex::new(None),
+        });
+        let reader = link.clone();
+        let handle = std::thread::Builder::new()
+            .name("fdlinksrc-read".into())
+            .spawn(move || reader.read_loop(answer))
+            .map_err(|e| TransportError::Sys {
+                op: "spawn",
+                what: format!("reader thread: {e}"),
+                errno: nix::errno::Errno::EAGAIN,
+            })?;
+        *link.reader.lock().unwrap() = Some(handle);
+        Ok(link)
+    }
+
+    fn read_loop(&self, answer: impl Fn(&QueryPacket) -> QueryReplyPacket) {
+        let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        let end = loop {
+            let got = match self.conn.recv_wait(&mut buf, Some(&self.stop), None) {
+                Ok(Some(got)) => got,
+                Ok(None) => break None,
+                Err(TransportError::Closed) => break Some(Inbound::Closed),
+                Err(e) => {
+                    self.send_error(&e.to_string());
+                    break Some(Inbound::Failed(e.to_string()));
+                }
+            };
+            match Packet::decode(&buf[..got.len], got.fds) {
+                Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
+                Ok(Packet::Query(q)) => {
+                    let mut out = Vec::new();
+                    if Packet::<BorrowedFd<'_>>::QueryReply(answer(&q))
+                        .encode(&mut out)
+                        .is_ok()
+                    {
+                        let _ = self.conn.send_timeout(&out, &[], SEND_TIMEOUT);
+                    }
+                }
+                Ok(packet) => {
+                    self.inbox.lock().unwrap().packets.push_back(packet);
+                    self.arrived.notify_all();
+                }
+                Err(e) => {
+                    let msg = format!("malformed packet: {e}");
+                    self.send_error(&msg);
+                    break Some(Inbound::Failed(msg));
+                }
+            }
+        };
+        self.pending.close();
+        if let Some(end) = end {
+            self.inbox.lock().unwrap().end = Some(end);
+            self.arrived.notify_all();
+        }
+    }
+
+    /// Tells the producer why this side gives up, before the connection closes.
+    pub fn send_error(&self, msg: &str) {
+        let mut out = Vec::new();
+        if Packet::<BorrowedFd<'_>>::Error(msg.to_string())
+            .encode(&mut out)
+            .is_ok()
+        {
+            let _ = self.conn.try_send(&out, &[]);
+        }
+    }
+
+    /// The next packet (or the end); None while flushing.
+    pub fn next(&self) -> Option<Inbound> {
+        let mut inbox = self.inbox.lock().unwrap();
+        loop {
+            if inbox.flushing {
+                return None;
+            }
+            if let Some(p) = inbox.packets.pop_front() {
+                return Some(Inbound::Packet(p));
+            }
+            if let Some(end) = inbox.end.take() {
+                // Stays ended for later calls.
+                inbox.end = Some(match &end {
+                    Inbound::Closed => Inbound::Closed,
+                    Inbound::Failed(m) => Inbound::Failed(m.clone()),
+                    Inbound::Packet(_) => unreachable!("only ends are stored"),
+                });
+                return Some(end);
+            }
+            inbox = self.arrived.wait(inbox).unwrap();
+        }
+    }
+
+    /// `unlock()`/`unlock_stop()`: make `next()` return None, or wait again.
+    pub fn set_flushing(&self, flushing: bool) {
+        self.inbox.lock().unwrap().flushing = flushing;
+        self.arrived.notify_all();
+    }
+
+    /// Stops the reader and fails every waiting query. Packets not taken are dropped (their fds
+    /// closed); the producer frees what this consumer held when the socket closes.
+    pub fn shutdown(&self) {
+        self.stop.wake();
+        if let Some(handle) = self.reader.lock().unwrap().take() {
+            let _ = handle.join();
+        }
+        self.pending.close();
+        self.set_flushing(true);
+    }
+}

@@ -1,0 +1,205 @@
+//! The two pipelines behave as one: upstream events, queries and bus messages cross the link.
+//! Real producer and consumer processes, as in the split-player use case (demuxer in one
+//! process, decoder in the other).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A 10 s H.264 clip in MP4 (300 frames at 30 fps), made with GStreamer's own encoder.
+fn clip(dir: &TempDir) -> String {
+    let path = dir.0.join("clip.mp4");
+    let status = std::process::Command::new("gst-launch-1.0")
+        .args(["-q", "videotestsrc", "num-buffers=300", "pattern=ball", "!"])
+        .args(["video/x-raw,width=320,height=240,framerate=30/1", "!"])
+        .args([
+            "x264enc",
+            "key-int-max=15",
+            "!",
+            "h264parse",
+            "!",
+            "mp4mux",
+            "!",
+        ])
+        .arg("filesink")
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0 runs");
+    assert!(status.success(), "cannot make the test clip");
+    path.to_str().unwrap().to_string()
+}
+
+fn pts_of(lines: &[String]) -> Vec<i64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("frame "))
+        .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("pts=")))
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+fn query_line(lines: &[String]) -> (i64, i64) {
+    let l = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("position "))
+        .expect("a position line");
+    let mut it = l.split(' ');
+    let pos = it.next().unwrap().parse().unwrap();
+    let dur = it.nth(1).unwrap().parse().unwrap();
+    (pos, dur)
+}
+
+/// Seek from the consumer side of a file playback: the consumer sees the flush and a new
+/// segment, the producer really seeks; position and duration asked on the consumer are the
+/// producer's.
+#[test]
+fn seek_and_queries_from_the_consumer_drive_the_producer() {
+    init_gst();
+    let dir = TempDir::new("seek");
+    let sock = dir.socket();
+    let file = clip(&dir);
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--frames-log",
+        "--query-after",
+        "20",
+        &format!(
+            "filesrc location={file} ! qtdemux ! h264parse ! fdlinksink socket-path={sock} wait-for-connection=true"
+        ),
+    ]);
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--frames-log",
+        "--events-log",
+        "--seek-after",
+        "30",
+        "--seek-to",
+        "6",
+        "--query-after",
+        "60",
+        &format!("fdlinksrc socket-path={sock} ! h264parse ! avdec_h264 ! fakesink"),
+    ]);
+    assert!(
+        producer.wait(T).success(),
+        "producer: {}",
+        producer.errors()
+    );
+    assert!(
+        consumer.wait(T).success(),
+        "consumer: {}",
+        consumer.errors()
+    );
+    let c = consumer.lines();
+    let p = producer.lines();
+
+    // The producer seeked: its frames jump from ~1 s to 6 s, and it skipped the middle.
+    let p_pts = pts_of(&p);
+    let jump = p_pts
+        .windows(2)
+        .position(|w| w[1] - w[0] > 3_000_000_000)
+        .expect("the producer's timestamps jump forward");
+    assert!(
+        p_pts[jump + 1] >= 5_900_000_000,
+        "landed at {}",
+        p_pts[jump + 1]
+    );
+    assert!(
+        p_pts.len() < 250,
+        "the producer sent {} of 300 frames",
+        p_pts.len()
+    );
+
+    // The consumer saw the flush and a new segment after the seek.
+    let after_seek: Vec<&String> = c
+        .iter()
+        .skip_while(|l| !l.starts_with("seek-sent ok=true"))
+        .collect();
+    assert!(!after_seek.is_empty(), "seek not sent: {c:?}");
+    let events: Vec<&str> = after_seek
+        .iter()
+        .filter_map(|l| l.strip_prefix("event "))
+        .collect();
+    let fs = events
+        .iter()
+        .position(|e| *e == "flush-start")
+        .expect("flush-start");
+    let fst = events
+        .iter()
+        .position(|e| *e == "flush-stop")
+        .expect("flush-stop");
+    let seg = events
+        .iter()
+        .rposition(|e| *e == "segment")
+        .expect("segment");
+    assert!(fs < fst && fst < seg, "events after the seek: {events:?}");
+
+    // Duration asked on the consumer is answered by the producer's pipeline (the demuxer):
+    // the same 10 s. (Position is answered by the consumer's own sink from its live segment,
+    // so it does not follow the producer yet: see the notes on the issue.)
+    let (c_pos, c_dur) = query_line(&c);
+    let (_, p_dur) = query_line(&p);
+    assert_eq!(c_dur, 10_000_000_000);
+    assert_eq!(c_dur, p_dur);
+    assert!(c_pos >= 0);
+}
+
+/// An error in the consumer pipeline shows up on the producer's bus, naming the consumer and
+/// the element that posted it.
+#[test]
+fn consumer_errors_reach_the_producer_bus() {
+    init_gst();
+    let dir = TempDir::new("err");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        &format!(
+            "videotestsrc is-live=true ! video/x-raw,format=NV12,width=320,height=240 ! fdlinksink socket-path={sock}"
+        ),
+    ]);
+    wait_for_path(&sock, T);
+    // The consumer cannot take NV12: its fdlinksrc posts a negotiation error.
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        &format!("fdlinksrc socket-path={sock} ! video/x-raw,format=RGB ! fakesink"),
+    ]);
+    assert_eq!(consumer.wait(T).code(), Some(1));
+    assert_eq!(
+        producer.wait(T).code(),
+        Some(1),
+        "the producer should stop on the error"
+    );
+    let err = producer.errors();
+    assert!(
+        err.contains("consumer 1 (pid")
+            && err.contains("/GstPipeline:pipeline0/GstFdlinkSrc:fdlinksrc0")
+            && (err.contains("not-negotiated") || err.contains("downstream does not accept")),
+        "producer stderr: {err}"
+    );
+}
+
+/// With forward-messages=false the producer carries on when a consumer fails.
+#[test]
+fn consumer_errors_can_be_kept_out() {
+    init_gst();
+    let dir = TempDir::new("noerr");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--seconds",
+        "3",
+        &format!(
+            "videotestsrc is-live=true ! video/x-raw,format=NV12,width=320,height=240 ! fdlinksink socket-path={sock} forward-messages=false"
+        ),
+    ]);
+    wait_for_path(&sock, T);
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        &format!("fdlinksrc socket-path={sock} ! video/x-raw,format=RGB ! fakesink"),
+    ]);
+    assert_eq!(consumer.wait(T).code(), Some(1));
+    assert!(producer.wait(T).success(), "{}", producer.errors());
+}
