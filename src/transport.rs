@@ -236,6 +236,22 @@ impl Connection {
         Ok(Connection { fd })
     }
 
+    /// Works on a close-on-exec duplicate of an inherited, already-connected socket; `fd`
+    /// itself stays the caller's.
+    pub fn inherit(fd: RawFd) -> Result<Connection, TransportError> {
+        // SAFETY: only borrowed for the duplicate; validity is the caller's promise, and a
+        // closed or foreign fd makes fcntl fail with EBADF, reported below.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let dup =
+            nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(|e| {
+                TransportError::BadInheritedSocket {
+                    why: format!("cannot duplicate fd {fd}: {e}"),
+                }
+            })?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+        Connection::from_owned(unsafe { OwnedFd::from_raw_fd(dup) })
+    }
+
     /// A connected pair, for tests and launchers.
     pub fn pair() -> Result<(Connection, Connection), TransportError> {
         let (a, b) = socket::socketpair(

@@ -440,9 +440,13 @@ impl Hub {
     }
 
     /// The control thread: accepts consumers, runs the hello, reads releases.
-    pub fn run_control(&self, listener: &Listener) {
+    /// `listener` is None for an inherited, already-connected socket (`inherited`).
+    pub fn run_control(&self, listener: Option<&Listener>, inherited: Option<Connection>) {
         let mut buf = vec![0u8; MAX_PACKET_SIZE];
         let our_hello = protocol::encode_hello(&Hello::new(Role::Producer, std::process::id()));
+        if let Some(conn) = inherited {
+            self.adopt(conn, &our_hello);
+        }
         while !self.stop.load(Ordering::SeqCst) {
             let conns: Vec<(u64, Arc<Connection>, bool)> = self
                 .lock()
@@ -450,10 +454,12 @@ impl Hub {
                 .iter()
                 .map(|c| (c.id, c.conn.clone(), !c.pending.is_empty()))
                 .collect();
-            let mut watch: Vec<(BorrowedFd<'_>, PollFlags)> = vec![
-                (self.waker.as_fd(), PollFlags::POLLIN),
-                (listener.as_fd(), PollFlags::POLLIN),
-            ];
+            let mut watch: Vec<(BorrowedFd<'_>, PollFlags)> =
+                vec![(self.waker.as_fd(), PollFlags::POLLIN)];
+            if let Some(l) = listener {
+                watch.push((l.as_fd(), PollFlags::POLLIN));
+            }
+            let first_consumer = watch.len();
             for (_, conn, want_out) in &conns {
                 let mut ev = PollFlags::POLLIN;
                 if *want_out {
@@ -473,15 +479,17 @@ impl Hub {
             if revents[0].contains(PollFlags::POLLIN) {
                 self.waker.reset();
             }
-            if revents[1].contains(PollFlags::POLLIN) {
-                self.accept_all(listener, &our_hello);
+            if let Some(l) = listener
+                && revents[1].contains(PollFlags::POLLIN)
+            {
+                self.accept_all(l, &our_hello);
             }
             let mut released = Vec::new();
             let mut removed = Vec::new();
             let mut requests = Vec::new();
             {
                 let mut inner = self.lock();
-                for ((id, conn, _), ev) in conns.iter().zip(&revents[2..]) {
+                for ((id, conn, _), ev) in conns.iter().zip(&revents[first_consumer..]) {
                     if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
                         && let Err(reason) = self.read_consumer(
                             &mut inner,
@@ -525,32 +533,7 @@ impl Hub {
     fn accept_all(&self, listener: &Listener, our_hello: &[u8]) {
         loop {
             match listener.accept() {
-                Ok(Some(conn)) => {
-                    let pid = conn.peer_pid();
-                    // The hello is the first datagram on a fresh socket: it always fits.
-                    if let Err(e) = conn.try_send(our_hello, &[]) {
-                        (self.on_event)(HubEvent::Warning(format!(
-                            "could not greet new connection: {e}"
-                        )));
-                        continue;
-                    }
-                    let mut inner = self.lock();
-                    let id = inner.next_consumer_id;
-                    inner.next_consumer_id += 1;
-                    inner.consumers.push(Consumer {
-                        id,
-                        conn: Arc::new(conn),
-                        pid,
-                        phase: Phase::AwaitingHello {
-                            since: Instant::now(),
-                        },
-                        pending: VecDeque::new(),
-                        held: HashSet::new(),
-                        stalled: false,
-                        frames_sent: 0,
-                        frames_dropped: 0,
-                    });
-                }
+                Ok(Some(conn)) => self.adopt(conn, our_hello),
                 Ok(None) => return,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on a readable listener.
@@ -560,6 +543,34 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Greets a new connection and waits for its hello (in the control loop).
+    fn adopt(&self, conn: Connection, our_hello: &[u8]) {
+        let pid = conn.peer_pid();
+        // The hello is the first datagram on a fresh socket: it always fits.
+        if let Err(e) = conn.try_send(our_hello, &[]) {
+            (self.on_event)(HubEvent::Warning(format!(
+                "could not greet new connection: {e}"
+            )));
+            return;
+        }
+        let mut inner = self.lock();
+        let id = inner.next_consumer_id;
+        inner.next_consumer_id += 1;
+        inner.consumers.push(Consumer {
+            id,
+            conn: Arc::new(conn),
+            pid,
+            phase: Phase::AwaitingHello {
+                since: Instant::now(),
+            },
+            pending: VecDeque::new(),
+            held: HashSet::new(),
+            stalled: false,
+            frames_sent: 0,
+            frames_dropped: 0,
+        });
     }
 
     /// Reads everything pending from one consumer. An error means: drop it, for this reason.

@@ -61,6 +61,8 @@ fn shareable_caps(caps: &gst::CapsRef) -> gst::Caps {
 #[derive(Debug, Clone)]
 struct Settings {
     socket_path: Option<String>,
+    /// An already-connected socket to serve one consumer on, instead of listening.
+    fd: i32,
     max_held: u32,
     wait_for_connection: bool,
     forward_messages: bool,
@@ -70,6 +72,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             socket_path: None,
+            fd: -1,
             max_held: DEFAULT_MAX_HELD,
             wait_for_connection: false,
             forward_messages: true,
@@ -366,6 +369,13 @@ impl ObjectImpl for FdlinkSink {
                     .blurb("Path of the AF_UNIX socket consumers connect to (a stale file left by a dead producer is replaced; one a live process listens on is not)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecInt::builder("fd")
+                    .nick("Inherited socket")
+                    .blurb("An already-connected AF_UNIX SOCK_SEQPACKET socket (e.g. one end of a socketpair a launcher made before dropping privileges) to serve one consumer on, instead of socket-path; -1: listen on socket-path. The element works on a duplicate; the fd stays the caller's")
+                    .minimum(-1)
+                    .default_value(-1)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt::builder("max-held")
                     .nick("Max held buffers per consumer")
                     .blurb("Buffers one consumer may hold unreleased. At the limit, a live stream skips the frame for that consumer; a non-live one first waits up to 1 s for a release. Upstream is asked for pools of at least max-held + 1 buffers")
@@ -405,6 +415,7 @@ impl ObjectImpl for FdlinkSink {
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "socket-path" => settings.socket_path = value.get().expect("type checked upstream"),
+            "fd" => settings.fd = value.get().expect("type checked upstream"),
             "max-held" => settings.max_held = value.get().expect("type checked upstream"),
             "wait-for-connection" => {
                 settings.wait_for_connection = value.get().expect("type checked upstream")
@@ -419,6 +430,7 @@ impl ObjectImpl for FdlinkSink {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         match pspec.name() {
             "socket-path" => self.settings.lock().unwrap().socket_path.to_value(),
+            "fd" => self.settings.lock().unwrap().fd.to_value(),
             "max-held" => self.settings.lock().unwrap().max_held.to_value(),
             "wait-for-connection" => self.settings.lock().unwrap().wait_for_connection.to_value(),
             "forward-messages" => self.settings.lock().unwrap().forward_messages.to_value(),
@@ -463,18 +475,29 @@ impl ElementImpl for FdlinkSink {
 impl BaseSinkImpl for FdlinkSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let Some(path) = settings.socket_path.map(PathBuf::from) else {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("socket-path is not set")
-            ));
+        let (listener, inherited, endpoint) = if settings.fd >= 0 {
+            let conn = crate::transport::Connection::inherit(settings.fd).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    ("fd {}: {e}", settings.fd)
+                )
+            })?;
+            (None, Some(conn), format!("inherited fd {}", settings.fd))
+        } else {
+            let Some(path) = settings.socket_path.map(PathBuf::from) else {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("socket-path is not set (nor fd)")
+                ));
+            };
+            let listener = Listener::bind(&path).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    ("cannot listen on {}: {e}", path.display())
+                )
+            })?;
+            (Some(listener), None, path.display().to_string())
         };
-        let listener = Listener::bind(&path).map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenReadWrite,
-                ("cannot listen on {}: {e}", path.display())
-            )
-        })?;
         let obj = self.obj().downgrade();
         let hub = Hub::new(settings.max_held, SLOW_CONSUMER_WAIT, move |ev| {
             let Some(obj) = obj.upgrade() else { return };
@@ -501,13 +524,13 @@ impl BaseSinkImpl for FdlinkSink {
         let control = std::thread::Builder::new()
             .name("fdlinksink-ctl".into())
             .spawn(move || {
-                control_hub.run_control(&listener);
+                control_hub.run_control(listener.as_ref(), inherited);
                 // The listener drops here, unlinking the socket path.
             })
             .map_err(|e| {
                 gst::error_msg!(gst::ResourceError::Failed, ("cannot spawn thread: {e}"))
             })?;
-        gst::info!(CAT, imp = self, "listening on {}", path.display());
+        gst::info!(CAT, imp = self, "serving consumers on {endpoint}");
         *self.hub.lock().unwrap() = Some(hub);
         *self.state.lock().unwrap() = State::Started {
             control,

@@ -42,6 +42,8 @@ const LATENCY_WINDOW: usize = 1024;
 #[derive(Debug, Clone)]
 struct Settings {
     socket_path: Option<String>,
+    /// An already-connected socket to the producer, instead of socket-path.
+    fd: i32,
     timeout_ms: u32,
     ack_timeout_ms: u32,
 }
@@ -50,6 +52,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             socket_path: None,
+            fd: -1,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             ack_timeout_ms: DEFAULT_ACK_TIMEOUT_MS,
         }
@@ -65,7 +68,9 @@ enum State {
 
 /// The connection and what the streaming thread knows about the producer's stream.
 struct Stream {
+    /// The socket path, or a description of the inherited fd (for messages).
     path: PathBuf,
+    inherited_fd: Option<i32>,
     timeout: Duration,
     link: Option<Arc<Link>>,
     importer: Importer,
@@ -167,7 +172,23 @@ impl FdlinkSrc {
     /// Connects (waiting up to `timeout` for a producer to appear) and runs the hello.
     fn connect(&self, stream: &mut Stream, waker: &Waker) -> Result<Arc<Connection>, Stop> {
         let deadline = Instant::now() + stream.timeout;
-        let conn = loop {
+        let conn = if let Some(fd) = stream.inherited_fd {
+            Connection::inherit(fd)
+                .map_err(|e| Stop::Error(gst::error_msg!(gst::ResourceError::OpenRead, ("{e}"))))?
+        } else {
+            self.connect_path(stream, waker, deadline)?
+        };
+        self.hello(stream, waker, conn)
+    }
+
+    /// Connects to socket-path, waiting up to `timeout` for a producer to appear there.
+    fn connect_path(
+        &self,
+        stream: &Stream,
+        waker: &Waker,
+        deadline: Instant,
+    ) -> Result<Connection, Stop> {
+        Ok(loop {
             match Connection::connect(&stream.path) {
                 Ok(c) => break c,
                 Err(
@@ -201,7 +222,16 @@ impl FdlinkSrc {
                     )));
                 }
             }
-        };
+        })
+    }
+
+    /// Runs the hello on a fresh connection.
+    fn hello(
+        &self,
+        stream: &mut Stream,
+        waker: &Waker,
+        conn: Connection,
+    ) -> Result<Arc<Connection>, Stop> {
         let hello = protocol::encode_hello(&Hello::new(Role::Consumer, std::process::id()));
         conn.send_timeout(&hello, &[], HELLO_TIMEOUT)
             .map_err(|e| self.link_error(&stream.path, "sending hello", e))?;
@@ -620,6 +650,13 @@ impl ObjectImpl for FdlinkSrc {
                     .blurb("Path of the AF_UNIX socket an fdlinksink listens on")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecInt::builder("fd")
+                    .nick("Inherited socket")
+                    .blurb("An already-connected AF_UNIX SOCK_SEQPACKET socket to the producer (e.g. one end of a socketpair a launcher made) instead of socket-path; -1: connect to socket-path. The element works on a duplicate; the fd stays the caller's")
+                    .minimum(-1)
+                    .default_value(-1)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt::builder("timeout")
                     .nick("Timeout (ms)")
                     .blurb("How long to wait for a producer to appear at socket-path before failing (0 = try once)")
@@ -647,6 +684,7 @@ impl ObjectImpl for FdlinkSrc {
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "socket-path" => settings.socket_path = value.get().expect("type checked upstream"),
+            "fd" => settings.fd = value.get().expect("type checked upstream"),
             "timeout" => settings.timeout_ms = value.get().expect("type checked upstream"),
             "ack-timeout" => settings.ack_timeout_ms = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
@@ -656,6 +694,7 @@ impl ObjectImpl for FdlinkSrc {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         match pspec.name() {
             "socket-path" => self.settings.lock().unwrap().socket_path.to_value(),
+            "fd" => self.settings.lock().unwrap().fd.to_value(),
             "timeout" => self.settings.lock().unwrap().timeout_ms.to_value(),
             "ack-timeout" => self.settings.lock().unwrap().ack_timeout_ms.to_value(),
             "stats" => self.stats_structure().to_value(),
@@ -712,11 +751,16 @@ impl ElementImpl for FdlinkSrc {
 impl BaseSrcImpl for FdlinkSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let Some(path) = settings.socket_path.map(PathBuf::from) else {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("socket-path is not set")
-            ));
+        let inherited_fd = (settings.fd >= 0).then_some(settings.fd);
+        let path = match (&settings.socket_path, inherited_fd) {
+            (_, Some(fd)) => PathBuf::from(format!("inherited fd {fd}")),
+            (Some(p), None) => PathBuf::from(p),
+            (None, None) => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("socket-path is not set (nor fd)")
+                ));
+            }
         };
         let waker =
             Waker::new().map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ("{e}")))?;
@@ -726,6 +770,7 @@ impl BaseSrcImpl for FdlinkSrc {
         self.releases.store(0, Ordering::Relaxed);
         *self.state.lock().unwrap() = State::Started(Box::new(Stream {
             path,
+            inherited_fd,
             timeout: Duration::from_millis(settings.timeout_ms as u64),
             link: None,
             importer: Importer::default(),
