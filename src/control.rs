@@ -35,6 +35,11 @@ impl PendingQueries {
         id
     }
 
+    /// Drops a query that was never sent.
+    pub fn forget(&self, id: u32) {
+        self.replies.lock().unwrap().remove(&id);
+    }
+
     /// Files a reply; replies nobody waits for (timed out) are dropped.
     pub fn deliver(&self, reply: QueryReplyPacket) {
         let mut replies = self.replies.lock().unwrap();

@@ -276,6 +276,16 @@ impl FdlinkSink {
 use glib::translate::IntoGlib;
 
 impl FdlinkSink {
+    fn spawn_request(&self, name: &str, consumer: u64, f: impl FnOnce() + Send + 'static) {
+        if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "dropping consumer {consumer}'s request: {e}"
+            );
+        }
+    }
+
     /// Runs a consumer's request against this pipeline. Events and queries go upstream from
     /// a thread of their own: they may wait on the streaming thread (a flushing seek), which
     /// may wait on releases that only the control thread reads.
@@ -315,12 +325,13 @@ impl FdlinkSink {
                     "consumer {id} sends {:?} upstream",
                     event.type_()
                 );
-                std::thread::spawn(move || {
+                self.spawn_request("fdlinksink-event", id, move || {
                     obj.sink_pad().push_event(event);
                 });
             }
             Request::Query(p) => {
-                std::thread::spawn(move || {
+                // Unanswered (no thread), the consumer's query fails at its ack-timeout.
+                self.spawn_request("fdlinksink-query", id, move || {
                     let (answered, structure) = match control::query_from_packet(&p) {
                         Some(mut q) => {
                             let answered = obj.sink_pad().peer_query(q.get_mut().unwrap());

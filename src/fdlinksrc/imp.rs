@@ -288,6 +288,7 @@ impl FdlinkSrc {
             .encode(&mut out)
             .ok()?;
         if let Err(e) = link.conn.send_timeout(&out, &[], timeout) {
+            link.pending.forget(id);
             gst::debug!(
                 CAT,
                 imp = self,
@@ -569,7 +570,9 @@ impl FdlinkSrc {
                     unreachable!("the link's reader takes queries and replies")
                 }
                 Packet::Release { .. } | Packet::UpstreamEvent(_) | Packet::Message(_) => {
-                    let msg = "producer sent a consumer-only packet (release)".to_string();
+                    let msg =
+                        "producer sent a consumer-only packet (release, upstream event or message)"
+                            .to_string();
                     send_error(&conn, &msg);
                     return Err(protocol_error(&stream.path, msg));
                 }

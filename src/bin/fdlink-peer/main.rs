@@ -466,6 +466,30 @@ fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts
     });
 }
 
+/// `appsrc ! fdlinksink` for the hand-made producers: as fast as the consumer takes frames,
+/// starting when the first consumer is in.
+fn appsrc_into_fdlinksink(
+    caps: &gst::Caps,
+    socket: &str,
+) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
+    let pipeline = gst::Pipeline::new();
+    let appsrc = gst_app::AppSrc::builder()
+        .caps(caps)
+        .format(gst::Format::Time)
+        .build();
+    let sink = gst::ElementFactory::make("fdlinksink")
+        .property("socket-path", socket)
+        .property("sync", false)
+        .property("wait-for-connection", true)
+        .build()
+        .expect("fdlinksink");
+    pipeline
+        .add_many([appsrc.upcast_ref(), &sink])
+        .expect("add");
+    appsrc.link(&sink).expect("link");
+    (pipeline, appsrc, sink)
+}
+
 /// A producer whose frames come from a small memfd pool (`--pool-max` buffers), each filled
 /// with `offset % 251`: if a frame were reused while a consumer still held it, the consumer's
 /// pattern check would see it.
@@ -488,21 +512,7 @@ fn produce_pattern(o: &Opts) -> i32 {
         true,
     )
     .expect("pool configures");
-    let pipeline = gst::Pipeline::new();
-    let appsrc = gst_app::AppSrc::builder()
-        .caps(&caps)
-        .format(gst::Format::Time)
-        .build();
-    let sink = gst::ElementFactory::make("fdlinksink")
-        .property("socket-path", &socket)
-        .property("sync", false)
-        .property("wait-for-connection", true)
-        .build()
-        .expect("fdlinksink");
-    pipeline
-        .add_many([appsrc.upcast_ref(), &sink])
-        .expect("add");
-    appsrc.link(&sink).expect("link");
+    let (pipeline, appsrc, sink) = appsrc_into_fdlinksink(&caps, &socket);
     let frames = o.frames;
     let acquired = Arc::new(AtomicU64::new(0));
     let pool_cb = Mutex::new(pool);
@@ -626,21 +636,7 @@ fn produce_dmabuf(o: &Opts) -> i32 {
         .field("height", h as i32)
         .field("framerate", gst::Fraction::new(30, 1))
         .build();
-    let pipeline = gst::Pipeline::new();
-    let appsrc = gst_app::AppSrc::builder()
-        .caps(&caps)
-        .format(gst::Format::Time)
-        .build();
-    let sink = gst::ElementFactory::make("fdlinksink")
-        .property("socket-path", &socket)
-        .property("sync", false)
-        .property("wait-for-connection", true)
-        .build()
-        .expect("fdlinksink");
-    pipeline
-        .add_many([appsrc.upcast_ref(), &sink])
-        .expect("add");
-    appsrc.link(&sink).expect("link");
+    let (pipeline, appsrc, sink) = appsrc_into_fdlinksink(&caps, &socket);
     if o.frames_log {
         add_probe(pipeline.upcast_ref(), &sink, o);
     }
