@@ -392,3 +392,40 @@ fn two_consumers_each_get_every_frame() {
     // One release per consumer per frame (the last frames may still be held at EOS).
     assert!(field(&ps, "releases") >= 2 * (n as u64 - 2), "{ps}");
 }
+
+/// DMA_DRM caps (GStreamer >= 1.24: format=DMA_DRM, drm-format=FOURCC:0xMODIFIER) cross the
+/// link exactly as the producer negotiated them. GStreamer 1.22 has no DMA_DRM producer, so
+/// capssetter stamps them on a test stream.
+#[test]
+fn dma_drm_caps_cross_exactly() {
+    init_gst();
+    let dir = TempDir::new("drm");
+    let sock = dir.socket();
+    let drm_caps = "video/x-raw(memory:DMABuf),format=DMA_DRM,drm-format=NV12:0x0100000000000002,width=320,height=240,framerate=30/1";
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--events-log",
+        &format!("fdlinksrc socket-path={sock} ! fakesink"),
+    ]);
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--events-log",
+        &format!(
+            "videotestsrc num-buffers=5 ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! capssetter join=false replace=true caps={drm_caps} ! fdlinksink socket-path={sock} wait-for-connection=true sync=false"
+        ),
+    ]);
+    assert!(producer.wait(T).success(), "{}", producer.errors());
+    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    let caps = |p: &Peer| {
+        p.lines()
+            .into_iter()
+            .find_map(|l| l.strip_prefix("event caps ").map(str::to_string))
+            .expect("a caps event")
+    };
+    let (sent, got) = (caps(&producer), caps(&consumer));
+    assert!(
+        sent.contains("drm-format=(string)NV12:0x0100000000000002"),
+        "{sent}"
+    );
+    assert_eq!(sent, got);
+}

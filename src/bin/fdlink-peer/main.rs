@@ -427,7 +427,10 @@ fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts
         let events = gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::EVENT_FLUSH;
         pad.add_probe(events, |_, info| {
             if let Some(ev) = info.event() {
-                print_line(&format!("event {}", ev.type_().name()));
+                match ev.view() {
+                    gst::EventView::Caps(c) => print_line(&format!("event caps {}", c.caps())),
+                    _ => print_line(&format!("event {}", ev.type_().name())),
+                }
             }
             gst::PadProbeReturn::Ok
         });
