@@ -108,7 +108,7 @@ fn main() {
         plugin_dir().join("libgstfdlink.so"),
         dir.join("plugins/libgstfdlink.so"),
     )
-    .expect("the plugin is built beside this example (cargo build)");
+    .expect("libgstfdlink.so beside this example: run `cargo build` first");
     for d in [&dir, &dir.join("plugins")] {
         std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .expect("chmod");

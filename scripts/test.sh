@@ -10,12 +10,14 @@ cd "$(dirname "$0")/.."
 export RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
 cargo fmt --check
 cargo clippy --locked --all-targets -q -- -D warnings
+# The plugin .so (cdylib) first: `cargo test` builds only the rlib, and the launcher test runs
+# gst-launch-1.0 processes that load the plugin.
+cargo build --locked -q
 cargo test --locked
 
 if [ "${FDLINK_SKIP_VM:-0}" = 1 ]; then
   echo "test.sh: FDLINK_SKIP_VM=1: the hardware matrix (VM) was NOT run"
   exit 0
 fi
-cargo build --locked -q --bins
 bash hw-tests/vm/setup.sh
 hw-tests/vm/run.sh -t 1500 -- bash hw-tests/guest-matrix.sh --write docs/hardware-matrix.md
