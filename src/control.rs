@@ -113,14 +113,14 @@ pub fn apply_reply(query: &mut gst::QueryRef, reply: &QueryReplyPacket) -> bool 
     true
 }
 
-/// An upstream event as a packet.
-pub fn event_to_packet(event: &gst::EventRef) -> EventPacket {
+/// An event as a packet; `on_drop` is told each field dropped for having no string form.
+pub fn event_to_packet(event: &gst::EventRef, on_drop: impl FnMut(&str)) -> EventPacket {
     EventPacket {
         event_type: crate::wire_event::event_type_code(event.type_()),
         seqnum: event.seqnum().into_glib(),
         structure: event
             .structure()
-            .map_or_else(String::new, |s| serializable_structure(s, |_| {})),
+            .map_or_else(String::new, |s| serializable_structure(s, on_drop)),
     }
 }
 
@@ -294,7 +294,7 @@ mod tests {
             gst::SeekType::None,
             gst::ClockTime::NONE,
         );
-        let back = event_from_packet(&event_to_packet(&seek)).unwrap();
+        let back = event_from_packet(&event_to_packet(&seek, |_| {})).unwrap();
         assert_eq!(back.seqnum(), seek.seqnum());
         match back.view() {
             gst::EventView::Seek(s) => {

@@ -19,7 +19,7 @@ use nix::sys::socket::{
     self, AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
 };
 
-use crate::protocol::{MAX_FDS, MAX_PACKET_SIZE};
+use crate::protocol::{EncodeError, MAX_FDS, MAX_PACKET_SIZE, Packet};
 
 /// Socket-level failures, each naming the cause.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub enum TransportError {
     WouldBlock,
     #[error("timed out after {0:?}")]
     TimedOut(Duration),
+    #[error("cannot encode packet: {0}")]
+    Encode(EncodeError),
     #[error("{op} on {what}: {errno}")]
     Sys {
         op: &'static str,
@@ -296,6 +298,26 @@ impl Connection {
                 other => return other,
             }
         }
+    }
+
+    /// Encodes a packet that carries no fds and sends it, waiting at most `timeout` for room
+    /// (None: not at all).
+    pub fn send_packet(
+        &self,
+        packet: &Packet<BorrowedFd<'_>>,
+        timeout: Option<Duration>,
+    ) -> Result<(), TransportError> {
+        let mut out = Vec::with_capacity(64);
+        packet.encode(&mut out).map_err(TransportError::Encode)?;
+        match timeout {
+            Some(t) => self.send_timeout(&out, packet.fds(), t),
+            None => self.try_send(&out, packet.fds()),
+        }
+    }
+
+    /// Tells the peer why this side gives up, just before closing (best effort, never waits).
+    pub fn send_error(&self, msg: &str) {
+        let _ = self.send_packet(&Packet::Error(msg.to_string()), None);
     }
 
     fn send_flags(

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -118,7 +118,6 @@ struct Inner {
     held: HashMap<u64, HeldBuffer>,
     sticky: Sticky,
     next_consumer_id: u64,
-    next_buffer_id: u64,
     flushing: bool,
     stats: HubStats,
 }
@@ -140,6 +139,8 @@ pub struct Hub {
     room: Condvar,
     waker: Waker,
     stop: AtomicBool,
+    /// Ids for buffer packets, taken without the lock.
+    next_buffer_id: AtomicU64,
     max_held: u32,
     slow_wait: Duration,
     on_event: Box<dyn Fn(HubEvent) + Send + Sync>,
@@ -158,13 +159,13 @@ impl Hub {
     ) -> Result<Arc<Hub>, TransportError> {
         Ok(Arc::new(Hub {
             inner: Mutex::new(Inner {
-                next_buffer_id: 1,
                 next_consumer_id: 1,
                 ..Default::default()
             }),
             room: Condvar::new(),
             waker: Waker::new()?,
             stop: AtomicBool::new(false),
+            next_buffer_id: AtomicU64::new(1),
             max_held,
             slow_wait,
             on_event: Box::new(on_event),
@@ -194,15 +195,6 @@ impl Hub {
             .consumers
             .iter()
             .any(|c| c.phase == Phase::Ready)
-    }
-
-    pub fn count_frame_in(&self, copied_bytes: Option<usize>) {
-        let mut inner = self.lock();
-        inner.stats.frames_in += 1;
-        if let Some(n) = copied_bytes {
-            inner.stats.frames_copied += 1;
-            inner.stats.bytes_copied += n as u64;
-        }
     }
 
     pub fn count_frame_without_consumer(&self) {
@@ -310,26 +302,29 @@ impl Hub {
 
     /// Allocates the id for the next buffer packet.
     pub fn next_buffer_id(&self) -> u64 {
-        let mut inner = self.lock();
-        let id = inner.next_buffer_id;
-        inner.next_buffer_id += 1;
-        id
+        self.next_buffer_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends an encoded buffer packet and its fds to every ready consumer with room, and
-    /// keeps `buffer` (which owns the fds) until each of them released it.
+    /// Counts a frame that came in (`copied_bytes` when it was copied into a memfd), sends its
+    /// encoded packet and fds to every ready consumer with room, and keeps `buffer` (which owns
+    /// the fds) until each of them released it.
     pub fn send_buffer(
         &self,
         buffer_id: u64,
         bytes: &[u8],
         fds: &[BorrowedFd<'_>],
         buffer: gst::Buffer,
-        zero_copy: bool,
+        copied_bytes: Option<usize>,
     ) -> SendOutcome {
         let mut removed = Vec::new();
         let mut holders = 0u32;
         {
             let mut inner = self.lock();
+            inner.stats.frames_in += 1;
+            if let Some(n) = copied_bytes {
+                inner.stats.frames_copied += 1;
+                inner.stats.bytes_copied += n as u64;
+            }
             let max_held = self.max_held as usize;
             let mut dropped = 0;
             for c in inner
@@ -360,7 +355,7 @@ impl Hub {
             inner.stats.frames_dropped += dropped;
             if holders > 0 {
                 inner.stats.frames_sent += 1;
-                if zero_copy {
+                if copied_bytes.is_none() {
                     inner.stats.frames_zero_copy += 1;
                 }
                 inner.held.insert(
@@ -589,7 +584,7 @@ impl Hub {
                 Err(TransportError::Closed) => return Err("consumer closed the connection".into()),
                 Err(e) => {
                     let msg = format!("protocol error: {e}");
-                    send_error(conn, &msg);
+                    conn.send_error(&msg);
                     return Err(msg);
                 }
             };
@@ -600,17 +595,17 @@ impl Hub {
             if let Phase::AwaitingHello { .. } = inner.consumers[pos].phase {
                 if !got.fds.is_empty() {
                     let msg = "hello carried file descriptors".to_string();
-                    send_error(conn, &msg);
+                    conn.send_error(&msg);
                     return Err(msg);
                 }
                 let hello = protocol::decode_hello(bytes).map_err(|e| {
                     let msg = format!("bad hello: {e}");
-                    send_error(conn, &msg);
+                    conn.send_error(&msg);
                     msg
                 })?;
                 if hello.role != Role::Consumer {
                     let msg = "peer is not a consumer (two fdlinksinks on one socket?)".to_string();
-                    send_error(conn, &msg);
+                    conn.send_error(&msg);
                     return Err(msg);
                 }
                 let replay: Vec<Vec<u8>> = inner.sticky.replay().cloned().collect();
@@ -633,7 +628,7 @@ impl Hub {
                         let msg = format!(
                             "protocol error: release of buffer {buffer_id} it does not hold"
                         );
-                        send_error(conn, &msg);
+                        conn.send_error(&msg);
                         return Err(msg);
                     }
                     inner.consumers[pos].stalled = false;
@@ -653,12 +648,12 @@ impl Hub {
                 }
                 Ok(_) => {
                     let msg = "protocol error: consumer sent a producer-only packet".to_string();
-                    send_error(conn, &msg);
+                    conn.send_error(&msg);
                     return Err(msg);
                 }
                 Err(e) => {
                     let msg = format!("protocol error: {e}");
-                    send_error(conn, &msg);
+                    conn.send_error(&msg);
                     return Err(msg);
                 }
             }
@@ -690,16 +685,6 @@ fn release_one(inner: &mut Inner, buffer_id: u64) {
         if h.holders == 0 {
             inner.held.remove(&buffer_id);
         }
-    }
-}
-
-fn send_error(conn: &Connection, msg: &str) {
-    let mut out = Vec::new();
-    if Packet::<BorrowedFd<'_>>::Error(msg.to_string())
-        .encode(&mut out)
-        .is_ok()
-    {
-        let _ = conn.try_send(&out, &[]);
     }
 }
 

@@ -14,9 +14,8 @@ use super::hub::{Hub, HubEvent, Request, StickyKind};
 use crate::clock;
 use crate::control;
 use crate::memory::{self, MemfdBufferPool};
-use crate::protocol::{BufferHeader, EventPacket, MemoryDesc, Packet, TIME_NONE};
+use crate::protocol::{BufferHeader, MemoryDesc, Packet, TIME_NONE};
 use crate::transport::Listener;
-use crate::wire_event;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -101,7 +100,8 @@ struct Outgoing<'a> {
     wire: &'a gst::Buffer,
     memories: Vec<MemoryDesc>,
     fds: Vec<BorrowedFd<'a>>,
-    zero_copy: bool,
+    /// Bytes copied to make this frame shareable; None when it crosses zero-copy.
+    copied_bytes: Option<usize>,
 }
 
 #[derive(Default)]
@@ -138,23 +138,25 @@ impl FdlinkSink {
         s.build()
     }
 
-    /// Converts a buffer timestamp to CLOCK_MONOTONIC, as the consumer will need it.
-    fn wire_time(&self, ts: Option<gst::ClockTime>) -> u64 {
+    /// Converts buffer timestamps to CLOCK_MONOTONIC, as the consumer will need them (one
+    /// segment copy and one clock sample for all of them).
+    fn wire_times<const N: usize>(&self, ts: [Option<gst::ClockTime>; N]) -> [u64; N] {
         let obj = self.obj();
         let segment = obj.segment();
-        let Some(segment) = segment.downcast_ref::<gst::ClockTime>() else {
-            return TIME_NONE;
-        };
-        let (Some(running), Some(clock), Some(base)) = (
-            ts.and_then(|t| segment.to_running_time(t)),
+        let (Some(segment), Some(clock), Some(base)) = (
+            segment.downcast_ref::<gst::ClockTime>(),
             obj.clock(),
             obj.base_time(),
         ) else {
-            return TIME_NONE;
+            return [TIME_NONE; N];
         };
-        let running = running + obj.latency();
-        clock::running_to_monotonic(running, base, clock::clock_to_monotonic_offset(&clock))
-            .unwrap_or(TIME_NONE)
+        let latency = obj.latency();
+        let offset = clock::clock_to_monotonic_offset(&clock);
+        ts.map(|t| {
+            t.and_then(|t| segment.to_running_time(t))
+                .and_then(|running| clock::running_to_monotonic(running + latency, base, offset))
+                .unwrap_or(TIME_NONE)
+        })
     }
 
     fn send_frame(
@@ -168,10 +170,11 @@ impl FdlinkSink {
             return Err(gst::FlowError::Flushing);
         };
         let buffer_id = hub.next_buffer_id();
+        let [pts, dts] = self.wire_times([meta_src.pts(), meta_src.dts()]);
         let header = BufferHeader {
             buffer_id,
-            pts: self.wire_time(meta_src.pts()),
-            dts: self.wire_time(meta_src.dts()),
+            pts,
+            dts,
             duration: meta_src.duration().map_or(TIME_NONE, |d| d.nseconds()),
             offset: meta_src.offset(),
             offset_end: meta_src.offset_end(),
@@ -190,7 +193,13 @@ impl FdlinkSink {
             );
             return Err(gst::FlowError::Error);
         }
-        let sent = hub.send_buffer(buffer_id, packet, p.fds(), out.wire.clone(), out.zero_copy);
+        let sent = hub.send_buffer(
+            buffer_id,
+            packet,
+            p.fds(),
+            out.wire.clone(),
+            out.copied_bytes,
+        );
         gst::trace!(
             CAT,
             imp = self,
@@ -239,27 +248,20 @@ impl FdlinkSink {
             gst::EventView::FlushStop(_) => StickyKind::FlushStop,
             _ => StickyKind::None,
         };
-        let structure = match event.view() {
-            // A gap's timestamp is a buffer time: it crosses as CLOCK_MONOTONIC too.
-            gst::EventView::Gap(gap) => {
-                let (ts, dur) = gap.get();
-                gst::Structure::builder("GstEventGap")
-                    .field("timestamp", self.wire_time(Some(ts)))
-                    .field("duration", dur.map_or(TIME_NONE, |d| d.nseconds()))
-                    .build()
-                    .to_string()
-            }
-            _ => event.structure().map_or_else(String::new, |s| {
-                wire_event::serializable_structure(s, |field| {
-                    gst::debug!(CAT, imp = self, "dropping unserializable field {field}");
-                })
-            }),
-        };
-        let packet = Packet::<BorrowedFd<'_>>::Event(EventPacket {
-            event_type: wire_event::event_type_code(event.type_()),
-            seqnum: event.seqnum().into_glib(),
-            structure,
+        let mut p = control::event_to_packet(event, |field| {
+            gst::debug!(CAT, imp = self, "dropping unserializable field {field}");
         });
+        // A gap's timestamp is a buffer time: it crosses as CLOCK_MONOTONIC too.
+        if let gst::EventView::Gap(gap) = event.view() {
+            let (ts, dur) = gap.get();
+            let [ts] = self.wire_times([Some(ts)]);
+            p.structure = gst::Structure::builder("GstEventGap")
+                .field("timestamp", ts)
+                .field("duration", dur.map_or(TIME_NONE, |d| d.nseconds()))
+                .build()
+                .to_string();
+        }
+        let packet = Packet::<BorrowedFd<'_>>::Event(p);
         let mut bytes = Vec::new();
         match packet.encode(&mut bytes) {
             Ok(()) => hub.send_control(bytes, sticky, false),
@@ -272,8 +274,6 @@ impl FdlinkSink {
         }
     }
 }
-
-use glib::translate::IntoGlib;
 
 impl FdlinkSink {
     fn spawn_request(&self, name: &str, consumer: u64, f: impl FnOnce() + Send + 'static) {
@@ -342,16 +342,12 @@ impl FdlinkSink {
                         }
                         None => (false, String::new()),
                     };
-                    let reply =
-                        Packet::<BorrowedFd<'_>>::QueryReply(crate::protocol::QueryReplyPacket {
-                            id: p.id,
-                            answered,
-                            structure,
-                        });
-                    let mut out = Vec::new();
-                    if reply.encode(&mut out).is_ok() {
-                        let _ = conn.send_timeout(&out, &[], Duration::from_secs(1));
-                    }
+                    let reply = Packet::QueryReply(crate::protocol::QueryReplyPacket {
+                        id: p.id,
+                        answered,
+                        structure,
+                    });
+                    let _ = conn.send_packet(&reply, Some(Duration::from_secs(1)));
                 });
             }
         }
@@ -679,12 +675,11 @@ impl BaseSinkImpl for FdlinkSink {
         let mut fds = Vec::with_capacity(4);
         match memory::describe_buffer(buffer, &mut descs, &mut fds) {
             Ok(()) => {
-                hub.count_frame_in(None);
                 let out = Outgoing {
                     wire: buffer,
                     memories: descs,
                     fds,
-                    zero_copy: true,
+                    copied_bytes: None,
                 };
                 self.send_frame(&hub, &mut state, buffer, out)
             }
@@ -702,12 +697,11 @@ impl BaseSinkImpl for FdlinkSink {
                     );
                     return Err(gst::FlowError::Error);
                 }
-                hub.count_frame_in(Some(buffer.size()));
                 let out = Outgoing {
                     wire: &copy,
                     memories: descs,
                     fds,
-                    zero_copy: false,
+                    copied_bytes: Some(buffer.size()),
                 };
                 self.send_frame(&hub, &mut state, buffer, out)
             }

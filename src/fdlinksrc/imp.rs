@@ -1,4 +1,3 @@
-use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -253,15 +252,12 @@ impl FdlinkSrc {
                         format!("producer refused us: {msg}"),
                     ));
                 }
-                send_error(&conn, &format!("bad hello: {e}"));
+                conn.send_error(&format!("bad hello: {e}"));
                 return Err(protocol_error(&stream.path, e.to_string()));
             }
         };
         if peer.role != Role::Producer {
-            send_error(
-                &conn,
-                "peer is not a producer (two fdlinksrcs on one socket?)",
-            );
+            conn.send_error("peer is not a producer (two fdlinksrcs on one socket?)");
             return Err(protocol_error(
                 &stream.path,
                 "peer is not a producer".into(),
@@ -283,11 +279,8 @@ impl FdlinkSrc {
         let link = self.link.lock().unwrap().clone()?;
         let timeout = Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64);
         let id = link.pending.register();
-        let mut out = Vec::new();
-        Packet::<BorrowedFd<'_>>::Query(control::query_to_packet(id, query))
-            .encode(&mut out)
-            .ok()?;
-        if let Err(e) = link.conn.send_timeout(&out, &[], timeout) {
+        let packet = Packet::Query(control::query_to_packet(id, query));
+        if let Err(e) = link.conn.send_packet(&packet, Some(timeout)) {
             link.pending.forget(id);
             gst::debug!(
                 CAT,
@@ -317,13 +310,10 @@ impl FdlinkSrc {
             gst::debug!(CAT, imp = self, "no producer for {:?} event", event.type_());
             return false;
         };
-        let mut out = Vec::new();
-        let packet = Packet::<BorrowedFd<'_>>::UpstreamEvent(control::event_to_packet(event));
-        packet.encode(&mut out).is_ok()
-            && link
-                .conn
-                .send_timeout(&out, &[], RELEASE_SEND_TIMEOUT)
-                .is_ok()
+        let packet = Packet::UpstreamEvent(control::event_to_packet(event, |_| {}));
+        link.conn
+            .send_packet(&packet, Some(RELEASE_SEND_TIMEOUT))
+            .is_ok()
     }
 
     /// Forwards this pipeline's error, warning, info and element messages to the producer,
@@ -350,13 +340,9 @@ impl FdlinkSrc {
                 return;
             };
             if let Some(p) = control::message_to_packet(message) {
-                let mut out = Vec::new();
-                if Packet::<BorrowedFd<'_>>::Message(p)
-                    .encode(&mut out)
-                    .is_ok()
-                {
-                    let _ = link.conn.send_timeout(&out, &[], RELEASE_SEND_TIMEOUT);
-                }
+                let _ = link
+                    .conn
+                    .send_packet(&Packet::Message(p), Some(RELEASE_SEND_TIMEOUT));
             }
         });
         *self.bus_watch.lock().unwrap() = Some((bus, id));
@@ -497,7 +483,7 @@ impl FdlinkSrc {
                 Packet::Caps(s) => {
                     let caps = s.parse::<gst::Caps>().map_err(|_| {
                         let msg = format!("unparsable caps {s:?}");
-                        send_error(&conn, &msg);
+                        conn.send_error(&msg);
                         protocol_error(&stream.path, msg)
                     })?;
                     let changed = self.caps.lock().unwrap().as_ref() != Some(&caps);
@@ -527,10 +513,10 @@ impl FdlinkSrc {
                     let releases = self.releases.clone();
                     let token = ReleaseToken::new(move || {
                         let Some(conn) = weak.upgrade() else { return };
-                        let mut out = Vec::with_capacity(16);
-                        let release = Packet::<BorrowedFd<'_>>::Release { buffer_id };
-                        if release.encode(&mut out).is_ok()
-                            && conn.send_timeout(&out, &[], RELEASE_SEND_TIMEOUT).is_ok()
+                        let release = Packet::Release { buffer_id };
+                        if conn
+                            .send_packet(&release, Some(RELEASE_SEND_TIMEOUT))
+                            .is_ok()
                         {
                             releases.fetch_add(1, Ordering::Relaxed);
                         }
@@ -539,7 +525,7 @@ impl FdlinkSrc {
                         Ok(b) => b,
                         Err(e) => {
                             let msg = format!("invalid buffer {buffer_id}: {e}");
-                            send_error(&conn, &msg);
+                            conn.send_error(&msg);
                             return Err(protocol_error(&stream.path, msg));
                         }
                     };
@@ -573,7 +559,7 @@ impl FdlinkSrc {
                     let msg =
                         "producer sent a consumer-only packet (release, upstream event or message)"
                             .to_string();
-                    send_error(&conn, &msg);
+                    conn.send_error(&msg);
                     return Err(protocol_error(&stream.path, msg));
                 }
             }
@@ -617,16 +603,6 @@ fn protocol_error(path: &Path, what: String) -> Stop {
             path.display()
         )
     ))
-}
-
-fn send_error(conn: &Connection, msg: &str) {
-    let mut out = Vec::new();
-    if Packet::<BorrowedFd<'_>>::Error(msg.to_string())
-        .encode(&mut out)
-        .is_ok()
-    {
-        let _ = conn.try_send(&out, &[]);
-    }
 }
 
 #[glib::object_subclass]

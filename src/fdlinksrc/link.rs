@@ -5,7 +5,7 @@
 //! that `create()` takes from.
 
 use std::collections::VecDeque;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -78,20 +78,15 @@ impl Link {
                 Ok(None) => break None,
                 Err(TransportError::Closed) => break Some(Inbound::Closed),
                 Err(e) => {
-                    self.send_error(&e.to_string());
+                    self.conn.send_error(&e.to_string());
                     break Some(Inbound::Failed(e.to_string()));
                 }
             };
             match Packet::decode(&buf[..got.len], got.fds) {
                 Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
                 Ok(Packet::Query(q)) => {
-                    let mut out = Vec::new();
-                    if Packet::<BorrowedFd<'_>>::QueryReply(answer(&q))
-                        .encode(&mut out)
-                        .is_ok()
-                    {
-                        let _ = self.conn.send_timeout(&out, &[], SEND_TIMEOUT);
-                    }
+                    let reply = Packet::QueryReply(answer(&q));
+                    let _ = self.conn.send_packet(&reply, Some(SEND_TIMEOUT));
                 }
                 Ok(packet) => {
                     self.inbox.lock().unwrap().packets.push_back(packet);
@@ -99,7 +94,7 @@ impl Link {
                 }
                 Err(e) => {
                     let msg = format!("malformed packet: {e}");
-                    self.send_error(&msg);
+                    self.conn.send_error(&msg);
                     break Some(Inbound::Failed(msg));
                 }
             }
@@ -108,17 +103,6 @@ impl Link {
         if let Some(end) = end {
             self.inbox.lock().unwrap().end = Some(end);
             self.arrived.notify_all();
-        }
-    }
-
-    /// Tells the producer why this side gives up, before the connection closes.
-    pub fn send_error(&self, msg: &str) {
-        let mut out = Vec::new();
-        if Packet::<BorrowedFd<'_>>::Error(msg.to_string())
-            .encode(&mut out)
-            .is_ok()
-        {
-            let _ = self.conn.try_send(&out, &[]);
         }
     }
 

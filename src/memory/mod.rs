@@ -176,7 +176,7 @@ pub fn video_layout(buffer: &gst::BufferRef) -> Option<VideoLayout> {
     let meta = buffer.meta::<gst_video::VideoMeta>()?;
     let n = meta.n_planes() as usize;
     let mut layout = VideoLayout {
-        format: meta.format().into_glib_u32(),
+        format: glib::translate::IntoGlib::into_glib(meta.format()) as u32,
         flags: meta.video_frame_flags().bits(),
         width: meta.width(),
         height: meta.height(),
@@ -188,17 +188,6 @@ pub fn video_layout(buffer: &gst::BufferRef) -> Option<VideoLayout> {
         layout.strides[i] = meta.stride()[i];
     }
     Some(layout)
-}
-
-trait IntoGlibU32 {
-    fn into_glib_u32(self) -> u32;
-}
-
-impl IntoGlibU32 for gst_video::VideoFormat {
-    fn into_glib_u32(self) -> u32 {
-        use glib::translate::IntoGlib;
-        self.into_glib() as u32
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

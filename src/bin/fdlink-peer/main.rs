@@ -469,6 +469,16 @@ fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts
     });
 }
 
+/// NV12 at 30 fps, as the hand-made producers push it.
+fn nv12_caps(width: u32, height: u32) -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", "NV12")
+        .field("width", width as i32)
+        .field("height", height as i32)
+        .field("framerate", gst::Fraction::new(30, 1))
+        .build()
+}
+
 /// `appsrc ! fdlinksink` for the hand-made producers: as fast as the consumer takes frames,
 /// starting when the first consumer is in.
 fn appsrc_into_fdlinksink(
@@ -500,12 +510,7 @@ fn produce_pattern(o: &Opts) -> i32 {
     init();
     let socket = o.socket.clone().unwrap_or_else(|| usage());
     let (w, h) = o.size;
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "NV12")
-        .field("width", w as i32)
-        .field("height", h as i32)
-        .field("framerate", gst::Fraction::new(30, 1))
-        .build();
+    let caps = nv12_caps(w, h);
     let info = gst_video::VideoInfo::from_caps(&caps).expect("valid caps");
     let pool = gstfdlink::memory::MemfdBufferPool::new_configured(
         &caps,
@@ -633,12 +638,7 @@ fn produce_dmabuf(o: &Opts) -> i32 {
             }
         }
     }
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "NV12")
-        .field("width", w as i32)
-        .field("height", h as i32)
-        .field("framerate", gst::Fraction::new(30, 1))
-        .build();
+    let caps = nv12_caps(w as u32, h as u32);
     let (pipeline, appsrc, sink) = appsrc_into_fdlinksink(&caps, &socket);
     if o.frames_log {
         add_probe(pipeline.upcast_ref(), &sink, o);
