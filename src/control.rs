@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use glib::translate::{FromGlibPtrFull, IntoGlib, IntoGlibPtr};
+use glib::translate::{FromGlib, FromGlibPtrFull, IntoGlib, IntoGlibPtr};
 use gst::prelude::*;
 
 use crate::protocol::{EventPacket, MessagePacket, QueryPacket, QueryReplyPacket};
@@ -141,15 +141,36 @@ pub fn event_from_packet(p: &EventPacket) -> Option<gst::Event> {
             ptr,
         ))
     }?;
-    if p.seqnum != 0 {
-        // SAFETY: the event is writable (make_mut) and any non-zero u32 is a valid seqnum.
-        unsafe { gst::ffi::gst_event_set_seqnum(event.make_mut().as_mut_ptr(), p.seqnum) };
-    }
+    set_seqnum(&mut event, p.seqnum);
     Some(event)
+}
+
+/// Gives `event` the seqnum that crossed the wire (0: none, the event keeps its own).
+pub fn set_seqnum(event: &mut gst::Event, seqnum: u32) {
+    if seqnum != 0 {
+        // SAFETY: the event is writable (make_mut) and any non-zero u32 is a valid seqnum.
+        unsafe { gst::ffi::gst_event_set_seqnum(event.make_mut().as_mut_ptr(), seqnum) };
+    }
 }
 
 /// Message types that cross from a consumer's bus to the producer's.
 pub fn forwards(message: &gst::MessageRef) -> bool {
+    matches!(
+        message.view(),
+        gst::MessageView::Error(_)
+            | gst::MessageView::Warning(_)
+            | gst::MessageView::Info(_)
+            | gst::MessageView::Element(_)
+            | gst::MessageView::Eos(_)
+            | gst::MessageView::Latency(_)
+            | gst::MessageView::Buffering(_)
+            | gst::MessageView::RequestState(_)
+    )
+}
+
+/// Message types that cross from the producer's bus to the consumers'. (A new latency goes
+/// when the producer's pipeline configures it, not as its request; EOS travels as an event.)
+pub fn forwards_to_consumers(message: &gst::MessageRef) -> bool {
     matches!(
         message.view(),
         gst::MessageView::Error(_)
@@ -181,6 +202,22 @@ pub fn message_to_packet(message: &gst::MessageRef) -> Option<MessagePacket> {
         gst::MessageView::Element(m) => m
             .structure()
             .map_or_else(String::new, |s| serializable_structure(s, |_| {})),
+        gst::MessageView::Buffering(m) => {
+            let (mode, avg_in, avg_out, left) = m.buffering_stats();
+            gst::Structure::builder("fdlink-message")
+                .field("percent", m.percent())
+                .field("mode", mode.into_glib())
+                .field("avg-in", avg_in)
+                .field("avg-out", avg_out)
+                .field("left", left)
+                .build()
+                .to_string()
+        }
+        gst::MessageView::RequestState(m) => gst::Structure::builder("fdlink-message")
+            .field("state", m.requested_state().into_glib())
+            .build()
+            .to_string(),
+        gst::MessageView::Eos(_) | gst::MessageView::Latency(_) => String::new(),
         _ => return None,
     };
     Some(MessagePacket {
@@ -190,20 +227,66 @@ pub fn message_to_packet(message: &gst::MessageRef) -> Option<MessagePacket> {
     })
 }
 
-/// Rebuilds a consumer's message to post on the producer's bus from `element`. The text names
-/// the consumer and the original source path.
+/// Rebuilds the peer's message to post on this side's bus from `element`. Texts name the peer
+/// (`peer`, e.g. "consumer 2 (pid 41)") and the original source path; element messages get an
+/// `fdlink-origin` field. The peer's EOS arrives as an element message `fdlink-peer-eos`: an
+/// EOS message from a sink that has not seen EOS would end this pipeline.
 pub fn message_from_packet(
     p: &MessagePacket,
     element: &gst::Element,
-    consumer: &str,
+    peer: &str,
 ) -> Option<gst::Message> {
-    let s: gst::Structure = p.structure.parse().ok()?;
-    let origin = format!("{consumer} {}", p.source);
+    let origin = format!("{peer} {}", p.source);
     let ty = p.message_type;
-    if ty == gst::ffi::GST_MESSAGE_ELEMENT {
-        let mut s = s;
-        s.set("fdlink-origin", origin);
-        return Some(gst::message::Element::builder(s).src(element).build());
+    match ty {
+        gst::ffi::GST_MESSAGE_LATENCY => {
+            return Some(gst::message::Latency::builder().src(element).build());
+        }
+        gst::ffi::GST_MESSAGE_EOS => {
+            let s = gst::Structure::builder("fdlink-peer-eos")
+                .field("fdlink-origin", origin)
+                .build();
+            return Some(gst::message::Element::builder(s).src(element).build());
+        }
+        _ => {}
+    }
+    let s: gst::Structure = p.structure.parse().ok()?;
+    match ty {
+        gst::ffi::GST_MESSAGE_ELEMENT => {
+            let mut s = s;
+            s.set("fdlink-origin", origin);
+            return Some(gst::message::Element::builder(s).src(element).build());
+        }
+        gst::ffi::GST_MESSAGE_BUFFERING => {
+            let percent = s.get::<i32>("percent").ok()?.clamp(0, 100);
+            // SAFETY: from_glib maps unknown values to BufferingMode::__Unknown.
+            let mode = unsafe { gst::BufferingMode::from_glib(s.get::<i32>("mode").unwrap_or(0)) };
+            return Some(
+                gst::message::Buffering::builder(percent)
+                    .stats(
+                        mode,
+                        s.get::<i32>("avg-in").unwrap_or(-1),
+                        s.get::<i32>("avg-out").unwrap_or(-1),
+                        s.get::<i64>("left").unwrap_or(-1),
+                    )
+                    .src(element)
+                    .build(),
+            );
+        }
+        gst::ffi::GST_MESSAGE_REQUEST_STATE => {
+            let v = s.get::<i32>("state").ok()?;
+            if !(1..=4).contains(&v) {
+                return None;
+            }
+            // SAFETY: 1..=4 are valid GstState values.
+            let state = unsafe { gst::State::from_glib(v) };
+            return Some(
+                gst::message::RequestState::builder(state)
+                    .src(element)
+                    .build(),
+            );
+        }
+        _ => {}
     }
     let text = s.get::<String>("text").ok()?;
     let debug = s.get::<String>("debug").unwrap_or_default();

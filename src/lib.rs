@@ -15,6 +15,7 @@ mod fdlinksink;
 mod fdlinksrc;
 pub mod memory;
 pub mod protocol;
+pub mod session;
 pub mod transport;
 pub mod wire_event;
 

@@ -1,4 +1,4 @@
-//! fdlink wire protocol, version 1: pure encoding and decoding.
+//! fdlink wire protocol, version 2: pure encoding and decoding.
 //!
 //! This module knows neither GStreamer nor syscalls. It turns packets into bytes and bytes
 //! (plus the file descriptors that arrived beside them) back into packets, checking every
@@ -13,7 +13,7 @@ use std::fmt;
 /// First four bytes of a hello: "FDLK".
 pub const MAGIC: [u8; 4] = *b"FDLK";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest datagram either side sends or accepts.
 pub const MAX_PACKET_SIZE: usize = 64 * 1024;
 /// Most memories (and so fds) in one buffer packet: GStreamer's own limit per buffer.
@@ -29,7 +29,7 @@ pub const TIME_NONE: u64 = u64::MAX;
 pub const HELLO_SIZE: usize = 16;
 /// Size of the header that starts every packet after the hello.
 pub const HEADER_SIZE: usize = 8;
-const BUFFER_FIXED_SIZE: usize = 8 * 7 + 4 + 4;
+const BUFFER_FIXED_SIZE: usize = 8 * 8 + 4 + 4;
 const MEMORY_DESC_SIZE: usize = 24;
 const VIDEO_META_SIZE: usize = 4 * 5 + 8 * MAX_PLANES + 4 * MAX_PLANES;
 
@@ -101,9 +101,9 @@ pub struct VideoLayout {
 pub struct BufferHeader {
     /// Producer-chosen id, echoed back in `Release`.
     pub buffer_id: u64,
-    /// Presentation time as CLOCK_MONOTONIC nanoseconds, or TIME_NONE.
+    /// Presentation time in the producer's segment (the last Segment event), or TIME_NONE.
     pub pts: u64,
-    /// Decoding time as CLOCK_MONOTONIC nanoseconds, or TIME_NONE.
+    /// Decoding time in the producer's segment, or TIME_NONE.
     pub dts: u64,
     pub duration: u64,
     pub offset: u64,
@@ -112,6 +112,10 @@ pub struct BufferHeader {
     pub flags: u32,
     /// CLOCK_MONOTONIC nanoseconds when the producer sent the packet (latency statistics).
     pub sent_at: u64,
+    /// CLOCK_MONOTONIC nanoseconds at which the producer's running time was zero (its
+    /// pipeline's base time on CLOCK_MONOTONIC), or TIME_NONE when it has no clock. A
+    /// buffer's running time plus this is the moment it is due, on a clock both sides share.
+    pub base_time: u64,
     pub memories: Vec<MemoryDesc>,
     pub video: Option<VideoLayout>,
 }
@@ -144,8 +148,20 @@ pub enum Packet<Fd> {
     Query(QueryPacket),
     /// The answer to the query with the same `id`.
     QueryReply(QueryReplyPacket),
-    /// Consumer -> producer: a message posted on the consumer's bus.
+    /// Either way: a message posted on the sender's bus.
     Message(MessagePacket),
+    /// Either way: the sender's element reached `state`; a peer in `mode=follow` takes its
+    /// pipeline there.
+    State(StatePacket),
+}
+
+/// A state change of the sending element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatePacket {
+    /// GstState value: 1 NULL, 2 READY, 3 PAUSED, 4 PLAYING.
+    pub state: u8,
+    /// Whether the sender itself follows its peer (both sides following is refused).
+    pub sender_follows: bool,
 }
 
 /// A serialized query: its GstQueryType value and its structure as a string.
@@ -185,6 +201,7 @@ enum PacketType {
     Query = 8,
     QueryReply = 9,
     Message = 10,
+    State = 11,
 }
 
 impl PacketType {
@@ -199,6 +216,7 @@ impl PacketType {
             8 => PacketType::Query,
             9 => PacketType::QueryReply,
             10 => PacketType::Message,
+            11 => PacketType::State,
             _ => return None,
         })
     }
@@ -248,6 +266,8 @@ pub enum DecodeError {
         max: usize,
     },
     BadMemoryKind(u8),
+    /// A State packet names no GstState between NULL (1) and PLAYING (4).
+    BadState(u8),
     /// A memory refers to an fd that is not in the packet.
     BadFdIndex {
         index: u8,
@@ -298,6 +318,7 @@ impl fmt::Display for DecodeError {
             UnexpectedFds { what, count } => write!(f, "{what} packet carries {count} fds"),
             TooMany { what, count, max } => write!(f, "{count} {what} exceed the limit of {max}"),
             BadMemoryKind(k) => write!(f, "unknown memory kind {k}"),
+            BadState(v) => write!(f, "unknown state {v}"),
             BadFdIndex { index, fds } => {
                 write!(
                     f,
@@ -483,6 +504,12 @@ impl<Fd> Packet<Fd> {
                 put_str(out, &m.structure);
                 (PacketType::Message, 0)
             }
+            Packet::State(st) => {
+                out.push(st.state);
+                out.push(st.sender_follows as u8);
+                out.extend_from_slice(&[0, 0]);
+                (PacketType::State, 0)
+            }
         };
         let payload = out.len() - HEADER_SIZE;
         if out.len() > MAX_PACKET_SIZE {
@@ -538,6 +565,7 @@ impl<Fd> Packet<Fd> {
             PacketType::Query => "query",
             PacketType::QueryReply => "query reply",
             PacketType::Message => "message",
+            PacketType::State => "state",
         };
         if ty != PacketType::Buffer && !fds.is_empty() {
             return Err(DecodeError::UnexpectedFds {
@@ -613,6 +641,22 @@ impl<Fd> Packet<Fd> {
                     structure,
                 })
             }
+            PacketType::State => {
+                let state = r.u8()?;
+                if !(1..=4).contains(&state) {
+                    return Err(DecodeError::BadState(state));
+                }
+                let sender_follows = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::NonZeroReserved { what }),
+                };
+                r.reserved(2)?;
+                Packet::State(StatePacket {
+                    state,
+                    sender_follows,
+                })
+            }
         };
         r.finish()?;
         Ok(packet)
@@ -646,6 +690,7 @@ fn encode_buffer(h: &BufferHeader, n_fds: usize, out: &mut Vec<u8>) -> Result<()
     }
     out.extend_from_slice(&h.flags.to_le_bytes());
     out.extend_from_slice(&h.sent_at.to_le_bytes());
+    out.extend_from_slice(&h.base_time.to_le_bytes());
     out.push(h.memories.len() as u8);
     out.push(h.video.is_some() as u8);
     out.extend_from_slice(&[0, 0]);
@@ -693,6 +738,7 @@ fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHeader, Decod
     let offset_end = r.u64()?;
     let flags = r.u32()?;
     let sent_at = r.u64()?;
+    let base_time = r.u64()?;
     let n_memories = r.u8()? as usize;
     let has_video = r.u8()?;
     r.reserved(2)?;
@@ -792,6 +838,7 @@ fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHeader, Decod
         offset_end,
         flags,
         sent_at,
+        base_time,
         memories,
         video,
     })
@@ -910,6 +957,7 @@ mod tests {
             offset_end: 8,
             flags: 0x40,
             sent_at: 42,
+            base_time: 1_234_567_890,
             memories: vec![
                 MemoryDesc {
                     kind: MemoryKind::Memfd,
@@ -971,10 +1019,10 @@ mod tests {
         assert_eq!(decode_hello(b""), Err(DecodeError::NotFdlink));
         assert_eq!(decode_hello(b"FDL"), Err(DecodeError::NotFdlink));
         let mut b = encode_hello(&Hello::new(Role::Producer, 1));
-        b[4..6].copy_from_slice(&2u16.to_le_bytes());
+        b[4..6].copy_from_slice(&3u16.to_le_bytes());
         let err = decode_hello(&b).unwrap_err();
-        assert_eq!(err, DecodeError::VersionMismatch { ours: 1, theirs: 2 });
-        assert!(err.to_string().contains("version 1") && err.to_string().contains("version 2"));
+        assert_eq!(err, DecodeError::VersionMismatch { ours: 2, theirs: 3 });
+        assert!(err.to_string().contains("version 2") && err.to_string().contains("version 3"));
         // A future version with a longer hello still gets the version error, not "trailing".
         let mut long = b.to_vec();
         long.extend_from_slice(&[0; 32]);
@@ -1045,6 +1093,43 @@ mod tests {
             source: String::new(),
             structure: String::new(),
         }));
+        for state in 1..=4 {
+            roundtrip(Packet::State(StatePacket {
+                state,
+                sender_follows: state % 2 == 0,
+            }));
+        }
+    }
+
+    #[test]
+    fn state_packet_malformed() {
+        let good = encoded(&Packet::<i32>::State(StatePacket {
+            state: 4,
+            sender_follows: true,
+        }));
+        assert_eq!(good.len(), HEADER_SIZE + 4);
+        for (at, value, want) in [
+            (HEADER_SIZE, 0u8, DecodeError::BadState(0)),
+            (HEADER_SIZE, 5, DecodeError::BadState(5)),
+            (
+                HEADER_SIZE + 1,
+                2,
+                DecodeError::NonZeroReserved { what: "state" },
+            ),
+            (
+                HEADER_SIZE + 3,
+                1,
+                DecodeError::NonZeroReserved { what: "state" },
+            ),
+        ] {
+            let mut b = good.clone();
+            b[at] = value;
+            assert_eq!(Packet::<i32>::decode(&b, vec![]), Err(want));
+        }
+        assert!(matches!(
+            Packet::<i32>::decode(&good[..HEADER_SIZE + 3], vec![]),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]
@@ -1137,7 +1222,7 @@ mod tests {
     fn buffer_malformed_cases() {
         let good = encoded(&Packet::Buffer(sample_buffer(), vec![1, 2]));
         let mem0 = HEADER_SIZE + BUFFER_FIXED_SIZE;
-        let n_mem_at = HEADER_SIZE + 8 * 6 + 4 + 8;
+        let n_mem_at = HEADER_SIZE + 8 * 6 + 4 + 8 + 8;
         let decode = |b: &[u8], fds: Vec<i32>| Packet::<i32>::decode(b, fds);
 
         // fd count declared 2, one arrived (MSG_CTRUNC-like loss).
@@ -1259,6 +1344,10 @@ mod tests {
                 id: 1,
                 answered: true,
                 structure: "q".into(),
+            })),
+            encoded(&Packet::<i32>::State(StatePacket {
+                state: 3,
+                sender_follows: false,
             })),
         ];
         let mut state = 0x9E37_79B9_7F4A_7C15u64;

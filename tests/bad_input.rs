@@ -160,7 +160,7 @@ fn other_protocol_version_names_both_versions() {
     let dir = TempDir::new("ver");
     let sock = dir.socket();
     let fake = fake_producer(&sock, |c| send_hello(c, 7));
-    expect_consumer_error(consumer(&sock), &["version 1", "version 7"]);
+    expect_consumer_error(consumer(&sock), &["version 2", "version 7"]);
     let answered = fake.join().unwrap();
     assert!(
         answered.iter().any(|m| m.contains("version 7")),
@@ -297,7 +297,7 @@ fn producer_survives_bad_consumers() {
     assert!(
         answers[1]
             .iter()
-            .any(|m| m.contains("version 1") && m.contains("version 9")),
+            .any(|m| m.contains("version 2") && m.contains("version 9")),
         "{answers:?}"
     );
     assert!(

@@ -164,7 +164,7 @@ fn consumer_errors_reach_the_producer_bus() {
     // The consumer cannot take NV12: its fdlinksrc posts a negotiation error.
     let mut consumer = Peer::spawn(&[
         "consume",
-        &format!("fdlinksrc socket-path={sock} ! video/x-raw,format=RGB ! fakesink"),
+        &format!("fdlinksrc socket-path={sock} ack-timeout=500 ! video/x-raw,format=RGB ! fakesink"),
     ]);
     assert_eq!(consumer.wait(T).code(), Some(1));
     assert_eq!(
@@ -198,7 +198,7 @@ fn consumer_errors_can_be_kept_out() {
     wait_for_path(&sock, T);
     let mut consumer = Peer::spawn(&[
         "consume",
-        &format!("fdlinksrc socket-path={sock} ! video/x-raw,format=RGB ! fakesink"),
+        &format!("fdlinksrc socket-path={sock} ack-timeout=500 ! video/x-raw,format=RGB ! fakesink"),
     ]);
     assert_eq!(consumer.wait(T).code(), Some(1));
     assert!(producer.wait(T).success(), "{}", producer.errors());

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::PollFlags;
 
-use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role};
+use crate::control::PendingQueries;
+use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, QueryReplyPacket, Role};
 use crate::transport::{Connection, Listener, TransportError, Waker, poll_many};
 
 /// A consumer that has not completed the hello by then is dropped.
@@ -48,6 +49,7 @@ pub enum Request {
     UpstreamEvent(protocol::EventPacket),
     Query(protocol::QueryPacket),
     Message(protocol::MessagePacket),
+    State(protocol::StatePacket),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +98,14 @@ struct Sticky {
     segment: Option<Vec<u8>>,
     tags: Option<Vec<u8>>,
     eos: Option<Vec<u8>>,
+    /// The element's last State packet (not a stream event: kept across streams).
+    state: Option<Vec<u8>>,
 }
 
 impl Sticky {
     fn replay(&self) -> impl Iterator<Item = &Vec<u8>> {
         [
+            &self.state,
             &self.stream_start,
             &self.caps,
             &self.segment,
@@ -131,6 +136,8 @@ pub enum StickyKind {
     Eos,
     /// flush-stop: clears segment and EOS, like GStreamer's own sticky events.
     FlushStop,
+    /// A State packet: the latest one is replayed to late joiners.
+    State,
     None,
 }
 
@@ -143,6 +150,8 @@ pub struct Hub {
     next_buffer_id: AtomicU64,
     max_held: u32,
     slow_wait: Duration,
+    /// Queries this producer asked its consumers, waiting for replies.
+    pending: PendingQueries,
     on_event: Box<dyn Fn(HubEvent) + Send + Sync>,
 }
 
@@ -168,6 +177,7 @@ impl Hub {
             next_buffer_id: AtomicU64::new(1),
             max_held,
             slow_wait,
+            pending: PendingQueries::default(),
             on_event: Box::new(on_event),
         }))
     }
@@ -222,12 +232,14 @@ impl Hub {
                     *s = Sticky {
                         stream_start: Some(bytes.clone()),
                         caps: s.caps.take(),
+                        state: s.state.take(),
                         ..Default::default()
                     };
                 }
                 (_, StickyKind::Segment) => s.segment = Some(bytes.clone()),
                 (_, StickyKind::Tags) => s.tags = Some(bytes.clone()),
                 (_, StickyKind::Eos) => s.eos = Some(bytes.clone()),
+                (_, StickyKind::State) => s.state = Some(bytes.clone()),
                 (_, StickyKind::FlushStop) => {
                     s.segment = None;
                     s.eos = None;
@@ -248,6 +260,39 @@ impl Hub {
             }
         }
         self.after_removals(removed);
+    }
+
+    /// Sends a query (`encode` builds its packet from the id) to every ready consumer that is
+    /// not stalled and has room in its socket, and waits up to `timeout` for the replies.
+    /// Returns the replies that came, answered or not.
+    pub fn ask_consumers(
+        &self,
+        encode: impl Fn(u32) -> Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Vec<QueryReplyPacket> {
+        let mut asked = Vec::new();
+        {
+            let inner = self.lock();
+            for c in inner
+                .consumers
+                .iter()
+                .filter(|c| c.phase == Phase::Ready && !c.stalled && c.pending.is_empty())
+            {
+                let id = self.pending.register();
+                match encode(id).map(|bytes| c.conn.try_send(&bytes, &[])) {
+                    Some(Ok(())) => asked.push(id),
+                    _ => self.pending.forget(id),
+                }
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        asked
+            .into_iter()
+            .filter_map(|id| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.pending.wait(id, left)
+            })
+            .collect()
     }
 
     /// Waits until a consumer is ready. Returns false when flushing.
@@ -417,6 +462,7 @@ impl Hub {
     /// Stops the control thread.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.pending.close();
         self.waker.wake();
         self.set_flushing(true);
     }
@@ -646,8 +692,14 @@ impl Hub {
                 Ok(Packet::Message(m)) => {
                     requests.push(self.request(inner, pos, conn, Request::Message(m)))
                 }
+                Ok(Packet::State(st)) => {
+                    requests.push(self.request(inner, pos, conn, Request::State(st)))
+                }
+                Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
                 Ok(_) => {
-                    let msg = "protocol error: consumer sent a producer-only packet".to_string();
+                    let msg =
+                        "protocol error: consumer sent a producer-only packet (caps, event or buffer)"
+                            .to_string();
                     conn.send_error(&msg);
                     return Err(msg);
                 }

@@ -15,6 +15,7 @@ use crate::clock;
 use crate::control;
 use crate::memory::{self, MemfdBufferPool};
 use crate::protocol::{BufferHeader, MemoryDesc, Packet, TIME_NONE};
+use crate::session::{self, BusWatch, Follow, Mode, Reposted};
 use crate::transport::Listener;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -26,6 +27,8 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_MAX_HELD: u32 = 8;
+/// Default `ack-timeout`: caps queries wait this long for consumers, so it stays short.
+const DEFAULT_ACK_TIMEOUT_MS: u32 = 1_000;
 /// How long a frame waits for a consumer at its `max-held` limit before that consumer skips it.
 const SLOW_CONSUMER_WAIT: Duration = Duration::from_secs(1);
 /// How long EOS waits for queued packets (the EOS itself among them) to reach consumers. An
@@ -65,6 +68,8 @@ struct Settings {
     max_held: u32,
     wait_for_connection: bool,
     forward_messages: bool,
+    mode: Mode,
+    ack_timeout_ms: u32,
 }
 
 impl Default for Settings {
@@ -75,6 +80,8 @@ impl Default for Settings {
             max_held: DEFAULT_MAX_HELD,
             wait_for_connection: false,
             forward_messages: true,
+            mode: Mode::Independent,
+            ack_timeout_ms: DEFAULT_ACK_TIMEOUT_MS,
         }
     }
 }
@@ -110,6 +117,10 @@ pub struct FdlinkSink {
     state: Mutex<State>,
     /// Kept apart from `state` so `unlock()` never waits for the streaming thread.
     hub: Mutex<Option<Arc<Hub>>>,
+    /// Forwards this pipeline's messages to the consumers while started.
+    bus_watch: Mutex<Option<BusWatch>>,
+    /// Consumers' messages this element posted: not sent back to them.
+    reposted: Arc<Reposted>,
 }
 
 impl FdlinkSink {
@@ -138,25 +149,15 @@ impl FdlinkSink {
         s.build()
     }
 
-    /// Converts buffer timestamps to CLOCK_MONOTONIC, as the consumer will need them (one
-    /// segment copy and one clock sample for all of them).
-    fn wire_times<const N: usize>(&self, ts: [Option<gst::ClockTime>; N]) -> [u64; N] {
+    /// This pipeline's base time on CLOCK_MONOTONIC: where its running time 0 is on the clock
+    /// both processes share (one clock sample per call).
+    fn base_time_monotonic(&self) -> u64 {
         let obj = self.obj();
-        let segment = obj.segment();
-        let (Some(segment), Some(clock), Some(base)) = (
-            segment.downcast_ref::<gst::ClockTime>(),
-            obj.clock(),
-            obj.base_time(),
-        ) else {
-            return [TIME_NONE; N];
+        let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
+            return TIME_NONE;
         };
-        let latency = obj.latency();
         let offset = clock::clock_to_monotonic_offset(&clock);
-        ts.map(|t| {
-            t.and_then(|t| segment.to_running_time(t))
-                .and_then(|running| clock::running_to_monotonic(running + latency, base, offset))
-                .unwrap_or(TIME_NONE)
-        })
+        clock::running_to_monotonic(gst::ClockTime::ZERO, base, offset).unwrap_or(TIME_NONE)
     }
 
     fn send_frame(
@@ -170,16 +171,17 @@ impl FdlinkSink {
             return Err(gst::FlowError::Flushing);
         };
         let buffer_id = hub.next_buffer_id();
-        let [pts, dts] = self.wire_times([meta_src.pts(), meta_src.dts()]);
+        let time = |t: Option<gst::ClockTime>| t.map_or(TIME_NONE, |t| t.nseconds());
         let header = BufferHeader {
             buffer_id,
-            pts,
-            dts,
-            duration: meta_src.duration().map_or(TIME_NONE, |d| d.nseconds()),
+            pts: time(meta_src.pts()),
+            dts: time(meta_src.dts()),
+            duration: time(meta_src.duration()),
             offset: meta_src.offset(),
             offset_end: meta_src.offset_end(),
             flags: meta_src.flags().bits(),
             sent_at: clock::monotonic_now(),
+            base_time: self.base_time_monotonic(),
             memories: out.memories,
             video: memory::video_layout(meta_src),
         };
@@ -248,30 +250,81 @@ impl FdlinkSink {
             gst::EventView::FlushStop(_) => StickyKind::FlushStop,
             _ => StickyKind::None,
         };
-        let mut p = control::event_to_packet(event, |field| {
-            gst::debug!(CAT, imp = self, "dropping unserializable field {field}");
+        let p = control::event_to_packet(event, |field| {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "{:?} event: dropping field {field}, it has no string form",
+                event.type_()
+            );
         });
-        // A gap's timestamp is a buffer time: it crosses as CLOCK_MONOTONIC too.
-        if let gst::EventView::Gap(gap) = event.view() {
-            let (ts, dur) = gap.get();
-            let [ts] = self.wire_times([Some(ts)]);
-            p.structure = gst::Structure::builder("GstEventGap")
-                .field("timestamp", ts)
-                .field("duration", dur.map_or(TIME_NONE, |d| d.nseconds()))
-                .build()
-                .to_string();
-        }
-        let packet = Packet::<BorrowedFd<'_>>::Event(p);
+        self.send_to_consumers(&hub, Packet::Event(p), sticky);
+    }
+
+    /// Encodes a control packet and sends it to every consumer, in stream order.
+    fn send_to_consumers(&self, hub: &Hub, packet: Packet<BorrowedFd<'_>>, sticky: StickyKind) {
         let mut bytes = Vec::new();
         match packet.encode(&mut bytes) {
             Ok(()) => hub.send_control(bytes, sticky, false),
-            Err(e) => gst::warning!(
-                CAT,
-                imp = self,
-                "not forwarding {:?} event: {e}",
-                event.type_()
-            ),
+            Err(e) => gst::warning!(CAT, imp = self, "not sending {packet:?}: {e}"),
         }
+    }
+
+    /// Sends this pipeline's error, warning, info and element messages to the consumers.
+    fn watch_bus(&self) {
+        let weak = self.obj().downgrade();
+        let watch = BusWatch::new(
+            self.obj().upcast_ref(),
+            self.reposted.clone(),
+            move |message| {
+                let Some(obj) = weak.upgrade() else { return };
+                let imp = obj.imp();
+                if !control::forwards_to_consumers(message) {
+                    return;
+                }
+                if let (Some(hub), Some(p)) = (imp.hub(), control::message_to_packet(message)) {
+                    imp.send_to_consumers(&hub, Packet::Message(p), StickyKind::None);
+                }
+            },
+        );
+        *self.bus_watch.lock().unwrap() = watch;
+    }
+
+    /// The caps every consumer's pipeline can take, intersected with `caps`. A consumer whose
+    /// answer would leave nothing is left out (it fails on its own when the caps come), so one
+    /// consumer cannot make the producer fail to negotiate.
+    fn consumers_caps(&self, hub: &Hub, caps: gst::Caps) -> gst::Caps {
+        let timeout = Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64);
+        let query = gst::query::Caps::new(Some(&caps));
+        let replies = hub.ask_consumers(
+            |id| {
+                let mut bytes = Vec::new();
+                Packet::<BorrowedFd<'_>>::Query(control::query_to_packet(id, &query))
+                    .encode(&mut bytes)
+                    .ok()
+                    .map(|()| bytes)
+            },
+            timeout,
+        );
+        let mut result = caps;
+        for reply in replies {
+            let mut q = gst::query::Caps::new(None);
+            if !control::apply_reply(&mut q, &reply) {
+                continue;
+            }
+            let Some(theirs) = q.result() else { continue };
+            let both = result.intersect_with_mode(theirs, gst::CapsIntersectMode::First);
+            if both.is_empty() {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "a consumer takes only {theirs}, nothing of {result}: leaving it out"
+                );
+            } else {
+                result = both;
+            }
+        }
+        result
     }
 }
 
@@ -305,6 +358,7 @@ impl FdlinkSink {
                 let who = format!("consumer {id} (pid {})", pid.unwrap_or(0));
                 match control::message_from_packet(&m, obj.upcast_ref(), &who) {
                     Some(msg) => {
+                        self.reposted.remember(msg.seqnum());
                         let _ = obj.post_message(msg);
                     }
                     None => gst::debug!(CAT, imp = self, "dropping unreadable message from {who}"),
@@ -329,12 +383,33 @@ impl FdlinkSink {
                     obj.sink_pad().push_event(event);
                 });
             }
+            Request::State(st) => {
+                let mode = self.settings.lock().unwrap().mode;
+                match session::follow(mode, &st) {
+                    Follow::Go(state) => session::set_pipeline_state(obj.upcast_ref(), state),
+                    Follow::Ignore => {}
+                    Follow::BothFollow => gst::element_imp_error!(
+                        self,
+                        gst::CoreError::StateChange,
+                        ("fdlinksink mode=follow and consumer {id}'s fdlinksrc mode=follow: each would follow the other; set one of them to mode=independent")
+                    ),
+                }
+            }
             Request::Query(p) => {
                 // Unanswered (no thread), the consumer's query fails at its ack-timeout.
                 self.spawn_request("fdlinksink-query", id, move || {
                     let (answered, structure) = match control::query_from_packet(&p) {
                         Some(mut q) => {
                             let answered = obj.sink_pad().peer_query(q.get_mut().unwrap());
+                            if answered
+                                && let gst::QueryViewMut::Latency(l) =
+                                    q.get_mut().unwrap().view_mut()
+                            {
+                                // The latency this pipeline renders with, which may exceed
+                                // what its upstream alone needs.
+                                let (live, min, max) = l.result();
+                                l.set(live, min.max(obj.latency()), max);
+                            }
                             (
                                 answered,
                                 q.structure().map_or_else(String::new, |s| s.to_string()),
@@ -403,6 +478,18 @@ impl ObjectImpl for FdlinkSink {
                     .default_value(true)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder::<Mode>("mode")
+                    .nick("State mode")
+                    .blurb("independent: this pipeline runs its own state; follow: this (producer) pipeline goes to the PAUSED/PLAYING state of the consumer pipelines (the latest change of any consumer wins)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("ack-timeout")
+                    .nick("Ack timeout (ms)")
+                    .blurb("How long a query this producer asks its consumers (caps, accept-caps) waits for their replies; a consumer that does not answer in time is left out of the answer")
+                    .minimum(1)
+                    .default_value(DEFAULT_ACK_TIMEOUT_MS)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("num-clients")
                     .nick("Number of clients")
                     .blurb("Consumers connected now (handshake done)")
@@ -430,6 +517,8 @@ impl ObjectImpl for FdlinkSink {
             "forward-messages" => {
                 settings.forward_messages = value.get().expect("type checked upstream")
             }
+            "mode" => settings.mode = value.get().expect("type checked upstream"),
+            "ack-timeout" => settings.ack_timeout_ms = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
     }
@@ -441,6 +530,8 @@ impl ObjectImpl for FdlinkSink {
             "max-held" => self.settings.lock().unwrap().max_held.to_value(),
             "wait-for-connection" => self.settings.lock().unwrap().wait_for_connection.to_value(),
             "forward-messages" => self.settings.lock().unwrap().forward_messages.to_value(),
+            "mode" => self.settings.lock().unwrap().mode.to_value(),
+            "ack-timeout" => self.settings.lock().unwrap().ack_timeout_ms.to_value(),
             "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
             "stats" => self.stats_structure().to_value(),
             _ => unimplemented!(),
@@ -451,6 +542,44 @@ impl ObjectImpl for FdlinkSink {
 impl GstObjectImpl for FdlinkSink {}
 
 impl ElementImpl for FdlinkSink {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        let result = self.parent_change_state(transition)?;
+        match transition {
+            gst::StateChange::ReadyToPaused => self.watch_bus(),
+            gst::StateChange::PausedToReady => *self.bus_watch.lock().unwrap() = None,
+            _ => {}
+        }
+        let reached = match transition {
+            gst::StateChange::ReadyToPaused | gst::StateChange::PlayingToPaused => {
+                Some(gst::State::Paused)
+            }
+            gst::StateChange::PausedToPlaying => Some(gst::State::Playing),
+            _ => None,
+        };
+        if let (Some(state), Some(hub)) = (reached, self.hub()) {
+            let mode = self.settings.lock().unwrap().mode;
+            let p = Packet::State(session::state_packet(state, mode));
+            self.send_to_consumers(&hub, p, StickyKind::State);
+        }
+        Ok(result)
+    }
+
+    fn send_event(&self, event: gst::Event) -> bool {
+        let latency = matches!(event.view(), gst::EventView::Latency(_));
+        let handled = self.parent_send_event(event);
+        // The pipeline configured a new latency: consumers ask for it again.
+        if latency && let Some(hub) = self.hub() {
+            let m = gst::message::Latency::builder().src(&*self.obj()).build();
+            if let Some(p) = control::message_to_packet(&m) {
+                self.send_to_consumers(&hub, Packet::Message(p), StickyKind::None);
+            }
+        }
+        handled
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -603,7 +732,25 @@ impl BaseSinkImpl for FdlinkSink {
             Some(f) => f.intersect_with_mode(&template, gst::CapsIntersectMode::First),
             None => template,
         };
-        Some(shareable_caps(&caps))
+        let caps = shareable_caps(&caps);
+        let caps = match self.hub() {
+            Some(hub) if hub.num_consumers() > 0 => self.consumers_caps(&hub, caps),
+            _ => caps,
+        };
+        gst::debug!(CAT, imp = self, "caps query (filter {filter:?}): {caps}");
+        Some(caps)
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        // GStreamer's default asks for caps without a filter, so a consumer that takes none of
+        // these caps would not be left out: ask with the caps themselves.
+        if let gst::QueryViewMut::AcceptCaps(q) = query.view_mut() {
+            let caps = q.caps_owned();
+            let accepted = BaseSinkImpl::caps(self, Some(&caps)).is_some_and(|c| caps.is_subset(&c));
+            q.set_result(accepted);
+            return true;
+        }
+        BaseSinkImplExt::parent_query(self, query)
     }
 
     fn propose_allocation(

@@ -13,9 +13,10 @@ use gst_base::subclass::prelude::*;
 use crate::clock;
 use crate::control;
 
-use super::link::{Inbound, Link};
+use super::link::{Inbound, Link, LinkPeer};
 use crate::memory::{Importer, ReleaseToken};
 use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role, TIME_NONE};
+use crate::session::{self, BusWatch, Follow, Mode, Reposted};
 use crate::transport::{Connection, TransportError, Waker};
 use crate::wire_event::{self, WireEvent};
 
@@ -29,6 +30,11 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 const DEFAULT_ACK_TIMEOUT_MS: u32 = 5_000;
+/// Default `link-latency`: what the link adds to the producer's latency (the handoff itself
+/// takes microseconds; this covers scheduling delays of a loaded machine).
+const DEFAULT_LINK_LATENCY: u64 = 2_000_000;
+/// The producer's timeline moved against ours by more than this: send a new segment.
+const RESYNC_THRESHOLD_NS: i128 = 1_000_000;
 /// How often a missing producer is looked for again while waiting for it.
 const CONNECT_RETRY: Duration = Duration::from_millis(20);
 /// How long the producer has to answer our hello.
@@ -45,6 +51,9 @@ struct Settings {
     fd: i32,
     timeout_ms: u32,
     ack_timeout_ms: u32,
+    mode: Mode,
+    link_latency: u64,
+    forward_messages: bool,
 }
 
 impl Default for Settings {
@@ -54,6 +63,9 @@ impl Default for Settings {
             fd: -1,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             ack_timeout_ms: DEFAULT_ACK_TIMEOUT_MS,
+            mode: Mode::Independent,
+            link_latency: DEFAULT_LINK_LATENCY,
+            forward_messages: true,
         }
     }
 }
@@ -75,8 +87,13 @@ struct Stream {
     importer: Importer,
     packet: Vec<u8>,
     eos: bool,
-    /// Whether a segment went downstream (events such as tags must follow one).
-    segment_sent: bool,
+    /// The producer's current segment, as it sent it.
+    producer_segment: Option<gst::Segment>,
+    /// The running-time shift of the segment that went downstream (None: none went since the
+    /// last flush or segment). Our running time of a frame is the producer's plus this.
+    segment_delta: Option<i128>,
+    /// Caps downstream refused, and when this source asked the producer to renegotiate.
+    refused_caps: Option<(gst::Caps, Instant)>,
 }
 
 #[derive(Default)]
@@ -100,8 +117,10 @@ pub struct FdlinkSrc {
     stats: Mutex<Stats>,
     releases: Arc<AtomicU64>,
     link: Mutex<Option<Arc<Link>>>,
-    /// The bus whose messages this element forwards to the producer, and the handler.
-    bus_watch: Mutex<Option<(gst::Bus, glib::SignalHandlerId)>>,
+    /// Forwards this pipeline's messages to the producer.
+    bus_watch: Mutex<Option<BusWatch>>,
+    /// The producer's messages this element posted: not sent back.
+    reposted: Arc<Reposted>,
 }
 
 /// What ends `create()` early.
@@ -169,7 +188,7 @@ impl FdlinkSrc {
     }
 
     /// Connects (waiting up to `timeout` for a producer to appear) and runs the hello.
-    fn connect(&self, stream: &mut Stream, waker: &Waker) -> Result<Arc<Connection>, Stop> {
+    fn connect(&self, stream: &mut Stream, waker: &Waker) -> Result<(Arc<Connection>, u32), Stop> {
         let deadline = Instant::now() + stream.timeout;
         let conn = if let Some(fd) = stream.inherited_fd {
             Connection::inherit(fd)
@@ -224,13 +243,13 @@ impl FdlinkSrc {
         })
     }
 
-    /// Runs the hello on a fresh connection.
+    /// Runs the hello on a fresh connection; returns it with the producer's pid.
     fn hello(
         &self,
         stream: &mut Stream,
         waker: &Waker,
         conn: Connection,
-    ) -> Result<Arc<Connection>, Stop> {
+    ) -> Result<(Arc<Connection>, u32), Stop> {
         let hello = protocol::encode_hello(&Hello::new(Role::Consumer, std::process::id()));
         conn.send_timeout(&hello, &[], HELLO_TIMEOUT)
             .map_err(|e| self.link_error(&stream.path, "sending hello", e))?;
@@ -270,7 +289,7 @@ impl FdlinkSrc {
             peer.pid,
             stream.path.display()
         );
-        Ok(Arc::new(conn))
+        Ok((Arc::new(conn), peer.pid))
     }
 
     /// Asks the producer's pipeline `query`. None when there is no link (not connected yet, or
@@ -304,54 +323,78 @@ impl FdlinkSrc {
         }
     }
 
-    /// Sends an upstream event to the producer's pipeline; false when there is no link.
-    fn tell_producer(&self, event: &gst::Event) -> bool {
+    /// Sends a packet to the producer; false when there is no link or it failed.
+    fn send_to_producer(&self, packet: &Packet<std::os::fd::BorrowedFd<'_>>) -> bool {
         let Some(link) = self.link.lock().unwrap().clone() else {
-            gst::debug!(CAT, imp = self, "no producer for {:?} event", event.type_());
+            gst::debug!(CAT, imp = self, "no producer for {packet:?}");
             return false;
         };
-        let packet = Packet::UpstreamEvent(control::event_to_packet(event, |_| {}));
         link.conn
-            .send_packet(&packet, Some(RELEASE_SEND_TIMEOUT))
+            .send_packet(packet, Some(RELEASE_SEND_TIMEOUT))
             .is_ok()
     }
 
-    /// Forwards this pipeline's error, warning, info and element messages to the producer,
-    /// from the thread that posts them (bus sync-message emission works alongside whatever
-    /// sync handler the application set).
-    fn watch_bus(&self) {
-        let obj = self.obj();
-        let mut top: gst::Object = obj.clone().upcast();
-        while let Some(parent) = top.parent() {
-            top = parent;
-        }
-        let Some(bus) = top.downcast_ref::<gst::Element>().and_then(|e| e.bus()) else {
-            return;
-        };
-        bus.enable_sync_message_emission();
-        let weak = obj.downgrade();
-        let id = bus.connect_sync_message(None, move |_, message| {
-            let Some(obj) = weak.upgrade() else { return };
-            if !control::forwards(message) {
-                return;
-            }
-            let imp = obj.imp();
-            let Some(link) = imp.link.lock().unwrap().clone() else {
-                return;
-            };
-            if let Some(p) = control::message_to_packet(message) {
-                let _ = link
-                    .conn
-                    .send_packet(&Packet::Message(p), Some(RELEASE_SEND_TIMEOUT));
-            }
-        });
-        *self.bus_watch.lock().unwrap() = Some((bus, id));
+    /// Sends an upstream event to the producer's pipeline; false when there is no link.
+    fn tell_producer(&self, event: &gst::Event) -> bool {
+        self.send_to_producer(&Packet::UpstreamEvent(control::event_to_packet(
+            event,
+            |_| {},
+        )))
     }
 
-    fn unwatch_bus(&self) {
-        if let Some((bus, id)) = self.bus_watch.lock().unwrap().take() {
-            bus.disconnect(id);
-            bus.disable_sync_message_emission();
+    /// Tells the producer the state this element reached (a producer in mode=follow takes it).
+    fn send_state(&self, state: gst::State) {
+        let mode = self.settings.lock().unwrap().mode;
+        self.send_to_producer(&Packet::State(session::state_packet(state, mode)));
+    }
+
+    /// Forwards this pipeline's messages (errors, warnings, infos, element messages, EOS,
+    /// latency, buffering, request-state) to the producer.
+    fn watch_bus(&self) {
+        let weak = self.obj().downgrade();
+        let watch = BusWatch::new(
+            self.obj().upcast_ref(),
+            self.reposted.clone(),
+            move |message| {
+                let Some(obj) = weak.upgrade() else { return };
+                if !control::forwards(message) {
+                    return;
+                }
+                if let Some(p) = control::message_to_packet(message) {
+                    obj.imp().send_to_producer(&Packet::Message(p));
+                }
+            },
+        );
+        *self.bus_watch.lock().unwrap() = watch;
+    }
+
+    /// A State packet from the producer (on the link's reader thread).
+    fn on_producer_state(&self, st: protocol::StatePacket) {
+        let mode = self.settings.lock().unwrap().mode;
+        match session::follow(mode, &st) {
+            Follow::Go(state) => session::set_pipeline_state(self.obj().upcast_ref(), state),
+            Follow::Ignore => {}
+            Follow::BothFollow => gst::element_imp_error!(
+                self,
+                gst::CoreError::StateChange,
+                ("fdlinksrc mode=follow and the producer's fdlinksink mode=follow: each would follow the other; set one of them to mode=independent")
+            ),
+        }
+    }
+
+    /// A message from the producer's bus (on the link's reader thread).
+    fn on_producer_message(&self, m: protocol::MessagePacket, producer_pid: u32) {
+        if !self.settings.lock().unwrap().forward_messages {
+            return;
+        }
+        let obj = self.obj();
+        let who = format!("producer (pid {producer_pid})");
+        match control::message_from_packet(&m, obj.upcast_ref(), &who) {
+            Some(msg) => {
+                self.reposted.remember(msg.seqnum());
+                let _ = obj.post_message(msg);
+            }
+            None => gst::debug!(CAT, imp = self, "dropping unreadable message from {who}"),
         }
     }
 
@@ -376,25 +419,133 @@ impl FdlinkSrc {
         ))
     }
 
+    /// The producer's segment shifted by `delta`, as BaseSrc's segment: it goes downstream
+    /// ahead of the next buffer.
+    fn set_segment(&self, stream: &mut Stream, delta: i128) {
+        let producer = stream
+            .producer_segment
+            .clone()
+            .unwrap_or_else(|| gst::FormattedSegment::<gst::ClockTime>::new().upcast());
+        let segment = shift_segment(&producer, delta);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "segment {segment:?} (running time shift {delta} ns)"
+        );
+        if let Err(e) = self.obj().new_segment(&segment) {
+            gst::warning!(CAT, imp = self, "cannot set segment: {e}");
+        }
+        stream.segment_delta = Some(delta);
+    }
+
+    /// Events that must follow a segment (tags, gaps, ...) before any buffer: push one now,
+    /// with the last known shift.
     fn ensure_segment(&self, stream: &mut Stream) {
-        if !stream.segment_sent {
-            let seg = self.obj().segment();
+        if stream.segment_delta.is_none() {
+            let delta = stream.segment_delta.unwrap_or(0);
+            self.set_segment(stream, delta);
+            let segment = self.obj().segment();
             self.obj()
                 .src_pad()
-                .push_event(gst::event::Segment::new(&seg));
-            stream.segment_sent = true;
+                .push_event(gst::event::Segment::new(&segment));
         }
     }
 
-    fn running_time(&self, mono: u64) -> Option<gst::ClockTime> {
-        if mono == TIME_NONE {
-            return None;
-        }
+    /// How far our running time is ahead of the producer's, from a buffer's header: both
+    /// pipelines' base times on CLOCK_MONOTONIC. A producer without a clock: the frame is due
+    /// as it arrives.
+    fn running_time_delta(&self, stream: &Stream, header: &protocol::BufferHeader) -> Option<i128> {
         let obj = self.obj();
-        let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
-            return None;
+        let (clock, base) = (obj.clock()?, obj.base_time()?);
+        let offset = clock::clock_to_monotonic_offset(&clock);
+        let ours = base.nseconds() as i128 + offset;
+        if header.base_time != TIME_NONE {
+            return Some(header.base_time as i128 - ours);
+        }
+        if let Some(d) = stream.segment_delta {
+            return Some(d);
+        }
+        let segment = stream
+            .producer_segment
+            .as_ref()?
+            .downcast_ref::<gst::ClockTime>()?;
+        let theirs = segment.to_running_time(gst::ClockTime::from_nseconds(
+            (header.pts != TIME_NONE).then_some(header.pts)?,
+        ))?;
+        let now = clock.time().nseconds() as i128 - base.nseconds() as i128;
+        Some(now - theirs.nseconds() as i128)
+    }
+
+    fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64)
+    }
+
+    /// New caps from the producer: downstream takes them, or the producer is asked to
+    /// renegotiate (it asks us for our caps), and frames are dropped until caps we can take
+    /// arrive or `ack-timeout` runs out.
+    fn take_caps(&self, stream: &mut Stream, caps: gst::Caps) -> Result<(), Stop> {
+        if self.caps.lock().unwrap().as_ref() == Some(&caps) && stream.refused_caps.is_none() {
+            return Ok(());
+        }
+        gst::info!(CAT, imp = self, "caps from producer: {caps}");
+        let drm = crate::drm_format::describe_caps(&caps);
+        if !drm.is_empty() {
+            gst::info!(CAT, imp = self, "DMA_DRM format: {drm}");
+        }
+        let pad = self.obj().src_pad().clone();
+        if pad.is_linked() && !pad.peer_query_accept_caps(&caps) {
+            if let Some((_, since)) = &stream.refused_caps {
+                let waited = since.elapsed();
+                if waited > self.ack_timeout() {
+                    return Err(Stop::Error(gst::error_msg!(
+                        gst::CoreError::Negotiation,
+                        (
+                            "downstream does not accept the producer's caps {caps} (asked the producer to renegotiate {} ms ago)",
+                            waited.as_millis()
+                        )
+                    )));
+                }
+                stream.refused_caps = Some((caps, *since));
+            } else {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "downstream does not accept {caps}: asking the producer to renegotiate"
+                );
+                stream.refused_caps = Some((caps, Instant::now()));
+                self.tell_producer(&gst::event::Reconfigure::new());
+            }
+            return Ok(());
+        }
+        stream.refused_caps = None;
+        *self.caps.lock().unwrap() = Some(caps.clone());
+        if self.obj().set_caps(&caps).is_err() {
+            return Err(Stop::Error(gst::error_msg!(
+                gst::CoreError::Negotiation,
+                ("downstream does not accept the producer's caps {caps}")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The answer to a latency query: the producer's pipeline latency plus `link-latency`.
+    fn latency(&self, query: &mut gst::QueryRef) -> bool {
+        let link_latency =
+            gst::ClockTime::from_nseconds(self.settings.lock().unwrap().link_latency);
+        let mut theirs = gst::query::Latency::new();
+        let (min, max) = match self.ask_producer(&mut theirs) {
+            Some(true) => {
+                let (_, min, max) = theirs.result();
+                (min + link_latency, max.map(|m| m + link_latency))
+            }
+            // Not connected yet (asked again once connected) or no answer: the link's own.
+            _ => (link_latency, None),
         };
-        clock::monotonic_to_running(mono, base, clock::clock_to_monotonic_offset(&clock))
+        gst::debug!(CAT, imp = self, "latency: min {min}, max {max:?}");
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            q.set(true, min, max);
+        }
+        true
     }
 
     /// Acts on one event packet. Returns Some(stop) when the stream ends here.
@@ -410,41 +561,47 @@ impl FdlinkSrc {
         let obj = self.obj();
         let pad = obj.src_pad();
         match ev {
-            // The live stream keeps the stream-start and TIME segment this source made.
-            WireEvent::StreamStart { .. } | WireEvent::Segment(_) => {}
-            WireEvent::Tag(tags) => {
-                self.ensure_segment(stream);
-                pad.push_event(gst::event::Tag::new(tags));
-            }
-            WireEvent::Gap {
-                timestamp,
-                duration,
-            } => {
-                if let Some(ts) = self.running_time(timestamp) {
-                    self.ensure_segment(stream);
-                    let dur =
-                        (duration != TIME_NONE).then(|| gst::ClockTime::from_nseconds(duration));
-                    pad.push_event(gst::event::Gap::builder(ts).duration(dur).build());
-                }
+            WireEvent::Segment(segment) => {
+                stream.producer_segment = Some(segment);
+                // Shifted onto our timeline when the next buffer tells where the producer is.
+                stream.segment_delta = None;
             }
             WireEvent::Eos => {
+                if let Some((refused, _)) = &stream.refused_caps {
+                    return Some(Stop::Error(gst::error_msg!(
+                        gst::CoreError::Negotiation,
+                        ("downstream does not accept the producer's caps {refused}, and the stream ended before the producer offered others")
+                    )));
+                }
                 stream.eos = true;
                 return Some(Stop::Eos);
             }
             WireEvent::FlushStart => {
-                pad.push_event(gst::event::FlushStart::new());
+                let mut flush_start = gst::event::FlushStart::new();
+                control::set_seqnum(&mut flush_start, p.seqnum);
+                pad.push_event(flush_start);
             }
             WireEvent::FlushStop => {
-                // Running time stays continuous: this live source keeps its own timeline.
-                pad.push_event(gst::event::FlushStop::new(false));
-                stream.segment_sent = false;
-                self.ensure_segment(stream);
+                // Our running time stays continuous: the new segment's shift takes the
+                // producer's reset into account.
+                let mut flush_stop = gst::event::FlushStop::new(false);
+                control::set_seqnum(&mut flush_stop, p.seqnum);
+                pad.push_event(flush_stop);
+                stream.producer_segment = None;
+                stream.segment_delta = None;
             }
-            WireEvent::CustomDownstream(s) => {
-                self.ensure_segment(stream);
-                pad.push_event(gst::event::CustomDownstream::new(s));
+            WireEvent::Other(ty) => {
+                // Everything else is rebuilt as it was sent: stream-start, tags, gaps,
+                // protection, custom, stream-group-done, instant-rate-change, ...
+                let Some(event) = control::event_from_packet(p) else {
+                    gst::debug!(CAT, imp = self, "dropping unreadable {ty:?} event");
+                    return None;
+                };
+                if event.is_serialized() && ty != gst::EventType::StreamStart {
+                    self.ensure_segment(stream);
+                }
+                pad.push_event(event);
             }
-            WireEvent::Other(t) => gst::debug!(CAT, imp = self, "not forwarding {t:?} event"),
         }
         None
     }
@@ -453,12 +610,21 @@ impl FdlinkSrc {
         let link = match &stream.link {
             Some(l) => l.clone(),
             None => {
-                let conn = self.connect(stream, waker)?;
-                let obj = self.obj().downgrade();
-                let link = Link::start(conn, move |q| answer_query(&obj, q))
+                let (conn, producer_pid) = self.connect(stream, waker)?;
+                let peer = ProducerPeer {
+                    obj: self.obj().downgrade(),
+                    producer_pid,
+                };
+                let link = Link::start(conn, peer)
                     .map_err(|e| self.link_error(&stream.path, "starting the reader", e))?;
                 stream.link = Some(link.clone());
                 *self.link.lock().unwrap() = Some(link.clone());
+                // The producer learns where we are (it may follow us), and this pipeline
+                // asks for its latency again, now that the producer can answer.
+                self.send_state(self.obj().current_state());
+                let _ = self
+                    .obj()
+                    .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
                 link
             }
         };
@@ -486,21 +652,7 @@ impl FdlinkSrc {
                         conn.send_error(&msg);
                         protocol_error(&stream.path, msg)
                     })?;
-                    let changed = self.caps.lock().unwrap().as_ref() != Some(&caps);
-                    if changed {
-                        gst::info!(CAT, imp = self, "caps from producer: {caps}");
-                        let drm = crate::drm_format::describe_caps(&caps);
-                        if !drm.is_empty() {
-                            gst::info!(CAT, imp = self, "DMA_DRM format: {drm}");
-                        }
-                        *self.caps.lock().unwrap() = Some(caps.clone());
-                        if self.obj().set_caps(&caps).is_err() {
-                            return Err(Stop::Error(gst::error_msg!(
-                                gst::CoreError::Negotiation,
-                                ("downstream does not accept the producer's caps {caps}")
-                            )));
-                        }
-                    }
+                    self.take_caps(stream, caps)?;
                 }
                 Packet::Event(ev) => {
                     if let Some(stop) = self.handle_event(stream, &ev) {
@@ -530,17 +682,35 @@ impl FdlinkSrc {
                         }
                     };
                     drop(token);
+                    self.record_latency(header.sent_at);
+                    if let Some((refused, since)) = &stream.refused_caps {
+                        // Dropped (and so released): downstream cannot take it.
+                        let waited = since.elapsed();
+                        if waited > self.ack_timeout() {
+                            return Err(Stop::Error(gst::error_msg!(
+                                gst::CoreError::Negotiation,
+                                (
+                                    "downstream does not accept the producer's caps {refused}, and the producer offered no other caps within {} ms of being asked to renegotiate",
+                                    waited.as_millis()
+                                )
+                            )));
+                        }
+                        continue;
+                    }
+                    let time = |t: u64| (t != TIME_NONE).then(|| gst::ClockTime::from_nseconds(t));
                     {
                         let b = buffer.get_mut().expect("fresh buffer");
-                        b.set_pts(self.running_time(header.pts));
-                        b.set_dts(self.running_time(header.dts));
-                        b.set_duration(
-                            (header.duration != TIME_NONE)
-                                .then(|| gst::ClockTime::from_nseconds(header.duration)),
-                        );
+                        b.set_pts(time(header.pts));
+                        b.set_dts(time(header.dts));
+                        b.set_duration(time(header.duration));
                     }
-                    self.record_latency(header.sent_at);
-                    stream.segment_sent = true;
+                    if let Some(delta) = self.running_time_delta(stream, &header)
+                        && stream
+                            .segment_delta
+                            .is_none_or(|d| (d - delta).abs() > RESYNC_THRESHOLD_NS)
+                    {
+                        self.set_segment(stream, delta);
+                    }
                     return Ok(buffer);
                 }
                 Packet::Error(msg) => {
@@ -552,13 +722,15 @@ impl FdlinkSrc {
                         )
                     )));
                 }
-                Packet::QueryReply(_) | Packet::Query(_) => {
-                    unreachable!("the link's reader takes queries and replies")
+                Packet::QueryReply(_)
+                | Packet::Query(_)
+                | Packet::State(_)
+                | Packet::Message(_) => {
+                    unreachable!("the link's reader takes queries, replies, states and messages")
                 }
-                Packet::Release { .. } | Packet::UpstreamEvent(_) | Packet::Message(_) => {
-                    let msg =
-                        "producer sent a consumer-only packet (release, upstream event or message)"
-                            .to_string();
+                Packet::Release { .. } | Packet::UpstreamEvent(_) => {
+                    let msg = "producer sent a consumer-only packet (release or upstream event)"
+                        .to_string();
                     conn.send_error(&msg);
                     return Err(protocol_error(&stream.path, msg));
                 }
@@ -567,32 +739,84 @@ impl FdlinkSrc {
     }
 }
 
-/// Answers a query from the producer by asking this pipeline downstream of the source.
-fn answer_query(
-    obj: &glib::WeakRef<super::FdlinkSrc>,
-    q: &protocol::QueryPacket,
-) -> protocol::QueryReplyPacket {
-    let answer = obj
-        .upgrade()
-        .zip(control::query_from_packet(q))
-        .map(|(obj, mut query)| {
-            let answered = obj.src_pad().peer_query(query.get_mut().unwrap());
-            (answered, query)
-        });
-    match answer {
-        Some((answered, query)) => protocol::QueryReplyPacket {
-            id: q.id,
-            answered,
-            structure: query
-                .structure()
-                .map_or_else(String::new, |s| s.to_string()),
-        },
-        None => protocol::QueryReplyPacket {
-            id: q.id,
-            answered: false,
-            structure: String::new(),
-        },
+/// The producer's side of the link as the reader thread sees it.
+struct ProducerPeer {
+    obj: glib::WeakRef<super::FdlinkSrc>,
+    producer_pid: u32,
+}
+
+impl LinkPeer for ProducerPeer {
+    /// Answers by asking this pipeline downstream of the source (caps, accept-caps, ...).
+    fn answer(&self, q: &protocol::QueryPacket) -> protocol::QueryReplyPacket {
+        let answer =
+            self.obj
+                .upgrade()
+                .zip(control::query_from_packet(q))
+                .map(|(obj, mut query)| {
+                    let answered = obj.src_pad().peer_query(query.get_mut().unwrap());
+                    (answered, query)
+                });
+        match answer {
+            Some((answered, query)) => protocol::QueryReplyPacket {
+                id: q.id,
+                answered,
+                structure: query
+                    .structure()
+                    .map_or_else(String::new, |s| s.to_string()),
+            },
+            None => protocol::QueryReplyPacket {
+                id: q.id,
+                answered: false,
+                structure: String::new(),
+            },
+        }
     }
+
+    fn state(&self, state: protocol::StatePacket) {
+        if let Some(obj) = self.obj.upgrade() {
+            obj.imp().on_producer_state(state);
+        }
+    }
+
+    fn message(&self, message: protocol::MessagePacket) {
+        if let Some(obj) = self.obj.upgrade() {
+            obj.imp().on_producer_message(message, self.producer_pid);
+        }
+    }
+}
+
+/// `segment` with every running time moved by `delta` ns, stream times unchanged (so position
+/// queries downstream see the producer's positions). A negative shift past the segment's base
+/// moves its start (rate > 0) or stop (rate < 0) instead, and its time with the start.
+fn shift_segment(segment: &gst::Segment, delta: i128) -> gst::Segment {
+    let Some(seg) = segment.downcast_ref::<gst::ClockTime>() else {
+        return segment.clone();
+    };
+    let mut out = seg.clone();
+    let base = seg.base().map_or(0, |b| b.nseconds()) as i128;
+    let shifted = base + delta;
+    if shifted >= 0 {
+        out.set_base(gst::ClockTime::from_nseconds(
+            u64::try_from(shifted).unwrap_or(u64::MAX - 1),
+        ));
+        return out.upcast();
+    }
+    out.set_base(gst::ClockTime::ZERO);
+    // What remains to take off, in stream time units.
+    let cut = ((-shifted) as f64 * seg.rate().abs()) as u64;
+    if seg.rate() > 0.0 {
+        let start = seg.start().map_or(0, |s| s.nseconds()).saturating_add(cut);
+        out.set_start(gst::ClockTime::from_nseconds(start.min(u64::MAX - 1)));
+        if let Some(time) = seg.time() {
+            out.set_time(time.saturating_add(gst::ClockTime::from_nseconds(cut)));
+        }
+        if let Some(pos) = seg.position() {
+            out.set_position(pos.max(out.start().unwrap_or(pos)));
+        }
+    } else if let Some(stop) = seg.stop() {
+        out.set_stop(stop.saturating_sub(gst::ClockTime::from_nseconds(cut)));
+    }
+    out.upcast()
 }
 
 fn protocol_error(path: &Path, what: String) -> Stop {
@@ -619,6 +843,8 @@ impl ObjectImpl for FdlinkSrc {
         obj.set_live(true);
         obj.set_format(gst::Format::Time);
         obj.set_do_timestamp(false);
+        // The producer ends the stream: a segment stop is its business.
+        obj.set_automatic_eos(false);
     }
 
     fn properties() -> &'static [glib::ParamSpec] {
@@ -649,6 +875,23 @@ impl ObjectImpl for FdlinkSrc {
                     .default_value(DEFAULT_ACK_TIMEOUT_MS)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder::<Mode>("mode")
+                    .nick("State mode")
+                    .blurb("independent: this pipeline runs its own state; follow: this (consumer) pipeline goes to the PAUSED/PLAYING state of the producer pipeline (it must reach PLAYING once to connect)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("link-latency")
+                    .nick("Link latency (ns)")
+                    .blurb("Latency the link adds to the producer pipeline's own in latency queries: frames are rendered this long after the producer's sink would render them")
+                    .default_value(DEFAULT_LINK_LATENCY)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("forward-messages")
+                    .nick("Forward producer messages")
+                    .blurb("Post the errors, warnings, infos and element messages of the producer pipeline on this pipeline's bus, naming the producer and the original source")
+                    .default_value(true)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("frames-received, releases-sent, latency-{last,avg,p50,p99,max}-us (producer send to consumer receive, over the last 1024 frames for percentiles)")
@@ -666,6 +909,11 @@ impl ObjectImpl for FdlinkSrc {
             "fd" => settings.fd = value.get().expect("type checked upstream"),
             "timeout" => settings.timeout_ms = value.get().expect("type checked upstream"),
             "ack-timeout" => settings.ack_timeout_ms = value.get().expect("type checked upstream"),
+            "mode" => settings.mode = value.get().expect("type checked upstream"),
+            "link-latency" => settings.link_latency = value.get().expect("type checked upstream"),
+            "forward-messages" => {
+                settings.forward_messages = value.get().expect("type checked upstream")
+            }
             _ => unimplemented!(),
         }
     }
@@ -676,6 +924,9 @@ impl ObjectImpl for FdlinkSrc {
             "fd" => self.settings.lock().unwrap().fd.to_value(),
             "timeout" => self.settings.lock().unwrap().timeout_ms.to_value(),
             "ack-timeout" => self.settings.lock().unwrap().ack_timeout_ms.to_value(),
+            "mode" => self.settings.lock().unwrap().mode.to_value(),
+            "link-latency" => self.settings.lock().unwrap().link_latency.to_value(),
+            "forward-messages" => self.settings.lock().unwrap().forward_messages.to_value(),
             "stats" => self.stats_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -694,7 +945,16 @@ impl ElementImpl for FdlinkSrc {
         }
         let result = self.parent_change_state(transition);
         if transition == gst::StateChange::ReadyToNull || result.is_err() {
-            self.unwatch_bus();
+            *self.bus_watch.lock().unwrap() = None;
+        }
+        match transition {
+            gst::StateChange::PlayingToPaused if result.is_ok() => {
+                self.send_state(gst::State::Paused)
+            }
+            gst::StateChange::PausedToPlaying if result.is_ok() => {
+                self.send_state(gst::State::Playing)
+            }
+            _ => {}
         }
         result
     }
@@ -755,7 +1015,9 @@ impl BaseSrcImpl for FdlinkSrc {
             importer: Importer::default(),
             packet: vec![0u8; MAX_PACKET_SIZE],
             eos: false,
-            segment_sent: false,
+            producer_segment: None,
+            segment_delta: None,
+            refused_caps: None,
         }));
         Ok(())
     }
@@ -800,6 +1062,9 @@ impl BaseSrcImpl for FdlinkSrc {
         if across && let Some(answered) = self.ask_producer(query) {
             return answered;
         }
+        if query.type_() == gst::QueryType::Latency {
+            return self.latency(query);
+        }
         BaseSrcImplExt::parent_query(self, query)
     }
 
@@ -810,12 +1075,16 @@ impl BaseSrcImpl for FdlinkSrc {
             Seek(_) | Navigation(_) | Qos(_) | Step(_) | CustomUpstream(_) => {
                 self.tell_producer(event)
             }
-            Reconfigure(_) => {
-                self.tell_producer(event);
-                self.parent_event(event)
-            }
+            // Caps come from the producer only: renegotiation happens there, and it asks our
+            // downstream for caps across the link.
+            Reconfigure(_) => self.tell_producer(event),
             _ => self.parent_event(event),
         }
+    }
+
+    fn negotiate(&self) -> Result<(), gst::LoggableError> {
+        // Caps are set when the producer sends them (take_caps), never picked here.
+        Ok(())
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {

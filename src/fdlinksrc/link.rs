@@ -1,7 +1,8 @@
 //! The consumer's side of a connection. A reader thread takes every packet off the socket:
-//! query replies go straight to the thread waiting for them, and queries from the producer
-//! are answered here, whatever the streaming thread is doing (downstream elements ask their
-//! questions from the streaming thread itself); everything else waits, in order, in an inbox
+//! query replies go straight to the thread waiting for them; queries, state changes and
+//! messages from the producer are handled here, whatever the streaming thread is doing
+//! (downstream elements ask their questions from the streaming thread itself, and a paused
+//! live source runs no streaming thread at all); everything else waits, in order, in an inbox
 //! that `create()` takes from.
 
 use std::collections::VecDeque;
@@ -11,7 +12,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::control::PendingQueries;
-use crate::protocol::{MAX_PACKET_SIZE, Packet, QueryPacket, QueryReplyPacket};
+use crate::protocol::{
+    MAX_PACKET_SIZE, MessagePacket, Packet, QueryPacket, QueryReplyPacket, StatePacket,
+};
 use crate::transport::{Connection, TransportError, Waker};
 
 /// How long a reply or an error packet may wait for room in the socket.
@@ -33,6 +36,16 @@ struct Inbox {
     flushing: bool,
 }
 
+/// What the reader thread does with the producer's out-of-band packets.
+pub trait LinkPeer: Send + 'static {
+    /// Answers a query from the producer.
+    fn answer(&self, query: &QueryPacket) -> QueryReplyPacket;
+    /// The producer's element reached a state.
+    fn state(&self, state: StatePacket);
+    /// A message from the producer's bus.
+    fn message(&self, message: MessagePacket);
+}
+
 pub struct Link {
     pub conn: Arc<Connection>,
     pub pending: PendingQueries,
@@ -43,12 +56,9 @@ pub struct Link {
 }
 
 impl Link {
-    /// Starts the reader thread on a connection whose hello is done. `answer` answers the
-    /// producer's queries (on the reader thread).
-    pub fn start(
-        conn: Arc<Connection>,
-        answer: impl Fn(&QueryPacket) -> QueryReplyPacket + Send + 'static,
-    ) -> Result<Arc<Link>, TransportError> {
+    /// Starts the reader thread on a connection whose hello is done; `peer` handles the
+    /// producer's queries, states and messages on that thread.
+    pub fn start(conn: Arc<Connection>, peer: impl LinkPeer) -> Result<Arc<Link>, TransportError> {
         let link = Arc::new(Link {
             conn,
             pending: PendingQueries::default(),
@@ -60,7 +70,7 @@ impl Link {
         let reader = link.clone();
         let handle = std::thread::Builder::new()
             .name("fdlinksrc-read".into())
-            .spawn(move || reader.read_loop(answer))
+            .spawn(move || reader.read_loop(peer))
             .map_err(|e| TransportError::Sys {
                 op: "spawn",
                 what: format!("reader thread: {e}"),
@@ -70,7 +80,7 @@ impl Link {
         Ok(link)
     }
 
-    fn read_loop(&self, answer: impl Fn(&QueryPacket) -> QueryReplyPacket) {
+    fn read_loop(&self, peer: impl LinkPeer) {
         let mut buf = vec![0u8; MAX_PACKET_SIZE];
         let end = loop {
             let got = match self.conn.recv_wait(&mut buf, Some(&self.stop), None) {
@@ -85,9 +95,11 @@ impl Link {
             match Packet::decode(&buf[..got.len], got.fds) {
                 Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
                 Ok(Packet::Query(q)) => {
-                    let reply = Packet::QueryReply(answer(&q));
+                    let reply = Packet::QueryReply(peer.answer(&q));
                     let _ = self.conn.send_packet(&reply, Some(SEND_TIMEOUT));
                 }
+                Ok(Packet::State(st)) => peer.state(st),
+                Ok(Packet::Message(m)) => peer.message(m),
                 Ok(packet) => {
                     self.inbox.lock().unwrap().packets.push_back(packet);
                     self.arrived.notify_all();

@@ -1,0 +1,185 @@
+//! What makes two pipelines behave as one, shared by both elements: the `mode` property
+//! (whose state follows whose), taking a pipeline to the state its peer reached, and watching a
+//! bus for the messages that cross to the other side.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+
+use crate::protocol::StatePacket;
+
+/// Whose state a pipeline follows.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstFdlinkMode")]
+pub enum Mode {
+    /// Each pipeline runs its own state (like shmsrc and unixfdsrc).
+    #[default]
+    #[enum_value(
+        name = "Independent: each pipeline runs its own state",
+        nick = "independent"
+    )]
+    Independent = 0,
+    /// This element's pipeline goes to the PAUSED and PLAYING states the peer element reaches.
+    #[enum_value(
+        name = "Follow: this pipeline takes the PAUSED/PLAYING state of the pipeline at the other end",
+        nick = "follow"
+    )]
+    Follow = 1,
+}
+
+/// The State packet for `state`, from an element in `mode`.
+pub fn state_packet(state: gst::State, mode: Mode) -> StatePacket {
+    use glib::translate::IntoGlib;
+    StatePacket {
+        state: state.into_glib() as u8,
+        sender_follows: mode == Mode::Follow,
+    }
+}
+
+/// What a State packet from the peer asks of an element in `mode`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Follow {
+    /// Take the pipeline to this state.
+    Go(gst::State),
+    /// Nothing to do (independent mode, or a state the peer is only passing through).
+    Ignore,
+    /// Both ends follow each other: a configuration error.
+    BothFollow,
+}
+
+pub fn follow(mode: Mode, p: &StatePacket) -> Follow {
+    if mode != Mode::Follow {
+        return Follow::Ignore;
+    }
+    if p.sender_follows {
+        return Follow::BothFollow;
+    }
+    // READY and NULL close the link right after: the end of the stream says it all.
+    match p.state {
+        3 => Follow::Go(gst::State::Paused),
+        4 => Follow::Go(gst::State::Playing),
+        _ => Follow::Ignore,
+    }
+}
+
+/// The top-level bin `element` is in (itself when it has no parent).
+pub fn top_level(element: &gst::Element) -> gst::Element {
+    let mut top: gst::Object = element.clone().upcast();
+    while let Some(parent) = top.parent() {
+        top = parent;
+    }
+    top.downcast().unwrap_or_else(|_| element.clone())
+}
+
+/// Takes the pipeline of `element` to `state` from GStreamer's async thread (a state change
+/// must not run on the thread that reads the link, nor on a streaming thread).
+pub fn set_pipeline_state(element: &gst::Element, state: gst::State) {
+    let pipeline = top_level(element);
+    element.call_async(move |element| {
+        let current = pipeline.current_state();
+        let pending = pipeline.pending_state();
+        if (current == state && pending == gst::State::VoidPending) || pending == state {
+            return;
+        }
+        gst::info!(
+            gst::CAT_DEFAULT,
+            obj = element,
+            "following the peer: {} to {state:?}",
+            pipeline.name()
+        );
+        if let Err(e) = pipeline.set_state(state) {
+            gst::warning!(
+                gst::CAT_DEFAULT,
+                obj = element,
+                "following the peer to {state:?} failed: {e}"
+            );
+        }
+    });
+}
+
+/// Messages this element posted on behalf of its peer: the bus watch must not send them back.
+#[derive(Default)]
+pub struct Reposted(Mutex<VecDeque<gst::Seqnum>>);
+
+impl Reposted {
+    const KEEP: usize = 64;
+
+    pub fn remember(&self, seqnum: gst::Seqnum) {
+        let mut q = self.0.lock().unwrap();
+        if q.len() == Self::KEEP {
+            q.pop_front();
+        }
+        q.push_back(seqnum);
+    }
+
+    pub fn contains(&self, seqnum: gst::Seqnum) -> bool {
+        self.0.lock().unwrap().contains(&seqnum)
+    }
+}
+
+/// A sync-message handler on the bus of `element`'s top-level pipeline; disconnects on drop.
+pub struct BusWatch {
+    bus: gst::Bus,
+    handler: Option<glib::SignalHandlerId>,
+}
+
+impl BusWatch {
+    /// Calls `forward` from the posting thread for every message on the pipeline's bus that
+    /// `element` did not repost itself (bus sync-message emission works alongside whatever
+    /// sync handler the application set).
+    pub fn new(
+        element: &gst::Element,
+        reposted: Arc<Reposted>,
+        forward: impl Fn(&gst::Message) + Send + Sync + 'static,
+    ) -> Option<BusWatch> {
+        let bus = top_level(element).bus()?;
+        bus.enable_sync_message_emission();
+        let handler = bus.connect_sync_message(None, move |_, message| {
+            if !reposted.contains(message.seqnum()) {
+                forward(message);
+            }
+        });
+        Some(BusWatch {
+            bus,
+            handler: Some(handler),
+        })
+    }
+}
+
+impl Drop for BusWatch {
+    fn drop(&mut self) {
+        if let Some(h) = self.handler.take() {
+            self.bus.disconnect(h);
+            self.bus.disable_sync_message_emission();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_decisions() {
+        let playing = state_packet(gst::State::Playing, Mode::Independent);
+        assert_eq!(playing.state, 4);
+        assert_eq!(
+            follow(Mode::Follow, &playing),
+            Follow::Go(gst::State::Playing)
+        );
+        assert_eq!(follow(Mode::Independent, &playing), Follow::Ignore);
+        let paused = state_packet(gst::State::Paused, Mode::Independent);
+        assert_eq!(
+            follow(Mode::Follow, &paused),
+            Follow::Go(gst::State::Paused)
+        );
+        let ready = state_packet(gst::State::Ready, Mode::Independent);
+        assert_eq!(follow(Mode::Follow, &ready), Follow::Ignore);
+        let from_follower = state_packet(gst::State::Playing, Mode::Follow);
+        assert_eq!(follow(Mode::Follow, &from_follower), Follow::BothFollow);
+        assert_eq!(follow(Mode::Independent, &from_follower), Follow::Ignore);
+    }
+}
