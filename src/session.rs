@@ -65,6 +65,17 @@ pub fn follow(mode: Mode, p: &StatePacket) -> Follow {
     }
 }
 
+/// Where the pipeline of `element` is going when the element passes through PAUSED: PAUSED
+/// itself, or READY/NULL when it is on its way down (a follower must not pause a peer that is
+/// only shutting down, it would hold back that peer's EOS). Bins move their children one step
+/// at a time, so only the top-level bin knows the destination.
+pub fn destination(element: &gst::Element) -> gst::State {
+    match top_level(element).pending_state() {
+        s @ (gst::State::Ready | gst::State::Null) => s,
+        _ => gst::State::Paused,
+    }
+}
+
 /// The top-level bin `element` is in (itself when it has no parent).
 pub fn top_level(element: &gst::Element) -> gst::Element {
     let mut top: gst::Object = element.clone().upcast();

@@ -43,14 +43,9 @@ fn pts_of(lines: &[String]) -> Vec<i64> {
 }
 
 fn query_line(lines: &[String]) -> (i64, i64) {
-    let l = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("position "))
-        .expect("a position line");
-    let mut it = l.split(' ');
-    let pos = it.next().unwrap().parse().unwrap();
-    let dur = it.nth(1).unwrap().parse().unwrap();
-    (pos, dur)
+    let q = queries(lines);
+    let q = q.first().expect("a position line");
+    (q.position, q.duration)
 }
 
 /// Seek from the consumer side of a file playback: the consumer sees the flush and a new
@@ -137,14 +132,29 @@ fn seek_and_queries_from_the_consumer_drive_the_producer() {
         .expect("segment");
     assert!(fs < fst && fst < seg, "events after the seek: {events:?}");
 
+    // Frames keep the producer's timestamps.
+    let c_pts = pts_of(&c);
+    assert!(
+        c_pts.iter().all(|t| p_pts.contains(t)),
+        "consumer timestamps not among the producer's"
+    );
+
     // Duration asked on the consumer is answered by the producer's pipeline (the demuxer):
-    // the same 10 s. (Position is answered by the consumer's own sink from its live segment,
-    // so it does not follow the producer yet: see the notes on the issue.)
+    // the same 10 s. Position follows the producer's stream: past the seek target, near the
+    // frames arriving then.
     let (c_pos, c_dur) = query_line(&c);
     let (_, p_dur) = query_line(&p);
     assert_eq!(c_dur, 10_000_000_000);
     assert_eq!(c_dur, p_dur);
-    assert!(c_pos >= 0);
+    assert!(
+        (5_900_000_000..=10_000_000_000).contains(&c_pos),
+        "consumer position after the seek to 6 s: {c_pos}"
+    );
+    let at_query = c_pts[59];
+    assert!(
+        (c_pos - at_query).abs() < 1_000_000_000,
+        "position {c_pos} vs the 60th frame's pts {at_query}"
+    );
 }
 
 /// An error in the consumer pipeline shows up on the producer's bus, naming the consumer and
@@ -164,7 +174,9 @@ fn consumer_errors_reach_the_producer_bus() {
     // The consumer cannot take NV12: its fdlinksrc posts a negotiation error.
     let mut consumer = Peer::spawn(&[
         "consume",
-        &format!("fdlinksrc socket-path={sock} ack-timeout=500 ! video/x-raw,format=RGB ! fakesink"),
+        &format!(
+            "fdlinksrc socket-path={sock} ack-timeout=500 ! video/x-raw,format=RGB ! fakesink"
+        ),
     ]);
     assert_eq!(consumer.wait(T).code(), Some(1));
     assert_eq!(
@@ -198,7 +210,9 @@ fn consumer_errors_can_be_kept_out() {
     wait_for_path(&sock, T);
     let mut consumer = Peer::spawn(&[
         "consume",
-        &format!("fdlinksrc socket-path={sock} ack-timeout=500 ! video/x-raw,format=RGB ! fakesink"),
+        &format!(
+            "fdlinksrc socket-path={sock} ack-timeout=500 ! video/x-raw,format=RGB ! fakesink"
+        ),
     ]);
     assert_eq!(consumer.wait(T).code(), Some(1));
     assert!(producer.wait(T).success(), "{}", producer.errors());

@@ -553,8 +553,9 @@ impl ElementImpl for FdlinkSink {
             _ => {}
         }
         let reached = match transition {
-            gst::StateChange::ReadyToPaused | gst::StateChange::PlayingToPaused => {
-                Some(gst::State::Paused)
+            gst::StateChange::ReadyToPaused => Some(gst::State::Paused),
+            gst::StateChange::PlayingToPaused => {
+                Some(session::destination(self.obj().upcast_ref()))
             }
             gst::StateChange::PausedToPlaying => Some(gst::State::Playing),
             _ => None,
@@ -746,7 +747,8 @@ impl BaseSinkImpl for FdlinkSink {
         // these caps would not be left out: ask with the caps themselves.
         if let gst::QueryViewMut::AcceptCaps(q) = query.view_mut() {
             let caps = q.caps_owned();
-            let accepted = BaseSinkImpl::caps(self, Some(&caps)).is_some_and(|c| caps.is_subset(&c));
+            let accepted =
+                BaseSinkImpl::caps(self, Some(&caps)).is_some_and(|c| caps.is_subset(&c));
             q.set_result(accepted);
             return true;
         }

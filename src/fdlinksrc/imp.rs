@@ -947,14 +947,14 @@ impl ElementImpl for FdlinkSrc {
         if transition == gst::StateChange::ReadyToNull || result.is_err() {
             *self.bus_watch.lock().unwrap() = None;
         }
-        match transition {
-            gst::StateChange::PlayingToPaused if result.is_ok() => {
-                self.send_state(gst::State::Paused)
+        if result.is_ok() {
+            match transition {
+                gst::StateChange::PlayingToPaused => {
+                    self.send_state(session::destination(self.obj().upcast_ref()))
+                }
+                gst::StateChange::PausedToPlaying => self.send_state(gst::State::Playing),
+                _ => {}
             }
-            gst::StateChange::PausedToPlaying if result.is_ok() => {
-                self.send_state(gst::State::Playing)
-            }
-            _ => {}
         }
         result
     }

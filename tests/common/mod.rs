@@ -251,3 +251,30 @@ pub fn assert_no_leaked_fds(peer: &Peer, who: &str) {
         .unwrap_or_else(|| panic!("{who} printed no leaked-fds line"));
     assert_eq!(line.trim_end(), "leaked-fds", "{who} left fds open: {line}");
 }
+
+/// A `position P duration D latency LIVE MIN MAX at T` line of fdlink-peer.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLine {
+    pub position: i64,
+    pub duration: i64,
+    pub live: bool,
+    pub min_latency: i64,
+    pub at: i64,
+}
+
+pub fn queries(lines: &[String]) -> Vec<QueryLine> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("position "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            QueryLine {
+                position: f[0].parse().unwrap(),
+                duration: f[2].parse().unwrap(),
+                live: f[4] == "true",
+                min_latency: f[5].parse().unwrap(),
+                at: f[8].parse().unwrap(),
+            }
+        })
+        .collect()
+}

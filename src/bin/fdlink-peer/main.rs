@@ -26,7 +26,16 @@
 //! - `--wait-clients N`: keep the pipeline in PAUSED until the fdlinksink has N consumers.
 //! - `--events-log`: print an `event NAME` line per downstream event leaving the fdlinksrc.
 //! - `--seek-after N --seek-to S`: after N frames, a flushing seek of the pipeline to S seconds.
-//! - `--query-after N`: after N frames, print `position P duration D` (ns, -1 if unknown).
+//! - `--query-after N`, `--query-every N`: after N frames (every N frames), print
+//!   `position P duration D latency LIVE MIN MAX at T` (ns, -1 if unknown; T is
+//!   CLOCK_MONOTONIC when asked).
+//! - `--pause-after N --pause-ms M`: after N frames, set the pipeline to PAUSED, and back to
+//!   PLAYING M ms later (`paused`, `resumed` lines).
+//! - `--caps-after N CAPS`: after N frames, set `caps` of the element named `cf`.
+//! - `--post-after N`: after N frames, post an element message `fdlink-test, n=N` and a
+//!   buffering message (50%) on the pipeline's bus.
+//! - `--messages-log`: print `message TYPE SOURCE STRUCTURE` for element, buffering,
+//!   request-state, latency and warning messages, and `state NEW` for the pipeline's states.
 //!
 //! Output lines: `frame ...`, `stats <structure>`, `overwritten ...`, `pattern-mismatch ...`,
 //! `eos`, and on failure `error: ...` on stderr with exit code 1.
@@ -70,6 +79,12 @@ struct Opts {
     seek_after: Option<u64>,
     seek_to: f64,
     query_after: Option<u64>,
+    query_every: Option<u64>,
+    pause_after: Option<u64>,
+    pause_ms: u64,
+    caps_after: Option<(u64, String)>,
+    post_after: Option<u64>,
+    messages_log: bool,
     rest: Vec<String>,
 }
 
@@ -96,6 +111,15 @@ fn parse_opts(args: &[String]) -> Opts {
             "--events-log" => o.events_log = true,
             "--seek-after" => o.seek_after = Some(num(it.next())),
             "--query-after" => o.query_after = Some(num(it.next())),
+            "--query-every" => o.query_every = Some(num(it.next()).max(1)),
+            "--pause-after" => o.pause_after = Some(num(it.next())),
+            "--pause-ms" => o.pause_ms = num(it.next()),
+            "--post-after" => o.post_after = Some(num(it.next())),
+            "--messages-log" => o.messages_log = true,
+            "--caps-after" => {
+                let n = num(it.next());
+                o.caps_after = Some((n, it.next().cloned().unwrap_or_else(|| usage())));
+            }
             "--seek-to" => {
                 o.seek_to = it
                     .next()
@@ -344,6 +368,9 @@ fn run(pipeline: gst::Pipeline, element: Option<gst::Element>, o: &Opts) -> i32 
         let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(20)) else {
             continue;
         };
+        if o.messages_log {
+            log_message(&pipeline, &msg);
+        }
         match msg.view() {
             gst::MessageView::Eos(_) => {
                 print_line("eos");
@@ -368,6 +395,27 @@ fn run(pipeline: gst::Pipeline, element: Option<gst::Element>, o: &Opts) -> i32 
     }
     let _ = pipeline.set_state(gst::State::Null);
     code
+}
+
+/// The `--messages-log` line for a bus message, if it is of a kind worth a line.
+fn log_message(pipeline: &gst::Pipeline, msg: &gst::Message) {
+    let src = msg.src().map_or_else(|| "?".into(), |s| s.path_string());
+    let line = match msg.view() {
+        gst::MessageView::StateChanged(s) if msg.src() == Some(pipeline.upcast_ref()) => {
+            format!("state {:?}", s.current())
+        }
+        gst::MessageView::Element(_)
+        | gst::MessageView::Buffering(_)
+        | gst::MessageView::RequestState(_)
+        | gst::MessageView::Latency(_) => format!(
+            "message {:?} {src} {}",
+            msg.type_(),
+            msg.structure().map_or_else(String::new, |s| s.to_string())
+        ),
+        gst::MessageView::Warning(w) => format!("message warning {src} {}", w.error()),
+        _ => return,
+    };
+    print_line(&line);
 }
 
 fn drain_errors(pipeline: &gst::Pipeline) {
@@ -409,7 +457,13 @@ fn launch(o: &Opts) -> i32 {
         }
     }
     if let Some(el) = &element
-        && (o.events_log || o.seek_after.is_some() || o.query_after.is_some())
+        && (o.events_log
+            || o.seek_after.is_some()
+            || o.query_after.is_some()
+            || o.query_every.is_some()
+            || o.pause_after.is_some()
+            || o.caps_after.is_some()
+            || o.post_after.is_some())
     {
         add_control_probes(&pipeline, el, o);
     }
@@ -436,10 +490,59 @@ fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts
         });
     }
     let (seek_after, seek_to, query_after) = (o.seek_after, o.seek_to, o.query_after);
+    let (query_every, pause_after, pause_ms) = (o.query_every, o.pause_after, o.pause_ms);
+    let (caps_after, post_after) = (o.caps_after.clone(), o.post_after);
     let frames = Arc::new(AtomicU64::new(0));
     let weak = pipeline.downgrade();
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
         let n = frames.fetch_add(1, Ordering::SeqCst) + 1;
+        // Application calls go from threads of their own, never the streaming thread.
+        let app = |f: Box<dyn FnOnce(gst::Pipeline) + Send>| {
+            let weak = weak.clone();
+            std::thread::spawn(move || {
+                if let Some(p) = weak.upgrade() {
+                    f(p)
+                }
+            });
+        };
+        if Some(n) == pause_after {
+            app(Box::new(move |p| {
+                let _ = p.set_state(gst::State::Paused);
+                print_line("paused");
+                std::thread::sleep(Duration::from_millis(pause_ms));
+                let _ = p.set_state(gst::State::Playing);
+                print_line("resumed");
+            }));
+        }
+        if let Some((at, caps)) = &caps_after
+            && *at == n
+        {
+            let caps = caps.clone();
+            app(Box::new(move |p| {
+                let Some(cf) = p.by_name("cf") else {
+                    eprintln!("error: --caps-after needs an element named cf");
+                    return;
+                };
+                match caps.parse::<gst::Caps>() {
+                    Ok(c) => {
+                        cf.set_property("caps", &c);
+                        print_line(&format!("caps-set {c}"));
+                    }
+                    Err(e) => eprintln!("error: bad caps {caps}: {e}"),
+                }
+            }));
+        }
+        if Some(n) == post_after {
+            app(Box::new(move |p| {
+                let s = gst::Structure::builder("fdlink-test")
+                    .field("n", n as i32)
+                    .build();
+                let _ = p.post_message(gst::message::Element::builder(s).src(&p).build());
+                let _ = p.post_message(gst::message::Buffering::builder(50).src(&p).build());
+                print_line("posted");
+            }));
+        }
+        let query_now = Some(n) == query_after || query_every.is_some_and(|e| n.is_multiple_of(e));
         if Some(n) == seek_after {
             let weak = weak.clone();
             std::thread::spawn(move || {
@@ -453,17 +556,23 @@ fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts
                 print_line(&format!("seek-sent ok={ok}"));
             });
         }
-        if Some(n) == query_after {
-            let weak = weak.clone();
-            std::thread::spawn(move || {
-                let Some(p) = weak.upgrade() else { return };
+        if query_now {
+            app(Box::new(|p| {
                 let ns = |t: Option<gst::ClockTime>| t.map_or(-1i64, |t| t.nseconds() as i64);
+                let mut latency = gst::query::Latency::new();
+                let (live, min, max) = if p.query(&mut latency) {
+                    let (live, min, max) = latency.result();
+                    (live, ns(Some(min)), ns(max))
+                } else {
+                    (false, -1, -1)
+                };
                 print_line(&format!(
-                    "position {} duration {}",
+                    "position {} duration {} latency {live} {min} {max} at {}",
                     ns(p.query_position::<gst::ClockTime>()),
-                    ns(p.query_duration::<gst::ClockTime>())
+                    ns(p.query_duration::<gst::ClockTime>()),
+                    gstfdlink::clock::monotonic_now()
                 ));
-            });
+            }));
         }
         gst::PadProbeReturn::Ok
     });
