@@ -6,7 +6,7 @@
 //! writes are non-blocking, so no consumer can stall the streaming thread beyond the bounded
 //! wait for `max-held`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -31,7 +31,7 @@ pub enum HubEvent {
     },
     ConsumerRemoved {
         id: u64,
-        reason: String,
+        reason: Removal,
     },
     Warning(String),
     /// A consumer's upstream event, query or bus message, for the producer's pipeline. Sent
@@ -42,6 +42,74 @@ pub enum HubEvent {
         conn: Arc<Connection>,
         request: Request,
     },
+}
+
+/// Why a consumer was removed (the `client-removed` signal's reason is `kind()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// It closed the connection (or its process died).
+    Closed,
+    /// It fell behind past what `slow-policy` allows.
+    Slow(String),
+    /// A send to it failed, or it reported an error.
+    Error(String),
+    /// It broke the protocol.
+    Protocol(String),
+    /// The application removed it (`remove` action signal).
+    Removed,
+}
+
+impl Removal {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Removal::Closed => "closed",
+            Removal::Slow(_) => "slow",
+            Removal::Error(_) => "error",
+            Removal::Protocol(_) => "protocol",
+            Removal::Removed => "removed",
+        }
+    }
+}
+
+impl std::fmt::Display for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Removal::Closed => write!(f, "closed: consumer closed the connection"),
+            Removal::Removed => write!(f, "removed by the application"),
+            Removal::Slow(d) | Removal::Error(d) | Removal::Protocol(d) => {
+                write!(f, "{}: {d}", self.kind())
+            }
+        }
+    }
+}
+
+/// What the producer does with a consumer that is at `max-held` or whose socket is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowPolicy {
+    /// Live upstream: Drop. Otherwise: Block, but a consumer still full after a bounded wait
+    /// is skipped until it releases something.
+    Auto,
+    /// Skip the frame for that consumer.
+    Drop,
+    /// Wait until every consumer has room (lossless; one stuck consumer stops the producer).
+    Block,
+    /// Remove that consumer.
+    Disconnect,
+}
+
+/// One consumer's counters, for the `stats` property.
+#[derive(Debug, Clone)]
+pub struct ConsumerStats {
+    pub id: u64,
+    pub pid: i32,
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+    pub held: u32,
+    pub releases: u64,
+    pub bytes_sent: u64,
+    pub idle_ms: u64,
+    /// Mean time from sending a buffer to its release, in µs (0 before the first release).
+    pub release_avg_us: u64,
 }
 
 /// What a consumer asks of the producer's pipeline.
@@ -65,11 +133,16 @@ struct Consumer {
     phase: Phase,
     /// Control packets (never buffers) waiting for room in the socket, in order.
     pending: VecDeque<Vec<u8>>,
-    held: HashSet<u64>,
+    /// Buffers it holds, with when each was sent.
+    held: HashMap<u64, Instant>,
     /// Stayed at max-held through a whole wait: not waited for again until it releases.
     stalled: bool,
     frames_sent: u64,
     frames_dropped: u64,
+    releases: u64,
+    bytes_sent: u64,
+    release_wait: Duration,
+    last_activity: Instant,
 }
 
 struct HeldBuffer {
@@ -125,6 +198,8 @@ struct Inner {
     next_consumer_id: u64,
     flushing: bool,
     stats: HubStats,
+    /// Events to report once the lock is released.
+    deferred: Vec<HubEvent>,
 }
 
 /// Which sticky slot an event packet fills.
@@ -149,6 +224,9 @@ pub struct Hub {
     /// Ids for buffer packets, taken without the lock.
     next_buffer_id: AtomicU64,
     max_held: u32,
+    /// Buffers all consumers together may hold (0: no limit).
+    max_held_total: u32,
+    policy: SlowPolicy,
     slow_wait: Duration,
     /// Queries this producer asked its consumers, waiting for replies.
     pending: PendingQueries,
@@ -160,10 +238,19 @@ pub struct SendOutcome {
     pub sent_to: usize,
 }
 
+/// Limits and policy for slow consumers.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_held: u32,
+    pub max_held_total: u32,
+    pub policy: SlowPolicy,
+    /// How long Auto waits for a full consumer before skipping it.
+    pub slow_wait: Duration,
+}
+
 impl Hub {
     pub fn new(
-        max_held: u32,
-        slow_wait: Duration,
+        limits: Limits,
         on_event: impl Fn(HubEvent) + Send + Sync + 'static,
     ) -> Result<Arc<Hub>, TransportError> {
         Ok(Arc::new(Hub {
@@ -175,8 +262,10 @@ impl Hub {
             waker: Waker::new()?,
             stop: AtomicBool::new(false),
             next_buffer_id: AtomicU64::new(1),
-            max_held,
-            slow_wait,
+            max_held: limits.max_held,
+            max_held_total: limits.max_held_total,
+            policy: limits.policy,
+            slow_wait: limits.slow_wait,
             pending: PendingQueries::default(),
             on_event: Box::new(on_event),
         }))
@@ -309,11 +398,22 @@ impl Hub {
         }
     }
 
-    /// Waits (at most `slow_wait`) for every ready consumer to have room under `max-held`. A
-    /// consumer still full when the wait ends is marked stalled and not waited for again until
-    /// it releases something, so one stuck consumer cannot slow every frame.
+    /// Whether sending a frame would leave all consumers together over `max-held-total`.
+    fn over_total(&self, inner: &Inner) -> bool {
+        self.max_held_total > 0 && inner.held.len() >= self.max_held_total as usize
+    }
+
+    /// Before a frame, under the Block policy (and Auto with a non-live upstream): waits until
+    /// every ready consumer has room under `max-held` and all together under
+    /// `max-held-total`. Auto waits at most `slow_wait`, then marks the consumers still full
+    /// as stalled and does not wait for them again until they release something.
     /// Returns false when flushing.
-    pub fn wait_for_room(&self) -> bool {
+    pub fn wait_for_room(&self, live: bool) -> bool {
+        let bounded = match self.policy {
+            SlowPolicy::Block => false,
+            SlowPolicy::Auto if !live => true,
+            _ => return true,
+        };
         let deadline = Instant::now() + self.slow_wait;
         let mut inner = self.lock();
         loop {
@@ -324,12 +424,13 @@ impl Hub {
             let full = inner
                 .consumers
                 .iter()
-                .any(|c| c.phase == Phase::Ready && !c.stalled && c.held.len() >= max);
-            let left = deadline.saturating_duration_since(Instant::now());
+                .any(|c| c.phase == Phase::Ready && !c.stalled && c.held.len() >= max)
+                || self.over_total(&inner);
             if !full {
                 return true;
             }
-            if left.is_zero() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if bounded && left.is_zero() {
                 for c in inner.consumers.iter_mut() {
                     if c.phase == Phase::Ready && c.held.len() >= max {
                         c.stalled = true;
@@ -337,9 +438,14 @@ impl Hub {
                 }
                 return true;
             }
+            let wait = if bounded {
+                left
+            } else {
+                Duration::from_millis(100)
+            };
             inner = self
                 .room
-                .wait_timeout(inner, left)
+                .wait_timeout(inner, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -361,8 +467,13 @@ impl Hub {
         buffer: gst::Buffer,
         copied_bytes: Option<usize>,
     ) -> SendOutcome {
+        let size = buffer.size() as u64;
+        // Keeps the frame's memory out of its pool while sends are still under way, even if
+        // the consumers that have it already released it.
+        let keep = buffer.clone();
         let mut removed = Vec::new();
         let mut holders = 0u32;
+        let mut blocked: Vec<u64> = Vec::new();
         {
             let mut inner = self.lock();
             inner.stats.frames_in += 1;
@@ -371,51 +482,142 @@ impl Hub {
                 inner.stats.bytes_copied += n as u64;
             }
             let max_held = self.max_held as usize;
+            let over_total = self.over_total(&inner);
+            let policy = self.policy;
             let mut dropped = 0;
+            let now = Instant::now();
             for c in inner
                 .consumers
                 .iter_mut()
                 .filter(|c| c.phase == Phase::Ready)
             {
-                // A consumer that is behind on control packets or at its hold limit skips
-                // this frame rather than stalling the others.
-                if !c.pending.is_empty() || c.held.len() >= max_held {
+                // A consumer behind on control packets or at its hold limit is handled per
+                // policy rather than stalling the others; max-held-total skips everyone.
+                let full = !c.pending.is_empty() || c.held.len() >= max_held;
+                if full && policy == SlowPolicy::Disconnect {
+                    removed.push((
+                        c.id,
+                        Removal::Slow(format!(
+                            "holds {} buffers (max-held {max_held}), {} control packets queued",
+                            c.held.len(),
+                            c.pending.len()
+                        )),
+                    ));
+                    continue;
+                }
+                if full || over_total {
                     c.frames_dropped += 1;
                     dropped += 1;
                     continue;
                 }
                 match c.conn.try_send(bytes, fds) {
                     Ok(()) => {
-                        c.held.insert(buffer_id);
+                        c.held.insert(buffer_id, now);
                         c.frames_sent += 1;
+                        c.bytes_sent += size;
                         holders += 1;
                     }
-                    Err(TransportError::WouldBlock) => {
-                        c.frames_dropped += 1;
-                        dropped += 1;
-                    }
-                    Err(e) => removed.push((c.id, format!("send failed: {e}"))),
+                    Err(TransportError::WouldBlock) => match policy {
+                        SlowPolicy::Block => blocked.push(c.id),
+                        SlowPolicy::Disconnect => removed.push((
+                            c.id,
+                            Removal::Slow("its socket is full (it stopped reading)".into()),
+                        )),
+                        SlowPolicy::Drop | SlowPolicy::Auto => {
+                            c.frames_dropped += 1;
+                            dropped += 1;
+                        }
+                    },
+                    Err(e) => removed.push((c.id, Removal::Error(format!("send failed: {e}")))),
                 }
             }
             inner.stats.frames_dropped += dropped;
-            if holders > 0 {
-                inner.stats.frames_sent += 1;
-                if copied_bytes.is_none() {
-                    inner.stats.frames_zero_copy += 1;
-                }
-                inner.held.insert(
-                    buffer_id,
-                    HeldBuffer {
-                        _buffer: buffer,
-                        holders,
-                    },
-                );
-            }
+            inner.held.insert(
+                buffer_id,
+                HeldBuffer {
+                    _buffer: buffer,
+                    holders,
+                },
+            );
             for (id, reason) in &removed {
                 self.remove_consumer(&mut inner, *id, reason.clone());
             }
         }
         self.after_removals(removed);
+        // Block: wait for room in each full socket, without the lock (the control thread
+        // keeps reading releases meanwhile).
+        while !blocked.is_empty() {
+            let conns: Vec<(u64, Arc<Connection>)> = {
+                let inner = self.lock();
+                if inner.flushing {
+                    break;
+                }
+                inner
+                    .consumers
+                    .iter()
+                    .filter(|c| blocked.contains(&c.id))
+                    .map(|c| (c.id, c.conn.clone()))
+                    .collect()
+            };
+            if conns.is_empty() {
+                break;
+            }
+            let watch: Vec<(BorrowedFd<'_>, PollFlags)> = conns
+                .iter()
+                .map(|(_, c)| (c.as_fd(), PollFlags::POLLOUT))
+                .collect();
+            let _ = poll_many(&watch, Some(Duration::from_millis(50)));
+            drop(watch);
+            let mut inner = self.lock();
+            let now = Instant::now();
+            let mut sent_now = 0;
+            let mut failed = Vec::new();
+            let mut done = Vec::new();
+            for c in inner
+                .consumers
+                .iter_mut()
+                .filter(|c| blocked.contains(&c.id))
+            {
+                match c.conn.try_send(bytes, fds) {
+                    Ok(()) => {
+                        c.held.insert(buffer_id, now);
+                        c.frames_sent += 1;
+                        c.bytes_sent += size;
+                        sent_now += 1;
+                        done.push(c.id);
+                    }
+                    Err(TransportError::WouldBlock) => {}
+                    Err(e) => failed.push((c.id, Removal::Error(format!("send failed: {e}")))),
+                }
+            }
+            // Consumers served now, or gone meanwhile, are no longer waited for.
+            blocked.retain(|id| !done.contains(id) && inner.consumers.iter().any(|c| c.id == *id));
+            if sent_now > 0 {
+                inner
+                    .held
+                    .entry(buffer_id)
+                    .or_insert_with(|| HeldBuffer {
+                        _buffer: keep.clone(),
+                        holders: 0,
+                    })
+                    .holders += sent_now;
+            }
+            holders += sent_now;
+            for (id, reason) in &failed {
+                blocked.retain(|b| b != id);
+                self.remove_consumer(&mut inner, *id, reason.clone());
+            }
+        }
+        let mut inner = self.lock();
+        if holders == 0 {
+            inner.held.remove(&buffer_id);
+        }
+        if holders > 0 {
+            inner.stats.frames_sent += 1;
+            if copied_bytes.is_none() {
+                inner.stats.frames_zero_copy += 1;
+            }
+        }
         SendOutcome {
             sent_to: holders as usize,
         }
@@ -435,28 +637,83 @@ impl Hub {
         }
     }
 
-    fn remove_consumer(&self, inner: &mut Inner, id: u64, reason: String) {
+    fn remove_consumer(&self, inner: &mut Inner, id: u64, reason: Removal) {
         let Some(pos) = inner.consumers.iter().position(|c| c.id == id) else {
             return;
         };
         let c = inner.consumers.swap_remove(pos);
-        for buffer_id in c.held {
+        for buffer_id in c.held.into_keys() {
             release_one(inner, buffer_id);
         }
-        if c.phase == Phase::Ready {
-            (self.on_event)(HubEvent::ConsumerRemoved { id, reason });
+        inner.deferred.push(if c.phase == Phase::Ready {
+            HubEvent::ConsumerRemoved { id, reason }
         } else {
-            (self.on_event)(HubEvent::Warning(format!(
+            HubEvent::Warning(format!(
                 "rejected connection {id} (pid {:?}): {reason}",
                 c.pid
-            )));
-        }
+            ))
+        });
     }
 
-    fn after_removals(&self, removed: Vec<(u64, String)>) {
+    fn after_removals(&self, removed: Vec<(u64, Removal)>) {
         if !removed.is_empty() {
             self.room.notify_all();
         }
+        self.emit_deferred();
+    }
+
+    /// Reports what happened under the lock, now that it is not held (the element emits
+    /// signals whose handlers may call back into it).
+    fn emit_deferred(&self) {
+        let events = std::mem::take(&mut self.lock().deferred);
+        for e in events {
+            (self.on_event)(e);
+        }
+    }
+
+    /// Removes a consumer on the application's request. False when there is no such consumer.
+    pub fn remove(&self, id: u64) -> bool {
+        let found = {
+            let mut inner = self.lock();
+            let found = inner
+                .consumers
+                .iter()
+                .any(|c| c.id == id && c.phase == Phase::Ready);
+            if found {
+                self.remove_consumer(&mut inner, id, Removal::Removed);
+            }
+            found
+        };
+        if found {
+            self.room.notify_all();
+            self.waker.wake();
+        }
+        self.emit_deferred();
+        found
+    }
+
+    /// Per-consumer counters.
+    pub fn consumer_stats(&self) -> Vec<ConsumerStats> {
+        let inner = self.lock();
+        let now = Instant::now();
+        inner
+            .consumers
+            .iter()
+            .filter(|c| c.phase == Phase::Ready)
+            .map(|c| ConsumerStats {
+                id: c.id,
+                pid: c.pid.unwrap_or(0),
+                frames_sent: c.frames_sent,
+                frames_dropped: c.frames_dropped,
+                held: c.held.len() as u32,
+                releases: c.releases,
+                bytes_sent: c.bytes_sent,
+                idle_ms: now.duration_since(c.last_activity).as_millis() as u64,
+                release_avg_us: (c.release_wait.as_micros() as u64)
+                    .checked_div(c.releases)
+                    .unwrap_or(0),
+            })
+            .collect()
     }
 
     /// Stops the control thread.
@@ -555,7 +812,7 @@ impl Hub {
                     if let Phase::AwaitingHello { since } = c.phase
                         && now.duration_since(since) > HELLO_TIMEOUT
                     {
-                        removed.push((c.id, "no hello within 5 s".into()));
+                        removed.push((c.id, Removal::Protocol("no hello within 5 s".into())));
                     }
                 }
                 for (id, reason) in &removed {
@@ -565,6 +822,7 @@ impl Hub {
             if !released.is_empty() || !removed.is_empty() {
                 self.room.notify_all();
             }
+            self.emit_deferred();
             for event in requests {
                 (self.on_event)(event);
             }
@@ -607,10 +865,14 @@ impl Hub {
                 since: Instant::now(),
             },
             pending: VecDeque::new(),
-            held: HashSet::new(),
+            held: HashMap::new(),
             stalled: false,
             frames_sent: 0,
             frames_dropped: 0,
+            releases: 0,
+            bytes_sent: 0,
+            release_wait: Duration::ZERO,
+            last_activity: Instant::now(),
         });
     }
 
@@ -622,17 +884,17 @@ impl Hub {
         buf: &mut [u8],
         released: &mut Vec<u64>,
         requests: &mut Vec<HubEvent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Removal> {
+        let refuse = |msg: String| {
+            conn.send_error(&format!("protocol error: {msg}"));
+            Removal::Protocol(msg)
+        };
         loop {
             let got = match conn.try_recv(buf) {
                 Ok(got) => got,
                 Err(TransportError::WouldBlock) => return Ok(()),
-                Err(TransportError::Closed) => return Err("consumer closed the connection".into()),
-                Err(e) => {
-                    let msg = format!("protocol error: {e}");
-                    conn.send_error(&msg);
-                    return Err(msg);
-                }
+                Err(TransportError::Closed) => return Err(Removal::Closed),
+                Err(e) => return Err(refuse(e.to_string())),
             };
             let Some(pos) = inner.consumers.iter().position(|c| c.id == id) else {
                 return Ok(());
@@ -640,19 +902,19 @@ impl Hub {
             let bytes = &buf[..got.len];
             if let Phase::AwaitingHello { .. } = inner.consumers[pos].phase {
                 if !got.fds.is_empty() {
-                    let msg = "hello carried file descriptors".to_string();
-                    conn.send_error(&msg);
-                    return Err(msg);
+                    let msg = "hello carried file descriptors";
+                    conn.send_error(msg);
+                    return Err(Removal::Protocol(msg.into()));
                 }
                 let hello = protocol::decode_hello(bytes).map_err(|e| {
                     let msg = format!("bad hello: {e}");
                     conn.send_error(&msg);
-                    msg
+                    Removal::Protocol(msg)
                 })?;
                 if hello.role != Role::Consumer {
-                    let msg = "peer is not a consumer (two fdlinksinks on one socket?)".to_string();
-                    conn.send_error(&msg);
-                    return Err(msg);
+                    let msg = "peer is not a consumer (two fdlinksinks on one socket?)";
+                    conn.send_error(msg);
+                    return Err(Removal::Protocol(msg.into()));
                 }
                 let replay: Vec<Vec<u8>> = inner.sticky.replay().cloned().collect();
                 let c = &mut inner.consumers[pos];
@@ -661,28 +923,30 @@ impl Hub {
                     queue_or_send(c, &p)?;
                 }
                 inner.stats.consumers_total += 1;
-                (self.on_event)(HubEvent::ConsumerAdded {
-                    id,
-                    pid: inner.consumers[pos].pid,
-                });
+                let pid = inner.consumers[pos].pid;
+                inner.deferred.push(HubEvent::ConsumerAdded { id, pid });
                 self.room.notify_all();
                 continue;
             }
+            inner.consumers[pos].last_activity = Instant::now();
             match Packet::decode(bytes, got.fds) {
                 Ok(Packet::Release { buffer_id }) => {
-                    if !inner.consumers[pos].held.remove(&buffer_id) {
-                        let msg = format!(
-                            "protocol error: release of buffer {buffer_id} it does not hold"
-                        );
-                        conn.send_error(&msg);
-                        return Err(msg);
-                    }
-                    inner.consumers[pos].stalled = false;
+                    let c = &mut inner.consumers[pos];
+                    let Some(sent) = c.held.remove(&buffer_id) else {
+                        return Err(refuse(format!(
+                            "release of buffer {buffer_id} it does not hold"
+                        )));
+                    };
+                    c.releases += 1;
+                    c.release_wait += sent.elapsed();
+                    c.stalled = false;
                     release_one(inner, buffer_id);
                     inner.stats.releases += 1;
                     released.push(buffer_id);
                 }
-                Ok(Packet::Error(msg)) => return Err(format!("consumer reported: {msg}")),
+                Ok(Packet::Error(msg)) => {
+                    return Err(Removal::Error(format!("consumer reported: {msg}")));
+                }
                 Ok(Packet::UpstreamEvent(ev)) => {
                     requests.push(self.request(inner, pos, conn, Request::UpstreamEvent(ev)))
                 }
@@ -697,17 +961,11 @@ impl Hub {
                 }
                 Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
                 Ok(_) => {
-                    let msg =
-                        "protocol error: consumer sent a producer-only packet (caps, event or buffer)"
-                            .to_string();
-                    conn.send_error(&msg);
-                    return Err(msg);
+                    return Err(refuse(
+                        "consumer sent a producer-only packet (caps, event or buffer)".into(),
+                    ));
                 }
-                Err(e) => {
-                    let msg = format!("protocol error: {e}");
-                    conn.send_error(&msg);
-                    return Err(msg);
-                }
+                Err(e) => return Err(refuse(e.to_string())),
             }
         }
     }
@@ -741,31 +999,31 @@ fn release_one(inner: &mut Inner, buffer_id: u64) {
 }
 
 /// Sends a control packet now, or queues it behind earlier ones when the socket is full.
-fn queue_or_send(c: &mut Consumer, bytes: &[u8]) -> Result<(), String> {
+fn queue_or_send(c: &mut Consumer, bytes: &[u8]) -> Result<(), Removal> {
     if c.pending.is_empty() {
         match c.conn.try_send(bytes, &[]) {
             Ok(()) => return Ok(()),
             Err(TransportError::WouldBlock) => {}
-            Err(e) => return Err(format!("send failed: {e}")),
+            Err(e) => return Err(Removal::Error(format!("send failed: {e}"))),
         }
     }
     if c.pending.len() >= MAX_PENDING_PACKETS {
-        return Err(format!(
-            "consumer too slow: {MAX_PENDING_PACKETS} control packets queued"
-        ));
+        return Err(Removal::Slow(format!(
+            "{MAX_PENDING_PACKETS} control packets queued"
+        )));
     }
     c.pending.push_back(bytes.to_vec());
     Ok(())
 }
 
-fn flush_pending(c: &mut Consumer) -> Result<(), String> {
+fn flush_pending(c: &mut Consumer) -> Result<(), Removal> {
     while let Some(p) = c.pending.front() {
         match c.conn.try_send(p, &[]) {
             Ok(()) => {
                 c.pending.pop_front();
             }
             Err(TransportError::WouldBlock) => return Ok(()),
-            Err(e) => return Err(format!("send failed: {e}")),
+            Err(e) => return Err(Removal::Error(format!("send failed: {e}"))),
         }
     }
     Ok(())

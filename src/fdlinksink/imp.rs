@@ -10,7 +10,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::hub::{Hub, HubEvent, Request, StickyKind};
+use super::hub::{Hub, HubEvent, Limits, Request, SlowPolicy, StickyKind};
 use crate::clock;
 use crate::control;
 use crate::memory::{self, MemfdBufferPool};
@@ -27,6 +27,39 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_MAX_HELD: u32 = 8;
+
+/// The `slow-policy` property.
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstFdlinkSlowPolicy")]
+pub enum SlowPolicyProp {
+    #[default]
+    #[enum_value(
+        name = "Auto: drop when upstream is live; otherwise wait up to 1 s, then skip that consumer until it releases",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(name = "Drop: skip frames for that consumer", nick = "drop")]
+    Drop = 1,
+    #[enum_value(
+        name = "Block: wait until every consumer has room (lossless, for recording)",
+        nick = "block"
+    )]
+    Block = 2,
+    #[enum_value(name = "Disconnect: remove that consumer", nick = "disconnect")]
+    Disconnect = 3,
+}
+
+impl From<SlowPolicyProp> for SlowPolicy {
+    fn from(p: SlowPolicyProp) -> Self {
+        match p {
+            SlowPolicyProp::Auto => SlowPolicy::Auto,
+            SlowPolicyProp::Drop => SlowPolicy::Drop,
+            SlowPolicyProp::Block => SlowPolicy::Block,
+            SlowPolicyProp::Disconnect => SlowPolicy::Disconnect,
+        }
+    }
+}
 /// Default `ack-timeout`: caps queries wait this long for consumers, so it stays short.
 const DEFAULT_ACK_TIMEOUT_MS: u32 = 1_000;
 /// How long a frame waits for a consumer at its `max-held` limit before that consumer skips it.
@@ -70,6 +103,8 @@ struct Settings {
     forward_messages: bool,
     mode: Mode,
     ack_timeout_ms: u32,
+    max_held_total: u32,
+    slow_policy: SlowPolicyProp,
 }
 
 impl Default for Settings {
@@ -82,6 +117,8 @@ impl Default for Settings {
             forward_messages: true,
             mode: Mode::Independent,
             ack_timeout_ms: DEFAULT_ACK_TIMEOUT_MS,
+            max_held_total: 0,
+            slow_policy: SlowPolicyProp::Auto,
         }
     }
 }
@@ -146,6 +183,25 @@ impl FdlinkSink {
             .field("consumers", consumers)
             .field("consumers-total", stats.consumers_total)
             .field("buffers-held", held);
+        let clients = self.hub().map(|h| h.consumer_stats()).unwrap_or_default();
+        let clients: Vec<glib::SendValue> = clients
+            .into_iter()
+            .map(|c| {
+                gst::Structure::builder("client")
+                    .field("id", c.id)
+                    .field("pid", c.pid)
+                    .field("frames-sent", c.frames_sent)
+                    .field("frames-dropped", c.frames_dropped)
+                    .field("buffers-held", c.held)
+                    .field("releases", c.releases)
+                    .field("bytes-sent", c.bytes_sent)
+                    .field("idle-ms", c.idle_ms)
+                    .field("release-avg-us", c.release_avg_us)
+                    .build()
+                    .to_send_value()
+            })
+            .collect();
+        s = s.field("clients", gst::Array::from_values(clients));
         s.build()
     }
 
@@ -443,6 +499,30 @@ impl ObjectImpl for FdlinkSink {
         self.obj().set_enable_last_sample(false);
     }
 
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            vec![
+                glib::subclass::Signal::builder("client-added")
+                    .param_types([u64::static_type(), i32::static_type()])
+                    .build(),
+                glib::subclass::Signal::builder("client-removed")
+                    .param_types([u64::static_type(), String::static_type()])
+                    .build(),
+                glib::subclass::Signal::builder("remove")
+                    .param_types([u64::static_type()])
+                    .return_type::<bool>()
+                    .action()
+                    .class_handler(|args| {
+                        let obj = args[0].get::<super::FdlinkSink>().expect("signal arg");
+                        let id = args[1].get::<u64>().expect("signal arg");
+                        Some(obj.imp().hub().is_some_and(|h| h.remove(id)).to_value())
+                    })
+                    .build(),
+            ]
+        });
+        SIGNALS.as_ref()
+    }
+
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
@@ -464,6 +544,18 @@ impl ObjectImpl for FdlinkSink {
                     .minimum(1)
                     .maximum(1024)
                     .default_value(DEFAULT_MAX_HELD)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-held-total")
+                    .nick("Max held buffers, all consumers")
+                    .blurb("Buffers all consumers together may hold unreleased (0 = no limit). At the limit frames are skipped for everyone (block: the producer waits), so upstream's pool never runs dry because of consumers. When set, upstream is asked for pools of at least max-held-total + 1 buffers")
+                    .maximum(65536)
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder::<SlowPolicyProp>("slow-policy")
+                    .nick("Slow consumer policy")
+                    .blurb("What to do with a consumer at max-held or whose socket is full: auto (drop for live upstream, otherwise wait up to 1 s then skip it until it releases), drop, block (lossless) or disconnect")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("wait-for-connection")
@@ -497,7 +589,7 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, frames-dropped, frames-without-consumer, releases, consumers, consumers-total, buffers-held")
+                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, frames-dropped, frames-without-consumer, releases, consumers, consumers-total, buffers-held, and clients: one structure per consumer (id, pid, frames-sent, frames-dropped, buffers-held, releases, bytes-sent, idle-ms, release-avg-us: mean time from send to release)")
                     .read_only()
                     .build(),
             ]
@@ -518,6 +610,10 @@ impl ObjectImpl for FdlinkSink {
                 settings.forward_messages = value.get().expect("type checked upstream")
             }
             "mode" => settings.mode = value.get().expect("type checked upstream"),
+            "max-held-total" => {
+                settings.max_held_total = value.get().expect("type checked upstream")
+            }
+            "slow-policy" => settings.slow_policy = value.get().expect("type checked upstream"),
             "ack-timeout" => settings.ack_timeout_ms = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
@@ -531,6 +627,8 @@ impl ObjectImpl for FdlinkSink {
             "wait-for-connection" => self.settings.lock().unwrap().wait_for_connection.to_value(),
             "forward-messages" => self.settings.lock().unwrap().forward_messages.to_value(),
             "mode" => self.settings.lock().unwrap().mode.to_value(),
+            "max-held-total" => self.settings.lock().unwrap().max_held_total.to_value(),
+            "slow-policy" => self.settings.lock().unwrap().slow_policy.to_value(),
             "ack-timeout" => self.settings.lock().unwrap().ack_timeout_ms.to_value(),
             "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
             "stats" => self.stats_structure().to_value(),
@@ -636,16 +734,24 @@ impl BaseSinkImpl for FdlinkSink {
             (Some(listener), None, path.display().to_string())
         };
         let obj = self.obj().downgrade();
-        let hub = Hub::new(settings.max_held, SLOW_CONSUMER_WAIT, move |ev| {
+        let limits = Limits {
+            max_held: settings.max_held,
+            max_held_total: settings.max_held_total,
+            policy: settings.slow_policy.into(),
+            slow_wait: SLOW_CONSUMER_WAIT,
+        };
+        let hub = Hub::new(limits, move |ev| {
             let Some(obj) = obj.upgrade() else { return };
             match ev {
                 HubEvent::ConsumerAdded { id, pid } => {
                     gst::info!(CAT, obj = obj, "consumer {id} connected (pid {pid:?})");
                     obj.notify("num-clients");
+                    obj.emit_by_name::<()>("client-added", &[&id, &pid.unwrap_or(0)]);
                 }
                 HubEvent::ConsumerRemoved { id, reason } => {
                     gst::info!(CAT, obj = obj, "consumer {id} removed: {reason}");
                     obj.notify("num-clients");
+                    obj.emit_by_name::<()>("client-removed", &[&id, &reason.kind()]);
                 }
                 HubEvent::Warning(msg) => gst::warning!(CAT, obj = obj, "{msg}"),
                 HubEvent::Request {
@@ -761,7 +867,15 @@ impl BaseSinkImpl for FdlinkSink {
     ) -> Result<(), gst::LoggableError> {
         // Upstream pools (decoder surfaces) must have room for what one consumer may hold
         // without the decoder running dry; decoders add this minimum to their own needs.
-        let min = (self.settings.lock().unwrap().max_held + 1).max(POOL_MIN_BUFFERS);
+        let min = {
+            let s = self.settings.lock().unwrap();
+            let held = if s.max_held_total > 0 {
+                s.max_held_total
+            } else {
+                s.max_held
+            };
+            (held + 1).max(POOL_MIN_BUFFERS)
+        };
         let (caps, need_pool) = query.get_owned();
         if let Some(caps) = &caps
             && let Ok(info) = gst_video::VideoInfo::from_caps(caps)
@@ -817,7 +931,7 @@ impl BaseSinkImpl for FdlinkSink {
             }),
             State::Stopped => return Err(gst::FlowError::Flushing),
         };
-        if !live && !hub.wait_for_room() {
+        if !hub.wait_for_room(live) {
             return Err(gst::FlowError::Flushing);
         }
         let mut descs = Vec::with_capacity(4);

@@ -6,6 +6,8 @@
 //! fdlink-peer produce [OPTIONS] PIPELINE...       (a pipeline with an fdlinksink)
 //! fdlink-peer consume [OPTIONS] PIPELINE...       (a pipeline with an fdlinksrc)
 //! fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--size WxH]
+//!     [--sink-props "prop=value ..."] [--wait-clients N]   (prints `pool-waits N longest-us U`:
+//!     acquires from the pool that waited over 5 ms for a buffer to come back)
 //! fdlink-peer produce-dmabuf --source udmabuf|dma-heap|vgem --socket PATH --frames N
 //!     --pool-max N [--size WxH] [--layout single|offsets|planes]
 //! ```
@@ -85,6 +87,7 @@ struct Opts {
     caps_after: Option<(u64, String)>,
     post_after: Option<u64>,
     messages_log: bool,
+    sink_props: Vec<(String, String)>,
     rest: Vec<String>,
 }
 
@@ -116,6 +119,13 @@ fn parse_opts(args: &[String]) -> Opts {
             "--pause-ms" => o.pause_ms = num(it.next()),
             "--post-after" => o.post_after = Some(num(it.next())),
             "--messages-log" => o.messages_log = true,
+            "--sink-props" => {
+                let props = it.next().unwrap_or_else(|| usage());
+                for kv in props.split_whitespace() {
+                    let (k, v) = kv.split_once('=').unwrap_or_else(|| usage());
+                    o.sink_props.push((k.into(), v.into()));
+                }
+            }
             "--caps-after" => {
                 let n = num(it.next());
                 o.caps_after = Some((n, it.next().cloned().unwrap_or_else(|| usage())));
@@ -630,10 +640,16 @@ fn produce_pattern(o: &Opts) -> i32 {
     )
     .expect("pool configures");
     let (pipeline, appsrc, sink) = appsrc_into_fdlinksink(&caps, &socket);
+    for (k, v) in &o.sink_props {
+        sink.set_property_from_str(k, v);
+    }
     let frames = o.frames;
     let acquired = Arc::new(AtomicU64::new(0));
     let pool_cb = Mutex::new(pool);
     let counter = acquired.clone();
+    // Acquires that had to wait for a buffer to come back: the pool ran dry.
+    let waits = Arc::new(Mutex::new((0u64, Duration::ZERO)));
+    let waits_cb = waits.clone();
     appsrc.set_callbacks(
         gst_app::AppSrcCallbacks::builder()
             .need_data(move |src, _| {
@@ -643,9 +659,16 @@ fn produce_pattern(o: &Opts) -> i32 {
                     return;
                 }
                 // Blocks while all pool buffers are held by consumers.
+                let asked = Instant::now();
                 let Ok(mut buffer) = pool_cb.lock().unwrap().acquire_buffer(None) else {
                     return;
                 };
+                let waited = asked.elapsed();
+                if waited > Duration::from_millis(5) {
+                    let mut w = waits_cb.lock().unwrap();
+                    w.0 += 1;
+                    w.1 = w.1.max(waited);
+                }
                 {
                     let b = buffer.get_mut().expect("pool buffer is writable");
                     b.set_offset(i);
@@ -660,9 +683,16 @@ fn produce_pattern(o: &Opts) -> i32 {
     );
     let o2 = Opts {
         stats_every_ms: o.stats_every_ms,
+        wait_clients: o.wait_clients,
         ..Default::default()
     };
-    run(pipeline, Some(sink), &o2)
+    let code = run(pipeline, Some(sink), &o2);
+    let (n, longest) = *waits.lock().unwrap();
+    print_line(&format!(
+        "pool-waits {n} longest-us {}",
+        longest.as_micros()
+    ));
+    code
 }
 
 /// Frames in real kernel dmabufs (see the module doc), through appsrc into fdlinksink.
