@@ -47,7 +47,7 @@ pub enum Role {
 pub struct Hello {
     pub version: u16,
     pub role: Role,
-    /// Capability bits; none are defined in version 1, unknown bits are ignored.
+    /// Capability bits; none are defined in version 2, unknown bits are ignored.
     pub capabilities: u32,
     /// Process id of the sender, for logs only.
     pub pid: u32,

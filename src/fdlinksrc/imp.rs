@@ -92,6 +92,9 @@ struct Stream {
     /// The running-time shift of the segment that went downstream (None: none went since the
     /// last flush or segment). Our running time of a frame is the producer's plus this.
     segment_delta: Option<i128>,
+    /// The last shift used, kept across segments: a segment needed before the next buffer
+    /// says where the producer is uses it.
+    last_delta: Option<i128>,
     /// Caps downstream refused, and when this source asked the producer to renegotiate.
     refused_caps: Option<(gst::Caps, Instant)>,
 }
@@ -384,7 +387,10 @@ impl FdlinkSrc {
 
     /// A message from the producer's bus (on the link's reader thread).
     fn on_producer_message(&self, m: protocol::MessagePacket, producer_pid: u32) {
-        if !self.settings.lock().unwrap().forward_messages {
+        // A new latency is not the application's business but the pipeline's: always posted.
+        if !self.settings.lock().unwrap().forward_messages
+            && m.message_type != gst::ffi::GST_MESSAGE_LATENCY
+        {
             return;
         }
         let obj = self.obj();
@@ -436,13 +442,14 @@ impl FdlinkSrc {
             gst::warning!(CAT, imp = self, "cannot set segment: {e}");
         }
         stream.segment_delta = Some(delta);
+        stream.last_delta = Some(delta);
     }
 
     /// Events that must follow a segment (tags, gaps, ...) before any buffer: push one now,
     /// with the last known shift.
     fn ensure_segment(&self, stream: &mut Stream) {
         if stream.segment_delta.is_none() {
-            let delta = stream.segment_delta.unwrap_or(0);
+            let delta = stream.last_delta.unwrap_or(0);
             self.set_segment(stream, delta);
             let segment = self.obj().segment();
             self.obj()
@@ -1017,6 +1024,7 @@ impl BaseSrcImpl for FdlinkSrc {
             eos: false,
             producer_segment: None,
             segment_delta: None,
+            last_delta: None,
             refused_caps: None,
         }));
         Ok(())
@@ -1025,7 +1033,10 @@ impl BaseSrcImpl for FdlinkSrc {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         // Dropping the connection makes later releases no-ops: the producer frees everything
         // this consumer held when it sees the socket close.
-        if let Some(link) = self.link.lock().unwrap().take() {
+        // Not under the `link` lock: the reader thread being joined may be posting a message,
+        // and the bus watch takes that lock to forward it.
+        let link = self.link.lock().unwrap().take();
+        if let Some(link) = link {
             link.shutdown();
         }
         *self.state.lock().unwrap() = State::Stopped;
