@@ -452,6 +452,7 @@ fn buffer_packet(info: &gst_video::VideoInfo, frame: &OwnedFd) -> Vec<u8> {
         offset_end: u64::MAX,
         flags: 0,
         sent_at: monotonic_now(),
+        base_time: monotonic_now(),
         memories: vec![MemoryDesc {
             kind: MemoryKind::Memfd,
             fd_index: 0,
