@@ -57,7 +57,9 @@ def ratio(a, b):
     if a is None or b is None or b == 0:
         return "-"
     r = a / b
-    return f"{r:.2f}" if r < 10 else f"{r:.0f}"
+    if r >= 10:
+        return f"{r:.0f}"
+    return f"{r:.2f}" if r >= 0.1 else f"{r:.2g}"
 
 
 def med(vals):
@@ -148,14 +150,14 @@ def main():
     tp_frames = dict(zip(SIZES, a.tp_frames.split()))
     print(f"Run of {a.date} ({mode} mode): kernel {a.kernel}, {a.cpu}, {a.cores} cores; "
           f"GStreamer {a.host_gst} (Debian 12, host) and {a.forky_gst} (Debian forky "
-          f"chroot). Load average when the run ended: {a.load}.")
+          f"chroot). Load average (1/5/15 min): {a.load}.")
     print()
 
     def rows(mode_name, cells):
         for size in SIZES:
             for env, t in ORDER:
                 label = LABEL[t]
-                ver = "-" if t == "raw" else gst[env].split()[0]
+                ver = "-" if t == "raw" else (gst[env].split() or ["?"])[0]
                 key = (env, mode_name, t, size)
                 if env == "forky" and a.forky_reason:
                     yield [label, "1.28", size, f"not run: {a.forky_reason}"]
@@ -194,7 +196,8 @@ def main():
         fps = num(s["fps"])
         if s["fps_range"]:
             fps += f" [{num(s['fps_range'][0])}-{num(s['fps_range'][1])}]"
-        rs = [ratio(s["fps"], ref("throughput", size, rk, "fps")) for _, rk in REFS]
+        rs = [ratio(s["fps"], ref("throughput", size, rk, "fps")) if t != "local" else ""
+              for _, rk in REFS]
         return [fps] + rs + [num(s["cpu_p"], 1), num(s["cpu_c"], 1), s["check"], s["path"]]
 
     table(["transport", "GStreamer", "size", "fps", "×raw", "×shm", "×ipcpipeline", "×unixfd",

@@ -197,6 +197,7 @@ run_env() {
 }
 
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 run_env host "${HOST_TRANSPORTS[@]}"
 if [ -z "$FORKY_REASON" ]; then
     run_env forky "${FORKY_TRANSPORTS[@]}"
@@ -209,7 +210,7 @@ if [ -z "$FORKY_REASON" ]; then
 else
     FORKY_GST="not run: $FORKY_REASON"
 fi
-LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD="$LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 python3 "$ROOT/benches/compare-peers-table.py" "$RESULTS" \
     --kernel "$(uname -r)" \
     --cpu "$(sed -n 's/^model name\s*:\s*//p' /proc/cpuinfo | head -n1)" \
