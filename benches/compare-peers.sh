@@ -180,28 +180,30 @@ run_one() {
     rm -rf "$base"
 }
 
-run_env() {
-    local env=$1; shift
-    local transports=("$@") t i size rep
-    for i in "${!SIZES[@]}"; do
-        size=${SIZES[$i]}
-        for t in "${transports[@]}"; do
-            for rep in $(seq 1 "$REPS"); do
-                log "$env throughput $t $size (${TP_FRAMES[$i]} frames, rep $rep/$REPS)"
-                run_one "$env" throughput "$t" "$size" "${TP_FRAMES[$i]}" 0 "$rep"
-            done
-            log "$env latency $t $size ($LAT_FRAMES frames at 30 fps)"
-            run_one "$env" latency "$t" "$size" "$LAT_FRAMES" 30 1
+# run_size ENV I TRANSPORT...: both runs of each transport at size I.
+run_size() {
+    local env=$1 i=$2; shift 2
+    local t rep size=${SIZES[$i]}
+    for t in "$@"; do
+        for rep in $(seq 1 "$REPS"); do
+            log "$env throughput $t $size (${TP_FRAMES[$i]} frames, rep $rep/$REPS)"
+            run_one "$env" throughput "$t" "$size" "${TP_FRAMES[$i]}" 0 "$rep"
         done
+        log "$env latency $t $size ($LAT_FRAMES frames at 30 fps)"
+        run_one "$env" latency "$t" "$size" "$LAT_FRAMES" 30 1
     done
 }
 
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-run_env host "${HOST_TRANSPORTS[@]}"
-if [ -z "$FORKY_REASON" ]; then
-    run_env forky "${FORKY_TRANSPORTS[@]}"
-fi
+# Size by size, all transports together: rows that are divided by each other run minutes
+# apart, not a whole run apart, so a change in the machine's load hits them alike.
+for i in "${!SIZES[@]}"; do
+    run_size host "$i" "${HOST_TRANSPORTS[@]}"
+    if [ -z "$FORKY_REASON" ]; then
+        run_size forky "$i" "${FORKY_TRANSPORTS[@]}"
+    fi
+done
 
 # ---------------------------------------------------------------- report
 HOST_GST=$(gst-launch-1.0 --version | sed -n 's/^GStreamer //p' | head -n1)
