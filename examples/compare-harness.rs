@@ -178,7 +178,11 @@ impl Record {
         };
         let span_ns = self.last_ns.saturating_sub(self.first_ns);
         // Intervals between first and last frame; from start() every frame counts.
-        let n = if self.started { self.frames } else { self.frames.saturating_sub(1) };
+        let n = if self.started {
+            self.frames
+        } else {
+            self.frames.saturating_sub(1)
+        };
         let fps = if span_ns > 0 {
             format!("{:.1}", n as f64 * 1e9 / span_ns as f64)
         } else {
@@ -258,10 +262,7 @@ fn libc_cloexec() -> i32 {
 
 fn fifo_pair(a: &Args) -> (PathBuf, PathBuf) {
     let base = a.path.display().to_string();
-    (
-        format!("{base}.m2s").into(),
-        format!("{base}.s2m").into(),
-    )
+    (format!("{base}.m2s").into(), format!("{base}.s2m").into())
 }
 
 fn produce_gst(a: &Args) -> String {
@@ -273,7 +274,9 @@ fn produce_gst(a: &Args) -> String {
     let sink = match a.transport.as_str() {
         "fdlink" => format!("fdlinksink name=sink socket-path={p} sync=false"),
         "fdlink-copy" => {
-            format!("identity drop-allocation=true ! fdlinksink name=sink socket-path={p} sync=false")
+            format!(
+                "identity drop-allocation=true ! fdlinksink name=sink socket-path={p} sync=false"
+            )
         }
         // With its own allocator proposed, videotestsrc ! shmsink stops after filling the
         // area once (1.22, reproducible with gst-launch; see docs/performance.md), so shmsink
@@ -288,7 +291,9 @@ fn produce_gst(a: &Args) -> String {
         ),
         "unixfd" => format!("unixfdsink name=sink socket-path={p} sync=false"),
         "unixfd-copy" => {
-            format!("identity drop-allocation=true ! unixfdsink name=sink socket-path={p} sync=false")
+            format!(
+                "identity drop-allocation=true ! unixfdsink name=sink socket-path={p} sync=false"
+            )
         }
         "ipcpipeline" => {
             let (m2s, s2m) = fifo_pair(a);
@@ -612,7 +617,9 @@ fn produce_raw(a: &Args) -> String {
     let mut pool = Vec::new();
     for i in 0..4 {
         let fd = nix::sys::memfd::memfd_create(
-            std::ffi::CString::new(format!("raw{i}")).unwrap().as_c_str(),
+            std::ffi::CString::new(format!("raw{i}"))
+                .unwrap()
+                .as_c_str(),
             nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
         )
         .expect("memfd");
@@ -666,7 +673,9 @@ fn produce_raw(a: &Args) -> String {
     let _ = send(conn.as_raw_fd(), &m, MsgFlags::empty());
     wait_for_path(&a.done, Instant::now() + Duration::from_secs(10));
     let _ = std::fs::remove_file(&a.path);
-    rec.lock().unwrap().json(a, ",\"writable_copies\":0,\"error\":\"\"")
+    rec.lock()
+        .unwrap()
+        .json(a, ",\"writable_copies\":0,\"error\":\"\"")
 }
 
 fn consume_raw(a: &Args) -> String {
