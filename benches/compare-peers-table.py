@@ -14,7 +14,7 @@ from collections import defaultdict
 SIZES = ["640x480", "1920x1080", "3840x2160"]
 ORDER = [
     ("host", "local"), ("host", "raw"), ("host", "fdlink"), ("host", "fdlink-copy"), ("host", "shm"),
-    ("host", "ipcpipeline"), ("forky", "fdlink"), ("forky", "fdlink-copy"),
+    ("host", "ipcpipeline"), ("forky", "local"), ("forky", "fdlink"), ("forky", "fdlink-copy"),
     ("forky", "unixfd"), ("forky", "unixfd-copy"),
 ]
 LABEL = {

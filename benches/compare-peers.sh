@@ -57,7 +57,7 @@ else
     REPS=${REPS:-3}
 fi
 HOST_TRANSPORTS=(local raw fdlink fdlink-copy shm ipcpipeline)
-FORKY_TRANSPORTS=(fdlink fdlink-copy unixfd unixfd-copy)
+FORKY_TRANSPORTS=(local fdlink fdlink-copy unixfd unixfd-copy)
 # Whole-run limit per process; a hung transport shows up as "not run", never as a number.
 RUN_TIMEOUT=150
 
