@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
         --reps) REPS=$2; shift ;;
         --no-forky) USE_FORKY=0 ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
