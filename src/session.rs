@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use gst::glib;
 use gst::prelude::*;
 
-use crate::protocol::StatePacket;
+use crate::control;
+use crate::protocol::{MessagePacket, StatePacket};
 
 /// Whose state a pipeline follows.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
@@ -76,6 +77,17 @@ pub fn destination(element: &gst::Element) -> gst::State {
     }
 }
 
+/// Acts on the peer's State packet: takes the pipeline of `element` where the peer went, when
+/// `mode` is follow. False when both ends follow each other (the caller reports it).
+pub fn follow_peer(element: &gst::Element, mode: Mode, p: &StatePacket) -> bool {
+    match follow(mode, p) {
+        Follow::Go(state) => set_pipeline_state(element, state),
+        Follow::Ignore => {}
+        Follow::BothFollow => return false,
+    }
+    true
+}
+
 /// The top-level bin `element` is in (itself when it has no parent).
 pub fn top_level(element: &gst::Element) -> gst::Element {
     let mut top: gst::Object = element.clone().upcast();
@@ -129,6 +141,17 @@ impl Reposted {
     pub fn contains(&self, seqnum: gst::Seqnum) -> bool {
         self.0.lock().unwrap().contains(&seqnum)
     }
+
+    /// Posts the peer's message on the bus of `element`, named after `peer`, and remembers it
+    /// so the bus watch does not send it back. False when the packet does not make a message.
+    pub fn post(&self, element: &gst::Element, p: &MessagePacket, peer: &str) -> bool {
+        let Some(msg) = control::message_from_packet(p, element, peer) else {
+            return false;
+        };
+        self.remember(msg.seqnum());
+        let _ = element.post_message(msg);
+        true
+    }
 }
 
 /// A sync-message handler on the bus of `element`'s top-level pipeline; disconnects on drop.
@@ -138,19 +161,23 @@ pub struct BusWatch {
 }
 
 impl BusWatch {
-    /// Calls `forward` from the posting thread for every message on the pipeline's bus that
-    /// `element` did not repost itself (bus sync-message emission works alongside whatever
-    /// sync handler the application set).
+    /// Calls `send` from the posting thread with the packet of every message on the
+    /// pipeline's bus that `crosses` and that `element` did not repost itself (bus
+    /// sync-message emission works alongside whatever sync handler the application set).
     pub fn new(
         element: &gst::Element,
         reposted: Arc<Reposted>,
-        forward: impl Fn(&gst::Message) + Send + Sync + 'static,
+        crosses: fn(&gst::MessageRef) -> bool,
+        send: impl Fn(MessagePacket) + Send + Sync + 'static,
     ) -> Option<BusWatch> {
         let bus = top_level(element).bus()?;
         bus.enable_sync_message_emission();
         let handler = bus.connect_sync_message(None, move |_, message| {
-            if !reposted.contains(message.seqnum()) {
-                forward(message);
+            if crosses(message)
+                && !reposted.contains(message.seqnum())
+                && let Some(p) = control::message_to_packet(message)
+            {
+                send(p);
             }
         });
         Some(BusWatch {

@@ -145,6 +145,15 @@ struct Consumer {
     last_activity: Instant,
 }
 
+impl Consumer {
+    /// Counts a buffer packet that went out to this consumer, which now holds the buffer.
+    fn took(&mut self, buffer_id: u64, now: Instant, size: u64) {
+        self.held.insert(buffer_id, now);
+        self.frames_sent += 1;
+        self.bytes_sent += size;
+    }
+}
+
 struct HeldBuffer {
     _buffer: gst::Buffer,
     holders: u32,
@@ -512,9 +521,7 @@ impl Hub {
                 }
                 match c.conn.try_send(bytes, fds) {
                     Ok(()) => {
-                        c.held.insert(buffer_id, now);
-                        c.frames_sent += 1;
-                        c.bytes_sent += size;
+                        c.took(buffer_id, now, size);
                         holders += 1;
                     }
                     Err(TransportError::WouldBlock) => match policy {
@@ -580,9 +587,7 @@ impl Hub {
             {
                 match c.conn.try_send(bytes, fds) {
                     Ok(()) => {
-                        c.held.insert(buffer_id, now);
-                        c.frames_sent += 1;
-                        c.bytes_sent += size;
+                        c.took(buffer_id, now, size);
                         sent_now += 1;
                         done.push(c.id);
                     }

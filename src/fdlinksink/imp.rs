@@ -15,7 +15,7 @@ use crate::clock;
 use crate::control;
 use crate::memory::{self, MemfdBufferPool};
 use crate::protocol::{BufferHeader, MemoryDesc, Packet, TIME_NONE};
-use crate::session::{self, BusWatch, Follow, Mode, Reposted};
+use crate::session::{self, BusWatch, Mode, Reposted};
 use crate::transport::Listener;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -332,13 +332,11 @@ impl FdlinkSink {
         let watch = BusWatch::new(
             self.obj().upcast_ref(),
             self.reposted.clone(),
-            move |message| {
+            control::forwards_to_consumers,
+            move |p| {
                 let Some(obj) = weak.upgrade() else { return };
                 let imp = obj.imp();
-                if !control::forwards_to_consumers(message) {
-                    return;
-                }
-                if let (Some(hub), Some(p)) = (imp.hub(), control::message_to_packet(message)) {
+                if let Some(hub) = imp.hub() {
                     imp.send_to_consumers(&hub, Packet::Message(p), StickyKind::None);
                 }
             },
@@ -412,12 +410,8 @@ impl FdlinkSink {
                     return;
                 }
                 let who = format!("consumer {id} (pid {})", pid.unwrap_or(0));
-                match control::message_from_packet(&m, obj.upcast_ref(), &who) {
-                    Some(msg) => {
-                        self.reposted.remember(msg.seqnum());
-                        let _ = obj.post_message(msg);
-                    }
-                    None => gst::debug!(CAT, imp = self, "dropping unreadable message from {who}"),
+                if !self.reposted.post(obj.upcast_ref(), &m, &who) {
+                    gst::debug!(CAT, imp = self, "dropping unreadable message from {who}");
                 }
             }
             Request::UpstreamEvent(p) => {
@@ -441,14 +435,12 @@ impl FdlinkSink {
             }
             Request::State(st) => {
                 let mode = self.settings.lock().unwrap().mode;
-                match session::follow(mode, &st) {
-                    Follow::Go(state) => session::set_pipeline_state(obj.upcast_ref(), state),
-                    Follow::Ignore => {}
-                    Follow::BothFollow => gst::element_imp_error!(
+                if !session::follow_peer(obj.upcast_ref(), mode, &st) {
+                    gst::element_imp_error!(
                         self,
                         gst::CoreError::StateChange,
                         ("fdlinksink mode=follow and consumer {id}'s fdlinksrc mode=follow: each would follow the other; set one of them to mode=independent")
-                    ),
+                    );
                 }
             }
             Request::Query(p) => {

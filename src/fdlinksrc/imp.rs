@@ -16,7 +16,7 @@ use crate::control;
 use super::link::{Inbound, Link, LinkPeer};
 use crate::memory::{Importer, ReleaseToken};
 use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role, TIME_NONE};
-use crate::session::{self, BusWatch, Follow, Mode, Reposted};
+use crate::session::{self, BusWatch, Mode, Reposted};
 use crate::transport::{Connection, TransportError, Waker};
 use crate::wire_event::{self, WireEvent};
 
@@ -358,12 +358,9 @@ impl FdlinkSrc {
         let watch = BusWatch::new(
             self.obj().upcast_ref(),
             self.reposted.clone(),
-            move |message| {
-                let Some(obj) = weak.upgrade() else { return };
-                if !control::forwards(message) {
-                    return;
-                }
-                if let Some(p) = control::message_to_packet(message) {
+            control::forwards,
+            move |p| {
+                if let Some(obj) = weak.upgrade() {
                     obj.imp().send_to_producer(&Packet::Message(p));
                 }
             },
@@ -374,14 +371,12 @@ impl FdlinkSrc {
     /// A State packet from the producer (on the link's reader thread).
     fn on_producer_state(&self, st: protocol::StatePacket) {
         let mode = self.settings.lock().unwrap().mode;
-        match session::follow(mode, &st) {
-            Follow::Go(state) => session::set_pipeline_state(self.obj().upcast_ref(), state),
-            Follow::Ignore => {}
-            Follow::BothFollow => gst::element_imp_error!(
+        if !session::follow_peer(self.obj().upcast_ref(), mode, &st) {
+            gst::element_imp_error!(
                 self,
                 gst::CoreError::StateChange,
                 ("fdlinksrc mode=follow and the producer's fdlinksink mode=follow: each would follow the other; set one of them to mode=independent")
-            ),
+            );
         }
     }
 
@@ -393,14 +388,9 @@ impl FdlinkSrc {
         {
             return;
         }
-        let obj = self.obj();
         let who = format!("producer (pid {producer_pid})");
-        match control::message_from_packet(&m, obj.upcast_ref(), &who) {
-            Some(msg) => {
-                self.reposted.remember(msg.seqnum());
-                let _ = obj.post_message(msg);
-            }
-            None => gst::debug!(CAT, imp = self, "dropping unreadable message from {who}"),
+        if !self.reposted.post(self.obj().upcast_ref(), &m, &who) {
+            gst::debug!(CAT, imp = self, "dropping unreadable message from {who}");
         }
     }
 
@@ -487,6 +477,25 @@ impl FdlinkSrc {
         Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64)
     }
 
+    /// Fails once caps downstream refused have waited `ack-timeout` for the producer to offer
+    /// others.
+    fn check_refused_caps(&self, stream: &Stream) -> Result<(), Stop> {
+        let Some((refused, since)) = &stream.refused_caps else {
+            return Ok(());
+        };
+        let waited = since.elapsed();
+        if waited <= self.ack_timeout() {
+            return Ok(());
+        }
+        Err(Stop::Error(gst::error_msg!(
+            gst::CoreError::Negotiation,
+            (
+                "downstream does not accept the producer's caps {refused}, and the producer offered no other caps within {} ms of being asked to renegotiate",
+                waited.as_millis()
+            )
+        )))
+    }
+
     /// New caps from the producer: downstream takes them, or the producer is asked to
     /// renegotiate (it asks us for our caps), and frames are dropped until caps we can take
     /// arrive or `ack-timeout` runs out.
@@ -501,18 +510,9 @@ impl FdlinkSrc {
         }
         let pad = self.obj().src_pad().clone();
         if pad.is_linked() && !pad.peer_query_accept_caps(&caps) {
-            if let Some((_, since)) = &stream.refused_caps {
-                let waited = since.elapsed();
-                if waited > self.ack_timeout() {
-                    return Err(Stop::Error(gst::error_msg!(
-                        gst::CoreError::Negotiation,
-                        (
-                            "downstream does not accept the producer's caps {caps} (asked the producer to renegotiate {} ms ago)",
-                            waited.as_millis()
-                        )
-                    )));
-                }
-                stream.refused_caps = Some((caps, *since));
+            if let Some((_, since)) = stream.refused_caps {
+                stream.refused_caps = Some((caps, since));
+                self.check_refused_caps(stream)?;
             } else {
                 gst::info!(
                     CAT,
@@ -690,18 +690,9 @@ impl FdlinkSrc {
                     };
                     drop(token);
                     self.record_latency(header.sent_at);
-                    if let Some((refused, since)) = &stream.refused_caps {
+                    if stream.refused_caps.is_some() {
                         // Dropped (and so released): downstream cannot take it.
-                        let waited = since.elapsed();
-                        if waited > self.ack_timeout() {
-                            return Err(Stop::Error(gst::error_msg!(
-                                gst::CoreError::Negotiation,
-                                (
-                                    "downstream does not accept the producer's caps {refused}, and the producer offered no other caps within {} ms of being asked to renegotiate",
-                                    waited.as_millis()
-                                )
-                            )));
-                        }
+                        self.check_refused_caps(stream)?;
                         continue;
                     }
                     let time = |t: u64| (t != TIME_NONE).then(|| gst::ClockTime::from_nseconds(t));
