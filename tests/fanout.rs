@@ -29,6 +29,37 @@ fn client(stats: &gst::Structure, pid: i32) -> Option<gst::Structure> {
         .find(|c| c.get::<i32>("pid") == Ok(pid))
 }
 
+/// A producer pipeline in this process (so the test sees the sink's signals), and its
+/// fdlinksink, named `sink`.
+fn producer_here(launch: &str) -> (gst::Pipeline, gst::Element) {
+    gstfdlink::plugin_register_static().unwrap();
+    let pipeline = gst::parse::launch(launch)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    (pipeline, sink)
+}
+
+/// The producer went on at its 30 fps (`produced` frames in `window` s) while a consumer was
+/// stopped (its stats come every 200 ms, hence the margin), and never waited for a buffer of
+/// its pool.
+fn assert_kept_rate_and_pool(producer: &Peer, produced: f64, window: f64) {
+    assert!(
+        produced >= 25.0 * (window - 0.5),
+        "producer made {produced} frames in {window:.1} s with a consumer stopped"
+    );
+    let lines = producer.lines();
+    let waits = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("pool-waits "))
+        .expect("pool-waits line");
+    assert!(
+        waits.starts_with("0 "),
+        "the pool ran dry: pool-waits {waits}"
+    );
+}
+
 /// Eight consumers of 1080p frames from a pool of 8 buffers; one is SIGSTOPped for 5 s. With
 /// slow-policy=drop and max-held-total=6 the producer never waits for its pool, the other
 /// seven keep up, and the stopped one skips frames and then carries on.
@@ -91,22 +122,8 @@ fn a_stopped_consumer_stalls_neither_the_producer_nor_the_others() {
     for c in consumers.iter_mut() {
         assert!(c.wait(T).success(), "{}", c.errors());
     }
-    // The producer went on at its 30 fps while the consumer was stopped (its stats come every
-    // 200 ms, hence the margin), and never waited for a pool buffer.
     let produced = (p1 - p0) as f64;
-    assert!(
-        produced >= 25.0 * (window - 0.5),
-        "producer made {produced} frames in {window:.1} s with a consumer stopped"
-    );
-    let lines = producer.lines();
-    let waits = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("pool-waits "))
-        .expect("pool-waits line");
-    assert!(
-        waits.starts_with("0 "),
-        "the pool ran dry: pool-waits {waits}"
-    );
+    assert_kept_rate_and_pool(&producer, produced, window);
     // The seven others kept up during the stop and got every frame in the end.
     for (i, (a, b)) in others0.iter().zip(&others1).enumerate() {
         assert!(
@@ -185,16 +202,11 @@ fn block_policy_loses_nothing() {
 #[test]
 fn client_signals_remove_and_disconnect_policy() {
     init_gst();
-    gstfdlink::plugin_register_static().unwrap();
     let dir = TempDir::new("signals");
     let sock = dir.socket();
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, sink) = producer_here(&format!(
         "videotestsrc is-live=true ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! fdlinksink name=sink socket-path={sock} slow-policy=disconnect max-held=2"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline.by_name("sink").unwrap();
+    ));
     let added: Arc<Mutex<Vec<(u64, i32)>>> = Arc::default();
     let removed: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
     let a = added.clone();
@@ -298,4 +310,136 @@ fn client_signals_remove_and_disconnect_policy() {
             .contains(&(third_id, "closed".to_string()))
     );
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// slow-policy=copy with an upstream pool of 4 buffers: a consumer SIGSTOPped for 3 s holds at
+/// most max-held of them; every frame after that reaches it as a copy in the memfd pool. The
+/// producer never waits for its pool and keeps its rate, and the stopped consumer, once
+/// resumed, gets every frame, none overwritten.
+#[test]
+fn copy_policy_keeps_the_pool_and_the_stalled_consumers_frames() {
+    init_gst();
+    let dir = TempDir::new("copy");
+    let sock = dir.socket();
+    let frames = 240u64;
+    let mut producer = Peer::spawn(&[
+        "produce-pattern",
+        "--socket",
+        &sock,
+        "--frames",
+        &frames.to_string(),
+        "--pool-max",
+        "4",
+        "--size",
+        "640x480",
+        "--wait-clients",
+        "2",
+        "--stats-every",
+        "200",
+        "--sink-props",
+        "sync=true slow-policy=copy max-held=1 max-queued=150",
+    ]);
+    wait_for_path(&sock, T);
+    let consumer = || {
+        Peer::spawn(&[
+            "consume",
+            "--pattern",
+            "--stats-every",
+            "200",
+            &format!("fdlinksrc socket-path={sock} ! fakesink enable-last-sample=false"),
+        ])
+    };
+    let mut stopped = consumer();
+    let mut healthy = consumer();
+    producer
+        .wait_stats(T, |s| field(s, "frames-in") >= 45)
+        .expect("the producer runs");
+    let before = Instant::now();
+    let p0 = field(&producer.latest_stats().unwrap(), "frames-in");
+    signal(stopped.pid(), nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(3));
+    let window = before.elapsed().as_secs_f64();
+    let during = producer.latest_stats().unwrap();
+    signal(stopped.pid(), nix::sys::signal::Signal::SIGCONT);
+
+    let c = client(&during, stopped.pid()).expect("stopped consumer's stats");
+    // It holds copies and at most max-held (1) of upstream's buffers.
+    assert!(
+        field(&c, "buffers-held").saturating_sub(field(&c, "frames-copied")) <= 1,
+        "{c}"
+    );
+    assert!(field(&c, "frames-copied") >= 60, "{c}");
+    assert!(producer.wait(T).success(), "{}", producer.errors());
+    for c in [&mut stopped, &mut healthy] {
+        assert!(c.wait(T).success(), "{}", c.errors());
+        assert_eq!(frames_received(&c.latest_stats().unwrap()), frames);
+        assert!(
+            !c.lines().iter().any(|l| l.starts_with("pattern-mismatch")),
+            "a frame was overwritten"
+        );
+    }
+    let produced = (field(&during, "frames-in") - p0) as f64;
+    assert_kept_rate_and_pool(&producer, produced, window);
+    let end = producer.latest_stats().unwrap();
+    assert_eq!(field(&end, "frames-dropped"), 0, "{end}");
+    assert!(field(&end, "slow-copies") >= 60, "{end}");
+}
+
+/// sync-method on an H.264 stream (x264enc, a keyframe every 30 frames): a consumer that
+/// joins mid-GOP starts at a keyframe, the latest one before it joined (latest-keyframe,
+/// from the producer's backlog) or the next one (next-keyframe).
+#[test]
+fn sync_method_starts_consumers_at_keyframes() {
+    init_gst();
+    for method in ["latest-keyframe", "next-keyframe"] {
+        let dir = TempDir::new("syncmethod");
+        let sock = dir.socket();
+        let total = 150u64;
+        let (pipeline, sink) = producer_here(&format!(
+            "videotestsrc is-live=true num-buffers={total} ! video/x-raw,width=320,height=240,framerate=30/1 ! x264enc key-int-max=30 option-string=scenecut=0 tune=zerolatency speed-preset=ultrafast ! h264parse ! fdlinksink name=sink socket-path={sock} sync-method={method}"
+        ));
+        // Frames the producer had taken in when the consumer finished its hello.
+        let joined_at: Arc<Mutex<Option<u64>>> = Arc::default();
+        let j = joined_at.clone();
+        sink.connect("client-added", false, move |args| {
+            let sink = args[0].get::<gst::Element>().unwrap();
+            let stats = sink.property::<gst::Structure>("stats");
+            *j.lock().unwrap() = Some(field(&stats, "frames-in"));
+            None
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        wait_for_path(&sock, T);
+        let deadline = Instant::now() + T;
+        while field(&sink.property::<gst::Structure>("stats"), "frames-in") < 45 {
+            assert!(Instant::now() < deadline, "the producer runs");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut consumer = Peer::spawn(&[
+            "consume",
+            "--frames-log",
+            &format!("fdlinksrc socket-path={sock} ! fakesink"),
+        ]);
+        assert!(consumer.wait(T).success(), "{}", consumer.errors());
+        pipeline.set_state(gst::State::Null).unwrap();
+        let joined = joined_at.lock().unwrap().expect("client-added");
+        let got = frames(&consumer.lines());
+        let received = got.len() as u64;
+        assert!(!got[0].delta, "{method}: the first frame is a keyframe");
+        // It started at a keyframe, so it got whole GOPs.
+        assert_eq!(received % 30, 0, "{method}: {received} frames");
+        let first = total - received;
+        match method {
+            // From the keyframe at or before the join.
+            "latest-keyframe" => assert!(
+                first <= joined && joined < first + 30,
+                "{method}: started at frame {first}, joined at {joined}"
+            ),
+            // From the first keyframe after the join (a frame in render at the join may
+            // still count as before it).
+            _ => assert!(
+                first + 1 >= joined && first < joined + 31,
+                "{method}: started at frame {first}, joined at {joined}"
+            ),
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! wait for `max-held`.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -95,7 +95,26 @@ pub enum SlowPolicy {
     Block,
     /// Remove that consumer.
     Disconnect,
+    /// A consumer at `max-held` gets the frame as a copy in the memfd pool, so it loses
+    /// nothing while upstream's pool loses at most `max-held` buffers to it.
+    Copy,
 }
+
+/// Where a new consumer's stream starts (multisocketsink's sync-method).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMethod {
+    /// The next buffer, whatever it is.
+    Latest,
+    /// The next keyframe (a buffer without DELTA_UNIT); delta units before it are skipped.
+    NextKeyframe,
+    /// The latest keyframe and the buffers after it, sent at once from a backlog; the next
+    /// keyframe when there is no backlog yet.
+    LatestKeyframe,
+}
+
+/// Buffers the latest-keyframe backlog keeps at most; a longer GOP empties it, and joiners
+/// wait for the next keyframe instead.
+const BACKLOG_MAX: usize = 256;
 
 /// One consumer's counters, for the `stats` property.
 #[derive(Debug, Clone)]
@@ -104,7 +123,11 @@ pub struct ConsumerStats {
     pub pid: i32,
     pub frames_sent: u64,
     pub frames_dropped: u64,
+    /// Frames sent to it as slow-policy=copy copies.
+    pub frames_copied: u64,
     pub held: u32,
+    /// Buffers waiting in its queue for room in its socket.
+    pub queued: u32,
     pub releases: u64,
     pub bytes_sent: u64,
     pub idle_ms: u64,
@@ -126,19 +149,72 @@ enum Phase {
     Ready,
 }
 
+/// A packet waiting for room in one consumer's socket.
+enum Outbound {
+    Control(Vec<u8>),
+    /// A buffer packet with its own duplicates of the fds; the buffer itself stays in the
+    /// hub's `held` until the consumer releases it.
+    Buffer {
+        id: u64,
+        bytes: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        size: u64,
+    },
+}
+
+/// A buffer a consumer was given (sent, or queued for it) and has not released.
+struct Held {
+    since: Instant,
+    /// A slow-policy=copy copy, not upstream's memory.
+    copy: bool,
+}
+
+/// One frame as offered to the consumers: its encoded packet and the fds it carries.
+pub struct Frame<'a> {
+    pub id: u64,
+    pub bytes: &'a [u8],
+    pub fds: &'a [BorrowedFd<'a>],
+    pub size: u64,
+    /// Not a DELTA_UNIT: a consumer may start here (sync-method).
+    pub keyframe: bool,
+    /// A slow-policy=copy copy of a frame, for consumers at max-held.
+    pub slow_copy: bool,
+}
+
+/// What became of a frame for one consumer.
+enum Offer {
+    Sent,
+    /// Waits in its queue for room in its socket.
+    Queued,
+    /// Skipped per the slow policy.
+    Dropped,
+    /// sync-method: it waits for a keyframe.
+    NotYet,
+    /// slow-policy=copy: it is at max-held and gets a copy instead.
+    WantsCopy,
+}
+
 struct Consumer {
     id: u64,
     conn: Arc<Connection>,
     pid: Option<i32>,
     phase: Phase,
-    /// Control packets (never buffers) waiting for room in the socket, in order.
-    pending: VecDeque<Vec<u8>>,
-    /// Buffers it holds, with when each was sent.
-    held: HashMap<u64, Instant>,
+    /// Packets waiting for room in the socket, in stream order: control packets, and up to
+    /// `max-queued` buffers.
+    queue: VecDeque<Outbound>,
+    /// Buffers among `queue`.
+    queued_buffers: usize,
+    /// Buffers it was given and has not released, queued ones included.
+    held: HashMap<u64, Held>,
+    /// Among `held`, those of upstream's memory (not copies).
+    originals_held: usize,
     /// Stayed at max-held through a whole wait: not waited for again until it releases.
     stalled: bool,
+    /// sync-method: skips frames until a keyframe.
+    awaiting_keyframe: bool,
     frames_sent: u64,
     frames_dropped: u64,
+    frames_copied: u64,
     releases: u64,
     bytes_sent: u64,
     release_wait: Duration,
@@ -146,17 +222,103 @@ struct Consumer {
 }
 
 impl Consumer {
-    /// Counts a buffer packet that went out to this consumer, which now holds the buffer.
-    fn took(&mut self, buffer_id: u64, now: Instant, size: u64) {
-        self.held.insert(buffer_id, now);
+    fn new(id: u64, conn: Connection) -> Consumer {
+        let now = Instant::now();
+        Consumer {
+            id,
+            pid: conn.peer_pid(),
+            conn: Arc::new(conn),
+            phase: Phase::AwaitingHello { since: now },
+            queue: VecDeque::new(),
+            queued_buffers: 0,
+            held: HashMap::new(),
+            originals_held: 0,
+            stalled: false,
+            awaiting_keyframe: false,
+            frames_sent: 0,
+            frames_dropped: 0,
+            frames_copied: 0,
+            releases: 0,
+            bytes_sent: 0,
+            release_wait: Duration::ZERO,
+            last_activity: now,
+        }
+    }
+
+    fn hold(&mut self, buffer_id: u64, since: Instant, copy: bool) {
+        self.held.insert(buffer_id, Held { since, copy });
+        if !copy {
+            self.originals_held += 1;
+        }
+    }
+
+    fn unhold(&mut self, buffer_id: u64) -> Option<Held> {
+        let h = self.held.remove(&buffer_id)?;
+        if !h.copy {
+            self.originals_held -= 1;
+        }
+        Some(h)
+    }
+
+    fn copies_held(&self) -> usize {
+        self.held.len() - self.originals_held
+    }
+
+    /// Counts a buffer packet that left for its socket.
+    fn sent(&mut self, size: u64) {
         self.frames_sent += 1;
         self.bytes_sent += size;
+    }
+
+    /// Takes the oldest buffer out of its queue (the policy dropped it); returns its id.
+    fn drop_oldest_queued(&mut self) -> Option<u64> {
+        let pos = self
+            .queue
+            .iter()
+            .position(|p| matches!(p, Outbound::Buffer { .. }))?;
+        let Some(Outbound::Buffer { id, .. }) = self.queue.remove(pos) else {
+            unreachable!("position() found a buffer there");
+        };
+        self.queued_buffers -= 1;
+        self.unhold(id);
+        self.frames_dropped += 1;
+        Some(id)
+    }
+
+    /// Queues a buffer packet behind what waits for its socket; it holds the buffer from now.
+    fn enqueue(
+        &mut self,
+        id: u64,
+        bytes: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        size: u64,
+        copy: bool,
+        now: Instant,
+    ) {
+        self.queue.push_back(Outbound::Buffer {
+            id,
+            bytes,
+            fds,
+            size,
+        });
+        self.queued_buffers += 1;
+        self.hold(id, now, copy);
     }
 }
 
 struct HeldBuffer {
     _buffer: gst::Buffer,
+    /// Consumers that hold it, plus one while the latest-keyframe backlog keeps it.
     holders: u32,
+    copy: bool,
+}
+
+/// A buffer the latest-keyframe backlog keeps for consumers that join mid-GOP.
+struct BacklogEntry {
+    id: u64,
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    size: u64,
 }
 
 /// Counters exposed in the `stats` property.
@@ -168,6 +330,8 @@ pub struct HubStats {
     pub frames_copied: u64,
     pub bytes_copied: u64,
     pub frames_dropped: u64,
+    /// Frames copied into the memfd pool for consumers at max-held (slow-policy=copy).
+    pub slow_copies: u64,
     pub frames_without_consumer: u64,
     pub releases: u64,
     pub consumers_total: u64,
@@ -203,6 +367,10 @@ impl Sticky {
 struct Inner {
     consumers: Vec<Consumer>,
     held: HashMap<u64, HeldBuffer>,
+    /// Among `held`, buffers of upstream's memory (what max-held-total limits).
+    originals_held: usize,
+    /// sync-method=latest-keyframe: the latest keyframe and the buffers since.
+    backlog: Vec<BacklogEntry>,
     sticky: Sticky,
     next_consumer_id: u64,
     flushing: bool,
@@ -232,11 +400,7 @@ pub struct Hub {
     stop: AtomicBool,
     /// Ids for buffer packets, taken without the lock.
     next_buffer_id: AtomicU64,
-    max_held: u32,
-    /// Buffers all consumers together may hold (0: no limit).
-    max_held_total: u32,
-    policy: SlowPolicy,
-    slow_wait: Duration,
+    limits: Limits,
     /// Queries this producer asked its consumers, waiting for replies.
     pending: PendingQueries,
     on_event: Box<dyn Fn(HubEvent) + Send + Sync>,
@@ -244,15 +408,24 @@ pub struct Hub {
 
 /// Outcome of offering one buffer to the consumers.
 pub struct SendOutcome {
+    /// Consumers that were given it (sent now or queued).
     pub sent_to: usize,
+    /// slow-policy=copy: consumers at max-held that want the frame as a copy
+    /// (`send_copy`).
+    pub wants_copy: Vec<u64>,
 }
 
-/// Limits and policy for slow consumers.
+/// Limits and policies for consumers.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Buffers of upstream's memory one consumer may hold.
     pub max_held: u32,
+    /// Buffers of upstream's memory all consumers together may hold (0: no limit).
     pub max_held_total: u32,
+    /// Buffers queued in the producer for one consumer whose socket is full.
+    pub max_queued: u32,
     pub policy: SlowPolicy,
+    pub sync_method: SyncMethod,
     /// How long Auto waits for a full consumer before skipping it.
     pub slow_wait: Duration,
 }
@@ -271,10 +444,7 @@ impl Hub {
             waker: Waker::new()?,
             stop: AtomicBool::new(false),
             next_buffer_id: AtomicU64::new(1),
-            max_held: limits.max_held,
-            max_held_total: limits.max_held_total,
-            policy: limits.policy,
-            slow_wait: limits.slow_wait,
+            limits,
             pending: PendingQueries::default(),
             on_event: Box::new(on_event),
         }))
@@ -303,6 +473,11 @@ impl Hub {
             .consumers
             .iter()
             .any(|c| c.phase == Phase::Ready)
+    }
+
+    /// sync-method=latest-keyframe: every frame goes through `send_buffer`, consumers or not.
+    pub fn keeps_backlog(&self) -> bool {
+        self.limits.sync_method == SyncMethod::LatestKeyframe
     }
 
     pub fn count_frame_without_consumer(&self) {
@@ -344,6 +519,10 @@ impl Hub {
                 }
                 (_, StickyKind::None) => {}
             }
+            // A flush or a new stream: the buffers of the backlog no longer lead anywhere.
+            if matches!(sticky, StickyKind::FlushStop | StickyKind::StreamStart) {
+                clear_backlog(&mut inner);
+            }
             for c in inner
                 .consumers
                 .iter_mut()
@@ -374,7 +553,7 @@ impl Hub {
             for c in inner
                 .consumers
                 .iter()
-                .filter(|c| c.phase == Phase::Ready && !c.stalled && c.pending.is_empty())
+                .filter(|c| c.phase == Phase::Ready && !c.stalled && c.queue.is_empty())
             {
                 let id = self.pending.register();
                 match encode(id).map(|bytes| c.conn.try_send(&bytes, &[])) {
@@ -407,9 +586,10 @@ impl Hub {
         }
     }
 
-    /// Whether sending a frame would leave all consumers together over `max-held-total`.
+    /// Whether all consumers together hold `max-held-total` buffers of upstream's memory.
     fn over_total(&self, inner: &Inner) -> bool {
-        self.max_held_total > 0 && inner.held.len() >= self.max_held_total as usize
+        let max = self.limits.max_held_total as usize;
+        max > 0 && inner.originals_held >= max
     }
 
     /// Before a frame, under the Block policy (and Auto with a non-live upstream): waits until
@@ -418,22 +598,22 @@ impl Hub {
     /// as stalled and does not wait for them again until they release something.
     /// Returns false when flushing.
     pub fn wait_for_room(&self, live: bool) -> bool {
-        let bounded = match self.policy {
+        let bounded = match self.limits.policy {
             SlowPolicy::Block => false,
             SlowPolicy::Auto if !live => true,
             _ => return true,
         };
-        let deadline = Instant::now() + self.slow_wait;
+        let deadline = Instant::now() + self.limits.slow_wait;
+        let max = self.limits.max_held as usize;
         let mut inner = self.lock();
         loop {
             if inner.flushing {
                 return false;
             }
-            let max = self.max_held as usize;
             let full = inner
                 .consumers
                 .iter()
-                .any(|c| c.phase == Phase::Ready && !c.stalled && c.held.len() >= max)
+                .any(|c| c.phase == Phase::Ready && !c.stalled && c.originals_held >= max)
                 || self.over_total(&inner);
             if !full {
                 return true;
@@ -441,7 +621,7 @@ impl Hub {
             let left = deadline.saturating_duration_since(Instant::now());
             if bounded && left.is_zero() {
                 for c in inner.consumers.iter_mut() {
-                    if c.phase == Phase::Ready && c.held.len() >= max {
+                    if c.phase == Phase::Ready && c.originals_held >= max {
                         c.stalled = true;
                     }
                 }
@@ -465,175 +645,245 @@ impl Hub {
         self.next_buffer_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Counts a frame that came in (`copied_bytes` when it was copied into a memfd), sends its
-    /// encoded packet and fds to every ready consumer with room, and keeps `buffer` (which owns
-    /// the fds) until each of them released it.
+    /// Offers a frame to every ready consumer, each per its limits and the slow policy: sent
+    /// now, queued behind what waits for its socket, skipped, or (slow-policy=copy) left for
+    /// `send_copy`. Keeps `buffer` (which owns the fds) until every consumer given it
+    /// released it. `copied_bytes`: the frame was copied into a memfd to be shareable.
     pub fn send_buffer(
         &self,
-        buffer_id: u64,
-        bytes: &[u8],
-        fds: &[BorrowedFd<'_>],
+        frame: &Frame<'_>,
         buffer: gst::Buffer,
         copied_bytes: Option<usize>,
     ) -> SendOutcome {
-        let size = buffer.size() as u64;
-        // Keeps the frame's memory out of its pool while sends are still under way, even if
-        // the consumers that have it already released it.
-        let keep = buffer.clone();
+        self.offer_frame(frame, buffer, copied_bytes, None)
+    }
+
+    /// Sends a slow-policy=copy copy of a frame (`frame.slow_copy`, with its own id) to the
+    /// consumers `send_buffer` left for it.
+    pub fn send_copy(&self, consumers: &[u64], frame: &Frame<'_>, buffer: gst::Buffer) {
+        self.offer_frame(frame, buffer, None, Some(consumers));
+    }
+
+    fn offer_frame(
+        &self,
+        f: &Frame<'_>,
+        buffer: gst::Buffer,
+        copied_bytes: Option<usize>,
+        only: Option<&[u64]>,
+    ) -> SendOutcome {
         let mut removed = Vec::new();
+        let mut wants_copy = Vec::new();
         let mut holders = 0u32;
-        let mut blocked: Vec<u64> = Vec::new();
+        let mut queued = false;
         {
-            let mut inner = self.lock();
-            inner.stats.frames_in += 1;
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            if only.is_none() {
+                inner.stats.frames_in += 1;
+                if !inner.consumers.iter().any(|c| c.phase == Phase::Ready) {
+                    inner.stats.frames_without_consumer += 1;
+                }
+            }
             if let Some(n) = copied_bytes {
                 inner.stats.frames_copied += 1;
                 inner.stats.bytes_copied += n as u64;
             }
-            let max_held = self.max_held as usize;
-            let over_total = self.over_total(&inner);
-            let policy = self.policy;
-            let mut dropped = 0;
+            let over_total = self.over_total(inner);
             let now = Instant::now();
+            let mut dropped_queued = Vec::new();
+            let mut dropped = 0;
             for c in inner
                 .consumers
                 .iter_mut()
-                .filter(|c| c.phase == Phase::Ready)
+                .filter(|c| c.phase == Phase::Ready && only.is_none_or(|ids| ids.contains(&c.id)))
             {
-                // A consumer behind on control packets or at its hold limit is handled per
-                // policy rather than stalling the others; max-held-total skips everyone.
-                let full = !c.pending.is_empty() || c.held.len() >= max_held;
-                if full && policy == SlowPolicy::Disconnect {
-                    removed.push((
-                        c.id,
-                        Removal::Slow(format!(
-                            "holds {} buffers (max-held {max_held}), {} control packets queued",
-                            c.held.len(),
-                            c.pending.len()
-                        )),
-                    ));
-                    continue;
-                }
-                if full || over_total {
-                    c.frames_dropped += 1;
-                    dropped += 1;
-                    continue;
-                }
-                match c.conn.try_send(bytes, fds) {
-                    Ok(()) => {
-                        c.took(buffer_id, now, size);
+                match self.offer(c, f, over_total, now, &mut dropped_queued) {
+                    Ok(Offer::Sent) => holders += 1,
+                    Ok(Offer::Queued) => {
                         holders += 1;
+                        queued = true;
                     }
-                    Err(TransportError::WouldBlock) => match policy {
-                        SlowPolicy::Block => blocked.push(c.id),
-                        SlowPolicy::Disconnect => removed.push((
-                            c.id,
-                            Removal::Slow("its socket is full (it stopped reading)".into()),
-                        )),
-                        SlowPolicy::Drop | SlowPolicy::Auto => {
-                            c.frames_dropped += 1;
-                            dropped += 1;
-                        }
-                    },
-                    Err(e) => removed.push((c.id, Removal::Error(format!("send failed: {e}")))),
+                    Ok(Offer::Dropped) => dropped += 1,
+                    Ok(Offer::NotYet) => {}
+                    Ok(Offer::WantsCopy) => wants_copy.push(c.id),
+                    Err(reason) => removed.push((c.id, reason)),
+                }
+                if f.slow_copy {
+                    c.frames_copied += 1;
                 }
             }
+            dropped += dropped_queued.len() as u64;
+            for id in dropped_queued {
+                release_one(inner, id);
+            }
             inner.stats.frames_dropped += dropped;
-            inner.held.insert(
-                buffer_id,
-                HeldBuffer {
-                    _buffer: buffer,
-                    holders,
-                },
-            );
+            if f.slow_copy {
+                inner.stats.slow_copies += 1;
+            }
+            let kept = self.keep_in_backlog(inner, f);
+            if holders + kept > 0 {
+                inner.held.insert(
+                    f.id,
+                    HeldBuffer {
+                        _buffer: buffer,
+                        holders: holders + kept,
+                        copy: f.slow_copy,
+                    },
+                );
+                if !f.slow_copy {
+                    inner.originals_held += 1;
+                }
+            }
+            if holders > 0 && only.is_none() {
+                inner.stats.frames_sent += 1;
+                if copied_bytes.is_none() {
+                    inner.stats.frames_zero_copy += 1;
+                }
+            }
             for (id, reason) in &removed {
-                self.remove_consumer(&mut inner, *id, reason.clone());
+                self.remove_consumer(inner, *id, reason.clone());
             }
         }
         self.after_removals(removed);
-        // Block: wait for room in each full socket, without the lock (the control thread
-        // keeps reading releases meanwhile).
-        while !blocked.is_empty() {
-            let conns: Vec<(u64, Arc<Connection>)> = {
-                let inner = self.lock();
-                if inner.flushing {
-                    break;
-                }
-                inner
-                    .consumers
-                    .iter()
-                    .filter(|c| blocked.contains(&c.id))
-                    .map(|c| (c.id, c.conn.clone()))
-                    .collect()
-            };
-            if conns.is_empty() {
-                break;
-            }
-            let watch: Vec<(BorrowedFd<'_>, PollFlags)> = conns
-                .iter()
-                .map(|(_, c)| (c.as_fd(), PollFlags::POLLOUT))
-                .collect();
-            let _ = poll_many(&watch, Some(Duration::from_millis(50)));
-            drop(watch);
-            let mut inner = self.lock();
-            let now = Instant::now();
-            let mut sent_now = 0;
-            let mut failed = Vec::new();
-            let mut done = Vec::new();
-            for c in inner
-                .consumers
-                .iter_mut()
-                .filter(|c| blocked.contains(&c.id))
-            {
-                match c.conn.try_send(bytes, fds) {
-                    Ok(()) => {
-                        c.took(buffer_id, now, size);
-                        sent_now += 1;
-                        done.push(c.id);
-                    }
-                    Err(TransportError::WouldBlock) => {}
-                    Err(e) => failed.push((c.id, Removal::Error(format!("send failed: {e}")))),
-                }
-            }
-            // Consumers served now, or gone meanwhile, are no longer waited for.
-            blocked.retain(|id| !done.contains(id) && inner.consumers.iter().any(|c| c.id == *id));
-            if sent_now > 0 {
-                inner
-                    .held
-                    .entry(buffer_id)
-                    .or_insert_with(|| HeldBuffer {
-                        _buffer: keep.clone(),
-                        holders: 0,
-                    })
-                    .holders += sent_now;
-            }
-            holders += sent_now;
-            for (id, reason) in &failed {
-                blocked.retain(|b| b != id);
-                self.remove_consumer(&mut inner, *id, reason.clone());
-            }
-        }
-        let mut inner = self.lock();
-        if holders == 0 {
-            inner.held.remove(&buffer_id);
-        }
-        if holders > 0 {
-            inner.stats.frames_sent += 1;
-            if copied_bytes.is_none() {
-                inner.stats.frames_zero_copy += 1;
+        if queued {
+            // The control thread sends queued packets when their sockets have room.
+            self.waker.wake();
+            if self.limits.policy == SlowPolicy::Block {
+                self.wait_for_queues();
             }
         }
         SendOutcome {
             sent_to: holders as usize,
+            wants_copy,
         }
     }
 
-    /// Waits up to `timeout` until no control packet is queued for any consumer (used at EOS
-    /// so consumers see everything before the producer goes away).
+    /// One consumer's share of `offer_frame`. Buffers of the queue that the policy dropped
+    /// go to `dropped_queued`, for the caller to release.
+    fn offer(
+        &self,
+        c: &mut Consumer,
+        f: &Frame<'_>,
+        over_total: bool,
+        now: Instant,
+        dropped_queued: &mut Vec<u64>,
+    ) -> Result<Offer, Removal> {
+        if c.awaiting_keyframe {
+            if !f.keyframe {
+                return Ok(Offer::NotYet);
+            }
+            c.awaiting_keyframe = false;
+        }
+        let max_held = self.limits.max_held as usize;
+        let max_queued = self.limits.max_queued as usize;
+        let policy = self.limits.policy;
+        let at_limit = if f.slow_copy {
+            c.copies_held() >= max_held + max_queued
+        } else {
+            c.originals_held >= max_held || over_total
+        };
+        if at_limit {
+            return match policy {
+                SlowPolicy::Disconnect if c.originals_held >= max_held => Err(Removal::Slow(
+                    format!("holds {} buffers (max-held {max_held})", c.originals_held),
+                )),
+                SlowPolicy::Copy if !f.slow_copy => Ok(Offer::WantsCopy),
+                _ => {
+                    c.frames_dropped += 1;
+                    Ok(Offer::Dropped)
+                }
+            };
+        }
+        // What waits for its socket goes first, so the stream stays in order.
+        flush_queue(c)?;
+        if c.queue.is_empty() {
+            match c.conn.try_send(f.bytes, f.fds) {
+                Ok(()) => {
+                    c.hold(f.id, now, f.slow_copy);
+                    c.sent(f.size);
+                    return Ok(Offer::Sent);
+                }
+                Err(TransportError::WouldBlock) => {}
+                Err(e) => return Err(Removal::Error(format!("send failed: {e}"))),
+            }
+        }
+        // Its socket is full: the frame waits in its queue, within max-queued (Block queues
+        // regardless and then waits for the queue to shrink).
+        if policy != SlowPolicy::Block && c.queued_buffers >= max_queued {
+            if policy == SlowPolicy::Disconnect {
+                return Err(Removal::Slow(format!(
+                    "its socket is full and {} buffers wait for it (max-queued {max_queued})",
+                    c.queued_buffers
+                )));
+            }
+            // The oldest queued frame makes way (fresher frames for a consumer that is
+            // behind); with no queue at all, this frame is the one skipped.
+            match c.drop_oldest_queued() {
+                Some(id) => dropped_queued.push(id),
+                None => {
+                    c.frames_dropped += 1;
+                    return Ok(Offer::Dropped);
+                }
+            }
+        }
+        let fds = dup_fds(f.fds)?;
+        c.enqueue(f.id, f.bytes.to_vec(), fds, f.size, f.slow_copy, now);
+        Ok(Offer::Queued)
+    }
+
+    /// sync-method=latest-keyframe: keeps the frame in the backlog that late joiners get
+    /// first (a keyframe starts it anew). Returns the hold the backlog takes on it (0 or 1).
+    fn keep_in_backlog(&self, inner: &mut Inner, f: &Frame<'_>) -> u32 {
+        if self.limits.sync_method != SyncMethod::LatestKeyframe || f.slow_copy {
+            return 0;
+        }
+        if f.keyframe || inner.backlog.len() >= BACKLOG_MAX {
+            clear_backlog(inner);
+        }
+        if !f.keyframe && inner.backlog.is_empty() {
+            // No keyframe since the backlog was emptied: joiners wait for the next one.
+            return 0;
+        }
+        match dup_fds(f.fds) {
+            Ok(fds) => {
+                inner.backlog.push(BacklogEntry {
+                    id: f.id,
+                    bytes: f.bytes.to_vec(),
+                    fds,
+                    size: f.size,
+                });
+                1
+            }
+            Err(reason) => {
+                inner.deferred.push(HubEvent::Warning(format!(
+                    "latest-keyframe backlog emptied: {reason}"
+                )));
+                clear_backlog(inner);
+                0
+            }
+        }
+    }
+
+    /// Block: waits until no consumer has more than max-queued buffers queued (the control
+    /// thread sends them as their sockets get room).
+    fn wait_for_queues(&self) {
+        let max = self.limits.max_queued as usize;
+        let mut inner = self.lock();
+        while !inner.flushing && inner.consumers.iter().any(|c| c.queued_buffers > max) {
+            inner = self
+                .room
+                .wait_timeout(inner, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits up to `timeout` until nothing is queued for any consumer (used at EOS so
+    /// consumers see everything before the producer goes away).
     pub fn drain(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let busy = self.lock().consumers.iter().any(|c| !c.pending.is_empty());
+            let busy = self.lock().consumers.iter().any(|c| !c.queue.is_empty());
             if !busy || Instant::now() >= deadline {
                 return;
             }
@@ -710,7 +960,9 @@ impl Hub {
                 pid: c.pid.unwrap_or(0),
                 frames_sent: c.frames_sent,
                 frames_dropped: c.frames_dropped,
+                frames_copied: c.frames_copied,
                 held: c.held.len() as u32,
+                queued: c.queued_buffers as u32,
                 releases: c.releases,
                 bytes_sent: c.bytes_sent,
                 idle_ms: now.duration_since(c.last_activity).as_millis() as u64,
@@ -739,7 +991,9 @@ impl Hub {
             while c.conn.try_recv(&mut buf).is_ok() {}
         }
         inner.consumers.clear();
+        inner.backlog.clear();
         inner.held.clear();
+        inner.originals_held = 0;
     }
 
     /// The control thread: accepts consumers, runs the hello, reads releases.
@@ -755,7 +1009,7 @@ impl Hub {
                 .lock()
                 .consumers
                 .iter()
-                .map(|c| (c.id, c.conn.clone(), !c.pending.is_empty()))
+                .map(|c| (c.id, c.conn.clone(), !c.queue.is_empty()))
                 .collect();
             let mut watch: Vec<(BorrowedFd<'_>, PollFlags)> =
                 vec![(self.waker.as_fd(), PollFlags::POLLIN)];
@@ -788,6 +1042,7 @@ impl Hub {
                 self.accept_all(l, &our_hello);
             }
             let mut released = Vec::new();
+            let mut flushed = false;
             let mut removed = Vec::new();
             let mut requests = Vec::new();
             {
@@ -807,9 +1062,11 @@ impl Hub {
                     }
                     if ev.contains(PollFlags::POLLOUT)
                         && let Some(c) = inner.consumers.iter_mut().find(|c| c.id == *id)
-                        && let Err(reason) = flush_pending(c)
                     {
-                        removed.push((*id, reason));
+                        match flush_queue(c) {
+                            Ok(sent_buffer) => flushed |= sent_buffer,
+                            Err(reason) => removed.push((*id, reason)),
+                        }
                     }
                 }
                 let now = Instant::now();
@@ -824,7 +1081,7 @@ impl Hub {
                     self.remove_consumer(&mut inner, *id, reason.clone());
                 }
             }
-            if !released.is_empty() || !removed.is_empty() {
+            if !released.is_empty() || !removed.is_empty() || flushed {
                 self.room.notify_all();
             }
             self.emit_deferred();
@@ -851,7 +1108,6 @@ impl Hub {
 
     /// Greets a new connection and waits for its hello (in the control loop).
     fn adopt(&self, conn: Connection, our_hello: &[u8]) {
-        let pid = conn.peer_pid();
         // The hello is the first datagram on a fresh socket: it always fits.
         if let Err(e) = conn.try_send(our_hello, &[]) {
             (self.on_event)(HubEvent::Warning(format!(
@@ -862,23 +1118,7 @@ impl Hub {
         let mut inner = self.lock();
         let id = inner.next_consumer_id;
         inner.next_consumer_id += 1;
-        inner.consumers.push(Consumer {
-            id,
-            conn: Arc::new(conn),
-            pid,
-            phase: Phase::AwaitingHello {
-                since: Instant::now(),
-            },
-            pending: VecDeque::new(),
-            held: HashMap::new(),
-            stalled: false,
-            frames_sent: 0,
-            frames_dropped: 0,
-            releases: 0,
-            bytes_sent: 0,
-            release_wait: Duration::ZERO,
-            last_activity: Instant::now(),
-        });
+        inner.consumers.push(Consumer::new(id, conn));
     }
 
     /// Reads everything pending from one consumer. An error means: drop it, for this reason.
@@ -927,6 +1167,7 @@ impl Hub {
                 for p in replay {
                     queue_or_send(c, &p)?;
                 }
+                self.start_stream(inner, pos)?;
                 inner.stats.consumers_total += 1;
                 let pid = inner.consumers[pos].pid;
                 inner.deferred.push(HubEvent::ConsumerAdded { id, pid });
@@ -937,13 +1178,22 @@ impl Hub {
             match Packet::decode(bytes, got.fds) {
                 Ok(Packet::Release { buffer_id }) => {
                     let c = &mut inner.consumers[pos];
-                    let Some(sent) = c.held.remove(&buffer_id) else {
+                    if c.queued_buffers > 0
+                        && c.queue
+                            .iter()
+                            .any(|p| matches!(p, Outbound::Buffer { id, .. } if *id == buffer_id))
+                    {
+                        return Err(refuse(format!(
+                            "release of buffer {buffer_id} it has not been sent yet"
+                        )));
+                    }
+                    let Some(held) = c.unhold(buffer_id) else {
                         return Err(refuse(format!(
                             "release of buffer {buffer_id} it does not hold"
                         )));
                     };
                     c.releases += 1;
-                    c.release_wait += sent.elapsed();
+                    c.release_wait += held.since.elapsed();
                     c.stalled = false;
                     release_one(inner, buffer_id);
                     inner.stats.releases += 1;
@@ -977,6 +1227,36 @@ impl Hub {
 }
 
 impl Hub {
+    /// Where a consumer that just finished its hello starts, per sync-method: the next
+    /// frame, the next keyframe, or the backlog from the latest keyframe (queued at once).
+    fn start_stream(&self, inner: &mut Inner, pos: usize) -> Result<(), Removal> {
+        let Inner {
+            consumers,
+            backlog,
+            held,
+            ..
+        } = inner;
+        let c = &mut consumers[pos];
+        match self.limits.sync_method {
+            SyncMethod::Latest => {}
+            SyncMethod::NextKeyframe => c.awaiting_keyframe = true,
+            SyncMethod::LatestKeyframe if backlog.is_empty() => c.awaiting_keyframe = true,
+            SyncMethod::LatestKeyframe => {
+                let now = Instant::now();
+                for e in backlog.iter() {
+                    let fds: Vec<BorrowedFd<'_>> = e.fds.iter().map(|f| f.as_fd()).collect();
+                    let fds = dup_fds(&fds)?;
+                    c.enqueue(e.id, e.bytes.clone(), fds, e.size, false, now);
+                    if let Some(h) = held.get_mut(&e.id) {
+                        h.holders += 1;
+                    }
+                }
+                self.waker.wake();
+            }
+        }
+        Ok(())
+    }
+
     fn request(
         &self,
         inner: &Inner,
@@ -997,39 +1277,73 @@ impl Hub {
 fn release_one(inner: &mut Inner, buffer_id: u64) {
     if let Some(h) = inner.held.get_mut(&buffer_id) {
         h.holders -= 1;
-        if h.holders == 0 {
-            inner.held.remove(&buffer_id);
+        if h.holders == 0
+            && let Some(h) = inner.held.remove(&buffer_id)
+            && !h.copy
+        {
+            inner.originals_held -= 1;
         }
     }
 }
 
-/// Sends a control packet now, or queues it behind earlier ones when the socket is full.
+/// Empties the latest-keyframe backlog, dropping its hold on each buffer.
+fn clear_backlog(inner: &mut Inner) {
+    let ids: Vec<u64> = inner.backlog.drain(..).map(|e| e.id).collect();
+    for id in ids {
+        release_one(inner, id);
+    }
+}
+
+/// Duplicates a frame's fds for a packet that waits (queue, backlog): the originals belong to
+/// the buffer, which may be held longer or shorter than the packet waits.
+fn dup_fds(fds: &[BorrowedFd<'_>]) -> Result<Vec<OwnedFd>, Removal> {
+    fds.iter()
+        .map(|fd| fd.try_clone_to_owned())
+        .collect::<Result<Vec<OwnedFd>, _>>()
+        .map_err(|e| Removal::Error(format!("cannot duplicate a frame's fd: {e}")))
+}
+
+/// Sends a control packet now, or queues it behind what waits when the socket is full.
 fn queue_or_send(c: &mut Consumer, bytes: &[u8]) -> Result<(), Removal> {
-    if c.pending.is_empty() {
+    if c.queue.is_empty() {
         match c.conn.try_send(bytes, &[]) {
             Ok(()) => return Ok(()),
             Err(TransportError::WouldBlock) => {}
             Err(e) => return Err(Removal::Error(format!("send failed: {e}"))),
         }
     }
-    if c.pending.len() >= MAX_PENDING_PACKETS {
+    if c.queue.len() - c.queued_buffers >= MAX_PENDING_PACKETS {
         return Err(Removal::Slow(format!(
             "{MAX_PENDING_PACKETS} control packets queued"
         )));
     }
-    c.pending.push_back(bytes.to_vec());
+    c.queue.push_back(Outbound::Control(bytes.to_vec()));
     Ok(())
 }
 
-fn flush_pending(c: &mut Consumer) -> Result<(), Removal> {
-    while let Some(p) = c.pending.front() {
-        match c.conn.try_send(p, &[]) {
-            Ok(()) => {
-                c.pending.pop_front();
+/// Sends what waits in a consumer's queue, in order, until its socket is full. Returns
+/// whether a buffer left.
+fn flush_queue(c: &mut Consumer) -> Result<bool, Removal> {
+    let mut sent_buffer = false;
+    while let Some(p) = c.queue.front() {
+        let sent = match p {
+            Outbound::Control(bytes) => c.conn.try_send(bytes, &[]),
+            Outbound::Buffer { bytes, fds, .. } => {
+                let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+                c.conn.try_send(bytes, &fds)
             }
-            Err(TransportError::WouldBlock) => return Ok(()),
+        };
+        match sent {
+            Ok(()) => {
+                if let Some(Outbound::Buffer { size, .. }) = c.queue.pop_front() {
+                    c.queued_buffers -= 1;
+                    c.sent(size);
+                    sent_buffer = true;
+                }
+            }
+            Err(TransportError::WouldBlock) => break,
             Err(e) => return Err(Removal::Error(format!("send failed: {e}"))),
         }
     }
-    Ok(())
+    Ok(sent_buffer)
 }

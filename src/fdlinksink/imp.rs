@@ -10,7 +10,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::hub::{Hub, HubEvent, Limits, Request, SlowPolicy, StickyKind};
+use super::hub::{Frame, Hub, HubEvent, Limits, Request, SlowPolicy, StickyKind, SyncMethod};
 use crate::clock;
 use crate::control;
 use crate::memory::{self, MemfdBufferPool};
@@ -27,6 +27,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_MAX_HELD: u32 = 8;
+const DEFAULT_MAX_QUEUED: u32 = 8;
 
 /// The `slow-policy` property.
 #[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
@@ -48,6 +49,41 @@ pub enum SlowPolicyProp {
     Block = 2,
     #[enum_value(name = "Disconnect: remove that consumer", nick = "disconnect")]
     Disconnect = 3,
+    #[enum_value(
+        name = "Copy: send that consumer a copy in the memfd pool, so upstream's pool keeps its buffers",
+        nick = "copy"
+    )]
+    Copy = 4,
+}
+
+/// The `sync-method` property.
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstFdlinkSyncMethod")]
+pub enum SyncMethodProp {
+    #[default]
+    #[enum_value(name = "Latest: start with the next buffer", nick = "latest")]
+    Latest = 0,
+    #[enum_value(
+        name = "Next keyframe: skip delta units until the next keyframe",
+        nick = "next-keyframe"
+    )]
+    NextKeyframe = 1,
+    #[enum_value(
+        name = "Latest keyframe: start with the latest keyframe and the buffers since",
+        nick = "latest-keyframe"
+    )]
+    LatestKeyframe = 2,
+}
+
+impl From<SyncMethodProp> for SyncMethod {
+    fn from(p: SyncMethodProp) -> Self {
+        match p {
+            SyncMethodProp::Latest => SyncMethod::Latest,
+            SyncMethodProp::NextKeyframe => SyncMethod::NextKeyframe,
+            SyncMethodProp::LatestKeyframe => SyncMethod::LatestKeyframe,
+        }
+    }
 }
 
 impl From<SlowPolicyProp> for SlowPolicy {
@@ -57,6 +93,7 @@ impl From<SlowPolicyProp> for SlowPolicy {
             SlowPolicyProp::Drop => SlowPolicy::Drop,
             SlowPolicyProp::Block => SlowPolicy::Block,
             SlowPolicyProp::Disconnect => SlowPolicy::Disconnect,
+            SlowPolicyProp::Copy => SlowPolicy::Copy,
         }
     }
 }
@@ -104,7 +141,9 @@ struct Settings {
     mode: Mode,
     ack_timeout_ms: u32,
     max_held_total: u32,
+    max_queued: u32,
     slow_policy: SlowPolicyProp,
+    sync_method: SyncMethodProp,
 }
 
 impl Default for Settings {
@@ -118,7 +157,9 @@ impl Default for Settings {
             mode: Mode::Independent,
             ack_timeout_ms: DEFAULT_ACK_TIMEOUT_MS,
             max_held_total: 0,
+            max_queued: DEFAULT_MAX_QUEUED,
             slow_policy: SlowPolicyProp::Auto,
+            sync_method: SyncMethodProp::Latest,
         }
     }
 }
@@ -178,6 +219,7 @@ impl FdlinkSink {
             .field("frames-copied", stats.frames_copied)
             .field("bytes-copied", stats.bytes_copied)
             .field("frames-dropped", stats.frames_dropped)
+            .field("slow-copies", stats.slow_copies)
             .field("frames-without-consumer", stats.frames_without_consumer)
             .field("releases", stats.releases)
             .field("consumers", consumers)
@@ -192,7 +234,9 @@ impl FdlinkSink {
                     .field("pid", c.pid)
                     .field("frames-sent", c.frames_sent)
                     .field("frames-dropped", c.frames_dropped)
+                    .field("frames-copied", c.frames_copied)
                     .field("buffers-held", c.held)
+                    .field("buffers-queued", c.queued)
                     .field("releases", c.releases)
                     .field("bytes-sent", c.bytes_sent)
                     .field("idle-ms", c.idle_ms)
@@ -216,13 +260,16 @@ impl FdlinkSink {
         clock::running_to_monotonic(gst::ClockTime::ZERO, base, offset).unwrap_or(TIME_NONE)
     }
 
+    /// Encodes a buffer packet for `wire` (timestamps, flags and layout from `meta_src`) into
+    /// the state's packet buffer and offers it to the consumers.
     fn send_frame(
         &self,
         hub: &Hub,
         state: &mut State,
         meta_src: &gst::BufferRef,
         out: Outgoing<'_>,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        slow_copy_for: Option<&[u64]>,
+    ) -> Result<Vec<u64>, gst::FlowError> {
         let State::Started { packet, .. } = state else {
             return Err(gst::FlowError::Flushing);
         };
@@ -241,8 +288,7 @@ impl FdlinkSink {
             memories: out.memories,
             video: memory::video_layout(meta_src),
         };
-        let packet_fds = out.fds;
-        let p = Packet::Buffer(header, packet_fds);
+        let p = Packet::Buffer(header, out.fds);
         if let Err(e) = p.encode(packet) {
             gst::element_imp_error!(
                 self,
@@ -251,20 +297,60 @@ impl FdlinkSink {
             );
             return Err(gst::FlowError::Error);
         }
-        let sent = hub.send_buffer(
-            buffer_id,
-            packet,
-            p.fds(),
-            out.wire.clone(),
-            out.copied_bytes,
-        );
+        let frame = Frame {
+            id: buffer_id,
+            bytes: packet,
+            fds: p.fds(),
+            size: out.wire.size() as u64,
+            keyframe: !meta_src.flags().contains(gst::BufferFlags::DELTA_UNIT),
+            slow_copy: slow_copy_for.is_some(),
+        };
+        if let Some(consumers) = slow_copy_for {
+            hub.send_copy(consumers, &frame, out.wire.clone());
+            gst::trace!(
+                CAT,
+                imp = self,
+                "buffer {buffer_id}: copy for {consumers:?}"
+            );
+            return Ok(Vec::new());
+        }
+        let sent = hub.send_buffer(&frame, out.wire.clone(), out.copied_bytes);
         gst::trace!(
             CAT,
             imp = self,
             "buffer {buffer_id} sent to {} consumers",
             sent.sent_to
         );
-        Ok(gst::FlowSuccess::Ok)
+        Ok(sent.wants_copy)
+    }
+
+    /// Copies `buffer` into the memfd pool: it is not shareable as it is, or slow-policy=copy
+    /// wants a copy. `copied_bytes` of the result says which.
+    fn copy_out<'a>(
+        &self,
+        state: &mut State,
+        buffer: &gst::BufferRef,
+        copy: &'a mut Option<gst::Buffer>,
+        for_slow_consumer: bool,
+    ) -> Result<Outgoing<'a>, gst::FlowError> {
+        let pool = self.copy_pool(state, buffer.size())?;
+        let copy = copy.insert(memory::copy_into(buffer, &pool)?);
+        let mut memories = Vec::with_capacity(1);
+        let mut fds = Vec::with_capacity(1);
+        if let Err(r) = memory::describe_buffer(copy, &mut memories, &mut fds) {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Failed,
+                ("memfd copy is not shareable: {r:?}")
+            );
+            return Err(gst::FlowError::Error);
+        }
+        Ok(Outgoing {
+            wire: copy,
+            memories,
+            fds,
+            copied_bytes: (!for_slow_consumer).then_some(buffer.size()),
+        })
     }
 
     fn copy_pool(&self, state: &mut State, size: usize) -> Result<MemfdBufferPool, gst::FlowError> {
@@ -547,7 +633,19 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecEnum::builder::<SlowPolicyProp>("slow-policy")
                     .nick("Slow consumer policy")
-                    .blurb("What to do with a consumer at max-held or whose socket is full: auto (drop for live upstream, otherwise wait up to 1 s then skip it until it releases), drop, block (lossless) or disconnect")
+                    .blurb("What to do with a consumer at max-held, or with max-queued buffers waiting for its socket: auto (drop for live upstream, otherwise wait up to 1 s then skip it until it releases), drop (skip the frame; a full queue drops its oldest), block (lossless: the producer waits), disconnect, or copy (at max-held it gets the frame copied into the memfd pool, so upstream's pool keeps its buffers and the consumer loses nothing until max-held + max-queued copies)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-queued")
+                    .nick("Max queued buffers per consumer")
+                    .blurb("Buffers that may wait in the producer for room in one consumer's socket (beyond the kernel's own queue of net.unix.max_dgram_qlen datagrams); past it slow-policy applies (drop: the oldest queued is dropped). Queued buffers count as held")
+                    .maximum(4096)
+                    .default_value(DEFAULT_MAX_QUEUED)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder::<SyncMethodProp>("sync-method")
+                    .nick("Sync method")
+                    .blurb("Where a new consumer starts, for encoded streams: latest (next buffer), next-keyframe (skip delta units until a keyframe), latest-keyframe (the latest keyframe and the buffers since, at once, from a backlog of up to 256 buffers that the producer keeps)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("wait-for-connection")
@@ -581,7 +679,7 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, frames-dropped, frames-without-consumer, releases, consumers, consumers-total, buffers-held, and clients: one structure per consumer (id, pid, frames-sent, frames-dropped, buffers-held, releases, bytes-sent, idle-ms, release-avg-us: mean time from send to release)")
+                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, frames-dropped, slow-copies, frames-without-consumer, releases, consumers, consumers-total, buffers-held, and clients: one structure per consumer (id, pid, frames-sent, frames-dropped, frames-copied, buffers-held, buffers-queued, releases, bytes-sent, idle-ms, release-avg-us: mean time from send to release)")
                     .read_only()
                     .build(),
             ]
@@ -606,6 +704,8 @@ impl ObjectImpl for FdlinkSink {
                 settings.max_held_total = value.get().expect("type checked upstream")
             }
             "slow-policy" => settings.slow_policy = value.get().expect("type checked upstream"),
+            "max-queued" => settings.max_queued = value.get().expect("type checked upstream"),
+            "sync-method" => settings.sync_method = value.get().expect("type checked upstream"),
             "ack-timeout" => settings.ack_timeout_ms = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
@@ -621,6 +721,8 @@ impl ObjectImpl for FdlinkSink {
             "mode" => self.settings.lock().unwrap().mode.to_value(),
             "max-held-total" => self.settings.lock().unwrap().max_held_total.to_value(),
             "slow-policy" => self.settings.lock().unwrap().slow_policy.to_value(),
+            "max-queued" => self.settings.lock().unwrap().max_queued.to_value(),
+            "sync-method" => self.settings.lock().unwrap().sync_method.to_value(),
             "ack-timeout" => self.settings.lock().unwrap().ack_timeout_ms.to_value(),
             "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
             "stats" => self.stats_structure().to_value(),
@@ -729,7 +831,9 @@ impl BaseSinkImpl for FdlinkSink {
         let limits = Limits {
             max_held: settings.max_held,
             max_held_total: settings.max_held_total,
+            max_queued: settings.max_queued,
             policy: settings.slow_policy.into(),
+            sync_method: settings.sync_method.into(),
             slow_wait: SLOW_CONSUMER_WAIT,
         };
         let hub = Hub::new(limits, move |ev| {
@@ -904,14 +1008,16 @@ impl BaseSinkImpl for FdlinkSink {
             // because the last consumer left.
             let wait = self.settings.lock().unwrap().wait_for_connection
                 && hub.stats().0.consumers_total == 0;
-            if !wait {
+            if wait {
+                gst::debug!(CAT, imp = self, "waiting for the first consumer");
+                if !hub.wait_for_consumer() {
+                    return Err(gst::FlowError::Flushing);
+                }
+            } else if !hub.keeps_backlog() {
                 hub.count_frame_without_consumer();
                 return Ok(gst::FlowSuccess::Ok);
             }
-            gst::debug!(CAT, imp = self, "waiting for the first consumer");
-            if !hub.wait_for_consumer() {
-                return Err(gst::FlowError::Flushing);
-            }
+            // latest-keyframe: the frame goes into the backlog for consumers to come.
         }
         let mut state = self.state.lock().unwrap();
         let live = match &mut *state {
@@ -928,7 +1034,7 @@ impl BaseSinkImpl for FdlinkSink {
         }
         let mut descs = Vec::with_capacity(4);
         let mut fds = Vec::with_capacity(4);
-        match memory::describe_buffer(buffer, &mut descs, &mut fds) {
+        let wants_copy = match memory::describe_buffer(buffer, &mut descs, &mut fds) {
             Ok(()) => {
                 let out = Outgoing {
                     wire: buffer,
@@ -936,31 +1042,23 @@ impl BaseSinkImpl for FdlinkSink {
                     fds,
                     copied_bytes: None,
                 };
-                self.send_frame(&hub, &mut state, buffer, out)
+                self.send_frame(&hub, &mut state, buffer, out, None)?
             }
             Err(reason) => {
                 drop(fds);
                 gst::trace!(CAT, imp = self, "copying buffer: {reason:?}");
-                let pool = self.copy_pool(&mut state, buffer.size())?;
-                let copy = memory::copy_into(buffer, &pool)?;
-                let mut fds = Vec::with_capacity(1);
-                if let Err(r) = memory::describe_buffer(&copy, &mut descs, &mut fds) {
-                    gst::element_imp_error!(
-                        self,
-                        gst::ResourceError::Failed,
-                        ("memfd copy is not shareable: {r:?}")
-                    );
-                    return Err(gst::FlowError::Error);
-                }
-                let out = Outgoing {
-                    wire: &copy,
-                    memories: descs,
-                    fds,
-                    copied_bytes: Some(buffer.size()),
-                };
-                self.send_frame(&hub, &mut state, buffer, out)
+                let mut copy = None;
+                let out = self.copy_out(&mut state, buffer, &mut copy, false)?;
+                self.send_frame(&hub, &mut state, buffer, out, None)?
             }
+        };
+        if !wants_copy.is_empty() {
+            // slow-policy=copy: consumers at max-held get the frame in the memfd pool.
+            let mut copy = None;
+            let out = self.copy_out(&mut state, buffer, &mut copy, true)?;
+            self.send_frame(&hub, &mut state, buffer, out, Some(&wants_copy))?;
         }
+        Ok(gst::FlowSuccess::Ok)
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {

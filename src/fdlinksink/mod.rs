@@ -22,6 +22,9 @@ glib::wrapper! {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // Property enums, so documentation tools list their values.
+    imp::SlowPolicyProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    imp::SyncMethodProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "fdlinksink",

@@ -204,6 +204,8 @@ pub struct Frame {
     pub size: u64,
     pub crc: String,
     pub files: String,
+    /// DELTA_UNIT: not a keyframe.
+    pub delta: bool,
 }
 
 pub fn frames(lines: &[String]) -> Vec<Frame> {
@@ -216,6 +218,7 @@ pub fn frames(lines: &[String]) -> Vec<Frame> {
                 size: 0,
                 crc: String::new(),
                 files: String::new(),
+                delta: false,
             };
             for kv in rest.split(' ') {
                 match kv.split_once('=') {
@@ -223,6 +226,7 @@ pub fn frames(lines: &[String]) -> Vec<Frame> {
                     Some(("size", v)) => f.size = v.parse().unwrap(),
                     Some(("crc", v)) => f.crc = v.into(),
                     Some(("files", v)) => f.files = v.into(),
+                    Some(("delta", v)) => f.delta = v == "1",
                     _ => {}
                 }
             }

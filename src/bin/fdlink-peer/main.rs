@@ -17,9 +17,9 @@
 //! offsets; `planes` one dmabuf per plane. Strides are padded past the width.
 //!
 //! Options of produce/consume:
-//! - `--frames-log`: print one `frame` line per buffer (offset, CRC-32 of its bytes, and the
-//!   (dev, inode) of each fd-backed memory) at the fdlink element, or at the element named
-//!   `check` if the pipeline has one.
+//! - `--frames-log`: print one `frame` line per buffer (offset, CRC-32 of its bytes, the
+//!   (dev, inode) of each fd-backed memory, and whether it is a delta unit) at the fdlink
+//!   element, or at the element named `check` if the pipeline has one.
 //! - `--slow-ms N`: sleep N ms in that probe per buffer, checking that the frame did not
 //!   change meanwhile (`overwritten` line if it did).
 //! - `--pattern`: check each buffer is filled with `offset % 251` (see produce-pattern).
@@ -299,13 +299,14 @@ fn add_probe(pipeline: &gst::Bin, element: &gst::Element, o: &Opts) {
         if let Some(crc) = crc {
             if frames_log {
                 print_line(&format!(
-                    "frame offset={} pts={} size={} crc={crc:08x} files={} vmeta={} mems={}",
+                    "frame offset={} pts={} size={} crc={crc:08x} files={} vmeta={} mems={} delta={}",
                     buffer.offset(),
                     buffer.pts().map_or(-1i64, |t| t.nseconds() as i64),
                     buffer.size(),
                     buffer_files(buffer),
                     video_meta_text(buffer),
-                    buffer.n_memory()
+                    buffer.n_memory(),
+                    u8::from(buffer.flags().contains(gst::BufferFlags::DELTA_UNIT))
                 ));
             }
             if slow > 0 {
