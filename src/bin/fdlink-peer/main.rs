@@ -6,8 +6,10 @@
 //! fdlink-peer produce [OPTIONS] PIPELINE...       (a pipeline with an fdlinksink)
 //! fdlink-peer consume [OPTIONS] PIPELINE...       (a pipeline with an fdlinksrc)
 //! fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--size WxH]
-//!     [--sink-props "prop=value ..."] [--wait-clients N]   (prints `pool-waits N longest-us U`:
-//!     acquires from the pool that waited over 5 ms for a buffer to come back)
+//!     [--sink-props "prop=value ..."] [--wait-clients N] [--live]   (prints `pool-waits N
+//!     longest-us U`: acquires from the pool that waited over 5 ms for a buffer to come back;
+//!     its `stats` lines carry the same counts so far as `pool-waits` and
+//!     `pool-wait-longest-us`; `--live` makes its appsrc a live source)
 //! fdlink-peer produce-dmabuf --source udmabuf|dma-heap|vgem --socket PATH --frames N
 //!     --pool-max N [--size WxH] [--layout single|offsets|planes]
 //! ```
@@ -38,6 +40,12 @@
 //!   buffering message (50%) on the pipeline's bus.
 //! - `--messages-log`: print `message TYPE SOURCE STRUCTURE` for element, buffering,
 //!   request-state, latency and warning messages, and `state NEW` for the pipeline's states.
+//! - `--gaps`: add `gap-max-us` to each `stats` line: the longest time between two consecutive
+//!   buffers at the fdlink element's pad (sink pad of an fdlinksink, src pad of an fdlinksrc)
+//!   since the previous `stats` line, in µs (a gap still open is counted in the line after the
+//!   buffer that ends it). produce-pattern takes it too.
+//! - `--eos-file PATH`: send EOS once PATH exists (checked every 20 ms); produce-pattern takes
+//!   it too.
 //!
 //! Output lines: `frame ...`, `stats <structure>`, `overwritten ...`, `pattern-mismatch ...`,
 //! `eos`, and on failure `error: ...` on stderr with exit code 1.
@@ -61,6 +69,9 @@ fn usage() -> ! {
     );
     std::process::exit(2)
 }
+
+/// Adds fields to a `stats` line.
+type StatsExtra = Arc<dyn Fn(&mut gst::StructureRef) + Send + Sync>;
 
 #[derive(Default)]
 struct Opts {
@@ -87,6 +98,9 @@ struct Opts {
     caps_after: Option<(u64, String)>,
     post_after: Option<u64>,
     messages_log: bool,
+    gaps: bool,
+    live: bool,
+    eos_file: Option<String>,
     sink_props: Vec<(String, String)>,
     rest: Vec<String>,
 }
@@ -119,6 +133,9 @@ fn parse_opts(args: &[String]) -> Opts {
             "--pause-ms" => o.pause_ms = num(it.next()),
             "--post-after" => o.post_after = Some(num(it.next())),
             "--messages-log" => o.messages_log = true,
+            "--gaps" => o.gaps = true,
+            "--live" => o.live = true,
+            "--eos-file" => o.eos_file = Some(it.next().cloned().unwrap_or_else(|| usage())),
             "--sink-props" => {
                 let props = it.next().unwrap_or_else(|| usage());
                 for kv in props.split_whitespace() {
@@ -324,13 +341,52 @@ fn add_probe(pipeline: &gst::Bin, element: &gst::Element, o: &Opts) {
     });
 }
 
-fn print_stats(element: &gst::Element) {
-    let s = element.property::<gst::Structure>("stats");
+fn print_stats(element: &gst::Element, extra: &[StatsExtra]) {
+    let mut s = element.property::<gst::Structure>("stats");
+    for add in extra {
+        add(&mut s);
+    }
     print_line(&format!("stats {s}"));
 }
 
-/// Runs a pipeline to EOS or error. Returns the exit code.
-fn run(pipeline: gst::Pipeline, element: Option<gst::Element>, o: &Opts) -> i32 {
+/// `--gaps`: measures, with a buffer probe on `pad`, the longest time between two consecutive
+/// buffers; the returned extra adds it to a `stats` line as `gap-max-us` and starts a new
+/// window.
+fn gap_meter(pad: &gst::Pad) -> StatsExtra {
+    // (when the last buffer came, longest gap in this window)
+    let meter = Arc::new(Mutex::new((None::<Instant>, Duration::ZERO)));
+    let probe_meter = meter.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        let now = Instant::now();
+        let mut m = probe_meter.lock().unwrap();
+        if let Some(last) = m.0 {
+            m.1 = m.1.max(now - last);
+        }
+        m.0 = Some(now);
+        gst::PadProbeReturn::Ok
+    });
+    Arc::new(move |s| {
+        let mut m = meter.lock().unwrap();
+        s.set("gap-max-us", m.1.as_micros() as u64);
+        m.1 = Duration::ZERO;
+    })
+}
+
+/// The pad of an fdlink element that buffers cross: an fdlinksrc's src, an fdlinksink's sink.
+fn fdlink_pad(element: &gst::Element) -> Option<gst::Pad> {
+    element
+        .static_pad("src")
+        .or_else(|| element.static_pad("sink"))
+}
+
+/// Runs a pipeline to EOS or error, `extra` adding fields to its `stats` lines. Returns the
+/// exit code.
+fn run(
+    pipeline: gst::Pipeline,
+    element: Option<gst::Element>,
+    o: &Opts,
+    extra: &[StatsExtra],
+) -> i32 {
     let stop_at = o
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
@@ -366,13 +422,15 @@ fn run(pipeline: gst::Pipeline, element: Option<gst::Element>, o: &Opts) -> i32 
         if let (Some(every), Some(el)) = (stats_every, &element)
             && Instant::now() >= next_stats
         {
-            print_stats(el);
+            print_stats(el, extra);
             next_stats = Instant::now() + every;
         }
-        if let Some(t) = stop_at
-            && !sent_eos
-            && Instant::now() >= t
-        {
+        let eos_file_there = || {
+            o.eos_file
+                .as_ref()
+                .is_some_and(|f| std::path::Path::new(f).exists())
+        };
+        if !sent_eos && (stop_at.is_some_and(|t| Instant::now() >= t) || eos_file_there()) {
             pipeline.send_event(gst::event::Eos::new());
             sent_eos = true;
         }
@@ -402,7 +460,7 @@ fn run(pipeline: gst::Pipeline, element: Option<gst::Element>, o: &Opts) -> i32 
         }
     };
     if let Some(el) = &element {
-        print_stats(el);
+        print_stats(el, extra);
     }
     let _ = pipeline.set_state(gst::State::Null);
     code
@@ -478,16 +536,23 @@ fn launch(o: &Opts) -> i32 {
     {
         add_control_probes(&pipeline, el, o);
     }
-    run(pipeline, element, o)
+    let mut extra = Vec::new();
+    if o.gaps {
+        match element.as_ref().and_then(fdlink_pad) {
+            Some(pad) => extra.push(gap_meter(&pad)),
+            None => {
+                eprintln!("error: --gaps needs an fdlink element");
+                return 2;
+            }
+        }
+    }
+    run(pipeline, element, o, &extra)
 }
 
 /// Event log, and seek / position queries issued from another thread after N buffers, as an
 /// application would.
 fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts) {
-    let pad = element
-        .static_pad("src")
-        .or_else(|| element.static_pad("sink"))
-        .expect("fdlink element has a pad");
+    let pad = fdlink_pad(element).expect("fdlink element has a pad");
     if o.events_log {
         let events = gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::EVENT_FLUSH;
         pad.add_probe(events, |_, info| {
@@ -644,6 +709,9 @@ fn produce_pattern(o: &Opts) -> i32 {
     for (k, v) in &o.sink_props {
         sink.set_property_from_str(k, v);
     }
+    if o.live {
+        appsrc.set_is_live(true);
+    }
     let frames = o.frames;
     let acquired = Arc::new(AtomicU64::new(0));
     let pool_cb = Mutex::new(pool);
@@ -682,12 +750,25 @@ fn produce_pattern(o: &Opts) -> i32 {
             })
             .build(),
     );
+    let mut extra = Vec::new();
+    if o.gaps {
+        extra.push(gap_meter(
+            &sink.static_pad("sink").expect("fdlinksink has a sink pad"),
+        ));
+    }
+    let waits_stats = waits.clone();
+    extra.push(Arc::new(move |s: &mut gst::StructureRef| {
+        let (n, longest) = *waits_stats.lock().unwrap();
+        s.set("pool-waits", n);
+        s.set("pool-wait-longest-us", longest.as_micros() as u64);
+    }) as StatsExtra);
     let o2 = Opts {
         stats_every_ms: o.stats_every_ms,
         wait_clients: o.wait_clients,
+        eos_file: o.eos_file.clone(),
         ..Default::default()
     };
-    let code = run(pipeline, Some(sink), &o2);
+    let code = run(pipeline, Some(sink), &o2, &extra);
     let (n, longest) = *waits.lock().unwrap();
     print_line(&format!(
         "pool-waits {n} longest-us {}",
@@ -835,7 +916,7 @@ fn produce_dmabuf(o: &Opts) -> i32 {
         stats_every_ms: o.stats_every_ms,
         ..Default::default()
     };
-    run(pipeline, Some(sink), &o2)
+    run(pipeline, Some(sink), &o2, &[])
 }
 
 // ---------------------------------------------------------------------------------------------
