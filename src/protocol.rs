@@ -434,6 +434,35 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, DecodeError> {
 // ---------------------------------------------------------------------------------------------
 // Packets
 
+/// Encodes a buffer packet straight from its header, into `out` (cleared first): the same bytes
+/// as `Packet::Buffer(header, fds).encode(out)` with `n_fds` fds, for a sender whose per-frame
+/// path keeps its fds in a list of its own rather than a `Packet`'s Vec.
+pub fn encode_buffer_packet(
+    header: &BufferHeader,
+    n_fds: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    out.clear();
+    out.extend_from_slice(&[0u8; HEADER_SIZE]);
+    encode_buffer(header, n_fds, out)?;
+    finish_packet(out, PacketType::Buffer, n_fds)
+}
+
+/// Fills in the fixed header of a packet whose payload follows it in `out`.
+fn finish_packet(out: &mut [u8], ty: PacketType, n_fds: usize) -> Result<(), EncodeError> {
+    let payload = out.len() - HEADER_SIZE;
+    if out.len() > MAX_PACKET_SIZE {
+        return Err(EncodeError::TooLarge {
+            what: "packet",
+            size: out.len(),
+        });
+    }
+    out[0..2].copy_from_slice(&(ty as u16).to_le_bytes());
+    out[2..4].copy_from_slice(&(n_fds as u16).to_le_bytes());
+    out[4..8].copy_from_slice(&(payload as u32).to_le_bytes());
+    Ok(())
+}
+
 impl<Fd> Packet<Fd> {
     /// The fds that travel with this packet.
     pub fn fds(&self) -> &[Fd] {
@@ -511,17 +540,7 @@ impl<Fd> Packet<Fd> {
                 (PacketType::State, 0)
             }
         };
-        let payload = out.len() - HEADER_SIZE;
-        if out.len() > MAX_PACKET_SIZE {
-            return Err(EncodeError::TooLarge {
-                what: "packet",
-                size: out.len(),
-            });
-        }
-        out[0..2].copy_from_slice(&(ty as u16).to_le_bytes());
-        out[2..4].copy_from_slice(&(n_fds as u16).to_le_bytes());
-        out[4..8].copy_from_slice(&(payload as u32).to_le_bytes());
-        Ok(())
+        finish_packet(out, ty, n_fds)
     }
 
     /// Decodes one datagram and the fds that arrived with it. On error the fds are dropped

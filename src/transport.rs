@@ -16,7 +16,7 @@ use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
+    self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
 };
 
 use crate::protocol::{EncodeError, MAX_FDS, MAX_PACKET_SIZE, Packet};
@@ -327,24 +327,55 @@ impl Connection {
         flags: MsgFlags,
     ) -> Result<(), TransportError> {
         let raw: smallvec_fds::Fds = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsg = [ControlMessage::ScmRights(raw.as_slice())];
-        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        let raw = raw.as_slice();
+        // A control buffer on the stack: nix's sendmsg allocates one per call.
+        let mut cmsg_buf = [0u64; CMSG_BUFFER_WORDS];
         let iov = [IoSlice::new(bytes)];
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        mhdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        mhdr.msg_iovlen = iov.len();
+        if !raw.is_empty() {
+            let payload = std::mem::size_of_val(raw);
+            // SAFETY: CMSG_SPACE and CMSG_LEN only compute sizes.
+            let (space, len) = unsafe {
+                (
+                    libc::CMSG_SPACE(payload as u32) as usize,
+                    libc::CMSG_LEN(payload as u32) as usize,
+                )
+            };
+            debug_assert!(space <= std::mem::size_of_val(&cmsg_buf));
+            mhdr.msg_control = cmsg_buf.as_mut_ptr().cast();
+            mhdr.msg_controllen = space as _;
+            // SAFETY: msg_control points at cmsg_buf, which holds `space` bytes (raw has at
+            // most MAX_FDS fds), so the first header and its payload are within it.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&mhdr);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = len as _;
+                std::ptr::copy_nonoverlapping(
+                    raw.as_ptr().cast::<u8>(),
+                    libc::CMSG_DATA(cmsg),
+                    payload,
+                );
+            }
+        }
+        let flags = (flags | MsgFlags::MSG_NOSIGNAL).bits();
         loop {
-            match socket::sendmsg::<UnixAddr>(
-                self.fd.as_raw_fd(),
-                &iov,
-                cmsgs,
-                flags | MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => return Err(TransportError::WouldBlock),
-                Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN) => {
+            // SAFETY: mhdr points at live buffers (iov, cmsg_buf) of the sizes it states;
+            // sendmsg only reads them.
+            let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &mhdr, flags) };
+            if n >= 0 {
+                return Ok(());
+            }
+            match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::EAGAIN => return Err(TransportError::WouldBlock),
+                Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN => {
                     return Err(TransportError::Closed);
                 }
-                Err(e) => return Err(sys("sendmsg", "fdlink socket")(e)),
+                e => return Err(sys("sendmsg", "fdlink socket")(e)),
             }
         }
     }
@@ -509,6 +540,56 @@ fn poll_retry(pfds: &mut [PollFd<'_>], timeout: Option<Duration>) -> Result<(), 
     }
 }
 
+/// A poll set that keeps its storage across calls, so a loop that polls the same sockets over
+/// and over does not allocate each time. It holds raw fds: the caller keeps every fd it pushed
+/// open until `poll` returns.
+#[derive(Default)]
+pub struct PollSet {
+    fds: Vec<libc::pollfd>,
+}
+
+impl PollSet {
+    pub fn clear(&mut self) {
+        self.fds.clear();
+    }
+
+    /// Adds `fd`; its revents are at the index this returns.
+    pub fn push(&mut self, fd: BorrowedFd<'_>, events: PollFlags) -> usize {
+        self.fds.push(libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: events.bits(),
+            revents: 0,
+        });
+        self.fds.len() - 1
+    }
+
+    /// Waits until one of the fds has one of its events or `timeout` passes (None: forever).
+    /// An interrupted wait returns with no events.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
+        // Rounded up so a 0.4 ms wait does not become a busy loop.
+        let ms = timeout.map_or(-1, |t| {
+            t.as_millis().saturating_add(1).min(i32::MAX as u128) as i32
+        });
+        // SAFETY: pointer and length describe this set's own initialized pollfd array, which
+        // poll only writes revents into.
+        let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
+        if n >= 0 {
+            return Ok(());
+        }
+        match Errno::last() {
+            Errno::EINTR => {
+                self.fds.iter_mut().for_each(|p| p.revents = 0);
+                Ok(())
+            }
+            e => Err(sys("poll", "fdlink socket")(e)),
+        }
+    }
+
+    pub fn revents(&self, index: usize) -> PollFlags {
+        PollFlags::from_bits_truncate(self.fds[index].revents)
+    }
+}
+
 /// Waits until `fd` has one of `events` or `timeout` passes.
 pub fn wait_fd(
     fd: BorrowedFd<'_>,
@@ -609,7 +690,7 @@ mod tests {
         socket::sendmsg::<UnixAddr>(
             a.as_fd().as_raw_fd(),
             &[IoSlice::new(b"x")],
-            &[ControlMessage::ScmRights(&raw)],
+            &[socket::ControlMessage::ScmRights(&raw)],
             MsgFlags::empty(),
             None,
         )

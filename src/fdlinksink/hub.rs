@@ -16,7 +16,7 @@ use nix::poll::PollFlags;
 
 use crate::control::PendingQueries;
 use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, QueryReplyPacket, Role};
-use crate::transport::{Connection, Listener, TransportError, Waker, poll_many};
+use crate::transport::{Connection, Listener, PollSet, TransportError, Waker};
 
 /// A consumer that has not completed the hello by then is dropped.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1004,50 +1004,49 @@ impl Hub {
         if let Some(conn) = inherited {
             self.adopt(conn, &our_hello);
         }
+        // Kept across rounds (cleared, not freed), so a round allocates nothing.
+        let mut conns: Vec<(u64, Arc<Connection>, bool)> = Vec::new();
+        let mut watch = PollSet::default();
         while !self.stop.load(Ordering::SeqCst) {
-            let conns: Vec<(u64, Arc<Connection>, bool)> = self
-                .lock()
-                .consumers
-                .iter()
-                .map(|c| (c.id, c.conn.clone(), !c.queue.is_empty()))
-                .collect();
-            let mut watch: Vec<(BorrowedFd<'_>, PollFlags)> =
-                vec![(self.waker.as_fd(), PollFlags::POLLIN)];
-            if let Some(l) = listener {
-                watch.push((l.as_fd(), PollFlags::POLLIN));
-            }
-            let first_consumer = watch.len();
+            conns.extend(
+                self.lock()
+                    .consumers
+                    .iter()
+                    .map(|c| (c.id, c.conn.clone(), !c.queue.is_empty())),
+            );
+            watch.clear();
+            let waker = watch.push(self.waker.as_fd(), PollFlags::POLLIN);
+            let accept = listener.map(|l| watch.push(l.as_fd(), PollFlags::POLLIN));
+            let first_consumer = waker + 1 + usize::from(accept.is_some());
             for (_, conn, want_out) in &conns {
                 let mut ev = PollFlags::POLLIN;
                 if *want_out {
                     ev |= PollFlags::POLLOUT;
                 }
-                watch.push((conn.as_fd(), ev));
+                watch.push(conn.as_fd(), ev);
             }
-            let revents = match poll_many(&watch, Some(Duration::from_millis(500))) {
-                Ok(r) => r,
-                Err(e) => {
-                    (self.on_event)(HubEvent::Warning(format!("poll failed: {e}")));
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            };
-            drop(watch);
-            if revents[0].contains(PollFlags::POLLIN) {
+            if let Err(e) = watch.poll(Some(Duration::from_millis(500))) {
+                (self.on_event)(HubEvent::Warning(format!("poll failed: {e}")));
+                conns.clear();
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            if watch.revents(waker).contains(PollFlags::POLLIN) {
                 self.waker.reset();
             }
-            if let Some(l) = listener
-                && revents[1].contains(PollFlags::POLLIN)
+            if let (Some(l), Some(i)) = (listener, accept)
+                && watch.revents(i).contains(PollFlags::POLLIN)
             {
                 self.accept_all(l, &our_hello);
             }
-            let mut released = Vec::new();
+            let mut released = 0usize;
             let mut flushed = false;
             let mut removed = Vec::new();
             let mut requests = Vec::new();
             {
                 let mut inner = self.lock();
-                for ((id, conn, _), ev) in conns.iter().zip(&revents[first_consumer..]) {
+                for (i, (id, conn, _)) in conns.iter().enumerate() {
+                    let ev = watch.revents(first_consumer + i);
                     if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
                         && let Err(reason) = self.read_consumer(
                             &mut inner,
@@ -1081,7 +1080,9 @@ impl Hub {
                     self.remove_consumer(&mut inner, *id, reason.clone());
                 }
             }
-            if !released.is_empty() || !removed.is_empty() || flushed {
+            // Connections of consumers removed this round close here, not a round later.
+            conns.clear();
+            if released > 0 || !removed.is_empty() || flushed {
                 self.room.notify_all();
             }
             self.emit_deferred();
@@ -1127,7 +1128,7 @@ impl Hub {
         inner: &mut Inner,
         (id, conn): (u64, &Arc<Connection>),
         buf: &mut [u8],
-        released: &mut Vec<u64>,
+        released: &mut usize,
         requests: &mut Vec<HubEvent>,
     ) -> Result<(), Removal> {
         let refuse = |msg: String| {
@@ -1197,7 +1198,7 @@ impl Hub {
                     c.stalled = false;
                     release_one(inner, buffer_id);
                     inner.stats.releases += 1;
-                    released.push(buffer_id);
+                    *released += 1;
                 }
                 Ok(Packet::Error(msg)) => {
                     return Err(Removal::Error(format!("consumer reported: {msg}")));

@@ -13,8 +13,8 @@ use gst_base::subclass::prelude::*;
 use super::hub::{Frame, Hub, HubEvent, Limits, Request, SlowPolicy, StickyKind, SyncMethod};
 use crate::clock;
 use crate::control;
-use crate::memory::{self, MemfdBufferPool};
-use crate::protocol::{BufferHeader, MemoryDesc, Packet, TIME_NONE};
+use crate::memory::{self, FdList, MemfdBufferPool};
+use crate::protocol::{self, BufferHeader, MemoryDesc, Packet, TIME_NONE};
 use crate::session::{self, BusWatch, Mode, Reposted};
 use crate::transport::Listener;
 
@@ -172,7 +172,9 @@ enum State {
     Started {
         control: JoinHandle<()>,
         copy_pool: Option<MemfdBufferPool>,
+        /// The per-frame packet and memory list, reused so that a frame allocates nothing.
         packet: Vec<u8>,
+        memories: Vec<MemoryDesc>,
         /// Whether upstream is live, asked once per stream: a live stream never waits for a
         /// slow consumer (that consumer skips frames instead).
         upstream_live: Option<bool>,
@@ -184,7 +186,7 @@ enum State {
 struct Outgoing<'a> {
     wire: &'a gst::Buffer,
     memories: Vec<MemoryDesc>,
-    fds: Vec<BorrowedFd<'a>>,
+    fds: FdList<'a>,
     /// Bytes copied to make this frame shareable; None when it crosses zero-copy.
     copied_bytes: Option<usize>,
 }
@@ -270,7 +272,10 @@ impl FdlinkSink {
         out: Outgoing<'_>,
         slow_copy_for: Option<&[u64]>,
     ) -> Result<Vec<u64>, gst::FlowError> {
-        let State::Started { packet, .. } = state else {
+        let State::Started {
+            packet, memories, ..
+        } = state
+        else {
             return Err(gst::FlowError::Flushing);
         };
         let buffer_id = hub.next_buffer_id();
@@ -288,8 +293,10 @@ impl FdlinkSink {
             memories: out.memories,
             video: memory::video_layout(meta_src),
         };
-        let p = Packet::Buffer(header, out.fds);
-        if let Err(e) = p.encode(packet) {
+        let encoded = protocol::encode_buffer_packet(&header, out.fds.len(), packet);
+        // The memory list goes back for the next frame.
+        *memories = header.memories;
+        if let Err(e) = encoded {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Encode,
@@ -300,7 +307,7 @@ impl FdlinkSink {
         let frame = Frame {
             id: buffer_id,
             bytes: packet,
-            fds: p.fds(),
+            fds: &out.fds,
             size: out.wire.size() as u64,
             keyframe: !meta_src.flags().contains(gst::BufferFlags::DELTA_UNIT),
             slow_copy: slow_copy_for.is_some(),
@@ -324,6 +331,18 @@ impl FdlinkSink {
         Ok(sent.wants_copy)
     }
 
+    /// The reused memory list of the state (empty, with its capacity).
+    fn take_memories(&self, state: &mut State) -> Vec<MemoryDesc> {
+        match state {
+            State::Started { memories, .. } => {
+                let mut m = std::mem::take(memories);
+                m.clear();
+                m
+            }
+            State::Stopped => Vec::new(),
+        }
+    }
+
     /// Copies `buffer` into the memfd pool: it is not shareable as it is, or slow-policy=copy
     /// wants a copy. `copied_bytes` of the result says which.
     fn copy_out<'a>(
@@ -335,8 +354,8 @@ impl FdlinkSink {
     ) -> Result<Outgoing<'a>, gst::FlowError> {
         let pool = self.copy_pool(state, buffer.size())?;
         let copy = copy.insert(memory::copy_into(buffer, &pool)?);
-        let mut memories = Vec::with_capacity(1);
-        let mut fds = Vec::with_capacity(1);
+        let mut memories = self.take_memories(state);
+        let mut fds = FdList::new();
         if let Err(r) = memory::describe_buffer(copy, &mut memories, &mut fds) {
             gst::element_imp_error!(
                 self,
@@ -875,6 +894,7 @@ impl BaseSinkImpl for FdlinkSink {
             control,
             copy_pool: None,
             packet: Vec::with_capacity(1024),
+            memories: Vec::with_capacity(4),
             upstream_live: None,
         };
         Ok(())
@@ -1032,8 +1052,8 @@ impl BaseSinkImpl for FdlinkSink {
         if !hub.wait_for_room(live) {
             return Err(gst::FlowError::Flushing);
         }
-        let mut descs = Vec::with_capacity(4);
-        let mut fds = Vec::with_capacity(4);
+        let mut descs = self.take_memories(&mut state);
+        let mut fds = FdList::new();
         let wants_copy = match memory::describe_buffer(buffer, &mut descs, &mut fds) {
             Ok(()) => {
                 let out = Outgoing {

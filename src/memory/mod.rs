@@ -75,12 +75,15 @@ pub enum CopyReason {
     TooManyFds,
 }
 
+/// The fds of one buffer packet; a frame's usual one to four stay off the heap.
+pub type FdList<'a> = smallvec::SmallVec<[BorrowedFd<'a>; 4]>;
+
 /// Describes every memory of `buffer` as a window into an fd, filling `descs` and `fds`
 /// (distinct fds, in first-use order). Fails when any memory has to be copied.
 pub fn describe_buffer<'a>(
     buffer: &'a gst::BufferRef,
     descs: &mut Vec<MemoryDesc>,
-    fds: &mut Vec<BorrowedFd<'a>>,
+    fds: &mut FdList<'a>,
 ) -> Result<(), CopyReason> {
     descs.clear();
     fds.clear();
@@ -721,14 +724,14 @@ mod tests {
         let buf = pool.acquire_buffer(None).unwrap();
         assert!(buf.meta::<gst_video::VideoMeta>().is_some());
         let mut descs = Vec::new();
-        let mut fds = Vec::new();
+        let mut fds = FdList::new();
         describe_buffer(&buf, &mut descs, &mut fds).unwrap();
         assert_eq!(descs, vec![desc(MemoryKind::Memfd, 0, 0, 64 * 48 * 3 / 2)]);
         assert_eq!(fds.len(), 1);
         drop(fds);
 
         let sys = gst::Buffer::from_slice(vec![5u8; 64 * 48 * 3 / 2]);
-        let mut fds = Vec::new();
+        let mut fds = FdList::new();
         assert_eq!(
             describe_buffer(&sys, &mut descs, &mut fds),
             Err(CopyReason::NotFdMemory)
@@ -738,6 +741,7 @@ mod tests {
             copy.map_readable().unwrap().as_slice(),
             &vec![5u8; 64 * 48 * 3 / 2][..]
         );
+        let mut fds = FdList::new();
         describe_buffer(&copy, &mut descs, &mut fds).unwrap();
     }
 }
