@@ -25,7 +25,9 @@ pub enum Inbound {
     Packet(Packet<OwnedFd>),
     /// The producer closed the connection.
     Closed,
-    /// The connection failed or the producer broke the protocol; the text says how.
+    /// The socket failed (the producer is gone or unreachable); the text says how.
+    Lost(String),
+    /// The producer broke the protocol; the text says how.
     Failed(String),
 }
 
@@ -87,10 +89,11 @@ impl Link {
                 Ok(Some(got)) => got,
                 Ok(None) => break None,
                 Err(TransportError::Closed) => break Some(Inbound::Closed),
-                Err(e) => {
+                Err(e @ (TransportError::Truncated | TransportError::FdsTruncated)) => {
                     self.conn.send_error(&e.to_string());
                     break Some(Inbound::Failed(e.to_string()));
                 }
+                Err(e) => break Some(Inbound::Lost(e.to_string())),
             };
             match Packet::decode(&buf[..got.len], got.fds) {
                 Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
@@ -132,6 +135,7 @@ impl Link {
                 // Stays ended for later calls.
                 inbox.end = Some(match &end {
                     Inbound::Closed => Inbound::Closed,
+                    Inbound::Lost(m) => Inbound::Lost(m.clone()),
                     Inbound::Failed(m) => Inbound::Failed(m.clone()),
                     Inbound::Packet(_) => unreachable!("only ends are stored"),
                 });

@@ -7,6 +7,10 @@
 //! the memory. It is a live source: timestamps are translated through CLOCK_MONOTONIC so that
 //! a sink with `sync=true` shows each frame when the producer meant it to be shown.
 //!
+//! A producer that goes away without EOS is an error, or with `reconnect=true` the pipeline
+//! keeps running while the element connects to `socket-path` again (up to `retry-timeout`),
+//! posting `fdlink-disconnected` and `fdlink-reconnected` element messages.
+//!
 //! ```text
 //! gst-launch-1.0 fdlinksrc socket-path=/tmp/fdlink.sock ! videoconvert ! autovideosink
 //! ```
