@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use gst_base::subclass::prelude::*;
 use crate::clock;
 use crate::control;
 
-use super::link::{Inbound, Link, LinkPeer};
+use super::link::{Inbound, Leaky, Link, LinkPeer, QueueCounters, QueueLimit};
 use crate::memory::{Importer, ReleaseToken};
 use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role, TIME_NONE};
 use crate::session::{self, BusWatch, Mode, Reposted};
@@ -30,6 +30,8 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 const DEFAULT_RETRY_TIMEOUT_MS: u32 = 10_000;
+/// As fdlinksink's default max-held: with default settings the producer never sends more.
+const DEFAULT_MAX_QUEUED: u32 = 8;
 /// The first wait between reconnect attempts; it doubles up to RECONNECT_BACKOFF_MAX.
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -61,6 +63,8 @@ struct Settings {
     reconnect: bool,
     /// 0: keep trying forever.
     retry_timeout_ms: u32,
+    max_queued: u32,
+    leaky: Leaky,
 }
 
 impl Default for Settings {
@@ -75,6 +79,8 @@ impl Default for Settings {
             forward_messages: true,
             reconnect: false,
             retry_timeout_ms: DEFAULT_RETRY_TIMEOUT_MS,
+            max_queued: DEFAULT_MAX_QUEUED,
+            leaky: Leaky::None,
         }
     }
 }
@@ -100,6 +106,7 @@ struct Stream {
     /// A new producer took over: its first buffer is DISCONT and its caps go downstream even
     /// if they equal the old ones.
     new_producer: bool,
+    queue_limit: QueueLimit,
     link: Option<Arc<Link>>,
     importer: Importer,
     packet: Vec<u8>,
@@ -148,7 +155,8 @@ pub struct FdlinkSrc {
     /// Apart from `state`: caps queries must not wait for a blocked streaming thread.
     caps: Mutex<Option<gst::Caps>>,
     stats: Mutex<Stats>,
-    releases: Arc<AtomicU64>,
+    /// Releases, frames dropped and copied by the link's queue: kept across reconnects.
+    counters: Arc<QueueCounters>,
     link: Mutex<Option<Arc<Link>>>,
     /// Forwards this pipeline's messages to the producer.
     bus_watch: Mutex<Option<BusWatch>>,
@@ -182,6 +190,12 @@ impl FdlinkSrc {
     }
 
     fn stats_structure(&self) -> gst::Structure {
+        let queued = self
+            .link
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |l| l.queued() as u64);
         let s = self.stats.lock().unwrap();
         let mut sorted = s.latencies_us.clone();
         sorted.sort_unstable();
@@ -194,8 +208,20 @@ impl FdlinkSrc {
         };
         gst::Structure::builder("application/x-fdlinksrc-stats")
             .field("frames-received", s.frames)
-            .field("releases-sent", self.releases.load(Ordering::Relaxed))
+            .field(
+                "releases-sent",
+                self.counters.releases.load(Ordering::Relaxed),
+            )
             .field("reconnects", s.reconnects)
+            .field(
+                "frames-dropped",
+                self.counters.dropped.load(Ordering::Relaxed),
+            )
+            .field(
+                "frames-copied",
+                self.counters.copied.load(Ordering::Relaxed),
+            )
+            .field("frames-queued", queued)
             .field("latency-last-us", s.last_us)
             .field(
                 "latency-avg-us",
@@ -334,6 +360,8 @@ impl FdlinkSrc {
     fn ask_producer(&self, query: &mut gst::QueryRef) -> Option<bool> {
         let link = self.link.lock().unwrap().clone()?;
         let timeout = Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64);
+        // The reply may be behind frames in the socket: the reader must read on meanwhile.
+        let _awaiting = link.awaiting_reply();
         let id = link.pending.register();
         let packet = Packet::Query(control::query_to_packet(id, query));
         if let Err(e) = link.conn.send_packet(&packet, Some(timeout)) {
@@ -383,6 +411,13 @@ impl FdlinkSrc {
     fn send_state(&self, state: gst::State) {
         let mode = self.settings.lock().unwrap().mode;
         self.send_to_producer(&Packet::State(session::state_packet(state, mode)));
+    }
+
+    /// Whether a full queue stops the link's reader: only while PLAYING (see link.rs).
+    fn set_link_streaming(&self, streaming: bool) {
+        if let Some(link) = self.link.lock().unwrap().as_ref() {
+            link.set_streaming(streaming);
+        }
     }
 
     /// Forwards this pipeline's messages (errors, warnings, infos, element messages, EOS,
@@ -826,7 +861,7 @@ impl FdlinkSrc {
             obj: self.obj().downgrade(),
             producer_pid,
         };
-        let link = Link::start(conn, peer)
+        let link = Link::start(conn, peer, stream.queue_limit, self.counters.clone())
             .map_err(|e| self.link_error(&stream.path, "starting the reader", e))?;
         stream.link = Some(link.clone());
         if let Some(lost) = stream.lost.take() {
@@ -864,6 +899,45 @@ impl FdlinkSrc {
         Ok(link)
     }
 
+    /// A received frame (imported, or copied by the reader) with the producer's timestamps,
+    /// after the segment it needs; None when it is dropped because downstream refused the
+    /// caps.
+    fn output_buffer(
+        &self,
+        stream: &mut Stream,
+        header: &protocol::BufferHeader,
+        mut buffer: gst::Buffer,
+    ) -> Result<Option<gst::Buffer>, Stop> {
+        self.record_latency(header.sent_at);
+        if stream.refused_caps.is_some() {
+            // Dropped (and so released): downstream cannot take it.
+            self.check_refused_caps(stream)?;
+            return Ok(None);
+        }
+        let time = |t: u64| (t != TIME_NONE).then(|| gst::ClockTime::from_nseconds(t));
+        {
+            let b = buffer.get_mut().expect("fresh buffer");
+            b.set_pts(time(header.pts));
+            b.set_dts(time(header.dts));
+            b.set_duration(time(header.duration));
+            if stream.new_producer {
+                // Another producer's stream: nothing continues from the last one. (BaseSrc
+                // marks the buffer after a new segment DISCONT too, but no segment goes out
+                // when the pipeline has no clock.)
+                b.set_flags(gst::BufferFlags::DISCONT);
+                stream.new_producer = false;
+            }
+        }
+        if let Some(delta) = self.running_time_delta(stream, header)
+            && stream
+                .segment_delta
+                .is_none_or(|d| (d - delta).abs() > RESYNC_THRESHOLD_NS)
+        {
+            self.set_segment(stream, delta);
+        }
+        Ok(Some(buffer))
+    }
+
     fn receive_from_producer(
         &self,
         stream: &mut Stream,
@@ -878,6 +952,12 @@ impl FdlinkSrc {
             let packet = match link.next() {
                 None => return Err(Stop::Flushing),
                 Some(Inbound::Packet(p)) => p,
+                Some(Inbound::Copied(header, buffer)) => {
+                    if let Some(buffer) = self.output_buffer(stream, &header, buffer)? {
+                        return Ok(buffer);
+                    }
+                    continue;
+                }
                 Some(Inbound::Closed) if stream.eos => return Err(Stop::Eos),
                 Some(Inbound::Closed) => return Err(Stop::Lost("connection closed".into())),
                 Some(Inbound::Lost(why)) => return Err(Stop::Lost(why)),
@@ -900,7 +980,7 @@ impl FdlinkSrc {
                 Packet::Buffer(header, fds) => {
                     let buffer_id = header.buffer_id;
                     let weak = Arc::downgrade(&conn);
-                    let releases = self.releases.clone();
+                    let releases = self.counters.releases.clone();
                     let token = ReleaseToken::new(move || {
                         let Some(conn) = weak.upgrade() else { return };
                         let release = Packet::Release { buffer_id };
@@ -911,7 +991,7 @@ impl FdlinkSrc {
                             releases.fetch_add(1, Ordering::Relaxed);
                         }
                     });
-                    let mut buffer = match stream.importer.import(&header, fds, &token) {
+                    let buffer = match stream.importer.import(&header, fds, &token) {
                         Ok(b) => b,
                         Err(e) => {
                             let msg = format!("invalid buffer {buffer_id}: {e}");
@@ -920,34 +1000,9 @@ impl FdlinkSrc {
                         }
                     };
                     drop(token);
-                    self.record_latency(header.sent_at);
-                    if stream.refused_caps.is_some() {
-                        // Dropped (and so released): downstream cannot take it.
-                        self.check_refused_caps(stream)?;
-                        continue;
+                    if let Some(buffer) = self.output_buffer(stream, &header, buffer)? {
+                        return Ok(buffer);
                     }
-                    let time = |t: u64| (t != TIME_NONE).then(|| gst::ClockTime::from_nseconds(t));
-                    {
-                        let b = buffer.get_mut().expect("fresh buffer");
-                        b.set_pts(time(header.pts));
-                        b.set_dts(time(header.dts));
-                        b.set_duration(time(header.duration));
-                        if stream.new_producer {
-                            // Another producer's stream: nothing continues from the last one.
-                            // (BaseSrc marks the buffer after a new segment DISCONT too, but
-                            // no segment goes out when the pipeline has no clock.)
-                            b.set_flags(gst::BufferFlags::DISCONT);
-                            stream.new_producer = false;
-                        }
-                    }
-                    if let Some(delta) = self.running_time_delta(stream, &header)
-                        && stream
-                            .segment_delta
-                            .is_none_or(|d| (d - delta).abs() > RESYNC_THRESHOLD_NS)
-                    {
-                        self.set_segment(stream, delta);
-                    }
-                    return Ok(buffer);
                 }
                 Packet::Error(msg) => {
                     return Err(Stop::Error(gst::error_msg!(
@@ -1140,9 +1195,22 @@ impl ObjectImpl for FdlinkSrc {
                     .default_value(DEFAULT_RETRY_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("max-queued")
+                    .nick("Max queued frames")
+                    .blurb("Frames received and not yet pushed downstream that may pin the producer's buffers; what happens to one more is leaky")
+                    .minimum(1)
+                    .maximum(1024)
+                    .default_value(DEFAULT_MAX_QUEUED)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder::<Leaky>("leaky")
+                    .nick("Leaky")
+                    .blurb("With max-queued frames queued, while PLAYING: none: stop reading the socket until downstream takes one (the producer's slow-policy applies; its queries, messages and states wait behind the frames); oldest: drop the oldest queued frame, releasing it to the producer (frames-dropped); copy: copy the oldest into system memory and release the original at once (frames-copied), holding up to max-queued copies besides, then as none")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-received, releases-sent, reconnects, latency-{last,avg,p50,p99,max}-us (producer send to consumer receive, over the last 1024 frames for percentiles)")
+                    .blurb("frames-received (pushed downstream), releases-sent, reconnects, frames-dropped and frames-copied (by leaky), frames-queued (now), latency-{last,avg,p50,p99,max}-us (producer send to consumer receive, over the last 1024 frames for percentiles)")
                     .read_only()
                     .build(),
             ]
@@ -1166,6 +1234,8 @@ impl ObjectImpl for FdlinkSrc {
             "retry-timeout" => {
                 settings.retry_timeout_ms = value.get().expect("type checked upstream")
             }
+            "max-queued" => settings.max_queued = value.get().expect("type checked upstream"),
+            "leaky" => settings.leaky = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
     }
@@ -1181,6 +1251,8 @@ impl ObjectImpl for FdlinkSrc {
             "forward-messages" => self.settings.lock().unwrap().forward_messages.to_value(),
             "reconnect" => self.settings.lock().unwrap().reconnect.to_value(),
             "retry-timeout" => self.settings.lock().unwrap().retry_timeout_ms.to_value(),
+            "max-queued" => self.settings.lock().unwrap().max_queued.to_value(),
+            "leaky" => self.settings.lock().unwrap().leaky.to_value(),
             "stats" => self.stats_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -1204,9 +1276,13 @@ impl ElementImpl for FdlinkSrc {
         if result.is_ok() {
             match transition {
                 gst::StateChange::PlayingToPaused => {
+                    self.set_link_streaming(false);
                     self.send_state(session::destination(self.obj().upcast_ref()))
                 }
-                gst::StateChange::PausedToPlaying => self.send_state(gst::State::Playing),
+                gst::StateChange::PausedToPlaying => {
+                    self.set_link_streaming(true);
+                    self.send_state(gst::State::Playing)
+                }
                 _ => {}
             }
         }
@@ -1268,7 +1344,13 @@ impl BaseSrcImpl for FdlinkSrc {
         *self.waker.lock().unwrap() = Some(Arc::new(waker));
         *self.caps.lock().unwrap() = None;
         *self.stats.lock().unwrap() = Stats::default();
-        self.releases.store(0, Ordering::Relaxed);
+        for counter in [
+            &*self.counters.releases,
+            &self.counters.dropped,
+            &self.counters.copied,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
         *self.state.lock().unwrap() = State::Started(Box::new(Stream {
             path,
             inherited_fd,
@@ -1278,6 +1360,10 @@ impl BaseSrcImpl for FdlinkSrc {
                 .then(|| Duration::from_millis(settings.retry_timeout_ms as u64)),
             lost: None,
             new_producer: false,
+            queue_limit: QueueLimit {
+                max_queued: settings.max_queued as usize,
+                leaky: settings.leaky,
+            },
             link: None,
             importer: Importer::default(),
             packet: vec![0u8; MAX_PACKET_SIZE],
