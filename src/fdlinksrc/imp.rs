@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use gst_base::subclass::prelude::*;
 use crate::clock;
 use crate::control;
 
-use super::link::{Inbound, Link, LinkPeer};
+use super::link::{Inbound, Leaky, Link, LinkPeer, QueueCounters, QueueLimit};
 use crate::memory::{Importer, ReleaseToken};
 use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role, TIME_NONE};
 use crate::session::{self, BusWatch, Mode, Reposted};
@@ -29,6 +29,12 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+const DEFAULT_RETRY_TIMEOUT_MS: u32 = 10_000;
+/// As fdlinksink's default max-held: with default settings the producer never sends more.
+const DEFAULT_MAX_QUEUED: u32 = 8;
+/// The first wait between reconnect attempts; it doubles up to RECONNECT_BACKOFF_MAX.
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 const DEFAULT_ACK_TIMEOUT_MS: u32 = 5_000;
 /// Default `link-latency`: what the link adds to the producer's latency (the handoff itself
 /// takes microseconds; this covers scheduling delays of a loaded machine).
@@ -54,6 +60,11 @@ struct Settings {
     mode: Mode,
     link_latency: u64,
     forward_messages: bool,
+    reconnect: bool,
+    /// 0: keep trying forever.
+    retry_timeout_ms: u32,
+    max_queued: u32,
+    leaky: Leaky,
 }
 
 impl Default for Settings {
@@ -66,6 +77,10 @@ impl Default for Settings {
             mode: Mode::Independent,
             link_latency: DEFAULT_LINK_LATENCY,
             forward_messages: true,
+            reconnect: false,
+            retry_timeout_ms: DEFAULT_RETRY_TIMEOUT_MS,
+            max_queued: DEFAULT_MAX_QUEUED,
+            leaky: Leaky::None,
         }
     }
 }
@@ -83,6 +98,15 @@ struct Stream {
     path: PathBuf,
     inherited_fd: Option<i32>,
     timeout: Duration,
+    reconnect: bool,
+    /// None: no limit.
+    retry_timeout: Option<Duration>,
+    /// Set while looking for a new producer after the last one went away (reconnect=true).
+    lost: Option<Lost>,
+    /// A new producer took over: its first buffer is DISCONT and its caps go downstream even
+    /// if they equal the old ones.
+    new_producer: bool,
+    queue_limit: QueueLimit,
     link: Option<Arc<Link>>,
     importer: Importer,
     packet: Vec<u8>,
@@ -99,9 +123,22 @@ struct Stream {
     refused_caps: Option<(gst::Caps, Instant)>,
 }
 
+/// The producer went away without EOS, and `reconnect=true`: the reconnect attempts so far.
+struct Lost {
+    since: Instant,
+    /// What happened to the last producer.
+    why: String,
+    attempts: u32,
+    next_attempt: Instant,
+    backoff: Duration,
+    /// Why the last attempt failed.
+    last_failure: String,
+}
+
 #[derive(Default)]
 struct Stats {
     frames: u64,
+    reconnects: u64,
     latencies_us: Vec<u32>,
     next_sample: usize,
     last_us: u32,
@@ -118,7 +155,8 @@ pub struct FdlinkSrc {
     /// Apart from `state`: caps queries must not wait for a blocked streaming thread.
     caps: Mutex<Option<gst::Caps>>,
     stats: Mutex<Stats>,
-    releases: Arc<AtomicU64>,
+    /// Releases, frames dropped and copied by the link's queue: kept across reconnects.
+    counters: Arc<QueueCounters>,
     link: Mutex<Option<Arc<Link>>>,
     /// Forwards this pipeline's messages to the producer.
     bus_watch: Mutex<Option<BusWatch>>,
@@ -131,6 +169,9 @@ enum Stop {
     Flushing,
     Eos,
     Error(gst::ErrorMessage),
+    /// The producer went away without EOS (the connection closed or its socket failed); the
+    /// text says how. `receive()` reconnects, or turns it into an error.
+    Lost(String),
 }
 
 impl From<Stop> for gst::FlowError {
@@ -138,7 +179,7 @@ impl From<Stop> for gst::FlowError {
         match s {
             Stop::Flushing => gst::FlowError::Flushing,
             Stop::Eos => gst::FlowError::Eos,
-            Stop::Error(_) => gst::FlowError::Error,
+            Stop::Error(_) | Stop::Lost(_) => gst::FlowError::Error,
         }
     }
 }
@@ -149,6 +190,12 @@ impl FdlinkSrc {
     }
 
     fn stats_structure(&self) -> gst::Structure {
+        let queued = self
+            .link
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |l| l.queued() as u64);
         let s = self.stats.lock().unwrap();
         let mut sorted = s.latencies_us.clone();
         sorted.sort_unstable();
@@ -161,7 +208,20 @@ impl FdlinkSrc {
         };
         gst::Structure::builder("application/x-fdlinksrc-stats")
             .field("frames-received", s.frames)
-            .field("releases-sent", self.releases.load(Ordering::Relaxed))
+            .field(
+                "releases-sent",
+                self.counters.releases.load(Ordering::Relaxed),
+            )
+            .field("reconnects", s.reconnects)
+            .field(
+                "frames-dropped",
+                self.counters.dropped.load(Ordering::Relaxed),
+            )
+            .field(
+                "frames-copied",
+                self.counters.copied.load(Ordering::Relaxed),
+            )
+            .field("frames-queued", queued)
             .field("latency-last-us", s.last_us)
             .field(
                 "latency-avg-us",
@@ -300,6 +360,8 @@ impl FdlinkSrc {
     fn ask_producer(&self, query: &mut gst::QueryRef) -> Option<bool> {
         let link = self.link.lock().unwrap().clone()?;
         let timeout = Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64);
+        // The reply may be behind frames in the socket: the reader must read on meanwhile.
+        let _awaiting = link.awaiting_reply();
         let id = link.pending.register();
         let packet = Packet::Query(control::query_to_packet(id, query));
         if let Err(e) = link.conn.send_packet(&packet, Some(timeout)) {
@@ -349,6 +411,13 @@ impl FdlinkSrc {
     fn send_state(&self, state: gst::State) {
         let mode = self.settings.lock().unwrap().mode;
         self.send_to_producer(&Packet::State(session::state_packet(state, mode)));
+    }
+
+    /// Whether a full queue stops the link's reader: only while PLAYING (see link.rs).
+    fn set_link_streaming(&self, streaming: bool) {
+        if let Some(link) = self.link.lock().unwrap().as_ref() {
+            link.set_streaming(streaming);
+        }
     }
 
     /// Forwards this pipeline's messages (errors, warnings, infos, element messages, EOS,
@@ -406,6 +475,15 @@ impl FdlinkSrc {
     }
 
     fn link_error(&self, path: &Path, doing: &str, e: TransportError) -> Stop {
+        use nix::errno::Errno;
+        if let TransportError::Closed
+        | TransportError::Sys {
+            errno: Errno::EPIPE | Errno::ECONNRESET,
+            ..
+        } = e
+        {
+            return Stop::Lost(format!("{e} while {doing}"));
+        }
         Stop::Error(gst::error_msg!(
             gst::ResourceError::Read,
             (
@@ -500,7 +578,10 @@ impl FdlinkSrc {
     /// renegotiate (it asks us for our caps), and frames are dropped until caps we can take
     /// arrive or `ack-timeout` runs out.
     fn take_caps(&self, stream: &mut Stream, caps: gst::Caps) -> Result<(), Stop> {
-        if self.caps.lock().unwrap().as_ref() == Some(&caps) && stream.refused_caps.is_none() {
+        if self.caps.lock().unwrap().as_ref() == Some(&caps)
+            && stream.refused_caps.is_none()
+            && !stream.new_producer
+        {
             return Ok(());
         }
         gst::info!(CAT, imp = self, "caps from producer: {caps}");
@@ -526,6 +607,17 @@ impl FdlinkSrc {
         }
         stream.refused_caps = None;
         *self.caps.lock().unwrap() = Some(caps.clone());
+        if stream.new_producer && pad.current_caps().as_ref() == Some(&caps) {
+            // BaseSrc skips caps equal to the current ones; after the new producer's
+            // stream-start, downstream still gets its caps event.
+            if !pad.push_event(gst::event::Caps::new(&caps)) {
+                return Err(Stop::Error(gst::error_msg!(
+                    gst::CoreError::Negotiation,
+                    ("downstream does not accept the new producer's caps {caps}")
+                )));
+            }
+            return Ok(());
+        }
         if self.obj().set_caps(&caps).is_err() {
             return Err(Stop::Error(gst::error_msg!(
                 gst::CoreError::Negotiation,
@@ -613,43 +705,262 @@ impl FdlinkSrc {
         None
     }
 
+    /// The next buffer; a producer that went away is reconnected to (reconnect=true) or is an
+    /// error.
     fn receive(&self, stream: &mut Stream, waker: &Waker) -> Result<gst::Buffer, Stop> {
+        loop {
+            match self.receive_from_producer(stream, waker) {
+                Err(Stop::Lost(why)) => self.producer_lost(stream, why)?,
+                other => return other,
+            }
+        }
+    }
+
+    /// The producer went away without EOS: lets go of its connection, and starts looking for
+    /// a new producer (reconnect=true) or fails.
+    fn producer_lost(&self, stream: &mut Stream, why: String) -> Result<(), Stop> {
+        // Not under the `link` lock: see stop().
+        let link = self.link.lock().unwrap().take();
+        if let Some(link) = link {
+            link.shutdown();
+        }
+        // The last reference to the connection goes with the link (and its queued packets'
+        // fds with it): buffers still downstream hold only a Weak, so their releases become
+        // no-ops and never reach the next producer.
+        stream.link = None;
+        if !stream.reconnect {
+            return Err(Stop::Error(gst::error_msg!(
+                gst::ResourceError::Read,
+                (
+                    "producer disconnected from {} without EOS ({why}); reconnect=false, so this stream ends here",
+                    stream.path.display()
+                )
+            )));
+        }
+        if let Some(lost) = &mut stream.lost {
+            // A producer that went away during the hello of a reconnect: keep trying.
+            gst::info!(CAT, imp = self, "reconnect attempt failed: {why}");
+            lost.last_failure = why;
+            return Ok(());
+        }
+        gst::warning!(
+            CAT,
+            imp = self,
+            "producer at {} went away without EOS ({why}): reconnecting",
+            stream.path.display()
+        );
+        let now = Instant::now();
+        stream.lost = Some(Lost {
+            since: now,
+            why: why.clone(),
+            attempts: 0,
+            next_attempt: now,
+            backoff: RECONNECT_BACKOFF_MIN,
+            last_failure: why.clone(),
+        });
+        // What the next producer says replaces all of this.
+        stream.producer_segment = None;
+        stream.segment_delta = None;
+        stream.last_delta = None;
+        stream.refused_caps = None;
+        let s = gst::Structure::builder("fdlink-disconnected")
+            .field("socket-path", stream.path.display().to_string())
+            .field("reason", why)
+            .build();
+        self.post_local_message(s);
+        Ok(())
+    }
+
+    /// Posts an element message for this pipeline's application only: the bus watch does
+    /// not forward it to the producer.
+    fn post_local_message(&self, s: gst::Structure) {
+        let msg = gst::message::Element::builder(s).src(&*self.obj()).build();
+        self.reposted.remember(msg.seqnum());
+        let _ = self.obj().post_message(msg);
+    }
+
+    /// Waits until `wait` passed; true when `unlock()` woke us first.
+    fn sleep_unless_woken(&self, waker: &Waker, wait: Duration) -> bool {
+        crate::transport::wait_fd(
+            std::os::fd::AsFd::as_fd(waker),
+            nix::poll::PollFlags::POLLIN,
+            wait,
+        )
+        .is_ok()
+            && self.is_woken(waker)
+    }
+
+    /// Connects to socket-path again after the producer went away, with backoff, until
+    /// `retry-timeout` passes; runs the hello.
+    fn reconnect(
+        &self,
+        stream: &mut Stream,
+        waker: &Waker,
+    ) -> Result<(Arc<Connection>, u32), Stop> {
+        loop {
+            let Some(lost) = stream.lost.as_mut() else {
+                unreachable!("reconnect() runs only while a producer is lost");
+            };
+            let now = Instant::now();
+            let deadline = stream.retry_timeout.map(|t| lost.since + t);
+            if let Some(deadline) = deadline
+                && now >= deadline
+            {
+                return Err(Stop::Error(gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    (
+                        "fdlink producer at {} went away without EOS ({}) and no producer came back within retry-timeout={} ms ({} connection attempts; the last one: {})",
+                        stream.path.display(),
+                        lost.why,
+                        stream.retry_timeout.unwrap_or_default().as_millis(),
+                        lost.attempts,
+                        lost.last_failure
+                    )
+                )));
+            }
+            let next = deadline.map_or(lost.next_attempt, |d| d.min(lost.next_attempt));
+            if next > now {
+                if self.sleep_unless_woken(waker, next - now) {
+                    return Err(Stop::Flushing);
+                }
+                continue;
+            }
+            lost.attempts += 1;
+            lost.next_attempt = now + lost.backoff;
+            lost.backoff = (lost.backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            match Connection::connect(&stream.path) {
+                Ok(conn) => return self.hello(stream, waker, conn),
+                Err(
+                    e @ (TransportError::NoSuchPath { .. } | TransportError::NotListening { .. }),
+                ) => {
+                    gst::trace!(CAT, imp = self, "attempt {}: {e}", lost.attempts);
+                    lost.last_failure = e.to_string();
+                }
+                Err(e) => {
+                    return Err(Stop::Error(gst::error_msg!(
+                        gst::ResourceError::OpenRead,
+                        (
+                            "cannot reconnect to {} after the producer went away: {e}",
+                            stream.path.display()
+                        )
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Connects (the first time, or again after the producer went away) and starts the
+    /// reader.
+    fn open_link(&self, stream: &mut Stream, waker: &Waker) -> Result<Arc<Link>, Stop> {
+        let (conn, producer_pid) = if stream.lost.is_some() {
+            self.reconnect(stream, waker)?
+        } else {
+            self.connect(stream, waker)?
+        };
+        let peer = ProducerPeer {
+            obj: self.obj().downgrade(),
+            producer_pid,
+        };
+        let link = Link::start(conn, peer, stream.queue_limit, self.counters.clone())
+            .map_err(|e| self.link_error(&stream.path, "starting the reader", e))?;
+        stream.link = Some(link.clone());
+        if let Some(lost) = stream.lost.take() {
+            stream.new_producer = true;
+            let reconnects = {
+                let mut stats = self.stats.lock().unwrap();
+                stats.reconnects += 1;
+                stats.reconnects
+            };
+            let down = lost.since.elapsed();
+            gst::info!(
+                CAT,
+                imp = self,
+                "reconnected to producer pid {producer_pid} at {} after {} attempts, {} ms",
+                stream.path.display(),
+                lost.attempts,
+                down.as_millis()
+            );
+            let s = gst::Structure::builder("fdlink-reconnected")
+                .field("socket-path", stream.path.display().to_string())
+                .field("attempts", lost.attempts)
+                .field("downtime-ms", down.as_millis() as u64)
+                .field("reconnects", reconnects)
+                .field("producer-pid", producer_pid)
+                .build();
+            self.post_local_message(s);
+        }
+        *self.link.lock().unwrap() = Some(link.clone());
+        // The producer learns where we are (it may follow us), and this pipeline asks for its
+        // latency again, now that the producer can answer.
+        self.send_state(self.obj().current_state());
+        let _ = self
+            .obj()
+            .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+        Ok(link)
+    }
+
+    /// A received frame (imported, or copied by the reader) with the producer's timestamps,
+    /// after the segment it needs; None when it is dropped because downstream refused the
+    /// caps.
+    fn output_buffer(
+        &self,
+        stream: &mut Stream,
+        header: &protocol::BufferHeader,
+        mut buffer: gst::Buffer,
+    ) -> Result<Option<gst::Buffer>, Stop> {
+        self.record_latency(header.sent_at);
+        if stream.refused_caps.is_some() {
+            // Dropped (and so released): downstream cannot take it.
+            self.check_refused_caps(stream)?;
+            return Ok(None);
+        }
+        let time = |t: u64| (t != TIME_NONE).then(|| gst::ClockTime::from_nseconds(t));
+        {
+            let b = buffer.get_mut().expect("fresh buffer");
+            b.set_pts(time(header.pts));
+            b.set_dts(time(header.dts));
+            b.set_duration(time(header.duration));
+            if stream.new_producer {
+                // Another producer's stream: nothing continues from the last one. (BaseSrc
+                // marks the buffer after a new segment DISCONT too, but no segment goes out
+                // when the pipeline has no clock.)
+                b.set_flags(gst::BufferFlags::DISCONT);
+                stream.new_producer = false;
+            }
+        }
+        if let Some(delta) = self.running_time_delta(stream, header)
+            && stream
+                .segment_delta
+                .is_none_or(|d| (d - delta).abs() > RESYNC_THRESHOLD_NS)
+        {
+            self.set_segment(stream, delta);
+        }
+        Ok(Some(buffer))
+    }
+
+    fn receive_from_producer(
+        &self,
+        stream: &mut Stream,
+        waker: &Waker,
+    ) -> Result<gst::Buffer, Stop> {
         let link = match &stream.link {
             Some(l) => l.clone(),
-            None => {
-                let (conn, producer_pid) = self.connect(stream, waker)?;
-                let peer = ProducerPeer {
-                    obj: self.obj().downgrade(),
-                    producer_pid,
-                };
-                let link = Link::start(conn, peer)
-                    .map_err(|e| self.link_error(&stream.path, "starting the reader", e))?;
-                stream.link = Some(link.clone());
-                *self.link.lock().unwrap() = Some(link.clone());
-                // The producer learns where we are (it may follow us), and this pipeline
-                // asks for its latency again, now that the producer can answer.
-                self.send_state(self.obj().current_state());
-                let _ = self
-                    .obj()
-                    .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
-                link
-            }
+            None => self.open_link(stream, waker)?,
         };
         let conn = link.conn.clone();
         loop {
             let packet = match link.next() {
                 None => return Err(Stop::Flushing),
                 Some(Inbound::Packet(p)) => p,
-                Some(Inbound::Closed) if stream.eos => return Err(Stop::Eos),
-                Some(Inbound::Closed) => {
-                    return Err(Stop::Error(gst::error_msg!(
-                        gst::ResourceError::Read,
-                        (
-                            "producer disconnected from {} without EOS",
-                            stream.path.display()
-                        )
-                    )));
+                Some(Inbound::Copied(header, buffer)) => {
+                    if let Some(buffer) = self.output_buffer(stream, &header, buffer)? {
+                        return Ok(buffer);
+                    }
+                    continue;
                 }
+                Some(Inbound::Closed) if stream.eos => return Err(Stop::Eos),
+                Some(Inbound::Closed) => return Err(Stop::Lost("connection closed".into())),
+                Some(Inbound::Lost(why)) => return Err(Stop::Lost(why)),
                 Some(Inbound::Failed(why)) => return Err(protocol_error(&stream.path, why)),
             };
             match packet {
@@ -669,7 +980,7 @@ impl FdlinkSrc {
                 Packet::Buffer(header, fds) => {
                     let buffer_id = header.buffer_id;
                     let weak = Arc::downgrade(&conn);
-                    let releases = self.releases.clone();
+                    let releases = self.counters.releases.clone();
                     let token = ReleaseToken::new(move || {
                         let Some(conn) = weak.upgrade() else { return };
                         let release = Packet::Release { buffer_id };
@@ -680,7 +991,7 @@ impl FdlinkSrc {
                             releases.fetch_add(1, Ordering::Relaxed);
                         }
                     });
-                    let mut buffer = match stream.importer.import(&header, fds, &token) {
+                    let buffer = match stream.importer.import(&header, fds, &token) {
                         Ok(b) => b,
                         Err(e) => {
                             let msg = format!("invalid buffer {buffer_id}: {e}");
@@ -689,27 +1000,9 @@ impl FdlinkSrc {
                         }
                     };
                     drop(token);
-                    self.record_latency(header.sent_at);
-                    if stream.refused_caps.is_some() {
-                        // Dropped (and so released): downstream cannot take it.
-                        self.check_refused_caps(stream)?;
-                        continue;
+                    if let Some(buffer) = self.output_buffer(stream, &header, buffer)? {
+                        return Ok(buffer);
                     }
-                    let time = |t: u64| (t != TIME_NONE).then(|| gst::ClockTime::from_nseconds(t));
-                    {
-                        let b = buffer.get_mut().expect("fresh buffer");
-                        b.set_pts(time(header.pts));
-                        b.set_dts(time(header.dts));
-                        b.set_duration(time(header.duration));
-                    }
-                    if let Some(delta) = self.running_time_delta(stream, &header)
-                        && stream
-                            .segment_delta
-                            .is_none_or(|d| (d - delta).abs() > RESYNC_THRESHOLD_NS)
-                    {
-                        self.set_segment(stream, delta);
-                    }
-                    return Ok(buffer);
                 }
                 Packet::Error(msg) => {
                     return Err(Stop::Error(gst::error_msg!(
@@ -890,9 +1183,34 @@ impl ObjectImpl for FdlinkSrc {
                     .default_value(true)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecBoolean::builder("reconnect")
+                    .nick("Reconnect")
+                    .blurb("When the producer goes away without EOS, keep this pipeline running and connect to socket-path again (every 10 ms at first, backing off to every 500 ms) until a producer is back or retry-timeout passes; the new producer's stream-start, caps and segment follow, and its first buffer is DISCONT. Posts element messages fdlink-disconnected and fdlink-reconnected. Needs socket-path (not fd). false: the producer going away without EOS is an error")
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("retry-timeout")
+                    .nick("Retry timeout (ms)")
+                    .blurb("With reconnect=true: how long after the producer went away to keep looking for a new one before failing (0 = forever)")
+                    .default_value(DEFAULT_RETRY_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-queued")
+                    .nick("Max queued frames")
+                    .blurb("Frames received and not yet pushed downstream that may pin the producer's buffers; what happens to one more is leaky")
+                    .minimum(1)
+                    .maximum(1024)
+                    .default_value(DEFAULT_MAX_QUEUED)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder::<Leaky>("leaky")
+                    .nick("Leaky")
+                    .blurb("With max-queued frames queued, while PLAYING: none: stop reading the socket until downstream takes one (the producer's slow-policy applies; its queries, messages and states wait behind the frames); oldest: drop the oldest queued frame, releasing it to the producer (frames-dropped); copy: copy the oldest into system memory and release the original at once (frames-copied), holding up to max-queued copies besides, then as none")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-received, releases-sent, latency-{last,avg,p50,p99,max}-us (producer send to consumer receive, over the last 1024 frames for percentiles)")
+                    .blurb("frames-received (pushed downstream), releases-sent, reconnects, frames-dropped and frames-copied (by leaky), frames-queued (now), latency-{last,avg,p50,p99,max}-us (producer send to consumer receive, over the last 1024 frames for percentiles)")
                     .read_only()
                     .build(),
             ]
@@ -912,6 +1230,12 @@ impl ObjectImpl for FdlinkSrc {
             "forward-messages" => {
                 settings.forward_messages = value.get().expect("type checked upstream")
             }
+            "reconnect" => settings.reconnect = value.get().expect("type checked upstream"),
+            "retry-timeout" => {
+                settings.retry_timeout_ms = value.get().expect("type checked upstream")
+            }
+            "max-queued" => settings.max_queued = value.get().expect("type checked upstream"),
+            "leaky" => settings.leaky = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
     }
@@ -925,6 +1249,10 @@ impl ObjectImpl for FdlinkSrc {
             "mode" => self.settings.lock().unwrap().mode.to_value(),
             "link-latency" => self.settings.lock().unwrap().link_latency.to_value(),
             "forward-messages" => self.settings.lock().unwrap().forward_messages.to_value(),
+            "reconnect" => self.settings.lock().unwrap().reconnect.to_value(),
+            "retry-timeout" => self.settings.lock().unwrap().retry_timeout_ms.to_value(),
+            "max-queued" => self.settings.lock().unwrap().max_queued.to_value(),
+            "leaky" => self.settings.lock().unwrap().leaky.to_value(),
             "stats" => self.stats_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -948,9 +1276,13 @@ impl ElementImpl for FdlinkSrc {
         if result.is_ok() {
             match transition {
                 gst::StateChange::PlayingToPaused => {
+                    self.set_link_streaming(false);
                     self.send_state(session::destination(self.obj().upcast_ref()))
                 }
-                gst::StateChange::PausedToPlaying => self.send_state(gst::State::Playing),
+                gst::StateChange::PausedToPlaying => {
+                    self.set_link_streaming(true);
+                    self.send_state(gst::State::Playing)
+                }
                 _ => {}
             }
         }
@@ -999,16 +1331,39 @@ impl BaseSrcImpl for FdlinkSrc {
                 ));
             }
         };
+        if settings.reconnect
+            && let Some(fd) = inherited_fd
+        {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("reconnect=true needs socket-path: an inherited socket (fd={fd}) cannot be connected again; unset fd or reconnect")
+            ));
+        }
         let waker =
             Waker::new().map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ("{e}")))?;
         *self.waker.lock().unwrap() = Some(Arc::new(waker));
         *self.caps.lock().unwrap() = None;
         *self.stats.lock().unwrap() = Stats::default();
-        self.releases.store(0, Ordering::Relaxed);
+        for counter in [
+            &*self.counters.releases,
+            &self.counters.dropped,
+            &self.counters.copied,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
         *self.state.lock().unwrap() = State::Started(Box::new(Stream {
             path,
             inherited_fd,
             timeout: Duration::from_millis(settings.timeout_ms as u64),
+            reconnect: settings.reconnect,
+            retry_timeout: (settings.retry_timeout_ms > 0)
+                .then(|| Duration::from_millis(settings.retry_timeout_ms as u64)),
+            lost: None,
+            new_producer: false,
+            queue_limit: QueueLimit {
+                max_queued: settings.max_queued as usize,
+                leaky: settings.leaky,
+            },
             link: None,
             importer: Importer::default(),
             packet: vec![0u8; MAX_PACKET_SIZE],
@@ -1126,6 +1481,14 @@ impl PushSrcImpl for FdlinkSrc {
             Ok(buffer) => Ok(CreateSuccess::NewBuffer(buffer)),
             Err(Stop::Error(msg)) => {
                 self.post_error_message(msg);
+                Err(gst::FlowError::Error)
+            }
+            Err(Stop::Lost(why)) => {
+                // receive() reconnects or makes an error of it; this is only a safety net.
+                self.post_error_message(gst::error_msg!(
+                    gst::ResourceError::Read,
+                    ("producer disconnected without EOS ({why})")
+                ));
                 Err(gst::FlowError::Error)
             }
             Err(stop) => {

@@ -4,36 +4,145 @@
 //! (downstream elements ask their questions from the streaming thread itself, and a paused
 //! live source runs no streaming thread at all); everything else waits, in order, in an inbox
 //! that `create()` takes from.
+//!
+//! The inbox holds at most `max-queued` buffer packets (frames whose producer buffers this
+//! consumer pins); what happens to one more is the `leaky` policy (see [`Leaky`]).
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use gst::glib;
+
 use crate::control::PendingQueries;
+use crate::memory::{Importer, ReleaseToken};
 use crate::protocol::{
-    MAX_PACKET_SIZE, MessagePacket, Packet, QueryPacket, QueryReplyPacket, StatePacket,
+    BufferHeader, MAX_PACKET_SIZE, MessagePacket, Packet, QueryPacket, QueryReplyPacket,
+    StatePacket,
 };
 use crate::transport::{Connection, TransportError, Waker};
 
-/// How long a reply or an error packet may wait for room in the socket.
+/// How long a reply, a release or an error packet may wait for room in the socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the reader does with a frame that arrives while `max-queued` frames wait.
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstFdlinkLeaky")]
+pub enum Leaky {
+    /// Stop reading the socket until downstream takes a frame: the producer's slow-policy
+    /// decides (it waits, skips frames for this consumer or drops it).
+    #[default]
+    #[enum_value(
+        name = "None: stop reading until downstream takes a frame (the producer's slow-policy applies)",
+        nick = "none"
+    )]
+    None = 0,
+    /// Drop the oldest queued frame and release it to the producer at once.
+    #[enum_value(
+        name = "Oldest: drop the oldest queued frame, releasing it to the producer",
+        nick = "oldest"
+    )]
+    Oldest = 1,
+    /// Copy the oldest queued frame into system memory and release the original at once.
+    #[enum_value(
+        name = "Copy: copy the oldest queued frame into system memory, releasing the original to the producer",
+        nick = "copy"
+    )]
+    Copy = 2,
+}
+
+/// The inbox's limit and what happens at it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimit {
+    /// Buffer packets (producer buffers pinned) the inbox holds at most; with `Leaky::Copy`,
+    /// copies are held up to the same number besides.
+    pub max_queued: usize,
+    pub leaky: Leaky,
+}
+
+/// Counters that outlive a connection (reconnects keep counting).
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Frames dropped from the inbox (`Leaky::Oldest`).
+    pub dropped: AtomicU64,
+    /// Frames copied out of their producer buffer (`Leaky::Copy`).
+    pub copied: AtomicU64,
+    /// Releases sent to the producer, by buffers' `ReleaseToken`s and by the reader.
+    pub releases: Arc<AtomicU64>,
+}
 
 /// What `next()` hands the streaming thread.
 pub enum Inbound {
     Packet(Packet<OwnedFd>),
+    /// A frame the reader copied into system memory (`Leaky::Copy`); the producer's buffer is
+    /// released already. The header is the packet's.
+    Copied(BufferHeader, gst::Buffer),
     /// The producer closed the connection.
     Closed,
-    /// The connection failed or the producer broke the protocol; the text says how.
+    /// The socket failed (the producer is gone or unreachable); the text says how.
+    Lost(String),
+    /// The producer broke the protocol; the text says how.
     Failed(String),
+}
+
+enum Queued {
+    Packet(Packet<OwnedFd>),
+    Copied(BufferHeader, gst::Buffer),
+    /// A buffer packet that could not be copied: its fds do not import (why).
+    Invalid(String),
 }
 
 #[derive(Default)]
 struct Inbox {
-    packets: VecDeque<Packet<OwnedFd>>,
+    items: VecDeque<Queued>,
+    /// Buffer packets among `items`: each pins a producer buffer.
+    originals: usize,
+    /// Copies among `items`.
+    copies: usize,
     end: Option<Inbound>,
     flushing: bool,
+    /// The element is PLAYING: only then does a full inbox stop the reader (a paused live
+    /// source takes nothing, and a follower must still hear the producer's State packets).
+    streaming: bool,
+    /// Threads waiting for a reply to their query: the reply may be behind frames in the
+    /// socket, so a full inbox does not stop the reader meanwhile.
+    awaiting_replies: usize,
+    stopping: bool,
+}
+
+impl Inbox {
+    /// The reader must not take another packet off the socket now.
+    fn full(&self, limit: QueueLimit) -> bool {
+        if !self.streaming || self.awaiting_replies > 0 {
+            return false;
+        }
+        match limit.leaky {
+            Leaky::None => self.originals >= limit.max_queued,
+            Leaky::Oldest => false,
+            Leaky::Copy => self.originals >= limit.max_queued && self.copies >= limit.max_queued,
+        }
+    }
+
+    /// Index of the oldest buffer packet.
+    fn oldest_original(&self) -> Option<usize> {
+        self.items
+            .iter()
+            .position(|q| matches!(q, Queued::Packet(Packet::Buffer(..))))
+    }
+
+    fn pop(&mut self) -> Option<Queued> {
+        let item = self.items.pop_front()?;
+        match &item {
+            Queued::Packet(Packet::Buffer(..)) => self.originals -= 1,
+            Queued::Copied(..) => self.copies -= 1,
+            Queued::Packet(_) | Queued::Invalid(_) => {}
+        }
+        Some(item)
+    }
 }
 
 /// What the reader thread does with the producer's out-of-band packets.
@@ -50,20 +159,47 @@ pub struct Link {
     pub conn: Arc<Connection>,
     pub pending: PendingQueries,
     inbox: Mutex<Inbox>,
+    /// Signalled when a packet (or the end) is queued.
     arrived: Condvar,
+    /// Signalled when the reader may be able to read on (a frame taken, a query waiting,
+    /// streaming again, stopping).
+    room: Condvar,
+    limit: QueueLimit,
+    counters: Arc<QueueCounters>,
     stop: Waker,
     reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// While it lives, a full inbox does not stop the reader: see [`Link::awaiting_reply`].
+pub struct AwaitingReply<'a>(&'a Link);
+
+impl Drop for AwaitingReply<'_> {
+    fn drop(&mut self) {
+        self.0.inbox.lock().unwrap().awaiting_replies -= 1;
+        self.0.room.notify_all();
+    }
 }
 
 impl Link {
     /// Starts the reader thread on a connection whose hello is done; `peer` handles the
     /// producer's queries, states and messages on that thread.
-    pub fn start(conn: Arc<Connection>, peer: impl LinkPeer) -> Result<Arc<Link>, TransportError> {
+    pub fn start(
+        conn: Arc<Connection>,
+        peer: impl LinkPeer,
+        limit: QueueLimit,
+        counters: Arc<QueueCounters>,
+    ) -> Result<Arc<Link>, TransportError> {
         let link = Arc::new(Link {
             conn,
             pending: PendingQueries::default(),
-            inbox: Mutex::new(Inbox::default()),
+            inbox: Mutex::new(Inbox {
+                streaming: true,
+                ..Inbox::default()
+            }),
             arrived: Condvar::new(),
+            room: Condvar::new(),
+            limit,
+            counters,
             stop: Waker::new()?,
             reader: Mutex::new(None),
         });
@@ -82,15 +218,20 @@ impl Link {
 
     fn read_loop(&self, peer: impl LinkPeer) {
         let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        let importer = Importer::default();
         let end = loop {
+            if !self.wait_for_room() {
+                break None;
+            }
             let got = match self.conn.recv_wait(&mut buf, Some(&self.stop), None) {
                 Ok(Some(got)) => got,
                 Ok(None) => break None,
                 Err(TransportError::Closed) => break Some(Inbound::Closed),
-                Err(e) => {
+                Err(e @ (TransportError::Truncated | TransportError::FdsTruncated)) => {
                     self.conn.send_error(&e.to_string());
                     break Some(Inbound::Failed(e.to_string()));
                 }
+                Err(e) => break Some(Inbound::Lost(e.to_string())),
             };
             match Packet::decode(&buf[..got.len], got.fds) {
                 Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
@@ -100,8 +241,13 @@ impl Link {
                 }
                 Ok(Packet::State(st)) => peer.state(st),
                 Ok(Packet::Message(m)) => peer.message(m),
+                Ok(packet @ Packet::Buffer(..)) => self.queue_frame(packet, &importer),
                 Ok(packet) => {
-                    self.inbox.lock().unwrap().packets.push_back(packet);
+                    self.inbox
+                        .lock()
+                        .unwrap()
+                        .items
+                        .push_back(Queued::Packet(packet));
                     self.arrived.notify_all();
                 }
                 Err(e) => {
@@ -118,6 +264,89 @@ impl Link {
         }
     }
 
+    /// Waits while the inbox is full; false when the link is stopping.
+    fn wait_for_room(&self) -> bool {
+        let mut inbox = self.inbox.lock().unwrap();
+        while !inbox.stopping && inbox.full(self.limit) {
+            inbox = self.room.wait(inbox).unwrap();
+        }
+        !inbox.stopping
+    }
+
+    /// Queues a buffer packet; past `max-queued`, drops or copies the oldest one.
+    fn queue_frame(&self, packet: Packet<OwnedFd>, importer: &Importer) {
+        let limit = self.limit;
+        let mut inbox = self.inbox.lock().unwrap();
+        inbox.items.push_back(Queued::Packet(packet));
+        inbox.originals += 1;
+        let mut dropped = None;
+        if inbox.originals > limit.max_queued
+            && let Some(i) = inbox.oldest_original()
+        {
+            match limit.leaky {
+                Leaky::Oldest => {
+                    dropped = inbox.items.remove(i);
+                    inbox.originals -= 1;
+                }
+                Leaky::Copy if inbox.copies < limit.max_queued => {
+                    // Under the lock, so the copy takes the original's place in the order
+                    // before `create()` can take it.
+                    let copy = self.copy_frame(&mut inbox.items[i], importer);
+                    if matches!(copy, Queued::Copied(..)) {
+                        inbox.copies += 1;
+                    }
+                    inbox.items[i] = copy;
+                    inbox.originals -= 1;
+                }
+                // Leaky::None stops reading at the limit; past it only while not streaming
+                // or a reply is awaited. Leaky::Copy with max_queued copies waits likewise.
+                _ => {}
+            }
+        }
+        drop(inbox);
+        self.arrived.notify_all();
+        if let Some(Queued::Packet(Packet::Buffer(header, fds))) = dropped {
+            // Our fds go first: the producer may reuse the buffer once it has the release.
+            drop(fds);
+            self.release(header.buffer_id);
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Copies a queued buffer packet into system memory and releases the producer's buffer.
+    fn copy_frame(&self, item: &mut Queued, importer: &Importer) -> Queued {
+        let Queued::Packet(Packet::Buffer(header, fds)) = item else {
+            unreachable!("copy_frame() is given a buffer packet");
+        };
+        let buffer_id = header.buffer_id;
+        // Released below, once the imported buffer (and with it our fds) is gone.
+        let token = ReleaseToken::new(|| {});
+        let copy = match importer.import(header, std::mem::take(fds), &token) {
+            Ok(original) => original
+                .copy_deep()
+                .map_err(|e| format!("cannot copy buffer {buffer_id}: {e}")),
+            Err(e) => Err(format!("invalid buffer {buffer_id}: {e}")),
+        };
+        match copy {
+            Ok(copy) => {
+                self.release(buffer_id);
+                self.counters.copied.fetch_add(1, Ordering::Relaxed);
+                Queued::Copied(header.clone(), copy)
+            }
+            Err(msg) => {
+                self.conn.send_error(&msg);
+                Queued::Invalid(msg)
+            }
+        }
+    }
+
+    fn release(&self, buffer_id: u64) {
+        let release = Packet::Release { buffer_id };
+        if self.conn.send_packet(&release, Some(SEND_TIMEOUT)).is_ok() {
+            self.counters.releases.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The next packet (or the end); None while flushing.
     pub fn next(&self) -> Option<Inbound> {
         let mut inbox = self.inbox.lock().unwrap();
@@ -125,15 +354,24 @@ impl Link {
             if inbox.flushing {
                 return None;
             }
-            if let Some(p) = inbox.packets.pop_front() {
-                return Some(Inbound::Packet(p));
+            if let Some(item) = inbox.pop() {
+                drop(inbox);
+                self.room.notify_all();
+                return Some(match item {
+                    Queued::Packet(p) => Inbound::Packet(p),
+                    Queued::Copied(header, buffer) => Inbound::Copied(header, buffer),
+                    Queued::Invalid(why) => Inbound::Failed(why),
+                });
             }
             if let Some(end) = inbox.end.take() {
                 // Stays ended for later calls.
                 inbox.end = Some(match &end {
                     Inbound::Closed => Inbound::Closed,
+                    Inbound::Lost(m) => Inbound::Lost(m.clone()),
                     Inbound::Failed(m) => Inbound::Failed(m.clone()),
-                    Inbound::Packet(_) => unreachable!("only ends are stored"),
+                    Inbound::Packet(_) | Inbound::Copied(..) => {
+                        unreachable!("only ends are stored")
+                    }
                 });
                 return Some(end);
             }
@@ -147,9 +385,31 @@ impl Link {
         self.arrived.notify_all();
     }
 
+    /// Frames queued now (buffer packets and copies).
+    pub fn queued(&self) -> usize {
+        let inbox = self.inbox.lock().unwrap();
+        inbox.originals + inbox.copies
+    }
+
+    /// The element is PLAYING (true) or not: a full inbox stops the reader only while it is.
+    pub fn set_streaming(&self, streaming: bool) {
+        self.inbox.lock().unwrap().streaming = streaming;
+        self.room.notify_all();
+    }
+
+    /// A query was sent and its reply is awaited: until the guard goes, the reader reads on
+    /// past a full inbox (the reply may be behind frames in the socket).
+    pub fn awaiting_reply(&self) -> AwaitingReply<'_> {
+        self.inbox.lock().unwrap().awaiting_replies += 1;
+        self.room.notify_all();
+        AwaitingReply(self)
+    }
+
     /// Stops the reader and fails every waiting query. Packets not taken are dropped (their fds
     /// closed); the producer frees what this consumer held when the socket closes.
     pub fn shutdown(&self) {
+        self.inbox.lock().unwrap().stopping = true;
+        self.room.notify_all();
         self.stop.wake();
         if let Some(handle) = self.reader.lock().unwrap().take() {
             let _ = handle.join();

@@ -7,6 +7,14 @@
 //! the memory. It is a live source: timestamps are translated through CLOCK_MONOTONIC so that
 //! a sink with `sync=true` shows each frame when the producer meant it to be shown.
 //!
+//! A producer that goes away without EOS is an error, or with `reconnect=true` the pipeline
+//! keeps running while the element connects to `socket-path` again (up to `retry-timeout`),
+//! posting `fdlink-disconnected` and `fdlink-reconnected` element messages.
+//!
+//! At most `max-queued` received frames wait for a slow downstream; `leaky` says what happens
+//! to one more: stop reading (the producer's slow-policy decides), drop the oldest, or copy
+//! the oldest into system memory so the producer gets its buffer back.
+//!
 //! ```text
 //! gst-launch-1.0 fdlinksrc socket-path=/tmp/fdlink.sock ! videoconvert ! autovideosink
 //! ```

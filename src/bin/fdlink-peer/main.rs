@@ -29,6 +29,8 @@
 //! - `--seconds S`: send EOS after S seconds.
 //! - `--wait-clients N`: keep the pipeline in PAUSED until the fdlinksink has N consumers.
 //! - `--events-log`: print an `event NAME` line per downstream event leaving the fdlinksrc.
+//! - `--discont-log`: print `discont offset=N size=S` for each buffer leaving the fdlinksrc
+//!   with the DISCONT flag.
 //! - `--seek-after N --seek-to S`: after N frames, a flushing seek of the pipeline to S seconds.
 //! - `--query-after N`, `--query-every N`: after N frames (every N frames), print
 //!   `position P duration D latency LIVE MIN MAX at T` (ns, -1 if unknown; T is
@@ -89,6 +91,7 @@ struct Opts {
     layout: Option<String>,
     wait_clients: u32,
     events_log: bool,
+    discont_log: bool,
     seek_after: Option<u64>,
     seek_to: f64,
     query_after: Option<u64>,
@@ -126,6 +129,7 @@ fn parse_opts(args: &[String]) -> Opts {
             "--pool-max" => o.pool_max = num(it.next()) as u32,
             "--wait-clients" => o.wait_clients = num(it.next()) as u32,
             "--events-log" => o.events_log = true,
+            "--discont-log" => o.discont_log = true,
             "--seek-after" => o.seek_after = Some(num(it.next())),
             "--query-after" => o.query_after = Some(num(it.next())),
             "--query-every" => o.query_every = Some(num(it.next()).max(1)),
@@ -527,6 +531,7 @@ fn launch(o: &Opts) -> i32 {
     }
     if let Some(el) = &element
         && (o.events_log
+            || o.discont_log
             || o.seek_after.is_some()
             || o.query_after.is_some()
             || o.query_every.is_some()
@@ -561,6 +566,16 @@ fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts
                     gst::EventView::Caps(c) => print_line(&format!("event caps {}", c.caps())),
                     _ => print_line(&format!("event {}", ev.type_().name())),
                 }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    if o.discont_log {
+        pad.add_probe(gst::PadProbeType::BUFFER, |_, info| {
+            if let Some(b) = info.buffer()
+                && b.flags().contains(gst::BufferFlags::DISCONT)
+            {
+                print_line(&format!("discont offset={} size={}", b.offset(), b.size()));
             }
             gst::PadProbeReturn::Ok
         });
