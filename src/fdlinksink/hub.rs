@@ -245,9 +245,12 @@ impl Consumer {
         }
     }
 
+    /// It was given a buffer (sent, or queued for it).
     fn hold(&mut self, buffer_id: u64, since: Instant, copy: bool) {
         self.held.insert(buffer_id, Held { since, copy });
-        if !copy {
+        if copy {
+            self.frames_copied += 1;
+        } else {
             self.originals_held += 1;
         }
     }
@@ -707,9 +710,6 @@ impl Hub {
                     Ok(Offer::NotYet) => {}
                     Ok(Offer::WantsCopy) => wants_copy.push(c.id),
                     Err(reason) => removed.push((c.id, reason)),
-                }
-                if f.slow_copy {
-                    c.frames_copied += 1;
                 }
             }
             dropped += dropped_queued.len() as u64;
