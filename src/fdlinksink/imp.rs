@@ -344,17 +344,18 @@ impl FdlinkSink {
     }
 
     /// Copies `buffer` into the memfd pool: it is not shareable as it is, or slow-policy=copy
-    /// wants a copy. `copied_bytes` of the result says which.
+    /// wants a copy. `copied_bytes` of the result says which. The copy is described in
+    /// `memories` (the state's reused list).
     fn copy_out<'a>(
         &self,
         state: &mut State,
         buffer: &gst::BufferRef,
+        mut memories: Vec<MemoryDesc>,
         copy: &'a mut Option<gst::Buffer>,
         for_slow_consumer: bool,
     ) -> Result<Outgoing<'a>, gst::FlowError> {
         let pool = self.copy_pool(state, buffer.size())?;
         let copy = copy.insert(memory::copy_into(buffer, &pool)?);
-        let mut memories = self.take_memories(state);
         let mut fds = FdList::new();
         if let Err(r) = memory::describe_buffer(copy, &mut memories, &mut fds) {
             gst::element_imp_error!(
@@ -1068,14 +1069,15 @@ impl BaseSinkImpl for FdlinkSink {
                 drop(fds);
                 gst::trace!(CAT, imp = self, "copying buffer: {reason:?}");
                 let mut copy = None;
-                let out = self.copy_out(&mut state, buffer, &mut copy, false)?;
+                let out = self.copy_out(&mut state, buffer, descs, &mut copy, false)?;
                 self.send_frame(&hub, &mut state, buffer, out, None)?
             }
         };
         if !wants_copy.is_empty() {
             // slow-policy=copy: consumers at max-held get the frame in the memfd pool.
             let mut copy = None;
-            let out = self.copy_out(&mut state, buffer, &mut copy, true)?;
+            let memories = self.take_memories(&mut state);
+            let out = self.copy_out(&mut state, buffer, memories, &mut copy, true)?;
             self.send_frame(&hub, &mut state, buffer, out, Some(&wants_copy))?;
         }
         Ok(gst::FlowSuccess::Ok)
