@@ -525,15 +525,16 @@ fn recv_packet(
     Ok(Received { len: n, fds })
 }
 
+/// poll(2)'s timeout in ms for `timeout` (None: -1, forever), rounded up so a 0.4 ms wait
+/// does not become a busy loop.
+fn poll_timeout_ms(timeout: Option<Duration>) -> i32 {
+    timeout.map_or(-1, |t| {
+        t.as_millis().saturating_add(1).min(i32::MAX as u128) as i32
+    })
+}
+
 fn poll_retry(pfds: &mut [PollFd<'_>], timeout: Option<Duration>) -> Result<(), TransportError> {
-    let timeout = match timeout {
-        None => PollTimeout::NONE,
-        // Round up so a 0.4 ms wait does not become a busy loop.
-        Some(t) => {
-            PollTimeout::try_from(t.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
-                .unwrap_or(PollTimeout::MAX)
-        }
-    };
+    let timeout = PollTimeout::try_from(poll_timeout_ms(timeout)).unwrap_or(PollTimeout::MAX);
     match poll(pfds, timeout) {
         Ok(_) | Err(Errno::EINTR) => Ok(()),
         Err(e) => Err(sys("poll", "fdlink socket")(e)),
@@ -566,10 +567,7 @@ impl PollSet {
     /// Waits until one of the fds has one of its events or `timeout` passes (None: forever).
     /// An interrupted wait returns with no events.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
-        // Rounded up so a 0.4 ms wait does not become a busy loop.
-        let ms = timeout.map_or(-1, |t| {
-            t.as_millis().saturating_add(1).min(i32::MAX as u128) as i32
-        });
+        let ms = poll_timeout_ms(timeout);
         // SAFETY: pointer and length describe this set's own initialized pollfd array, which
         // poll only writes revents into.
         let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
