@@ -84,6 +84,24 @@ fn wait_frames(consumer: &Peer, from: usize, size: u64, n: usize, what: &str) {
     }
 }
 
+/// Starts a 320x240 live producer on `sock` and a consumer (`fdlink-peer consume --frames-log`
+/// plus `options`, with `fdlinksrc_props` on its fdlinksrc), kills the producer with SIGKILL
+/// once the consumer has 5 frames, and returns the consumer and when the kill began.
+fn kill_producer_of(sock: &str, options: &[&str], fdlinksrc_props: &str) -> (Peer, Instant) {
+    init_gst();
+    let mut producer = live_producer(sock, (320, 240), &[]);
+    wait_for_path(sock, T);
+    let pipeline = format!("fdlinksrc socket-path={sock} {fdlinksrc_props} ! fakesink");
+    let mut args = vec!["consume", "--frames-log"];
+    args.extend_from_slice(options);
+    args.push(&pipeline);
+    let consumer = Peer::spawn(&args);
+    wait_frames(&consumer, 0, nv12_size((320, 240)), 5, "producer");
+    let killed_at = Instant::now();
+    producer.kill9();
+    (consumer, killed_at)
+}
+
 /// Kills the producer with SIGKILL twice while a reconnect=true consumer streams, and starts
 /// a new one on the same path each time (first at another size, then at the same size): the
 /// consumer process lives on, gets the new producer's stream-start, caps and segment before
@@ -238,35 +256,14 @@ fn killed_producer_is_replaced_and_consumer_resumes() {
 /// the socket path and the cause within 1 s of the kill.
 #[test]
 fn killed_producer_without_reconnect_is_an_error_within_1s() {
-    init_gst();
     let dir = TempDir::new("noreconnect");
     let sock = dir.socket();
-    let mut producer = live_producer(&sock, (320, 240), &[]);
-    wait_for_path(&sock, T);
-    let mut consumer = Peer::spawn(&[
-        "consume",
-        "--frames-log",
-        &format!("fdlinksrc socket-path={sock} ! fakesink"),
-    ]);
-    wait_frames(&consumer, 0, nv12_size((320, 240)), 5, "producer");
     // Measured from before the kill (which includes reaping the producer) to the moment the
     // consumer's error line is read: an upper bound.
-    let killed_at = Instant::now();
-    producer.kill9();
-    let deadline = killed_at + T;
-    let error = loop {
-        if let Some(l) = consumer
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.starts_with("error:"))
-        {
-            break l.clone();
-        }
-        assert!(Instant::now() < deadline, "no error from the consumer");
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let (mut consumer, killed_at) = kill_producer_of(&sock, &[], "");
+    let error = consumer
+        .wait_error_line(T, |l| l.starts_with("error:"))
+        .expect("no error from the consumer");
     let took = killed_at.elapsed();
     println!("kill to error: {} ms: {error}", took.as_millis());
     assert!(
@@ -285,20 +282,13 @@ fn killed_producer_without_reconnect_is_an_error_within_1s() {
 /// passed, naming the path, the timeout and the attempts, after retrying with backoff.
 #[test]
 fn retry_timeout_ends_the_wait_for_a_new_producer() {
-    init_gst();
     let dir = TempDir::new("retry");
     let sock = dir.socket();
-    let mut producer = live_producer(&sock, (320, 240), &[]);
-    wait_for_path(&sock, T);
-    let mut consumer = Peer::spawn(&[
-        "consume",
-        "--frames-log",
-        "--messages-log",
-        &format!("fdlinksrc socket-path={sock} reconnect=true retry-timeout=1500 ! fakesink"),
-    ]);
-    wait_frames(&consumer, 0, nv12_size((320, 240)), 5, "producer");
-    let killed_at = Instant::now();
-    producer.kill9();
+    let (mut consumer, killed_at) = kill_producer_of(
+        &sock,
+        &["--messages-log"],
+        "reconnect=true retry-timeout=1500",
+    );
     assert_eq!(consumer.wait(T).code(), Some(1));
     let took = killed_at.elapsed();
     let errors = consumer.errors();

@@ -53,6 +53,23 @@ fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>
     lines
 }
 
+/// Waits until one of `lines` satisfies `pred`, looking every `every`; returns it.
+fn wait_for_line(
+    lines: &Mutex<Vec<String>>,
+    timeout: Duration,
+    every: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(l) = lines.lock().unwrap().iter().find(|l| pred(l)) {
+            return Some(l.clone());
+        }
+        std::thread::sleep(every);
+    }
+    None
+}
+
 impl Peer {
     pub fn spawn(args: &[&str]) -> Peer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fdlink-peer"))
@@ -85,14 +102,17 @@ impl Peer {
 
     /// Waits until some stdout line satisfies `pred`; returns it.
     pub fn wait_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(l) = self.stdout.lock().unwrap().iter().find(|l| pred(l)) {
-                return Some(l.clone());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        wait_for_line(&self.stdout, timeout, Duration::from_millis(10), pred)
+    }
+
+    /// Waits until some stderr line satisfies `pred`, looking every 2 ms (for tests that time
+    /// how soon it comes); returns it.
+    pub fn wait_error_line(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        wait_for_line(&self.stderr, timeout, Duration::from_millis(2), pred)
     }
 
     /// The newest `stats` line seen after `after` lines, parsed.
