@@ -1,4 +1,4 @@
-//! fdlink wire protocol, version 2: pure encoding and decoding.
+//! fdlink wire protocol, version 3: pure encoding and decoding.
 //!
 //! This module knows neither GStreamer nor syscalls. It turns packets into bytes and bytes
 //! (plus the file descriptors that arrived beside them) back into packets, checking every
@@ -13,7 +13,7 @@ use std::fmt;
 /// First four bytes of a hello: "FDLK".
 pub const MAGIC: [u8; 4] = *b"FDLK";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest datagram either side sends or accepts.
 pub const MAX_PACKET_SIZE: usize = 64 * 1024;
 /// Most memories (and so fds) in one buffer packet: GStreamer's own limit per buffer.
@@ -24,6 +24,10 @@ pub const MAX_FDS: usize = MAX_MEMORIES;
 pub const MAX_PLANES: usize = 4;
 /// Timestamps use this value for "none" (GST_CLOCK_TIME_NONE).
 pub const TIME_NONE: u64 = u64::MAX;
+
+/// Hello capability of a consumer: its fdlinksrc has `mode=follow`, so a producer that
+/// prerolls waits for its Prerolled packet.
+pub const CAP_FOLLOWS: u32 = 1;
 
 /// Size of the hello datagram.
 pub const HELLO_SIZE: usize = 16;
@@ -47,7 +51,7 @@ pub enum Role {
 pub struct Hello {
     pub version: u16,
     pub role: Role,
-    /// Capability bits; none are defined in version 2, unknown bits are ignored.
+    /// Capability bits (`CAP_*`); unknown bits are ignored.
     pub capabilities: u32,
     /// Process id of the sender, for logs only.
     pub pid: u32,
@@ -153,6 +157,12 @@ pub enum Packet<Fd> {
     /// Either way: the sender's element reached `state`; a peer in `mode=follow` takes its
     /// pipeline there.
     State(StatePacket),
+    /// Consumer -> producer: the consumer's pipeline finished prerolling (ASYNC_DONE) after
+    /// taking `barriers` preroll barriers in stream order (State packets saying PAUSED and
+    /// flush-stop events); `buffer_id` is the last buffer it had pushed downstream by then.
+    /// A producer prerolling in front of a `mode=follow` consumer waits for the report that
+    /// counts every barrier it sent.
+    Prerolled { buffer_id: u64, barriers: u32 },
 }
 
 /// A state change of the sending element.
@@ -202,6 +212,7 @@ enum PacketType {
     QueryReply = 9,
     Message = 10,
     State = 11,
+    Prerolled = 12,
 }
 
 impl PacketType {
@@ -217,6 +228,7 @@ impl PacketType {
             9 => PacketType::QueryReply,
             10 => PacketType::Message,
             11 => PacketType::State,
+            12 => PacketType::Prerolled,
             _ => return None,
         })
     }
@@ -496,6 +508,15 @@ impl<Fd> Packet<Fd> {
                 out.extend_from_slice(&buffer_id.to_le_bytes());
                 (PacketType::Release, 0)
             }
+            Packet::Prerolled {
+                buffer_id,
+                barriers,
+            } => {
+                out.extend_from_slice(&buffer_id.to_le_bytes());
+                out.extend_from_slice(&barriers.to_le_bytes());
+                out.extend_from_slice(&[0; 4]);
+                (PacketType::Prerolled, 0)
+            }
             Packet::Error(msg) => {
                 put_str(out, msg);
                 (PacketType::Error, 0)
@@ -585,6 +606,7 @@ impl<Fd> Packet<Fd> {
             PacketType::QueryReply => "query reply",
             PacketType::Message => "message",
             PacketType::State => "state",
+            PacketType::Prerolled => "prerolled",
         };
         if ty != PacketType::Buffer && !fds.is_empty() {
             return Err(DecodeError::UnexpectedFds {
@@ -612,6 +634,15 @@ impl<Fd> Packet<Fd> {
             PacketType::Release => Packet::Release {
                 buffer_id: r.u64()?,
             },
+            PacketType::Prerolled => {
+                let buffer_id = r.u64()?;
+                let barriers = r.u32()?;
+                r.reserved(4)?;
+                Packet::Prerolled {
+                    buffer_id,
+                    barriers,
+                }
+            }
             PacketType::Error => Packet::Error(r.string()?),
             PacketType::UpstreamEvent => {
                 let event_type = r.u32()?;
@@ -1038,10 +1069,10 @@ mod tests {
         assert_eq!(decode_hello(b""), Err(DecodeError::NotFdlink));
         assert_eq!(decode_hello(b"FDL"), Err(DecodeError::NotFdlink));
         let mut b = encode_hello(&Hello::new(Role::Producer, 1));
-        b[4..6].copy_from_slice(&3u16.to_le_bytes());
+        b[4..6].copy_from_slice(&2u16.to_le_bytes());
         let err = decode_hello(&b).unwrap_err();
-        assert_eq!(err, DecodeError::VersionMismatch { ours: 2, theirs: 3 });
-        assert!(err.to_string().contains("version 2") && err.to_string().contains("version 3"));
+        assert_eq!(err, DecodeError::VersionMismatch { ours: 3, theirs: 2 });
+        assert!(err.to_string().contains("version 3") && err.to_string().contains("version 2"));
         // A future version with a longer hello still gets the version error, not "trailing".
         let mut long = b.to_vec();
         long.extend_from_slice(&[0; 32]);
@@ -1112,6 +1143,14 @@ mod tests {
             source: String::new(),
             structure: String::new(),
         }));
+        roundtrip(Packet::Prerolled {
+            buffer_id: 0,
+            barriers: 0,
+        });
+        roundtrip(Packet::Prerolled {
+            buffer_id: u64::MAX,
+            barriers: u32::MAX,
+        });
         for state in 1..=4 {
             roundtrip(Packet::State(StatePacket {
                 state,
@@ -1354,6 +1393,10 @@ mod tests {
             encoded(&Packet::Buffer(sample_buffer(), vec![1, 2])),
             encoded(&Packet::<i32>::Caps("video/x-raw".into())),
             encoded(&Packet::<i32>::Release { buffer_id: 3 }),
+            encoded(&Packet::<i32>::Prerolled {
+                buffer_id: 3,
+                barriers: 1,
+            }),
             encoded(&Packet::<i32>::Message(MessagePacket {
                 message_type: 2,
                 source: "/a/b".into(),

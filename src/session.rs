@@ -3,7 +3,7 @@
 //! bus for the messages that cross to the other side.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use gst::glib;
 use gst::prelude::*;
@@ -154,6 +154,27 @@ impl Reposted {
     }
 }
 
+/// The packet for a bus message that `crosses` to the peer, unless `reposted` says the peer
+/// sent it in the first place.
+pub fn crossing_packet(
+    message: &gst::MessageRef,
+    reposted: &Reposted,
+    crosses: fn(&gst::MessageRef) -> bool,
+) -> Option<MessagePacket> {
+    if crosses(message) && !reposted.contains(message.seqnum()) {
+        control::message_to_packet(message)
+    } else {
+        None
+    }
+}
+
+/// Whether `message` is the ASYNC_DONE of the top-level pipeline `element` is in: that
+/// pipeline finished prerolling.
+pub fn is_pipeline_async_done(element: &gst::Element, message: &gst::MessageRef) -> bool {
+    message.type_() == gst::MessageType::AsyncDone
+        && message.src() == Some(top_level(element).upcast_ref())
+}
+
 /// A sync-message handler on the bus of `element`'s top-level pipeline; disconnects on drop.
 pub struct BusWatch {
     bus: gst::Bus,
@@ -161,25 +182,16 @@ pub struct BusWatch {
 }
 
 impl BusWatch {
-    /// Calls `send` from the posting thread with the packet of every message on the
-    /// pipeline's bus that `crosses` and that `element` did not repost itself (bus
-    /// sync-message emission works alongside whatever sync handler the application set).
+    /// Calls `on_message` from the posting thread with every message on the pipeline's bus
+    /// (bus sync-message emission works alongside whatever sync handler the application
+    /// set).
     pub fn new(
         element: &gst::Element,
-        reposted: Arc<Reposted>,
-        crosses: fn(&gst::MessageRef) -> bool,
-        send: impl Fn(MessagePacket) + Send + Sync + 'static,
+        on_message: impl Fn(&gst::MessageRef) + Send + Sync + 'static,
     ) -> Option<BusWatch> {
         let bus = top_level(element).bus()?;
         bus.enable_sync_message_emission();
-        let handler = bus.connect_sync_message(None, move |_, message| {
-            if crosses(message)
-                && !reposted.contains(message.seqnum())
-                && let Some(p) = control::message_to_packet(message)
-            {
-                send(p);
-            }
-        });
+        let handler = bus.connect_sync_message(None, move |_, message| on_message(message));
         Some(BusWatch {
             bus,
             handler: Some(handler),

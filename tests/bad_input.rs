@@ -160,7 +160,7 @@ fn other_protocol_version_names_both_versions() {
     let dir = TempDir::new("ver");
     let sock = dir.socket();
     let fake = fake_producer(&sock, |c| send_hello(c, 7));
-    expect_consumer_error(consumer(&sock), &["version 2", "version 7"]);
+    expect_consumer_error(consumer(&sock), &["version 3", "version 7"]);
     let answered = fake.join().unwrap();
     assert!(
         answered.iter().any(|m| m.contains("version 7")),
@@ -290,6 +290,14 @@ fn producer_survives_bad_consumers() {
     );
     let producer_hello_too = protocol::encode_hello(&Hello::new(Role::Producer, 1));
     talk(&producer_hello_too, None);
+    // A Prerolled packet counting preroll barriers it was never sent (the producer plays).
+    talk(
+        &good_hello,
+        Some(encode(&Packet::Prerolled {
+            buffer_id: 1,
+            barriers: 7,
+        })),
+    );
     assert!(
         answers[0].iter().any(|m| m.contains("not fdlink")),
         "{answers:?}"
@@ -297,7 +305,7 @@ fn producer_survives_bad_consumers() {
     assert!(
         answers[1]
             .iter()
-            .any(|m| m.contains("version 2") && m.contains("version 9")),
+            .any(|m| m.contains("version 3") && m.contains("version 9")),
         "{answers:?}"
     );
     assert!(
@@ -306,6 +314,12 @@ fn producer_survives_bad_consumers() {
     );
     assert!(
         answers[4].iter().any(|m| m.contains("not a consumer")),
+        "{answers:?}"
+    );
+    assert!(
+        answers[5]
+            .iter()
+            .any(|m| m.contains("prerolled after 7 preroll barriers, but it was sent 0")),
         "{answers:?}"
     );
 

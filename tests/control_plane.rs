@@ -10,38 +10,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// A 10 s H.264 clip in MP4 (300 frames at 30 fps), made with GStreamer's own encoder.
-fn clip(dir: &TempDir) -> String {
-    let path = dir.0.join("clip.mp4");
-    let status = std::process::Command::new("gst-launch-1.0")
-        .args(["-q", "videotestsrc", "num-buffers=300", "pattern=ball", "!"])
-        .args(["video/x-raw,width=320,height=240,framerate=30/1", "!"])
-        .args([
-            "x264enc",
-            "key-int-max=15",
-            "!",
-            "h264parse",
-            "!",
-            "mp4mux",
-            "!",
-        ])
-        .arg("filesink")
-        .arg(format!("location={}", path.display()))
-        .status()
-        .expect("gst-launch-1.0 runs");
-    assert!(status.success(), "cannot make the test clip");
-    path.to_str().unwrap().to_string()
-}
-
-fn pts_of(lines: &[String]) -> Vec<i64> {
-    lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("frame "))
-        .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("pts=")))
-        .map(|v| v.parse().unwrap())
-        .collect()
-}
-
 fn query_line(lines: &[String]) -> (i64, i64) {
     let q = queries(lines);
     let q = q.first().expect("a position line");

@@ -178,6 +178,128 @@ fn consumer_follows_the_producers_state() {
     );
 }
 
+/// The CLOCK_MONOTONIC times of the `PREFIX at T` lines.
+fn times_of(lines: &[String], prefix: &str) -> Vec<i64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|t| t.strip_prefix(" at "))
+        .map(|t| t.parse().unwrap())
+        .collect()
+}
+
+/// fdlinksrc mode=follow behind a file playback (filesrc ! qtdemux ! h264parse | avdec_h264):
+/// the consumer, which its application only sets to PAUSED, prerolls with the producer (the
+/// producer's preroll completes only once the consumer's has, which is held 300 ms), pauses
+/// and plays with it, and a flushing seek made on the producer's side flushes the consumer
+/// and prerolls both again at the new position.
+#[test]
+fn follower_prerolls_pauses_and_seeks_with_the_producer() {
+    init_gst();
+    let dir = TempDir::new("followseek");
+    let sock = dir.socket();
+    let file = clip(&dir);
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--start-paused",
+        "--messages-log",
+        "--events-log",
+        "--frames-log",
+        "--preroll-delay-ms",
+        "300",
+        &format!(
+            "fdlinksrc socket-path={sock} mode=follow ! h264parse ! avdec_h264 ! fakesink sync=true"
+        ),
+    ]);
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--messages-log",
+        "--pause-after",
+        "30",
+        "--pause-ms",
+        "1000",
+        "--seek-after",
+        "90",
+        "--seek-to",
+        "6",
+        &format!(
+            "filesrc location={file} ! qtdemux ! h264parse ! fdlinksink socket-path={sock} wait-for-connection=true"
+        ),
+    ]);
+    assert!(
+        producer.wait(T).success(),
+        "producer: {}",
+        producer.errors()
+    );
+    assert!(
+        consumer.wait(T).success(),
+        "consumer: {}",
+        consumer.errors()
+    );
+    let (p, c) = (producer.lines(), consumer.lines());
+    let (p_done, c_done) = (times_of(&p, "async-done"), times_of(&c, "async-done"));
+    let c_held = times_of(&c, "preroll-delay");
+    // Prerolls: the first one, the pause, the seek.
+    assert_eq!(p_done.len(), 3, "producer: {p:?}");
+    assert_eq!(c_done.len(), 3, "consumer: {c:?}");
+    assert_eq!(
+        c_held.len(),
+        2,
+        "held the first preroll and the one after the flush"
+    );
+    let ms = |ns: i64| ns as f64 / 1e6;
+    // The producer prerolled after the consumer did, and so at least 300 ms after the
+    // consumer started holding its first frame (without waiting, it prerolls at once).
+    for (i, (p_at, held_at)) in [(p_done[0], c_held[0]), (p_done[2], c_held[1])]
+        .into_iter()
+        .enumerate()
+    {
+        assert!(
+            p_at - held_at >= 300_000_000,
+            "preroll {i}: producer prerolled {} ms after the consumer's preroll was held",
+            ms(p_at - held_at)
+        );
+    }
+    // The async-done lines are printed as the messages are posted; the consumer's report
+    // leaves before its own line is printed, hence the tolerance.
+    for (i, (p_at, c_at)) in p_done.iter().zip(&c_done).enumerate() {
+        assert!(
+            p_at - c_at > -5_000_000,
+            "preroll {i}: producer {} ms before the consumer",
+            ms(c_at - p_at)
+        );
+    }
+    // The consumer's pipeline went PAUSED (prerolled), PLAYING, PAUSED with the producer's
+    // pause, PLAYING again.
+    let states: Vec<&str> = c
+        .iter()
+        .filter(|l| l.starts_with("state "))
+        .map(String::as_str)
+        .collect();
+    let expected = [
+        "state Paused",
+        "state Playing",
+        "state Paused",
+        "state Playing",
+    ];
+    assert!(
+        states.windows(4).any(|w| w == expected),
+        "consumer states: {states:?}"
+    );
+    // The seek: flush-start, flush-stop and a new segment reached the consumer, and the
+    // frames after the flush start at the 6 s keyframe.
+    let flush = find_from(&c, 0, |l| l == "event flush-start").expect("flush-start");
+    let stop = find_from(&c, flush, |l| l == "event flush-stop").expect("flush-stop");
+    find_from(&c, stop, |l| l == "event segment").expect("a segment after the flush");
+    let after = pts_of(&c[stop..]);
+    assert!(
+        after.first().is_some_and(|&pts| pts >= 5_900_000_000),
+        "frames after the flush: {:?}",
+        &after[..after.len().min(5)]
+    );
+    assert!(c.iter().any(|l| l == "eos"), "consumer: {c:?}");
+}
+
 /// fdlinksink mode=follow: the producer pipeline pauses and plays with its consumer's.
 #[test]
 fn producer_follows_the_consumers_state() {

@@ -34,6 +34,12 @@ pub enum HubEvent {
         reason: Removal,
     },
     Warning(String),
+    /// A following consumer's pipeline prerolled (for the logs).
+    Prerolled {
+        id: u64,
+        buffer_id: u64,
+        barriers: u32,
+    },
     /// A consumer's upstream event, query or bus message, for the producer's pipeline. Sent
     /// outside the hub's lock; replies go out on `conn`.
     Request {
@@ -179,6 +185,10 @@ pub struct Frame<'a> {
     pub keyframe: bool,
     /// A slow-policy=copy copy of a frame, for consumers at max-held.
     pub slow_copy: bool,
+    /// The frame the producer prerolls on: kept for consumers that join before it plays,
+    /// and given to following consumers even past max-held (they are paused, prerolled on
+    /// what they hold, and release nothing until they play).
+    pub preroll: bool,
 }
 
 /// What became of a frame for one consumer.
@@ -212,6 +222,12 @@ struct Consumer {
     stalled: bool,
     /// sync-method: skips frames until a keyframe.
     awaiting_keyframe: bool,
+    /// Its fdlinksrc has mode=follow (hello capability): prerolls wait for it.
+    follows: bool,
+    /// Preroll barriers (State packets saying PAUSED, flush-stops) sent to it.
+    barriers_sent: u32,
+    /// The barriers its latest Prerolled packet counted: it prerolled after all of those.
+    barriers_prerolled: u32,
     frames_sent: u64,
     frames_dropped: u64,
     frames_copied: u64,
@@ -235,6 +251,9 @@ impl Consumer {
             originals_held: 0,
             stalled: false,
             awaiting_keyframe: false,
+            follows: false,
+            barriers_sent: 0,
+            barriers_prerolled: 0,
             frames_sent: 0,
             frames_dropped: 0,
             frames_copied: 0,
@@ -316,12 +335,54 @@ struct HeldBuffer {
     copy: bool,
 }
 
-/// A buffer the latest-keyframe backlog keeps for consumers that join mid-GOP.
+/// A buffer kept for consumers that join later: the latest-keyframe backlog (joiners
+/// mid-GOP) and the preroll frame (joiners while the producer is paused).
 struct BacklogEntry {
     id: u64,
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
     size: u64,
+    keyframe: bool,
+    /// Counted in `frames-sent` (given to a consumer when it was offered, or to a joiner).
+    counted: bool,
+    zero_copy: bool,
+}
+
+impl BacklogEntry {
+    fn new(f: &Frame<'_>) -> Result<BacklogEntry, Removal> {
+        Ok(BacklogEntry {
+            id: f.id,
+            bytes: f.bytes.to_vec(),
+            fds: dup_fds(f.fds)?,
+            size: f.size,
+            keyframe: f.keyframe,
+            counted: true,
+            zero_copy: true,
+        })
+    }
+}
+
+/// What a prerolling producer does with its next frame (`wait_pass_through`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum PassThrough {
+    /// Send it on: a following consumer still prerolls.
+    Send,
+    /// Preroll on it: every following consumer prerolled.
+    Preroll,
+    /// Preroll on it: this following consumer stayed at max-held, not prerolled, through
+    /// the whole wait.
+    GaveUp(u64),
+    Flushing,
+}
+
+/// How waiting for the following consumers to preroll ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PrerollWait {
+    /// Every following consumer given the frame prerolled on it (or later), or let it go.
+    Done,
+    /// These consumers had not prerolled when the time ran out.
+    TimedOut(Vec<u64>),
+    Flushing,
 }
 
 /// Counters exposed in the `stats` property.
@@ -349,6 +410,8 @@ struct Sticky {
     eos: Option<Vec<u8>>,
     /// The element's last State packet (not a stream event: kept across streams).
     state: Option<Vec<u8>>,
+    /// That State packet says PAUSED: a preroll barrier for the consumer it is replayed to.
+    state_is_barrier: bool,
 }
 
 impl Sticky {
@@ -374,6 +437,8 @@ struct Inner {
     originals_held: usize,
     /// sync-method=latest-keyframe: the latest keyframe and the buffers since.
     backlog: Vec<BacklogEntry>,
+    /// The frame the producer prerolled on, until it plays, flushes or stops.
+    preroll_frame: Option<BacklogEntry>,
     sticky: Sticky,
     next_consumer_id: u64,
     flushing: bool,
@@ -393,6 +458,8 @@ pub enum StickyKind {
     FlushStop,
     /// A State packet: the latest one is replayed to late joiners.
     State,
+    /// A State packet saying PAUSED: also a preroll barrier (see `wait_prerolled`).
+    PausedState,
     None,
 }
 
@@ -509,13 +576,17 @@ impl Hub {
                         stream_start: Some(bytes.clone()),
                         caps: s.caps.take(),
                         state: s.state.take(),
+                        state_is_barrier: s.state_is_barrier,
                         ..Default::default()
                     };
                 }
                 (_, StickyKind::Segment) => s.segment = Some(bytes.clone()),
                 (_, StickyKind::Tags) => s.tags = Some(bytes.clone()),
                 (_, StickyKind::Eos) => s.eos = Some(bytes.clone()),
-                (_, StickyKind::State) => s.state = Some(bytes.clone()),
+                (_, StickyKind::State | StickyKind::PausedState) => {
+                    s.state = Some(bytes.clone());
+                    s.state_is_barrier = sticky == StickyKind::PausedState;
+                }
                 (_, StickyKind::FlushStop) => {
                     s.segment = None;
                     s.eos = None;
@@ -525,14 +596,17 @@ impl Hub {
             // A flush or a new stream: the buffers of the backlog no longer lead anywhere.
             if matches!(sticky, StickyKind::FlushStop | StickyKind::StreamStart) {
                 clear_backlog(&mut inner);
+                clear_preroll_frame(&mut inner);
             }
+            let barrier = matches!(sticky, StickyKind::PausedState | StickyKind::FlushStop);
             for c in inner
                 .consumers
                 .iter_mut()
                 .filter(|c| c.phase == Phase::Ready)
             {
-                if let Err(reason) = queue_or_send(c, &bytes) {
-                    removed.push((c.id, reason));
+                match queue_or_send(c, &bytes) {
+                    Ok(()) => c.barriers_sent += u32::from(barrier),
+                    Err(reason) => removed.push((c.id, reason)),
                 }
             }
             for (id, reason) in &removed {
@@ -643,6 +717,84 @@ impl Hub {
         }
     }
 
+    /// Waits up to `timeout` until every following consumer (mode=follow) has prerolled
+    /// after the last preroll barrier it was sent (this producer pausing, or flushing), so
+    /// this producer's preroll completes with theirs.
+    pub fn wait_prerolled(&self, timeout: Duration) -> PrerollWait {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            if inner.flushing {
+                return PrerollWait::Flushing;
+            }
+            let waiting: Vec<u64> = inner
+                .consumers
+                .iter()
+                .filter(|c| {
+                    c.phase == Phase::Ready && c.follows && c.barriers_prerolled < c.barriers_sent
+                })
+                .map(|c| c.id)
+                .collect();
+            if waiting.is_empty() {
+                return PrerollWait::Done;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return PrerollWait::TimedOut(waiting);
+            }
+            inner = self
+                .room
+                .wait_timeout(inner, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// While this producer prerolls: whether the next frame passes straight through to the
+    /// consumers, because a following consumer has not prerolled since the last preroll
+    /// barrier it was sent (its decoder may need more frames before its sink has one).
+    /// Waits while such a consumer is at `max-held` (it releases nothing until its sinks
+    /// preroll), up to `timeout`, after which this producer prerolls without it.
+    pub fn wait_pass_through(&self, timeout: Duration) -> PassThrough {
+        let deadline = Instant::now() + timeout;
+        let max = self.limits.max_held as usize;
+        let mut inner = self.lock();
+        loop {
+            if inner.flushing {
+                return PassThrough::Flushing;
+            }
+            let pending = |c: &&Consumer| {
+                c.phase == Phase::Ready && c.follows && c.barriers_prerolled < c.barriers_sent
+            };
+            if !inner.consumers.iter().any(|c| pending(&c)) {
+                return PassThrough::Preroll;
+            }
+            let full = inner
+                .consumers
+                .iter()
+                .filter(pending)
+                .find(|c| c.originals_held >= max)
+                .map(|c| c.id);
+            let Some(full) = full else {
+                return PassThrough::Send;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return PassThrough::GaveUp(full);
+            }
+            inner = self
+                .room
+                .wait_timeout(inner, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The producer plays (or flushed): joiners no longer get the preroll frame.
+    pub fn end_preroll(&self) {
+        clear_preroll_frame(&mut self.lock());
+    }
+
     /// Allocates the id for the next buffer packet.
     pub fn next_buffer_id(&self) -> u64 {
         self.next_buffer_id.fetch_add(1, Ordering::Relaxed)
@@ -720,7 +872,7 @@ impl Hub {
             if f.slow_copy {
                 inner.stats.slow_copies += 1;
             }
-            let kept = self.keep_in_backlog(inner, f);
+            let kept = self.keep_in_backlog(inner, f) + keep_preroll_frame(inner, f);
             if holders + kept > 0 {
                 inner.held.insert(
                     f.id,
@@ -733,6 +885,13 @@ impl Hub {
                 if !f.slow_copy {
                     inner.originals_held += 1;
                 }
+            }
+            if let Some(p) = inner.preroll_frame.as_mut()
+                && p.id == f.id
+            {
+                // A preroll frame nobody got yet is counted sent when a joiner gets it.
+                p.counted = holders > 0;
+                p.zero_copy = copied_bytes.is_none();
             }
             if holders > 0 && only.is_none() {
                 inner.stats.frames_sent += 1;
@@ -779,6 +938,8 @@ impl Hub {
         let policy = self.limits.policy;
         let at_limit = if f.slow_copy {
             c.copies_held() >= max_held + max_queued
+        } else if f.preroll && c.follows {
+            false
         } else {
             c.originals_held >= max_held || over_total
         };
@@ -844,14 +1005,9 @@ impl Hub {
             // No keyframe since the backlog was emptied: joiners wait for the next one.
             return 0;
         }
-        match dup_fds(f.fds) {
-            Ok(fds) => {
-                inner.backlog.push(BacklogEntry {
-                    id: f.id,
-                    bytes: f.bytes.to_vec(),
-                    fds,
-                    size: f.size,
-                });
+        match BacklogEntry::new(f) {
+            Ok(entry) => {
+                inner.backlog.push(entry);
                 1
             }
             Err(reason) => {
@@ -992,6 +1148,7 @@ impl Hub {
         }
         inner.consumers.clear();
         inner.backlog.clear();
+        inner.preroll_frame = None;
         inner.held.clear();
         inner.originals_held = 0;
     }
@@ -1163,11 +1320,14 @@ impl Hub {
                     return Err(Removal::Protocol(msg.into()));
                 }
                 let replay: Vec<Vec<u8>> = inner.sticky.replay().cloned().collect();
+                let barrier = inner.sticky.state_is_barrier && inner.sticky.state.is_some();
                 let c = &mut inner.consumers[pos];
                 c.phase = Phase::Ready;
+                c.follows = hello.capabilities & protocol::CAP_FOLLOWS != 0;
                 for p in replay {
                     queue_or_send(c, &p)?;
                 }
+                c.barriers_sent += u32::from(barrier);
                 self.start_stream(inner, pos)?;
                 inner.stats.consumers_total += 1;
                 let pid = inner.consumers[pos].pid;
@@ -1213,7 +1373,27 @@ impl Hub {
                     requests.push(self.request(inner, pos, conn, Request::Message(m)))
                 }
                 Ok(Packet::State(st)) => {
+                    inner.consumers[pos].follows = st.sender_follows;
                     requests.push(self.request(inner, pos, conn, Request::State(st)))
+                }
+                Ok(Packet::Prerolled {
+                    buffer_id,
+                    barriers,
+                }) => {
+                    let c = &mut inner.consumers[pos];
+                    if barriers > c.barriers_sent {
+                        return Err(refuse(format!(
+                            "prerolled after {barriers} preroll barriers, but it was sent {}",
+                            c.barriers_sent
+                        )));
+                    }
+                    c.barriers_prerolled = barriers;
+                    inner.deferred.push(HubEvent::Prerolled {
+                        id,
+                        buffer_id,
+                        barriers,
+                    });
+                    self.room.notify_all();
                 }
                 Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
                 Ok(_) => {
@@ -1234,7 +1414,9 @@ impl Hub {
         let Inner {
             consumers,
             backlog,
+            preroll_frame,
             held,
+            stats,
             ..
         } = inner;
         let c = &mut consumers[pos];
@@ -1243,17 +1425,26 @@ impl Hub {
             SyncMethod::NextKeyframe => c.awaiting_keyframe = true,
             SyncMethod::LatestKeyframe if backlog.is_empty() => c.awaiting_keyframe = true,
             SyncMethod::LatestKeyframe => {
-                let now = Instant::now();
                 for e in backlog.iter() {
-                    let fds: Vec<BorrowedFd<'_>> = e.fds.iter().map(|f| f.as_fd()).collect();
-                    let fds = dup_fds(&fds)?;
-                    c.enqueue(e.id, e.bytes.clone(), fds, e.size, false, now);
-                    if let Some(h) = held.get_mut(&e.id) {
-                        h.holders += 1;
-                    }
+                    enqueue_kept(c, held, e)?;
                 }
                 self.waker.wake();
             }
+        }
+        // A paused producer's preroll frame, unless the backlog gave it already.
+        if let Some(p) = preroll_frame
+            && !c.held.contains_key(&p.id)
+            && (!c.awaiting_keyframe || p.keyframe)
+        {
+            c.awaiting_keyframe = false;
+            enqueue_kept(c, held, p)?;
+            if !p.counted {
+                p.counted = true;
+                stats.frames_sent += 1;
+                stats.frames_zero_copy += u64::from(p.zero_copy);
+                stats.frames_without_consumer = stats.frames_without_consumer.saturating_sub(1);
+            }
+            self.waker.wake();
         }
         Ok(())
     }
@@ -1284,6 +1475,49 @@ fn release_one(inner: &mut Inner, buffer_id: u64) {
         {
             inner.originals_held -= 1;
         }
+    }
+}
+
+/// Queues a kept frame (backlog, preroll frame) for a consumer that just joined.
+fn enqueue_kept(
+    c: &mut Consumer,
+    held: &mut HashMap<u64, HeldBuffer>,
+    e: &BacklogEntry,
+) -> Result<(), Removal> {
+    let fds: Vec<BorrowedFd<'_>> = e.fds.iter().map(|f| f.as_fd()).collect();
+    let fds = dup_fds(&fds)?;
+    c.enqueue(e.id, e.bytes.clone(), fds, e.size, false, Instant::now());
+    if let Some(h) = held.get_mut(&e.id) {
+        h.holders += 1;
+    }
+    Ok(())
+}
+
+/// Keeps the frame the producer prerolled on for consumers that join while it is paused.
+/// Returns the hold that takes on it (0 or 1).
+fn keep_preroll_frame(inner: &mut Inner, f: &Frame<'_>) -> u32 {
+    if !f.preroll {
+        return 0;
+    }
+    clear_preroll_frame(inner);
+    match BacklogEntry::new(f) {
+        Ok(entry) => {
+            inner.preroll_frame = Some(entry);
+            1
+        }
+        Err(reason) => {
+            inner.deferred.push(HubEvent::Warning(format!(
+                "preroll frame not kept for joiners: {reason}"
+            )));
+            0
+        }
+    }
+}
+
+/// Lets go of the preroll frame (the producer plays, flushes or stops).
+fn clear_preroll_frame(inner: &mut Inner) {
+    if let Some(e) = inner.preroll_frame.take() {
+        release_one(inner, e.id);
     }
 }
 

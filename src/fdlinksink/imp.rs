@@ -1,5 +1,6 @@
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -10,7 +11,10 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::hub::{Frame, Hub, HubEvent, Limits, Request, SlowPolicy, StickyKind, SyncMethod};
+use super::hub::{
+    Frame, Hub, HubEvent, Limits, PassThrough, PrerollWait, Request, SlowPolicy, StickyKind,
+    SyncMethod,
+};
 use crate::clock;
 use crate::control;
 use crate::memory::{self, FdList, MemfdBufferPool};
@@ -178,7 +182,27 @@ enum State {
         /// Whether upstream is live, asked once per stream: a live stream never waits for a
         /// slow consumer (that consumer skips frames instead).
         upstream_live: Option<bool>,
+        /// The buffer sent from `preroll()`, which `render()` then gets again and must not
+        /// send twice.
+        prerolled: Option<PrerolledBuffer>,
     },
+}
+
+/// Which buffer went out as the preroll frame. Pool buffers come back with the same address,
+/// so the timestamp tells a recycled buffer from the prerolled one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct PrerolledBuffer {
+    address: usize,
+    pts: Option<gst::ClockTime>,
+}
+
+impl PrerolledBuffer {
+    fn of(buffer: &gst::BufferRef) -> PrerolledBuffer {
+        PrerolledBuffer {
+            address: buffer.as_ptr() as usize,
+            pts: buffer.pts(),
+        }
+    }
 }
 
 /// A frame ready to go out: the buffer whose memories cross (the upstream buffer, or its
@@ -201,6 +225,20 @@ pub struct FdlinkSink {
     bus_watch: Mutex<Option<BusWatch>>,
     /// Consumers' messages this element posted: not sent back to them.
     reposted: Arc<Reposted>,
+    /// Set at a preroll barrier (going to PAUSED, a flush), cleared when BaseSink prerolls:
+    /// meanwhile frames pass straight through while followers have not prerolled.
+    awaiting_preroll: AtomicBool,
+}
+
+/// Why a frame goes out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// Rendered in PLAYING.
+    Playing,
+    /// The frame this pipeline prerolls on (kept for consumers that join while paused).
+    Preroll,
+    /// Passed through, not prerolled on, while following consumers preroll.
+    PassThrough,
 }
 
 impl FdlinkSink {
@@ -271,7 +309,8 @@ impl FdlinkSink {
         meta_src: &gst::BufferRef,
         out: Outgoing<'_>,
         slow_copy_for: Option<&[u64]>,
-    ) -> Result<Vec<u64>, gst::FlowError> {
+        sending: Sending,
+    ) -> Result<(u64, Vec<u64>), gst::FlowError> {
         let State::Started {
             packet, memories, ..
         } = state
@@ -289,7 +328,13 @@ impl FdlinkSink {
             offset_end: meta_src.offset_end(),
             flags: meta_src.flags().bits(),
             sent_at: clock::monotonic_now(),
-            base_time: self.base_time_monotonic(),
+            // Prerolling, the pipeline has no base time yet (it gets one when it plays): the
+            // consumer shows the frame as it arrives.
+            base_time: if sending != Sending::Playing {
+                TIME_NONE
+            } else {
+                self.base_time_monotonic()
+            },
             memories: out.memories,
             video: memory::video_layout(meta_src),
         };
@@ -311,6 +356,7 @@ impl FdlinkSink {
             size: out.wire.size() as u64,
             keyframe: !meta_src.flags().contains(gst::BufferFlags::DELTA_UNIT),
             slow_copy: slow_copy_for.is_some(),
+            preroll: sending == Sending::Preroll,
         };
         if let Some(consumers) = slow_copy_for {
             hub.send_copy(consumers, &frame, out.wire.clone());
@@ -319,7 +365,7 @@ impl FdlinkSink {
                 imp = self,
                 "buffer {buffer_id}: copy for {consumers:?}"
             );
-            return Ok(Vec::new());
+            return Ok((buffer_id, Vec::new()));
         }
         let sent = hub.send_buffer(&frame, out.wire.clone(), out.copied_bytes);
         gst::trace!(
@@ -328,7 +374,7 @@ impl FdlinkSink {
             "buffer {buffer_id} sent to {} consumers",
             sent.sent_to
         );
-        Ok(sent.wants_copy)
+        Ok((buffer_id, sent.wants_copy))
     }
 
     /// The reused memory list of the state (empty, with its capacity).
@@ -435,18 +481,19 @@ impl FdlinkSink {
     /// Sends this pipeline's error, warning, info and element messages to the consumers.
     fn watch_bus(&self) {
         let weak = self.obj().downgrade();
-        let watch = BusWatch::new(
-            self.obj().upcast_ref(),
-            self.reposted.clone(),
-            control::forwards_to_consumers,
-            move |p| {
-                let Some(obj) = weak.upgrade() else { return };
-                let imp = obj.imp();
-                if let Some(hub) = imp.hub() {
-                    imp.send_to_consumers(&hub, Packet::Message(p), StickyKind::None);
-                }
-            },
-        );
+        let reposted = self.reposted.clone();
+        let watch = BusWatch::new(self.obj().upcast_ref(), move |message| {
+            let Some(p) =
+                session::crossing_packet(message, &reposted, control::forwards_to_consumers)
+            else {
+                return;
+            };
+            let Some(obj) = weak.upgrade() else { return };
+            let imp = obj.imp();
+            if let Some(hub) = imp.hub() {
+                imp.send_to_consumers(&hub, Packet::Message(p), StickyKind::None);
+            }
+        });
         *self.bus_watch.lock().unwrap() = watch;
     }
 
@@ -489,6 +536,168 @@ impl FdlinkSink {
 }
 
 impl FdlinkSink {
+    /// BaseSink's `preroll` (which gstreamer-rs does not wrap, see `class_init`): the
+    /// first buffer of a paused pipeline, and of every preroll after a flush.
+    fn preroll(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let Some(hub) = self.hub() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        // Like a video sink showing its preroll frame: consumers see where a paused producer
+        // stands, and consumers that join while it is paused get this frame too.
+        self.awaiting_preroll.store(false, Ordering::SeqCst);
+        let sent = self.send(&hub, buffer, Sending::Preroll)?;
+        if let State::Started { prerolled, .. } = &mut *self.state.lock().unwrap() {
+            *prerolled = Some(PrerolledBuffer::of(buffer));
+        }
+        let Some(buffer_id) = sent else {
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        // This pipeline's preroll (its ASYNC_DONE) completes once the consumers that follow
+        // it (mode=follow) have prerolled on this frame too.
+        let timeout = Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64);
+        match hub.wait_prerolled(timeout) {
+            PrerollWait::Done => Ok(gst::FlowSuccess::Ok),
+            PrerollWait::Flushing => Err(gst::FlowError::Flushing),
+            PrerollWait::TimedOut(ids) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "following consumers {ids:?} did not preroll on buffer {buffer_id} within ack-timeout ({} ms); prerolling without them",
+                    timeout.as_millis()
+                );
+                Ok(gst::FlowSuccess::Ok)
+            }
+        }
+    }
+
+    /// A buffer probe on the sink pad: while this pipeline prerolls and a following
+    /// consumer has not, the buffer goes straight to the consumers and BaseSink does not see
+    /// it, as a pipeline keeps flowing until its last sink prerolled: the consumer's
+    /// decoder may need several frames before its sink has one to preroll on.
+    fn pass_through(&self, info: &mut gst::PadProbeInfo) -> gst::PadProbeReturn {
+        if !self.awaiting_preroll.load(Ordering::SeqCst) {
+            return gst::PadProbeReturn::Ok;
+        }
+        let Some(hub) = self.hub() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let (wait_for_connection, timeout) = {
+            let s = self.settings.lock().unwrap();
+            (
+                s.wait_for_connection,
+                Duration::from_millis(s.ack_timeout_ms as u64),
+            )
+        };
+        // The first consumer may be a follower: it decides whether this frame prerolls here.
+        if wait_for_connection && hub.stats().0.consumers_total == 0 {
+            gst::debug!(CAT, imp = self, "waiting for the first consumer");
+            if !hub.wait_for_consumer() {
+                info.flow_res = Err(gst::FlowError::Flushing);
+                return gst::PadProbeReturn::Handled;
+            }
+        }
+        match hub.wait_pass_through(timeout) {
+            PassThrough::Preroll => return gst::PadProbeReturn::Ok,
+            PassThrough::GaveUp(id) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "following consumer {id} holds max-held buffers and has not prerolled after ack-timeout ({} ms); prerolling without it",
+                    timeout.as_millis()
+                );
+                return gst::PadProbeReturn::Ok;
+            }
+            PassThrough::Flushing => {
+                info.flow_res = Err(gst::FlowError::Flushing);
+                return gst::PadProbeReturn::Handled;
+            }
+            PassThrough::Send => {}
+        }
+        let Some(gst::PadProbeData::Buffer(buffer)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        gst::log!(
+            CAT,
+            imp = self,
+            "passing {:?} through while following consumers preroll",
+            buffer.pts()
+        );
+        if let Err(e) = self.send(&hub, buffer, Sending::PassThrough) {
+            info.flow_res = Err(e);
+        }
+        gst::PadProbeReturn::Handled
+    }
+
+    /// Sends a buffer to the consumers; returns its buffer id, None when it went nowhere.
+    fn send(
+        &self,
+        hub: &Hub,
+        buffer: &gst::Buffer,
+        sending: Sending,
+    ) -> Result<Option<u64>, gst::FlowError> {
+        if !hub.has_ready_consumer() {
+            // Waiting applies to the first consumer only, so a stream never blocks forever
+            // because the last consumer left.
+            let wait = self.settings.lock().unwrap().wait_for_connection
+                && hub.stats().0.consumers_total == 0;
+            if wait {
+                gst::debug!(CAT, imp = self, "waiting for the first consumer");
+                if !hub.wait_for_consumer() {
+                    return Err(gst::FlowError::Flushing);
+                }
+            } else if !hub.keeps_backlog() && sending != Sending::Preroll {
+                hub.count_frame_without_consumer();
+                return Ok(None);
+            }
+            // latest-keyframe: the frame goes into the backlog for consumers to come; the
+            // preroll frame is kept for consumers that join while this pipeline is paused.
+        }
+        let mut state = self.state.lock().unwrap();
+        let live = match &mut *state {
+            State::Started { upstream_live, .. } => *upstream_live.get_or_insert_with(|| {
+                let mut q = gst::query::Latency::new();
+                let live = self.obj().sink_pad().peer_query(&mut q) && q.result().0;
+                gst::debug!(CAT, imp = self, "upstream is live: {live}");
+                live
+            }),
+            State::Stopped => return Err(gst::FlowError::Flushing),
+        };
+        // Passing through, wait_pass_through waited for the followers' room; the preroll
+        // frame goes to followers past max-held (Frame::preroll). The others skip what they
+        // have no room for: a paused pipeline has nothing to wait for.
+        if sending == Sending::Playing && !hub.wait_for_room(live) {
+            return Err(gst::FlowError::Flushing);
+        }
+        let mut descs = self.take_memories(&mut state);
+        let mut fds = FdList::new();
+        let (buffer_id, wants_copy) = match memory::describe_buffer(buffer, &mut descs, &mut fds) {
+            Ok(()) => {
+                let out = Outgoing {
+                    wire: buffer,
+                    memories: descs,
+                    fds,
+                    copied_bytes: None,
+                };
+                self.send_frame(hub, &mut state, buffer, out, None, sending)?
+            }
+            Err(reason) => {
+                drop(fds);
+                gst::trace!(CAT, imp = self, "copying buffer: {reason:?}");
+                let mut copy = None;
+                let out = self.copy_out(&mut state, buffer, descs, &mut copy, false)?;
+                self.send_frame(hub, &mut state, buffer, out, None, sending)?
+            }
+        };
+        if !wants_copy.is_empty() {
+            // slow-policy=copy: consumers at max-held get the frame in the memfd pool.
+            let mut copy = None;
+            let memories = self.take_memories(&mut state);
+            let out = self.copy_out(&mut state, buffer, memories, &mut copy, true)?;
+            self.send_frame(hub, &mut state, buffer, out, Some(&wants_copy), sending)?;
+        }
+        Ok(Some(buffer_id))
+    }
+
     fn spawn_request(&self, name: &str, consumer: u64, f: impl FnOnce() + Send + 'static) {
         if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
             gst::warning!(
@@ -588,6 +797,31 @@ impl ObjectSubclass for FdlinkSink {
     const NAME: &'static str = "GstFdlinkSink";
     type Type = super::FdlinkSink;
     type ParentType = gst_base::BaseSink;
+
+    fn class_init(klass: &mut Self::Class) {
+        // SAFETY: the class struct of a BaseSink subclass starts with GstBaseSinkClass
+        // (glib's ClassStruct is repr(C) with the parent class first), and class_init runs
+        // once, before any instance exists.
+        let base =
+            unsafe { &mut *(klass as *mut Self::Class as *mut gst_base::ffi::GstBaseSinkClass) };
+        base.preroll = Some(preroll_trampoline);
+    }
+}
+
+/// BaseSink's `preroll` virtual method, calling `FdlinkSink::preroll`.
+unsafe extern "C" fn preroll_trampoline(
+    sink: *mut gst_base::ffi::GstBaseSink,
+    buffer: *mut gst::ffi::GstBuffer,
+) -> gst::ffi::GstFlowReturn {
+    use glib::translate::IntoGlib;
+    // SAFETY: BaseSink calls this on an instance of our type (the only class it is set on)
+    // with a buffer it holds a reference to for the duration of the call.
+    let (imp, buffer) = unsafe {
+        let instance = &*(sink as *mut <FdlinkSink as ObjectSubclass>::Instance);
+        (instance.imp(), gst::Buffer::from_glib_borrow(buffer))
+    };
+    let ret: gst::FlowReturn = imp.preroll(&buffer).into();
+    ret.into_glib()
 }
 
 impl ObjectImpl for FdlinkSink {
@@ -595,6 +829,13 @@ impl ObjectImpl for FdlinkSink {
         self.parent_constructed();
         // The last sample would pin one more upstream buffer (a decoder surface) for nothing.
         self.obj().set_enable_last_sample(false);
+        let weak = self.obj().downgrade();
+        self.obj()
+            .sink_pad()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                weak.upgrade()
+                    .map_or(gst::PadProbeReturn::Ok, |obj| obj.imp().pass_through(info))
+            });
     }
 
     fn signals() -> &'static [glib::subclass::Signal] {
@@ -758,6 +999,13 @@ impl ElementImpl for FdlinkSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if matches!(
+            transition,
+            gst::StateChange::ReadyToPaused | gst::StateChange::PlayingToPaused
+        ) {
+            // A preroll barrier (see pass_through).
+            self.awaiting_preroll.store(true, Ordering::SeqCst);
+        }
         let result = self.parent_change_state(transition)?;
         match transition {
             gst::StateChange::ReadyToPaused => self.watch_bus(),
@@ -775,7 +1023,14 @@ impl ElementImpl for FdlinkSink {
         if let (Some(state), Some(hub)) = (reached, self.hub()) {
             let mode = self.settings.lock().unwrap().mode;
             let p = Packet::State(session::state_packet(state, mode));
-            self.send_to_consumers(&hub, p, StickyKind::State);
+            // PAUSED is a preroll barrier: a follower that prerolls after it lets this
+            // pipeline's own preroll complete (wait_prerolled).
+            let kind = if state == gst::State::Paused {
+                StickyKind::PausedState
+            } else {
+                StickyKind::State
+            };
+            self.send_to_consumers(&hub, p, kind);
         }
         Ok(result)
     }
@@ -870,6 +1125,15 @@ impl BaseSinkImpl for FdlinkSink {
                     obj.emit_by_name::<()>("client-removed", &[&id, &reason.kind()]);
                 }
                 HubEvent::Warning(msg) => gst::warning!(CAT, obj = obj, "{msg}"),
+                HubEvent::Prerolled {
+                    id,
+                    buffer_id,
+                    barriers,
+                } => gst::debug!(
+                    CAT,
+                    obj = obj,
+                    "consumer {id} prerolled at buffer {buffer_id}, after {barriers} preroll barriers"
+                ),
                 HubEvent::Request {
                     id,
                     pid,
@@ -897,6 +1161,7 @@ impl BaseSinkImpl for FdlinkSink {
             packet: Vec::with_capacity(1024),
             memories: Vec::with_capacity(4),
             upstream_live: None,
+            prerolled: None,
         };
         Ok(())
     }
@@ -943,6 +1208,14 @@ impl BaseSinkImpl for FdlinkSink {
     fn event(&self, event: gst::Event) -> bool {
         if event.type_() != gst::EventType::Caps {
             self.forward_event(&event);
+        }
+        if event.type_() == gst::EventType::FlushStop
+            && let State::Started { prerolled, .. } = &mut *self.state.lock().unwrap()
+        {
+            // The prerolled buffer was flushed away; the hub let go of it with the flush.
+            *prerolled = None;
+            // A preroll barrier: BaseSink prerolls again after a flush.
+            self.awaiting_preroll.store(true, Ordering::SeqCst);
         }
         if let (gst::EventView::Eos(_), Some(hub)) = (event.view(), self.hub()) {
             hub.drain(EOS_DRAIN_TIMEOUT);
@@ -1024,62 +1297,18 @@ impl BaseSinkImpl for FdlinkSink {
         let Some(hub) = self.hub() else {
             return Err(gst::FlowError::Flushing);
         };
-        if !hub.has_ready_consumer() {
-            // Waiting applies to the first consumer only, so a stream never blocks forever
-            // because the last consumer left.
-            let wait = self.settings.lock().unwrap().wait_for_connection
-                && hub.stats().0.consumers_total == 0;
-            if wait {
-                gst::debug!(CAT, imp = self, "waiting for the first consumer");
-                if !hub.wait_for_consumer() {
-                    return Err(gst::FlowError::Flushing);
-                }
-            } else if !hub.keeps_backlog() {
-                hub.count_frame_without_consumer();
-                return Ok(gst::FlowSuccess::Ok);
-            }
-            // latest-keyframe: the frame goes into the backlog for consumers to come.
-        }
-        let mut state = self.state.lock().unwrap();
-        let live = match &mut *state {
-            State::Started { upstream_live, .. } => *upstream_live.get_or_insert_with(|| {
-                let mut q = gst::query::Latency::new();
-                let live = self.obj().sink_pad().peer_query(&mut q) && q.result().0;
-                gst::debug!(CAT, imp = self, "upstream is live: {live}");
-                live
-            }),
+        let prerolled = match &mut *self.state.lock().unwrap() {
+            State::Started { prerolled, .. } => prerolled.take(),
             State::Stopped => return Err(gst::FlowError::Flushing),
         };
-        if !hub.wait_for_room(live) {
-            return Err(gst::FlowError::Flushing);
-        }
-        let mut descs = self.take_memories(&mut state);
-        let mut fds = FdList::new();
-        let wants_copy = match memory::describe_buffer(buffer, &mut descs, &mut fds) {
-            Ok(()) => {
-                let out = Outgoing {
-                    wire: buffer,
-                    memories: descs,
-                    fds,
-                    copied_bytes: None,
-                };
-                self.send_frame(&hub, &mut state, buffer, out, None)?
+        if let Some(p) = prerolled {
+            // Playing from here: joiners no longer get the preroll frame.
+            hub.end_preroll();
+            if p == PrerolledBuffer::of(buffer) {
+                return Ok(gst::FlowSuccess::Ok);
             }
-            Err(reason) => {
-                drop(fds);
-                gst::trace!(CAT, imp = self, "copying buffer: {reason:?}");
-                let mut copy = None;
-                let out = self.copy_out(&mut state, buffer, descs, &mut copy, false)?;
-                self.send_frame(&hub, &mut state, buffer, out, None)?
-            }
-        };
-        if !wants_copy.is_empty() {
-            // slow-policy=copy: consumers at max-held get the frame in the memfd pool.
-            let mut copy = None;
-            let memories = self.take_memories(&mut state);
-            let out = self.copy_out(&mut state, buffer, memories, &mut copy, true)?;
-            self.send_frame(&hub, &mut state, buffer, out, Some(&wants_copy))?;
         }
+        self.send(&hub, buffer, Sending::Playing)?;
         Ok(gst::FlowSuccess::Ok)
     }
 

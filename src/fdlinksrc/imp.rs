@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,6 +162,13 @@ pub struct FdlinkSrc {
     bus_watch: Mutex<Option<BusWatch>>,
     /// The producer's messages this element posted: not sent back.
     reposted: Arc<Reposted>,
+    /// The id of the last buffer that left for downstream (what a Prerolled packet names).
+    last_output_id: AtomicU64,
+    /// The element is PLAYING (see set_link_streaming).
+    playing: AtomicBool,
+    /// The running-time shift of the segment downstream has (ns, ours minus the
+    /// producer's), apart from `state`: QoS events going upstream are moved back by it.
+    running_time_shift: AtomicI64,
 }
 
 /// What ends `create()` early.
@@ -313,7 +320,11 @@ impl FdlinkSrc {
         waker: &Waker,
         conn: Connection,
     ) -> Result<(Arc<Connection>, u32), Stop> {
-        let hello = protocol::encode_hello(&Hello::new(Role::Consumer, std::process::id()));
+        let mut hello = Hello::new(Role::Consumer, std::process::id());
+        if self.settings.lock().unwrap().mode == Mode::Follow {
+            hello.capabilities |= protocol::CAP_FOLLOWS;
+        }
+        let hello = protocol::encode_hello(&hello);
         conn.send_timeout(&hello, &[], HELLO_TIMEOUT)
             .map_err(|e| self.link_error(&stream.path, "sending hello", e))?;
         let got = match conn.recv_wait(&mut stream.packet, Some(waker), Some(HELLO_TIMEOUT)) {
@@ -407,6 +418,21 @@ impl FdlinkSrc {
         )))
     }
 
+    /// A QoS event from downstream with its timestamp moved back onto the producer's running
+    /// time (ours is shifted by the segment we sent, see set_segment).
+    fn qos_for_producer(&self, q: &gst::event::Qos) -> gst::Event {
+        let (ty, proportion, diff, timestamp) = q.get();
+        let shift = self.running_time_shift.load(Ordering::Relaxed) as i128;
+        let timestamp = timestamp.map(|t| {
+            let theirs = (t.nseconds() as i128 - shift).clamp(0, i64::MAX as i128);
+            gst::ClockTime::from_nseconds(theirs as u64)
+        });
+        gst::event::Qos::builder(ty, proportion, diff)
+            .timestamp(timestamp)
+            .seqnum(q.event().seqnum())
+            .build()
+    }
+
     /// Tells the producer the state this element reached (a producer in mode=follow takes it).
     fn send_state(&self, state: gst::State) {
         let mode = self.settings.lock().unwrap().mode;
@@ -415,7 +441,10 @@ impl FdlinkSrc {
 
     /// Whether a full queue stops the link's reader: only while PLAYING (see link.rs).
     fn set_link_streaming(&self, streaming: bool) {
-        if let Some(link) = self.link.lock().unwrap().as_ref() {
+        // Under the `link` lock, so a link being opened (open_link) sees the latest value.
+        let link = self.link.lock().unwrap();
+        self.playing.store(streaming, Ordering::SeqCst);
+        if let Some(link) = link.as_ref() {
             link.set_streaming(streaming);
         }
     }
@@ -424,16 +453,16 @@ impl FdlinkSrc {
     /// latency, buffering, request-state) to the producer.
     fn watch_bus(&self) {
         let weak = self.obj().downgrade();
-        let watch = BusWatch::new(
-            self.obj().upcast_ref(),
-            self.reposted.clone(),
-            control::forwards,
-            move |p| {
-                if let Some(obj) = weak.upgrade() {
-                    obj.imp().send_to_producer(&Packet::Message(p));
-                }
-            },
-        );
+        let reposted = self.reposted.clone();
+        let watch = BusWatch::new(self.obj().upcast_ref(), move |message| {
+            let Some(obj) = weak.upgrade() else { return };
+            let imp = obj.imp();
+            if let Some(p) = session::crossing_packet(message, &reposted, control::forwards) {
+                imp.send_to_producer(&Packet::Message(p));
+            } else if session::is_pipeline_async_done(obj.upcast_ref(), message) {
+                imp.report_prerolled();
+            }
+        });
         *self.bus_watch.lock().unwrap() = watch;
     }
 
@@ -446,7 +475,78 @@ impl FdlinkSrc {
                 gst::CoreError::StateChange,
                 ("fdlinksrc mode=follow and the producer's fdlinksink mode=follow: each would follow the other; set one of them to mode=independent")
             );
+            return;
         }
+        // The producer paused and this pipeline is paused and prerolled already: no
+        // ASYNC_DONE follows, so report now.
+        let pipeline = session::top_level(self.obj().upcast_ref());
+        if st.state == gst::ffi::GST_STATE_PAUSED as u8
+            && pipeline.current_state() == gst::State::Paused
+            && pipeline.pending_state() == gst::State::VoidPending
+        {
+            self.report_prerolled();
+        }
+    }
+
+    /// A follower tells the producer its pipeline prerolled (a producer prerolling waits
+    /// for its followers).
+    fn report_prerolled(&self) {
+        if self.settings.lock().unwrap().mode != Mode::Follow {
+            return;
+        }
+        let Some(link) = self.link.lock().unwrap().clone() else {
+            return;
+        };
+        let buffer_id = self.last_output_id.load(Ordering::Relaxed);
+        let barriers = link.barriers.load(Ordering::SeqCst);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "prerolled at buffer {buffer_id}, after {barriers} preroll barriers"
+        );
+        let _ = link.conn.send_packet(
+            &Packet::Prerolled {
+                buffer_id,
+                barriers,
+            },
+            Some(RELEASE_SEND_TIMEOUT),
+        );
+    }
+
+    /// A follower (mode=follow) at the producer's State packet in stream order: when the
+    /// producer paused, what comes next is its preroll frame, which must reach our sinks
+    /// once they are paused too (the reader thread set this pipeline to PAUSED
+    /// asynchronously), or they would play it and have nothing left to preroll on.
+    fn pause_with_producer(
+        &self,
+        st: &protocol::StatePacket,
+        link: &Link,
+        waker: &Waker,
+    ) -> Result<(), Stop> {
+        let mode = self.settings.lock().unwrap().mode;
+        if session::follow(mode, st) != session::Follow::Go(gst::State::Paused) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.ack_timeout();
+        // Only while the producer is still paused: this packet may be an old one, taken
+        // after the producer (and so this pipeline) played again.
+        let paused = gst::ffi::GST_STATE_PAUSED as u8;
+        while link.producer_state.load(Ordering::SeqCst) == paused
+            && self.obj().current_state() == gst::State::Playing
+        {
+            if Instant::now() >= deadline {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "the producer paused but this pipeline did not within ack-timeout; going on"
+                );
+                break;
+            }
+            if self.sleep_unless_woken(waker, Duration::from_millis(5)) {
+                return Err(Stop::Flushing);
+            }
+        }
+        Ok(())
     }
 
     /// A message from the producer's bus (on the link's reader thread).
@@ -511,6 +611,10 @@ impl FdlinkSrc {
         }
         stream.segment_delta = Some(delta);
         stream.last_delta = Some(delta);
+        self.running_time_shift.store(
+            delta.clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+            Ordering::Relaxed,
+        );
     }
 
     /// Events that must follow a segment (tags, gaps, ...) before any buffer: push one now,
@@ -527,15 +631,25 @@ impl FdlinkSrc {
     }
 
     /// How far our running time is ahead of the producer's, from a buffer's header: both
-    /// pipelines' base times on CLOCK_MONOTONIC. A producer without a clock: the frame is due
-    /// as it arrives.
+    /// pipelines' base times on CLOCK_MONOTONIC. A producer without a clock (or prerolling,
+    /// so with no base time yet): the frame is due as it arrives. Without a clock here
+    /// (prerolling, or a pipeline that runs without one), no shift. A non-live source
+    /// (mode=follow) has no latency for its sinks to wait: frames are due `link-latency`
+    /// after the producer rendered them.
     fn running_time_delta(&self, stream: &Stream, header: &protocol::BufferHeader) -> Option<i128> {
         let obj = self.obj();
-        let (clock, base) = (obj.clock()?, obj.base_time()?);
+        let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
+            return Some(stream.segment_delta.unwrap_or(0));
+        };
+        let later = if obj.is_live() {
+            0
+        } else {
+            self.settings.lock().unwrap().link_latency as i128
+        };
         let offset = clock::clock_to_monotonic_offset(&clock);
         let ours = base.nseconds() as i128 + offset;
         if header.base_time != TIME_NONE {
-            return Some(header.base_time as i128 - ours);
+            return Some(header.base_time as i128 - ours + later);
         }
         if let Some(d) = stream.segment_delta {
             return Some(d);
@@ -548,7 +662,7 @@ impl FdlinkSrc {
             (header.pts != TIME_NONE).then_some(header.pts)?,
         ))?;
         let now = clock.time().nseconds() as i128 - base.nseconds() as i128;
-        Some(now - theirs.nseconds() as i128)
+        Some(now - theirs.nseconds() as i128 + later)
     }
 
     fn ack_timeout(&self) -> Duration {
@@ -642,7 +756,7 @@ impl FdlinkSrc {
         };
         gst::debug!(CAT, imp = self, "latency: min {min}, max {max:?}");
         if let gst::QueryViewMut::Latency(q) = query.view_mut() {
-            q.set(true, min, max);
+            q.set(self.obj().is_live(), min, max);
         }
         true
     }
@@ -889,7 +1003,13 @@ impl FdlinkSrc {
                 .build();
             self.post_local_message(s);
         }
-        *self.link.lock().unwrap() = Some(link.clone());
+        {
+            // A follower (not live) connects in PAUSED, where a full queue must not stop
+            // the reader; a live source, only once PLAYING.
+            let mut slot = self.link.lock().unwrap();
+            link.set_streaming(self.playing.load(Ordering::SeqCst));
+            *slot = Some(link.clone());
+        }
         // The producer learns where we are (it may follow us), and this pipeline asks for its
         // latency again, now that the producer can answer.
         self.send_state(self.obj().current_state());
@@ -914,6 +1034,8 @@ impl FdlinkSrc {
             self.check_refused_caps(stream)?;
             return Ok(None);
         }
+        self.last_output_id
+            .store(header.buffer_id, Ordering::Relaxed);
         let time = |t: u64| (t != TIME_NONE).then(|| gst::ClockTime::from_nseconds(t));
         {
             let b = buffer.get_mut().expect("fresh buffer");
@@ -1013,14 +1135,12 @@ impl FdlinkSrc {
                         )
                     )));
                 }
-                Packet::QueryReply(_)
-                | Packet::Query(_)
-                | Packet::State(_)
-                | Packet::Message(_) => {
-                    unreachable!("the link's reader takes queries, replies, states and messages")
+                Packet::State(st) => self.pause_with_producer(&st, &link, waker)?,
+                Packet::QueryReply(_) | Packet::Query(_) | Packet::Message(_) => {
+                    unreachable!("the link's reader takes queries, replies and messages")
                 }
-                Packet::Release { .. } | Packet::UpstreamEvent(_) => {
-                    let msg = "producer sent a consumer-only packet (release or upstream event)"
+                Packet::Release { .. } | Packet::UpstreamEvent(_) | Packet::Prerolled { .. } => {
+                    let msg = "producer sent a consumer-only packet (release, upstream event or prerolled)"
                         .to_string();
                     conn.send_error(&msg);
                     return Err(protocol_error(&stream.path, msg));
@@ -1269,6 +1389,12 @@ impl ElementImpl for FdlinkSrc {
         if transition == gst::StateChange::NullToReady {
             self.watch_bus();
         }
+        if transition == gst::StateChange::ReadyToPaused {
+            // A follower prerolls with the producer: it streams from PAUSED on, so its
+            // sinks preroll on the producer's preroll frame.
+            let follows = self.settings.lock().unwrap().mode == Mode::Follow;
+            self.obj().set_live(!follows);
+        }
         let result = self.parent_change_state(transition);
         if transition == gst::StateChange::ReadyToNull || result.is_err() {
             *self.bus_watch.lock().unwrap() = None;
@@ -1429,9 +1555,8 @@ impl BaseSrcImpl for FdlinkSrc {
         use gst::EventView::*;
         match event.view() {
             // Upstream events for the producer's pipeline: a seek here seeks the producer.
-            Seek(_) | Navigation(_) | Qos(_) | Step(_) | CustomUpstream(_) => {
-                self.tell_producer(event)
-            }
+            Qos(q) => self.tell_producer(&self.qos_for_producer(q)),
+            Seek(_) | Navigation(_) | Step(_) | CustomUpstream(_) => self.tell_producer(event),
             // Caps come from the producer only: renegotiation happens there, and it asks our
             // downstream for caps across the link.
             Reconfigure(_) => self.tell_producer(event),

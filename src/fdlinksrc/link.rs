@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -168,6 +168,13 @@ pub struct Link {
     counters: Arc<QueueCounters>,
     stop: Waker,
     reader: Mutex<Option<JoinHandle<()>>>,
+    /// Preroll barriers received (State packets saying PAUSED, flush-stop events): what a
+    /// Prerolled packet counts. Counted as they arrive, as the producer counts them when it
+    /// sends them: a follower's sinks may preroll (and so block the streaming thread)
+    /// before the streaming thread takes the barrier from the inbox.
+    pub barriers: AtomicU32,
+    /// The state of the producer's latest State packet, as the reader took it (0: none).
+    pub producer_state: AtomicU8,
 }
 
 /// While it lives, a full inbox does not stop the reader: see [`Link::awaiting_reply`].
@@ -202,6 +209,8 @@ impl Link {
             counters,
             stop: Waker::new()?,
             reader: Mutex::new(None),
+            barriers: AtomicU32::new(0),
+            producer_state: AtomicU8::new(0),
         });
         let reader = link.clone();
         let handle = std::thread::Builder::new()
@@ -239,10 +248,31 @@ impl Link {
                     let reply = Packet::QueryReply(peer.answer(&q));
                     let _ = self.conn.send_packet(&reply, Some(SEND_TIMEOUT));
                 }
-                Ok(Packet::State(st)) => peer.state(st),
+                Ok(Packet::State(st)) => {
+                    if st.state == gst::ffi::GST_STATE_PAUSED as u8 {
+                        self.barriers.fetch_add(1, Ordering::SeqCst);
+                    }
+                    self.producer_state.store(st.state, Ordering::SeqCst);
+                    peer.state(st);
+                    // In stream order too: a follower lets the producer's preroll frame
+                    // through only once it paused as well (see `create()`).
+                    self.inbox
+                        .lock()
+                        .unwrap()
+                        .items
+                        .push_back(Queued::Packet(Packet::State(st)));
+                    self.arrived.notify_all();
+                }
                 Ok(Packet::Message(m)) => peer.message(m),
                 Ok(packet @ Packet::Buffer(..)) => self.queue_frame(packet, &importer),
                 Ok(packet) => {
+                    if let Packet::Event(ev) = &packet {
+                        if ev.event_type == gst::ffi::GST_EVENT_FLUSH_START as u32 {
+                            self.flush_queued_frames();
+                        } else if ev.event_type == gst::ffi::GST_EVENT_FLUSH_STOP as u32 {
+                            self.barriers.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
                     self.inbox
                         .lock()
                         .unwrap()
@@ -337,6 +367,33 @@ impl Link {
                 self.conn.send_error(&msg);
                 Queued::Invalid(msg)
             }
+        }
+    }
+
+    /// The producer flushes: the frames waiting in the inbox would be flushed away
+    /// downstream anyway, so they go now (released) and the flush reaches downstream without
+    /// waiting for them to play out (flush-start itself keeps its place in the stream: only
+    /// the streaming thread pushes downstream).
+    fn flush_queued_frames(&self) {
+        let mut inbox = self.inbox.lock().unwrap();
+        let items = std::mem::take(&mut inbox.items);
+        let mut flushed = Vec::new();
+        for item in items {
+            match item {
+                Queued::Packet(Packet::Buffer(header, fds)) => {
+                    drop(fds);
+                    flushed.push(header.buffer_id);
+                }
+                Queued::Copied(..) | Queued::Invalid(_) => {}
+                other => inbox.items.push_back(other),
+            }
+        }
+        inbox.originals = 0;
+        inbox.copies = 0;
+        drop(inbox);
+        self.room.notify_all();
+        for buffer_id in flushed {
+            self.release(buffer_id);
         }
     }
 

@@ -302,3 +302,36 @@ pub fn queries(lines: &[String]) -> Vec<QueryLine> {
         })
         .collect()
 }
+
+/// A 10 s H.264 clip in MP4 (300 frames at 30 fps), made with GStreamer's own encoder.
+pub fn clip(dir: &TempDir) -> String {
+    let path = dir.0.join("clip.mp4");
+    let status = std::process::Command::new("gst-launch-1.0")
+        .args(["-q", "videotestsrc", "num-buffers=300", "pattern=ball", "!"])
+        .args(["video/x-raw,width=320,height=240,framerate=30/1", "!"])
+        .args([
+            "x264enc",
+            "key-int-max=15",
+            "!",
+            "h264parse",
+            "!",
+            "mp4mux",
+            "!",
+        ])
+        .arg("filesink")
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0 runs");
+    assert!(status.success(), "cannot make the test clip");
+    path.to_str().unwrap().to_string()
+}
+
+/// The PTS (ns) of each `frame` line.
+pub fn pts_of(lines: &[String]) -> Vec<i64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("frame "))
+        .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("pts=")))
+        .map(|v| v.parse().unwrap())
+        .collect()
+}

@@ -41,13 +41,19 @@
 //! - `--post-after N`: after N frames, post an element message `fdlink-test, n=N` and a
 //!   buffering message (50%) on the pipeline's bus.
 //! - `--messages-log`: print `message TYPE SOURCE STRUCTURE` for element, buffering,
-//!   request-state, latency and warning messages, and `state NEW` for the pipeline's states.
+//!   request-state, latency and warning messages, `state NEW` for the pipeline's states, and
+//!   `async-done at T` (CLOCK_MONOTONIC ns) when the pipeline finished prerolling.
 //! - `--gaps`: add `gap-max-us` to each `stats` line: the longest time between two consecutive
 //!   buffers at the fdlink element's pad (sink pad of an fdlinksink, src pad of an fdlinksrc)
 //!   since the previous `stats` line, in µs (a gap still open is counted in the line after the
 //!   buffer that ends it). produce-pattern takes it too.
 //! - `--eos-file PATH`: send EOS once PATH exists (checked every 20 ms); produce-pattern takes
 //!   it too.
+//! - `--start-paused`: set the pipeline to PAUSED only, never to PLAYING (an fdlinksrc
+//!   `mode=follow` takes it further).
+//! - `--preroll-delay-ms N`: hold the first buffer, and the first after each flush, N ms at
+//!   the fdlink element (`preroll-delay at T` line, T CLOCK_MONOTONIC ns), so the pipeline
+//!   prerolls late.
 //!
 //! Output lines: `frame ...`, `stats <structure>`, `overwritten ...`, `pattern-mismatch ...`,
 //! `eos`, and on failure `error: ...` on stderr with exit code 1.
@@ -104,6 +110,8 @@ struct Opts {
     gaps: bool,
     live: bool,
     eos_file: Option<String>,
+    start_paused: bool,
+    preroll_delay_ms: u64,
     sink_props: Vec<(String, String)>,
     rest: Vec<String>,
 }
@@ -139,6 +147,8 @@ fn parse_opts(args: &[String]) -> Opts {
             "--messages-log" => o.messages_log = true,
             "--gaps" => o.gaps = true,
             "--live" => o.live = true,
+            "--start-paused" => o.start_paused = true,
+            "--preroll-delay-ms" => o.preroll_delay_ms = num(it.next()),
             "--eos-file" => o.eos_file = Some(it.next().cloned().unwrap_or_else(|| usage())),
             "--sink-props" => {
                 let props = it.next().unwrap_or_else(|| usage());
@@ -414,13 +424,33 @@ fn run(
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+    let start = if o.start_paused {
+        gst::State::Paused
+    } else {
+        gst::State::Playing
+    };
+    if let Err(e) = pipeline.set_state(start) {
         eprintln!("error: cannot start pipeline: {e}");
         drain_errors(&pipeline);
         let _ = pipeline.set_state(gst::State::Null);
         return 1;
     }
     let bus = pipeline.bus().expect("pipeline has a bus");
+    if o.messages_log {
+        // Timed as it is posted, not as this loop gets to it.
+        bus.enable_sync_message_emission();
+        let weak = pipeline.downgrade();
+        bus.connect_sync_message(Some("async-done"), move |_, msg| {
+            if let Some(p) = weak.upgrade()
+                && msg.src() == Some(p.upcast_ref())
+            {
+                print_line(&format!(
+                    "async-done at {}",
+                    gstfdlink::clock::monotonic_now()
+                ));
+            }
+        });
+    }
     let mut sent_eos = false;
     let code = loop {
         if let (Some(every), Some(el)) = (stats_every, &element)
@@ -537,7 +567,8 @@ fn launch(o: &Opts) -> i32 {
             || o.query_every.is_some()
             || o.pause_after.is_some()
             || o.caps_after.is_some()
-            || o.post_after.is_some())
+            || o.post_after.is_some()
+            || o.preroll_delay_ms > 0)
     {
         add_control_probes(&pipeline, el, o);
     }
@@ -583,6 +614,30 @@ fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts
     let (seek_after, seek_to, query_after) = (o.seek_after, o.seek_to, o.query_after);
     let (query_every, pause_after, pause_ms) = (o.query_every, o.pause_after, o.pause_ms);
     let (caps_after, post_after) = (o.caps_after.clone(), o.post_after);
+    if o.preroll_delay_ms > 0 {
+        let delay = Duration::from_millis(o.preroll_delay_ms);
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let again = first.clone();
+        pad.add_probe(gst::PadProbeType::EVENT_FLUSH, move |_, info| {
+            if info
+                .event()
+                .is_some_and(|e| e.type_() == gst::EventType::FlushStop)
+            {
+                again.store(true, Ordering::SeqCst);
+            }
+            gst::PadProbeReturn::Ok
+        });
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            if first.swap(false, Ordering::SeqCst) {
+                print_line(&format!(
+                    "preroll-delay at {}",
+                    gstfdlink::clock::monotonic_now()
+                ));
+                std::thread::sleep(delay);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
     let frames = Arc::new(AtomicU64::new(0));
     let weak = pipeline.downgrade();
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
