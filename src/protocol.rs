@@ -174,6 +174,13 @@ pub struct StatePacket {
     pub sender_follows: bool,
 }
 
+impl StatePacket {
+    /// GstState PAUSED: the sender paused, a preroll barrier.
+    pub const PAUSED: u8 = 3;
+    /// GstState PLAYING.
+    pub const PLAYING: u8 = 4;
+}
+
 /// A serialized query: its GstQueryType value and its structure as a string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryPacket {

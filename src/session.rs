@@ -60,8 +60,8 @@ pub fn follow(mode: Mode, p: &StatePacket) -> Follow {
     }
     // READY and NULL close the link right after: the end of the stream says it all.
     match p.state {
-        3 => Follow::Go(gst::State::Paused),
-        4 => Follow::Go(gst::State::Playing),
+        StatePacket::PAUSED => Follow::Go(gst::State::Paused),
+        StatePacket::PLAYING => Follow::Go(gst::State::Playing),
         _ => Follow::Ignore,
     }
 }

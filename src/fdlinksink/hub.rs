@@ -274,6 +274,12 @@ impl Consumer {
         }
     }
 
+    /// A following consumer that has not prerolled since the last preroll barrier it was
+    /// sent: a prerolling producer waits for it.
+    fn preroll_pending(&self) -> bool {
+        self.phase == Phase::Ready && self.follows && self.barriers_prerolled < self.barriers_sent
+    }
+
     fn unhold(&mut self, buffer_id: u64) -> Option<Held> {
         let h = self.held.remove(&buffer_id)?;
         if !h.copy {
@@ -524,6 +530,14 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Waits on `room` (releases, removals, Prerolled packets, flushing) for at most `wait`.
+    fn wait_room<'a>(&self, inner: MutexGuard<'a, Inner>, wait: Duration) -> MutexGuard<'a, Inner> {
+        self.room
+            .wait_timeout(inner, wait)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
     pub fn stats(&self) -> (HubStats, u32, u32) {
         let inner = self.lock();
         let ready = inner
@@ -709,11 +723,7 @@ impl Hub {
             } else {
                 Duration::from_millis(100)
             };
-            inner = self
-                .room
-                .wait_timeout(inner, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            inner = self.wait_room(inner, wait);
         }
     }
 
@@ -730,9 +740,7 @@ impl Hub {
             let waiting: Vec<u64> = inner
                 .consumers
                 .iter()
-                .filter(|c| {
-                    c.phase == Phase::Ready && c.follows && c.barriers_prerolled < c.barriers_sent
-                })
+                .filter(|c| c.preroll_pending())
                 .map(|c| c.id)
                 .collect();
             if waiting.is_empty() {
@@ -742,11 +750,7 @@ impl Hub {
             if left.is_zero() {
                 return PrerollWait::TimedOut(waiting);
             }
-            inner = self
-                .room
-                .wait_timeout(inner, left.min(Duration::from_millis(100)))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            inner = self.wait_room(inner, left.min(Duration::from_millis(100)));
         }
     }
 
@@ -763,17 +767,13 @@ impl Hub {
             if inner.flushing {
                 return PassThrough::Flushing;
             }
-            let pending = |c: &&Consumer| {
-                c.phase == Phase::Ready && c.follows && c.barriers_prerolled < c.barriers_sent
-            };
-            if !inner.consumers.iter().any(|c| pending(&c)) {
+            if !inner.consumers.iter().any(Consumer::preroll_pending) {
                 return PassThrough::Preroll;
             }
             let full = inner
                 .consumers
                 .iter()
-                .filter(pending)
-                .find(|c| c.originals_held >= max)
+                .find(|c| c.preroll_pending() && c.originals_held >= max)
                 .map(|c| c.id);
             let Some(full) = full else {
                 return PassThrough::Send;
@@ -782,11 +782,7 @@ impl Hub {
             if left.is_zero() {
                 return PassThrough::GaveUp(full);
             }
-            inner = self
-                .room
-                .wait_timeout(inner, left.min(Duration::from_millis(100)))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            inner = self.wait_room(inner, left.min(Duration::from_millis(100)));
         }
     }
 
@@ -1026,11 +1022,7 @@ impl Hub {
         let max = self.limits.max_queued as usize;
         let mut inner = self.lock();
         while !inner.flushing && inner.consumers.iter().any(|c| c.queued_buffers > max) {
-            inner = self
-                .room
-                .wait_timeout(inner, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            inner = self.wait_room(inner, Duration::from_millis(100));
         }
     }
 

@@ -246,6 +246,24 @@ impl FdlinkSink {
         self.hub.lock().unwrap().clone()
     }
 
+    fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64)
+    }
+
+    /// wait-for-connection: waits for the first consumer only, so a stream never blocks
+    /// forever because the last consumer left. False when there was nothing to wait for.
+    fn wait_for_first_consumer(&self, hub: &Hub) -> Result<bool, gst::FlowError> {
+        if !self.settings.lock().unwrap().wait_for_connection || hub.stats().0.consumers_total > 0 {
+            return Ok(false);
+        }
+        gst::debug!(CAT, imp = self, "waiting for the first consumer");
+        if hub.wait_for_consumer() {
+            Ok(true)
+        } else {
+            Err(gst::FlowError::Flushing)
+        }
+    }
+
     fn stats_structure(&self) -> gst::Structure {
         let mut s = gst::Structure::builder("application/x-fdlinksink-stats");
         let (stats, consumers, held) = match self.hub() {
@@ -501,7 +519,7 @@ impl FdlinkSink {
     /// answer would leave nothing is left out (it fails on its own when the caps come), so one
     /// consumer cannot make the producer fail to negotiate.
     fn consumers_caps(&self, hub: &Hub, caps: gst::Caps) -> gst::Caps {
-        let timeout = Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64);
+        let timeout = self.ack_timeout();
         let query = gst::query::Caps::new(Some(&caps));
         let replies = hub.ask_consumers(
             |id| {
@@ -554,7 +572,7 @@ impl FdlinkSink {
         };
         // This pipeline's preroll (its ASYNC_DONE) completes once the consumers that follow
         // it (mode=follow) have prerolled on this frame too.
-        let timeout = Duration::from_millis(self.settings.lock().unwrap().ack_timeout_ms as u64);
+        let timeout = self.ack_timeout();
         match hub.wait_prerolled(timeout) {
             PrerollWait::Done => Ok(gst::FlowSuccess::Ok),
             PrerollWait::Flushing => Err(gst::FlowError::Flushing),
@@ -581,21 +599,12 @@ impl FdlinkSink {
         let Some(hub) = self.hub() else {
             return gst::PadProbeReturn::Ok;
         };
-        let (wait_for_connection, timeout) = {
-            let s = self.settings.lock().unwrap();
-            (
-                s.wait_for_connection,
-                Duration::from_millis(s.ack_timeout_ms as u64),
-            )
-        };
         // The first consumer may be a follower: it decides whether this frame prerolls here.
-        if wait_for_connection && hub.stats().0.consumers_total == 0 {
-            gst::debug!(CAT, imp = self, "waiting for the first consumer");
-            if !hub.wait_for_consumer() {
-                info.flow_res = Err(gst::FlowError::Flushing);
-                return gst::PadProbeReturn::Handled;
-            }
+        if let Err(e) = self.wait_for_first_consumer(&hub) {
+            info.flow_res = Err(e);
+            return gst::PadProbeReturn::Handled;
         }
+        let timeout = self.ack_timeout();
         match hub.wait_pass_through(timeout) {
             PassThrough::Preroll => return gst::PadProbeReturn::Ok,
             PassThrough::GaveUp(id) => {
@@ -635,22 +644,15 @@ impl FdlinkSink {
         buffer: &gst::Buffer,
         sending: Sending,
     ) -> Result<Option<u64>, gst::FlowError> {
-        if !hub.has_ready_consumer() {
-            // Waiting applies to the first consumer only, so a stream never blocks forever
-            // because the last consumer left.
-            let wait = self.settings.lock().unwrap().wait_for_connection
-                && hub.stats().0.consumers_total == 0;
-            if wait {
-                gst::debug!(CAT, imp = self, "waiting for the first consumer");
-                if !hub.wait_for_consumer() {
-                    return Err(gst::FlowError::Flushing);
-                }
-            } else if !hub.keeps_backlog() && sending != Sending::Preroll {
-                hub.count_frame_without_consumer();
-                return Ok(None);
-            }
-            // latest-keyframe: the frame goes into the backlog for consumers to come; the
-            // preroll frame is kept for consumers that join while this pipeline is paused.
+        // latest-keyframe: the frame goes into the backlog for consumers to come; the
+        // preroll frame is kept for consumers that join while this pipeline is paused.
+        if !hub.has_ready_consumer()
+            && !self.wait_for_first_consumer(hub)?
+            && !hub.keeps_backlog()
+            && sending != Sending::Preroll
+        {
+            hub.count_frame_without_consumer();
+            return Ok(None);
         }
         let mut state = self.state.lock().unwrap();
         let live = match &mut *state {

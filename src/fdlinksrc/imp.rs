@@ -480,7 +480,7 @@ impl FdlinkSrc {
         // The producer paused and this pipeline is paused and prerolled already: no
         // ASYNC_DONE follows, so report now.
         let pipeline = session::top_level(self.obj().upcast_ref());
-        if st.state == gst::ffi::GST_STATE_PAUSED as u8
+        if st.state == protocol::StatePacket::PAUSED
             && pipeline.current_state() == gst::State::Paused
             && pipeline.pending_state() == gst::State::VoidPending
         {
@@ -530,8 +530,7 @@ impl FdlinkSrc {
         let deadline = Instant::now() + self.ack_timeout();
         // Only while the producer is still paused: this packet may be an old one, taken
         // after the producer (and so this pipeline) played again.
-        let paused = gst::ffi::GST_STATE_PAUSED as u8;
-        while link.producer_state.load(Ordering::SeqCst) == paused
+        while link.producer_state.load(Ordering::SeqCst) == protocol::StatePacket::PAUSED
             && self.obj().current_state() == gst::State::Playing
         {
             if Instant::now() >= deadline {

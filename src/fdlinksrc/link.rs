@@ -249,19 +249,14 @@ impl Link {
                     let _ = self.conn.send_packet(&reply, Some(SEND_TIMEOUT));
                 }
                 Ok(Packet::State(st)) => {
-                    if st.state == gst::ffi::GST_STATE_PAUSED as u8 {
+                    if st.state == StatePacket::PAUSED {
                         self.barriers.fetch_add(1, Ordering::SeqCst);
                     }
                     self.producer_state.store(st.state, Ordering::SeqCst);
                     peer.state(st);
                     // In stream order too: a follower lets the producer's preroll frame
                     // through only once it paused as well (see `create()`).
-                    self.inbox
-                        .lock()
-                        .unwrap()
-                        .items
-                        .push_back(Queued::Packet(Packet::State(st)));
-                    self.arrived.notify_all();
+                    self.queue_packet(Packet::State(st));
                 }
                 Ok(Packet::Message(m)) => peer.message(m),
                 Ok(packet @ Packet::Buffer(..)) => self.queue_frame(packet, &importer),
@@ -273,12 +268,7 @@ impl Link {
                             self.barriers.fetch_add(1, Ordering::SeqCst);
                         }
                     }
-                    self.inbox
-                        .lock()
-                        .unwrap()
-                        .items
-                        .push_back(Queued::Packet(packet));
-                    self.arrived.notify_all();
+                    self.queue_packet(packet);
                 }
                 Err(e) => {
                     let msg = format!("malformed packet: {e}");
@@ -292,6 +282,16 @@ impl Link {
             self.inbox.lock().unwrap().end = Some(end);
             self.arrived.notify_all();
         }
+    }
+
+    /// Queues a packet that is not a frame (no limit applies) for `create()`.
+    fn queue_packet(&self, packet: Packet<OwnedFd>) {
+        self.inbox
+            .lock()
+            .unwrap()
+            .items
+            .push_back(Queued::Packet(packet));
+        self.arrived.notify_all();
     }
 
     /// Waits while the inbox is full; false when the link is stopping.
