@@ -46,16 +46,8 @@ fn seek_and_queries_from_the_consumer_drive_the_producer() {
         "60",
         &format!("fdlinksrc socket-path={sock} ! h264parse ! avdec_h264 ! fakesink"),
     ]);
-    assert!(
-        producer.wait(T).success(),
-        "producer: {}",
-        producer.errors()
-    );
-    assert!(
-        consumer.wait(T).success(),
-        "consumer: {}",
-        consumer.errors()
-    );
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     let c = consumer.lines();
     let p = producer.lines();
 
@@ -96,7 +88,7 @@ fn seek_and_queries_from_the_consumer_drive_the_producer() {
         .expect("flush-stop");
     let seg = events
         .iter()
-        .rposition(|e| *e == "segment")
+        .rposition(|e| e.starts_with("segment "))
         .expect("segment");
     assert!(fs < fst && fst < seg, "events after the seek: {events:?}");
 
@@ -123,6 +115,65 @@ fn seek_and_queries_from_the_consumer_drive_the_producer() {
         (c_pos - at_query).abs() < 1_000_000_000,
         "position {c_pos} vs the 60th frame's pts {at_query}"
     );
+}
+
+/// Serialized events reach the consumer once each, in the producer's order: one stream-start
+/// (the producer's, not BaseSrc's own as well), caps, a segment, the producer's tags before
+/// the first frame, and EOS last.
+#[test]
+fn downstream_events_cross_once_in_stream_order() {
+    init_gst();
+    let dir = TempDir::new("events");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--events-log",
+        &format!(
+            "videotestsrc num-buffers=10 ! video/x-raw,format=NV12,width=320,height=240 ! taginject tags=title=fdlink-events ! fdlinksink socket-path={sock} wait-for-connection=true"
+        ),
+    ]);
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--events-log",
+        "--frames-log",
+        &format!("fdlinksrc socket-path={sock} ! fakesink"),
+    ]);
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
+    let (p, c) = (producer.lines(), consumer.lines());
+    let stream_starts = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("event stream-start "))
+            .map(str::to_string)
+            .collect()
+    };
+    let (p_ids, c_ids) = (stream_starts(&p), stream_starts(&c));
+    assert_eq!(p_ids.len(), 1, "producer: {p:?}");
+    assert_eq!(c_ids, p_ids, "the consumer's stream-starts: {c:?}");
+
+    let first = |pred: &dyn Fn(&str) -> bool| {
+        find_from(&c, 0, pred).unwrap_or_else(|| panic!("missing in {c:?}"))
+    };
+    let stream_start = first(&|l| l.starts_with("event stream-start "));
+    let caps = first(&|l| l.starts_with("event caps video/x-raw"));
+    let segment = first(&|l| l.starts_with("event segment "));
+    let tag = first(&|l| l == "event tag");
+    let frame = first(&|l| l.starts_with("frame "));
+    let eos = first(&|l| l == "event eos");
+    assert!(
+        stream_start < caps && caps < segment && segment < tag && tag < frame && frame < eos,
+        "consumer events out of order: {c:?}"
+    );
+    assert_eq!(
+        c.iter()
+            .filter(|l| l.starts_with("event stream-start ") || l.starts_with("event caps "))
+            .count(),
+        2,
+        "stream-start and caps once each: {c:?}"
+    );
+    assert_eq!(frames(&c).len(), 10);
+    assert_eq!(c.iter().filter(|l| *l == "event eos").count(), 1);
 }
 
 /// An error in the consumer pipeline shows up on the producer's bus, naming the consumer and

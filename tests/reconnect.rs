@@ -45,11 +45,6 @@ fn fds_without_frames(pid: i32) -> (Vec<String>, usize) {
     (other, frames.len())
 }
 
-/// Index of the first line at or after `from` satisfying `pred`.
-fn find_from(lines: &[String], from: usize, pred: impl Fn(&str) -> bool) -> Option<usize> {
-    lines[from..].iter().position(|l| pred(l)).map(|i| i + from)
-}
-
 fn frame_size(line: &str) -> Option<u64> {
     frames(&[line.to_string()]).first().map(|f| f.size)
 }
@@ -167,11 +162,11 @@ fn killed_producer_is_replaced_and_consumer_resumes() {
             "round {round}: a frame of another size after the loss"
         );
         let first_frame = find_from(&lines, mark, |l| l.starts_with("frame ")).unwrap();
-        let stream_start = find_from(&lines, mark, |l| l == "event stream-start");
+        let stream_start = find_from(&lines, mark, |l| l.starts_with("event stream-start "));
         let caps = find_from(&lines, mark, |l| {
             l.starts_with("event caps ") && l.contains(&format!("width=(int){}", size.0))
         });
-        let segment = find_from(&lines, mark, |l| l == "event segment");
+        let segment = find_from(&lines, mark, |l| l.starts_with("event segment "));
         println!(
             "round {round}: stream-start {stream_start:?}, caps {caps:?}, segment {segment:?}, first frame {first_frame}"
         );

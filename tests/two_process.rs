@@ -153,16 +153,8 @@ fn small_pool_slow_consumer_never_sees_a_frame_overwritten() {
         "--size",
         "640x480",
     ]);
-    assert!(
-        producer.wait(T).success(),
-        "producer: {}",
-        producer.errors()
-    );
-    assert!(
-        consumer.wait(T).success(),
-        "consumer: {}",
-        consumer.errors()
-    );
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     let lines = consumer.lines();
     let bad: Vec<&String> = lines
         .iter()

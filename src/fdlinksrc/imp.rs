@@ -169,6 +169,9 @@ pub struct FdlinkSrc {
     /// The running-time shift of the segment downstream has (ns, ours minus the
     /// producer's), apart from `state`: QoS events going upstream are moved back by it.
     running_time_shift: AtomicI64,
+    /// Set while the producer's stream-start is pushed: the src pad's probe drops any other
+    /// (BaseSrc pushes one of its own before the first buffer).
+    pushing_producer_stream_start: Arc<AtomicBool>,
 }
 
 /// What ends `create()` early.
@@ -809,7 +812,15 @@ impl FdlinkSrc {
                     gst::debug!(CAT, imp = self, "dropping unreadable {ty:?} event");
                     return None;
                 };
-                if event.is_serialized() && ty != gst::EventType::StreamStart {
+                if ty == gst::EventType::StreamStart {
+                    self.pushing_producer_stream_start
+                        .store(true, Ordering::Release);
+                    pad.push_event(event);
+                    self.pushing_producer_stream_start
+                        .store(false, Ordering::Release);
+                    return None;
+                }
+                if event.is_serialized() {
                     self.ensure_segment(stream);
                 }
                 pad.push_event(event);
@@ -1255,6 +1266,24 @@ impl ObjectImpl for FdlinkSrc {
         obj.set_do_timestamp(false);
         // The producer ends the stream: a segment stop is its business.
         obj.set_automatic_eos(false);
+        // BaseSrc starts each stream with a stream-start of its own, which downstream would
+        // see right before the producer's: only the producer's goes out. (The dropped one
+        // stays on the pad as sticky until the producer's replaces it, marked as sent.)
+        let producer_stream_start = self.pushing_producer_stream_start.clone();
+        obj.src_pad()
+            .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+                match info.event() {
+                    Some(ev)
+                        if ev.type_() == gst::EventType::StreamStart
+                            && !producer_stream_start.load(Ordering::Acquire) =>
+                    {
+                        // Handled, not Drop: with Drop, GStreamer 1.22 unrefs the event
+                        // gstreamer-rs already let go of (a CRITICAL on every start).
+                        gst::PadProbeReturn::Handled
+                    }
+                    _ => gst::PadProbeReturn::Ok,
+                }
+            });
     }
 
     fn properties() -> &'static [glib::ParamSpec] {

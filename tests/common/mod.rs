@@ -166,6 +166,12 @@ impl Peer {
         }
     }
 
+    /// Waits for the process to exit, and fails the test (with its stderr) unless it exited 0.
+    pub fn wait_success(&mut self, timeout: Duration, who: &str) {
+        let status = self.wait(timeout);
+        assert!(status.success(), "{who} ({status}): {}", self.errors());
+    }
+
     pub fn kill9(&mut self) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid()),
@@ -334,4 +340,9 @@ pub fn pts_of(lines: &[String]) -> Vec<i64> {
         .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("pts=")))
         .map(|v| v.parse().unwrap())
         .collect()
+}
+
+/// The index of the first line at or after `from` that satisfies `pred`.
+pub fn find_from(lines: &[String], from: usize, pred: impl Fn(&str) -> bool) -> Option<usize> {
+    lines[from..].iter().position(|l| pred(l)).map(|i| i + from)
 }

@@ -28,7 +28,9 @@
 //! - `--stats-every MS`: print the fdlink element's `stats` every MS ms.
 //! - `--seconds S`: send EOS after S seconds.
 //! - `--wait-clients N`: keep the pipeline in PAUSED until the fdlinksink has N consumers.
-//! - `--events-log`: print an `event NAME` line per downstream event leaving the fdlinksrc.
+//! - `--events-log`: print an `event NAME` line per downstream event at the fdlink element's
+//!   pad (leaving an fdlinksrc, reaching an fdlinksink): `event caps CAPS`, `event stream-start
+//!   STREAM-ID`, `event segment base=B start=S time=T rate=R`, `event NAME` for the others.
 //! - `--discont-log`: print `discont offset=N size=S` for each buffer leaving the fdlinksrc
 //!   with the DISCONT flag.
 //! - `--seek-after N --seek-to S`: after N frames, a flushing seek of the pipeline to S seconds.
@@ -595,6 +597,19 @@ fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts
             if let Some(ev) = info.event() {
                 match ev.view() {
                     gst::EventView::Caps(c) => print_line(&format!("event caps {}", c.caps())),
+                    gst::EventView::StreamStart(s) => {
+                        print_line(&format!("event stream-start {}", s.stream_id()))
+                    }
+                    gst::EventView::Segment(s) => {
+                        let seg = s.segment();
+                        print_line(&format!(
+                            "event segment base={} start={} time={} rate={}",
+                            seg.base().value(),
+                            seg.start().value(),
+                            seg.time().value(),
+                            seg.rate()
+                        ))
+                    }
                     _ => print_line(&format!("event {}", ev.type_().name())),
                 }
             }
