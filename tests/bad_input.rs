@@ -234,12 +234,9 @@ fn unsealed_memfd_and_out_of_bounds_windows_are_refused() {
 
 /// Bad consumers against a real producer: it logs and drops each, keeps streaming, and
 /// afterwards a good consumer still gets frames; no fd is left behind.
-#[test]
-fn producer_survives_bad_consumers() {
-    init_gst();
-    let dir = TempDir::new("badcons");
-    let sock = dir.socket();
-    let mut producer = Peer::spawn(&[
+/// A live 320x240 NV12 producer printing stats every 50 ms, listening once this returns.
+fn live_producer(sock: &str) -> Peer {
+    let producer = Peer::spawn(&[
         "produce",
         "--stats-every",
         "50",
@@ -247,7 +244,16 @@ fn producer_survives_bad_consumers() {
             "videotestsrc is-live=true ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! fdlinksink socket-path={sock}"
         ),
     ]);
-    wait_for_path(&sock, T);
+    wait_for_path(sock, T);
+    producer
+}
+
+#[test]
+fn producer_survives_bad_consumers() {
+    init_gst();
+    let dir = TempDir::new("badcons");
+    let sock = dir.socket();
+    let mut producer = live_producer(&sock);
     producer
         .wait_stats(T, |s| field(s, "frames-in") >= 3)
         .expect("producer streams");
@@ -353,6 +359,126 @@ fn producer_survives_bad_consumers() {
     assert!(
         producer.child.try_wait().unwrap().is_none(),
         "producer died"
+    );
+}
+
+/// Threads of `pid` whose name starts with `prefix` (Linux cuts names at 15 bytes).
+fn threads_named(pid: i32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|comm| comm.starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A consumer that floods the producer with queries and upstream events gets every query
+/// answered (or refused at once), while the producer runs them on at most 4 threads and keeps
+/// streaming to a well-behaved consumer.
+#[test]
+fn request_flood_runs_on_bounded_threads() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    init_gst();
+    let dir = TempDir::new("flood");
+    let sock = dir.socket();
+    let mut producer = live_producer(&sock);
+    let mut good = Peer::spawn(&[
+        "consume",
+        "--frames-log",
+        "--seconds",
+        "3",
+        &format!("fdlinksrc socket-path={sock} ! fakesink"),
+    ]);
+    producer
+        .wait_stats(T, |s| field(s, "consumers") == 1)
+        .expect("the good consumer connects");
+
+    let conn = Arc::new(Connection::connect(Path::new(&sock)).unwrap());
+    conn.try_send(&protocol::encode_hello(&Hello::new(Role::Consumer, 1)), &[])
+        .unwrap();
+    const QUERIES: u32 = 2000;
+    // Reads everything the producer sends: releases its frames at once, counts replies.
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (conn, done) = (conn.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; MAX_PACKET_SIZE];
+            let (mut answered, mut refused) = (0u32, 0u32);
+            let mut ids = std::collections::HashSet::new();
+            while !done.load(Ordering::Acquire) || answered + refused < QUERIES {
+                let Ok(Some(r)) = conn.recv_wait(&mut buf, None, Some(Duration::from_secs(5)))
+                else {
+                    break;
+                };
+                match Packet::decode(&buf[..r.len], r.fds) {
+                    Ok(Packet::Buffer(h, _fds)) => {
+                        let _ = conn.send_packet(
+                            &Packet::Release {
+                                buffer_id: h.buffer_id,
+                            },
+                            Some(T),
+                        );
+                    }
+                    Ok(Packet::QueryReply(reply)) => {
+                        assert!(ids.insert(reply.id), "two replies to query {}", reply.id);
+                        if reply.answered {
+                            answered += 1;
+                        } else {
+                            refused += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (answered, refused)
+        })
+    };
+    let position = gst::query::Position::new(gst::Format::Time);
+    let threads_before = threads_named(producer.pid(), "");
+    let (mut most_threads, mut most_threads_total) = (0, 0);
+    for id in 1..=QUERIES {
+        let q = gstfdlink::control::query_to_packet(id, &position);
+        conn.send_packet(&Packet::Query(q), Some(T)).unwrap();
+        let ev = gst::event::CustomUpstream::new(gst::Structure::new_empty("fdlink-flood"));
+        let ev = gstfdlink::control::event_to_packet(&ev, |_| {});
+        conn.send_packet(&Packet::UpstreamEvent(ev), Some(T))
+            .unwrap();
+        if id % 50 == 0 {
+            most_threads = most_threads.max(threads_named(producer.pid(), "fdlinksink-requ"));
+            most_threads_total = most_threads_total.max(threads_named(producer.pid(), ""));
+        }
+    }
+    done.store(true, Ordering::Release);
+    let (answered, refused) = reader.join().unwrap();
+    println!(
+        "{QUERIES} queries: {answered} answered, {refused} refused; at most {most_threads} request threads, {most_threads_total} threads in all ({threads_before} before)"
+    );
+    assert_eq!(answered + refused, QUERIES, "every query gets one reply");
+    assert!(answered > 0);
+    assert!(
+        (1..=4).contains(&most_threads),
+        "{most_threads} request threads"
+    );
+    // Nothing else started a thread per request either (2 spare for GStreamer's own).
+    assert!(
+        most_threads_total <= threads_before + 4 + 2,
+        "{most_threads_total} threads during the flood, {threads_before} before"
+    );
+    drop(conn);
+
+    good.wait_success(T, "good consumer");
+    assert!(
+        frames(&good.lines()).len() >= 60,
+        "the good consumer got {} frames in 3 s",
+        frames(&good.lines()).len()
+    );
+    assert!(
+        producer.child.try_wait().unwrap().is_none(),
+        "producer died: {}",
+        producer.errors()
     );
 }
 

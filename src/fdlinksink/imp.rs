@@ -15,6 +15,7 @@ use super::hub::{
     Frame, Hub, HubEvent, Limits, PassThrough, PrerollWait, Request, SlowPolicy, StickyKind,
     SyncMethod,
 };
+use super::requests::RequestPool;
 use crate::clock;
 use crate::control;
 use crate::memory::{self, FdList, MemfdBufferPool};
@@ -228,6 +229,8 @@ pub struct FdlinkSink {
     /// Set at a preroll barrier (going to PAUSED, a flush), cleared when BaseSink prerolls:
     /// meanwhile frames pass straight through while followers have not prerolled.
     awaiting_preroll: AtomicBool,
+    /// Runs consumers' upstream events and queries.
+    requests: RequestPool,
 }
 
 /// Why a frame goes out.
@@ -700,19 +703,9 @@ impl FdlinkSink {
         Ok(Some(buffer_id))
     }
 
-    fn spawn_request(&self, name: &str, consumer: u64, f: impl FnOnce() + Send + 'static) {
-        if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
-            gst::warning!(
-                CAT,
-                imp = self,
-                "dropping consumer {consumer}'s request: {e}"
-            );
-        }
-    }
-
     /// Runs a consumer's request against this pipeline. Events and queries go upstream from
-    /// a thread of their own: they may wait on the streaming thread (a flushing seek), which
-    /// may wait on releases that only the control thread reads.
+    /// the request threads (see `requests`): they may wait on the streaming thread (a
+    /// flushing seek), which may wait on releases that only the control thread reads.
     fn serve(
         &self,
         id: u64,
@@ -746,9 +739,16 @@ impl FdlinkSink {
                     "consumer {id} sends {:?} upstream",
                     event.type_()
                 );
-                self.spawn_request("fdlinksink-event", id, move || {
+                let ty = event.type_();
+                if let Err(e) = self.requests.submit(id, move || {
                     obj.sink_pad().push_event(event);
-                });
+                }) {
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "dropping consumer {id}'s {ty:?} event: {e}"
+                    );
+                }
             }
             Request::State(st) => {
                 let mode = self.settings.lock().unwrap().mode;
@@ -761,8 +761,8 @@ impl FdlinkSink {
                 }
             }
             Request::Query(p) => {
-                // Unanswered (no thread), the consumer's query fails at its ack-timeout.
-                self.spawn_request("fdlinksink-query", id, move || {
+                let (query_id, refused_conn) = (p.id, conn.clone());
+                let submitted = self.requests.submit(id, move || {
                     let (answered, structure) = match control::query_from_packet(&p) {
                         Some(mut q) => {
                             let answered = obj.sink_pad().peer_query(q.get_mut().unwrap());
@@ -782,16 +782,32 @@ impl FdlinkSink {
                         }
                         None => (false, String::new()),
                     };
-                    let reply = Packet::QueryReply(crate::protocol::QueryReplyPacket {
-                        id: p.id,
-                        answered,
-                        structure,
-                    });
-                    let _ = conn.send_packet(&reply, Some(Duration::from_secs(1)));
+                    send_query_reply(&conn, p.id, answered, structure);
                 });
+                if let Err(e) = submitted {
+                    // Answered at once, so the consumer's query fails now, not at its
+                    // ack-timeout.
+                    gst::warning!(CAT, imp = self, "refusing consumer {id}'s query: {e}");
+                    send_query_reply(&refused_conn, query_id, false, String::new());
+                }
             }
         }
     }
+}
+
+/// Answers a consumer's query (`answered` false: this pipeline could not).
+fn send_query_reply(
+    conn: &crate::transport::Connection,
+    id: u32,
+    answered: bool,
+    structure: String,
+) {
+    let reply = Packet::QueryReply(crate::protocol::QueryReplyPacket {
+        id,
+        answered,
+        structure,
+    });
+    let _ = conn.send_packet(&reply, Some(Duration::from_secs(1)));
 }
 
 #[glib::object_subclass]

@@ -12,6 +12,7 @@
 
 mod hub;
 mod imp;
+mod requests;
 
 use gst::glib;
 use gst::prelude::*;
