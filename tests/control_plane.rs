@@ -212,6 +212,48 @@ fn consumer_errors_reach_the_producer_bus() {
     );
 }
 
+/// Caps the consumer's downstream refuses fail it at ack-timeout even when the producer sends
+/// nothing after them (a paused producer: its caps and one preroll frame, then silence).
+#[test]
+fn refused_caps_fail_at_ack_timeout_without_more_packets() {
+    init_gst();
+    let dir = TempDir::new("refused");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--start-paused",
+        &format!(
+            "videotestsrc ! video/x-raw,format=NV12,width=320,height=240 ! fdlinksink socket-path={sock} forward-messages=false"
+        ),
+    ]);
+    wait_for_path(&sock, T);
+    let started = std::time::Instant::now();
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        &format!(
+            "fdlinksrc socket-path={sock} ack-timeout=500 ! video/x-raw,format=RGB ! fakesink"
+        ),
+    ]);
+    assert_eq!(consumer.wait(T).code(), Some(1));
+    let took = started.elapsed();
+    let err = consumer.errors();
+    assert!(
+        err.contains("downstream does not accept the producer's caps")
+            && err.contains("no other caps within"),
+        "consumer stderr: {err}"
+    );
+    // The 500 ms wait, plus starting the process; not the 60 s the test allows.
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "failed after {took:?}"
+    );
+    assert!(
+        producer.child.try_wait().unwrap().is_none(),
+        "producer: {}",
+        producer.errors()
+    );
+}
+
 /// With forward-messages=false the producer carries on when a consumer fails.
 #[test]
 fn consumer_errors_can_be_kept_out() {

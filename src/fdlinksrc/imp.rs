@@ -1081,8 +1081,18 @@ impl FdlinkSrc {
         };
         let conn = link.conn.clone();
         loop {
-            let packet = match link.next() {
+            // While downstream refuses the producer's caps, waiting ends at ack-timeout even
+            // if the producer sends nothing more.
+            let deadline = stream
+                .refused_caps
+                .as_ref()
+                .map(|(_, since)| *since + self.ack_timeout() + Duration::from_millis(1));
+            let packet = match link.next(deadline) {
                 None => return Err(Stop::Flushing),
+                Some(Inbound::TimedOut) => {
+                    self.check_refused_caps(stream)?;
+                    continue;
+                }
                 Some(Inbound::Packet(p)) => p,
                 Some(Inbound::Copied(header, buffer)) => {
                     if let Some(buffer) = self.output_buffer(stream, &header, buffer)? {

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gst::glib;
 
@@ -87,6 +87,8 @@ pub enum Inbound {
     Lost(String),
     /// The producer broke the protocol; the text says how.
     Failed(String),
+    /// Nothing arrived before the deadline given to `next()`.
+    TimedOut,
 }
 
 enum Queued {
@@ -404,8 +406,8 @@ impl Link {
         }
     }
 
-    /// The next packet (or the end); None while flushing.
-    pub fn next(&self) -> Option<Inbound> {
+    /// The next packet (or the end), or TimedOut at `deadline`; None while flushing.
+    pub fn next(&self, deadline: Option<Instant>) -> Option<Inbound> {
         let mut inbox = self.inbox.lock().unwrap();
         loop {
             if inbox.flushing {
@@ -426,13 +428,22 @@ impl Link {
                     Inbound::Closed => Inbound::Closed,
                     Inbound::Lost(m) => Inbound::Lost(m.clone()),
                     Inbound::Failed(m) => Inbound::Failed(m.clone()),
-                    Inbound::Packet(_) | Inbound::Copied(..) => {
+                    Inbound::Packet(_) | Inbound::Copied(..) | Inbound::TimedOut => {
                         unreachable!("only ends are stored")
                     }
                 });
                 return Some(end);
             }
-            inbox = self.arrived.wait(inbox).unwrap();
+            inbox = match deadline {
+                None => self.arrived.wait(inbox).unwrap(),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Some(Inbound::TimedOut);
+                    }
+                    self.arrived.wait_timeout(inbox, left).unwrap().0
+                }
+            };
         }
     }
 
