@@ -136,6 +136,94 @@ fn latency_and_position_follow_the_producer() {
 }
 
 /// fdlinksrc mode=follow: the consumer pipeline pauses and plays with the producer's.
+/// The number after `name=` in a line of `name=value` words.
+fn number_field<N: std::str::FromStr>(line: &str, name: &str) -> N {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {name} in {line}"))
+}
+
+/// `(base, start)` of the first `event segment` line.
+fn first_segment(lines: &[String]) -> (i64, i64) {
+    let line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("event segment "))
+        .unwrap_or_else(|| panic!("no segment in {lines:?}"));
+    (number_field(line, "base"), number_field(line, "start"))
+}
+
+/// `seqnum -> timestamp` of each `upstream qos` line.
+fn qos_timestamps(lines: &[String]) -> std::collections::HashMap<u32, i64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("upstream qos "))
+        .map(|l| (number_field(l, "seqnum"), number_field(l, "timestamp")))
+        .collect()
+}
+
+/// QoS from a consumer's sink reaches the producer's pipeline in the producer's running time:
+/// the consumer joined 1 s late, so its running time is the producer's shifted, and each QoS
+/// event that crosses names, on the producer, the running time of a frame the producer sent.
+#[test]
+fn qos_reaches_the_producer_in_its_running_time() {
+    init_gst();
+    let dir = TempDir::new("qos");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--events-log",
+        "--frames-log",
+        "--seconds",
+        "3",
+        &format!(
+            "videotestsrc is-live=true ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! fdlinksink socket-path={sock}"
+        ),
+    ]);
+    wait_for_path(&sock, T);
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--events-log",
+        "--seconds",
+        "1",
+        &format!("fdlinksrc socket-path={sock} ! fakesink sync=true qos=true"),
+    ]);
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
+    let (p, c) = (producer.lines(), consumer.lines());
+    let (p_qos, c_qos) = (qos_timestamps(&p), qos_timestamps(&c));
+    let (p_base, p_start) = first_segment(&p);
+    let (c_base, c_start) = first_segment(&c);
+    // Running time = pts - start + base on each side; the consumer's is the producer's + shift.
+    let shift = (c_base - p_base) - (c_start - p_start);
+    assert!(
+        shift.abs() > 500_000_000,
+        "the consumer joined 1 s late, yet its running time is shifted by {shift} ns"
+    );
+    let p_running: std::collections::HashSet<i64> = pts_of(&p)
+        .iter()
+        .map(|pts| pts - p_start + p_base)
+        .collect();
+    let crossed: Vec<(i64, i64)> = c_qos
+        .iter()
+        .filter_map(|(seqnum, c_ts)| Some((*c_ts, *p_qos.get(seqnum)?)))
+        .collect();
+    println!(
+        "{} QoS events on the consumer, {} reached the producer; shift {shift} ns",
+        c_qos.len(),
+        crossed.len()
+    );
+    assert!(crossed.len() >= 10, "{crossed:?}");
+    for (c_ts, p_ts) in crossed {
+        assert_eq!(c_ts - p_ts, shift, "consumer {c_ts}, producer {p_ts}");
+        assert!(
+            p_running.contains(&p_ts),
+            "QoS timestamp {p_ts} is no producer frame's running time"
+        );
+    }
+}
+
 #[test]
 fn consumer_follows_the_producers_state() {
     init_gst();

@@ -30,7 +30,9 @@
 //! - `--wait-clients N`: keep the pipeline in PAUSED until the fdlinksink has N consumers.
 //! - `--events-log`: print an `event NAME` line per downstream event at the fdlink element's
 //!   pad (leaving an fdlinksrc, reaching an fdlinksink): `event caps CAPS`, `event stream-start
-//!   STREAM-ID`, `event segment base=B start=S time=T rate=R`, `event NAME` for the others.
+//!   STREAM-ID`, `event segment base=B start=S time=T rate=R`, `event NAME` for the others;
+//!   and `upstream qos seqnum=N timestamp=T diff=D proportion=P` for each QoS event going
+//!   upstream through that pad (T in the running time of the pipeline it is in, -1 if none).
 //! - `--discont-log`: print `discont offset=N size=S` for each buffer leaving the fdlinksrc
 //!   with the DISCONT flag.
 //! - `--seek-after N --seek-to S`: after N frames, a flushing seek of the pipeline to S seconds.
@@ -592,10 +594,21 @@ fn launch(o: &Opts) -> i32 {
 fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts) {
     let pad = fdlink_pad(element).expect("fdlink element has a pad");
     if o.events_log {
-        let events = gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::EVENT_FLUSH;
+        let events = gst::PadProbeType::EVENT_DOWNSTREAM
+            | gst::PadProbeType::EVENT_FLUSH
+            | gst::PadProbeType::EVENT_UPSTREAM;
         pad.add_probe(events, |_, info| {
             if let Some(ev) = info.event() {
                 match ev.view() {
+                    gst::EventView::Qos(q) => {
+                        let (_, proportion, diff, timestamp) = q.get();
+                        print_line(&format!(
+                            "upstream qos seqnum={} timestamp={} diff={diff} proportion={proportion:.3}",
+                            gst::glib::translate::IntoGlib::into_glib(ev.seqnum()),
+                            timestamp.map_or(-1, |t| t.nseconds() as i64),
+                        ))
+                    }
+                    _ if ev.is_upstream() && !ev.is_downstream() => {}
                     gst::EventView::Caps(c) => print_line(&format!("event caps {}", c.caps())),
                     gst::EventView::StreamStart(s) => {
                         print_line(&format!("event stream-start {}", s.stream_id()))
