@@ -339,7 +339,7 @@ fn producer_survives_bad_consumers() {
         "1",
         &format!("fdlinksrc socket-path={sock} ! fakesink"),
     ]);
-    assert!(good.wait(T).success(), "good consumer: {}", good.errors());
+    good.wait_success(T, "good consumer");
     assert!(
         frames(&good.lines()).len() >= 10,
         "good consumer got {} frames",
@@ -517,9 +517,9 @@ fn live_socket_is_not_stolen_and_stale_one_is_replaced() {
         "1",
         &format!("fdlinksrc socket-path={sock} ! fakesink"),
     ]);
-    assert!(c.wait(T).success(), "{}", c.errors());
+    c.wait_success(T, "c");
     assert!(!frames(&c.lines()).is_empty());
-    assert!(third.wait(T).success(), "{}", third.errors());
+    third.wait_success(T, "third");
     assert!(
         !Path::new(&sock).exists(),
         "producer left its socket file behind"

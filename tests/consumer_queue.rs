@@ -55,8 +55,8 @@ fn slow_consumer_of_live_producer(
             "fdlinksrc socket-path={sock} max-queued=2 leaky={leaky} ! fakesink enable-last-sample=false"
         ),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     (all_stats(&producer), all_stats(&consumer))
 }
 
@@ -174,8 +174,8 @@ fn pool_producer_and_slow_consumer(tag: &str, leaky: &str) -> (u64, Vec<gst::Str
         "--sink-props",
         "max-held=16",
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     let waits = producer
         .lines()
         .iter()

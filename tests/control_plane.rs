@@ -276,7 +276,7 @@ fn consumer_errors_can_be_kept_out() {
         ),
     ]);
     assert_eq!(consumer.wait(T).code(), Some(1));
-    assert!(producer.wait(T).success(), "{}", producer.errors());
+    producer.wait_success(T, "producer");
 }
 
 /// The example launcher joins an unprivileged demuxer process and a decoder process with a

@@ -275,7 +275,7 @@ fn a_hundred_killed_consumers_neither_stall_nor_leak() {
         assert!(b > a, "healthy consumer {i} stuck at {b} frames");
     }
     std::fs::write(&eos_file, b"").unwrap();
-    assert!(producer.wait(T).success(), "{}", producer.errors());
+    producer.wait_success(T, "producer");
     assert_no_leaked_fds(&producer, "the producer");
     let waits = producer
         .lines()
@@ -292,7 +292,7 @@ fn a_hundred_killed_consumers_neither_stall_nor_leak() {
         "the producer waited {longest} us for a pool buffer ({n} waits) over its run"
     );
     for (i, c) in healthy.iter_mut().enumerate() {
-        assert!(c.wait(T).success(), "healthy consumer {i}: {}", c.errors());
+        c.wait_success(T, &format!("healthy consumer {i}"));
         let lines = c.lines();
         assert!(
             !lines.iter().any(|l| l.starts_with("pattern-mismatch")),

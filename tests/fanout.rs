@@ -118,9 +118,9 @@ fn a_stopped_consumer_stalls_neither_the_producer_nor_the_others() {
         .collect();
     signal(stopped, nix::sys::signal::Signal::SIGCONT);
 
-    assert!(producer.wait(T).success(), "{}", producer.errors());
+    producer.wait_success(T, "producer");
     for c in consumers.iter_mut() {
-        assert!(c.wait(T).success(), "{}", c.errors());
+        c.wait_success(T, "c");
     }
     let produced = (p1 - p0) as f64;
     assert_kept_rate_and_pool(&producer, produced, window);
@@ -185,9 +185,9 @@ fn block_policy_loses_nothing() {
         "--pattern",
         &format!("fdlinksrc socket-path={sock} ! fakesink"),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
+    producer.wait_success(T, "producer");
     for c in [&mut slow, &mut fast] {
-        assert!(c.wait(T).success(), "{}", c.errors());
+        c.wait_success(T, "c");
         assert_eq!(frames_received(&c.latest_stats().unwrap()), 60);
         assert!(!c.lines().iter().any(|l| l.starts_with("pattern-mismatch")));
     }
@@ -369,9 +369,9 @@ fn copy_policy_keeps_the_pool_and_the_stalled_consumers_frames() {
         "{c}"
     );
     assert!(field(&c, "frames-copied") >= 60, "{c}");
-    assert!(producer.wait(T).success(), "{}", producer.errors());
+    producer.wait_success(T, "producer");
     for c in [&mut stopped, &mut healthy] {
-        assert!(c.wait(T).success(), "{}", c.errors());
+        c.wait_success(T, "c");
         assert_eq!(frames_received(&c.latest_stats().unwrap()), frames);
         assert!(
             !c.lines().iter().any(|l| l.starts_with("pattern-mismatch")),
@@ -419,7 +419,7 @@ fn sync_method_starts_consumers_at_keyframes() {
             "--frames-log",
             &format!("fdlinksrc socket-path={sock} ! fakesink"),
         ]);
-        assert!(consumer.wait(T).success(), "{}", consumer.errors());
+        consumer.wait_success(T, "consumer");
         pipeline.set_state(gst::State::Null).unwrap();
         let joined = joined_at.lock().unwrap().expect("client-added");
         let got = frames(&consumer.lines());

@@ -236,8 +236,8 @@ fn killed_producer_is_replaced_and_consumer_resumes() {
         .expect("third disconnect");
     let mark = consumer.lines().iter().position(|l| *l == gone).unwrap();
     let mut last = live_producer(&sock, small, &["--seconds", "1.5"]);
-    assert!(last.wait(T).success(), "{}", last.errors());
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    last.wait_success(T, "last");
+    consumer.wait_success(T, "consumer");
     let lines = consumer.lines();
     assert!(
         lines[mark..].iter().any(|l| l == "eos"),
@@ -333,9 +333,9 @@ fn eos_ends_the_stream_even_with_reconnect() {
             "videotestsrc num-buffers=20 ! video/x-raw,format=NV12,width=320,height=240 ! fdlinksink socket-path={sock} wait-for-connection=true sync=false"
         ),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
+    producer.wait_success(T, "producer");
     // retry-timeout=0 is forever: a consumer that took the EOS for a loss would never end.
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    consumer.wait_success(T, "consumer");
     let lines = consumer.lines();
     assert!(!frames(&lines).is_empty(), "no frames");
     assert!(lines.iter().any(|l| l == "eos"));

@@ -50,8 +50,8 @@ fn consumer_caps_drive_the_producers_negotiation() {
             "fdlinksrc socket-path={sock} ! capsfilter name=cf caps=video/x-raw,width=400,height=300 ! fakesink"
         ),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     let c = consumer.lines();
     let caps = caps_events(&c);
     // The producer started at videotestsrc's 320x240; those caps never went downstream.
@@ -102,8 +102,8 @@ fn latency_and_position_follow_the_producer() {
         "15",
         &format!("fdlinksrc socket-path={sock} link-latency={link_latency} ! fakesink sync=true"),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     let p = queries(&producer.lines());
     let c = queries(&consumer.lines());
     assert!(p.len() >= 4 && c.len() >= 2, "{p:?} {c:?}");
@@ -224,6 +224,14 @@ fn qos_reaches_the_producer_in_its_running_time() {
     }
 }
 
+/// The index of the `state Playing` line after a `state Playing`, `state Paused` run: the
+/// pipeline played, followed a pause and followed the play again.
+fn played_paused_played(lines: &[String]) -> usize {
+    let playing = find_from(lines, 0, |l| l == "state Playing").expect("playing");
+    let paused = find_from(lines, playing, |l| l == "state Paused").expect("followed the pause");
+    find_from(lines, paused, |l| l == "state Playing").expect("followed the play")
+}
+
 #[test]
 fn consumer_follows_the_producers_state() {
     init_gst();
@@ -248,12 +256,10 @@ fn consumer_follows_the_producers_state() {
         "--frames-log",
         &format!("fdlinksrc socket-path={sock} mode=follow ! fakesink"),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     let c = consumer.lines();
-    let playing = find_from(&c, 0, |l| l == "state Playing").expect("playing");
-    let paused = find_from(&c, playing, |l| l == "state Paused").expect("followed the pause");
-    let again = find_from(&c, paused, |l| l == "state Playing").expect("followed the play");
+    let again = played_paused_played(&c);
     assert!(
         frames(&c[again..]).len() >= 10,
         "frames after resuming: {:?}",
@@ -399,12 +405,10 @@ fn producer_follows_the_consumers_state() {
         "1000",
         &format!("fdlinksrc socket-path={sock} ! fakesink"),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     let p = producer.lines();
-    let playing = find_from(&p, 0, |l| l == "state Playing").expect("playing");
-    let paused = find_from(&p, playing, |l| l == "state Paused").expect("followed the pause");
-    find_from(&p, paused, |l| l == "state Playing").expect("followed the play");
+    played_paused_played(&p);
 }
 
 /// Both ends following each other is refused with an error naming the cause.
@@ -460,8 +464,8 @@ fn messages_cross_both_ways() {
         "20",
         &format!("fdlinksrc socket-path={sock} ! fakesink"),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     let p = producer.lines();
     let c = consumer.lines();
     let from_link = |lines: &[String], element: &str, what: &str| -> Vec<String> {

@@ -297,8 +297,8 @@ fn late_consumer_gets_caps_and_frames_from_the_next_one() {
             "fdlinksrc socket-path={sock} ! video/x-raw,format=NV12,width=320,height=240 ! fakesink"
         ),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     let got = frames(&consumer.lines());
     assert!(
         got.len() >= 30,
@@ -361,11 +361,11 @@ fn two_consumers_each_get_every_frame() {
             "videotestsrc num-buffers={n} pattern=ball ! video/x-raw,format=NV12,width=640,height=480 ! fdlinksink socket-path={sock} sync=false"
         ),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
+    producer.wait_success(T, "producer");
     let sent = frames(&producer.lines());
     assert_eq!(sent.len(), n);
     for (i, mut c) in consumers.into_iter().enumerate() {
-        assert!(c.wait(T).success(), "consumer {i}: {}", c.errors());
+        c.wait_success(T, &format!("consumer {i}"));
         let got = frames(&c.lines());
         assert_eq!(got.len(), n, "consumer {i} got {} of {n} frames", got.len());
         for (p, g) in sent.iter().zip(&got) {
@@ -406,8 +406,8 @@ fn dma_drm_caps_cross_exactly() {
             "videotestsrc num-buffers=5 ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! capssetter join=false replace=true caps={drm_caps} ! fdlinksink socket-path={sock} wait-for-connection=true sync=false"
         ),
     ]);
-    assert!(producer.wait(T).success(), "{}", producer.errors());
-    assert!(consumer.wait(T).success(), "{}", consumer.errors());
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
     let caps = |p: &Peer| {
         p.lines()
             .into_iter()
