@@ -387,7 +387,9 @@ fn copy_policy_keeps_the_pool_and_the_stalled_consumers_frames() {
 
 /// sync-method on an H.264 stream (x264enc, a keyframe every 30 frames): a consumer that
 /// joins mid-GOP starts at a keyframe, the latest one before it joined (latest-keyframe,
-/// from the producer's backlog) or the next one (next-keyframe).
+/// from the producer's backlog) or the next one (next-keyframe), and then gets every frame:
+/// with latest-keyframe, the GOP so far arrives at once, more than max-held (8), and the next
+/// frame must not be skipped for it.
 #[test]
 fn sync_method_starts_consumers_at_keyframes() {
     init_gst();
@@ -425,6 +427,19 @@ fn sync_method_starts_consumers_at_keyframes() {
         let got = frames(&consumer.lines());
         let received = got.len() as u64;
         assert!(!got[0].delta, "{method}: the first frame is a keyframe");
+        // Every frame from there on, none skipped: the joiner's burst of frames from the
+        // backlog (up to a GOP, more than max-held) does not count toward its max-held.
+        let pts: Vec<i64> = pts_of(&consumer.lines());
+        let skips: Vec<(usize, i64)> = pts
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w[1] - w[0] > 40_000_000)
+            .map(|(i, w)| (i + 1, w[1] - w[0]))
+            .collect();
+        assert!(
+            skips.is_empty(),
+            "{method}: frames skipped before (index, pts step): {skips:?}, joined at {joined}"
+        );
         // It started at a keyframe, so it got whole GOPs.
         assert_eq!(received % 30, 0, "{method}: {received} frames");
         let first = total - received;

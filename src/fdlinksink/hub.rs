@@ -171,8 +171,21 @@ enum Outbound {
 /// A buffer a consumer was given (sent, or queued for it) and has not released.
 struct Held {
     since: Instant,
+    kind: HoldKind,
+}
+
+/// What a consumer's hold on a buffer costs upstream, for max-held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldKind {
+    /// Upstream's buffer: counts toward max-held.
+    Original,
     /// A slow-policy=copy copy, not upstream's memory.
-    copy: bool,
+    Copy,
+    /// A buffer the hub keeps anyway for joiners (latest-keyframe backlog, preroll frame),
+    /// given to one that just joined: it pins nothing more, so it does not count toward
+    /// max-held. (A joiner's burst of a whole GOP so far would otherwise make the policy skip
+    /// the very next frame, which its decoder needs.)
+    Kept,
 }
 
 /// One frame as offered to the consumers: its encoded packet and the fds it carries.
@@ -265,12 +278,12 @@ impl Consumer {
     }
 
     /// It was given a buffer (sent, or queued for it).
-    fn hold(&mut self, buffer_id: u64, since: Instant, copy: bool) {
-        self.held.insert(buffer_id, Held { since, copy });
-        if copy {
-            self.frames_copied += 1;
-        } else {
-            self.originals_held += 1;
+    fn hold(&mut self, buffer_id: u64, since: Instant, kind: HoldKind) {
+        self.held.insert(buffer_id, Held { since, kind });
+        match kind {
+            HoldKind::Original => self.originals_held += 1,
+            HoldKind::Copy => self.frames_copied += 1,
+            HoldKind::Kept => {}
         }
     }
 
@@ -282,14 +295,17 @@ impl Consumer {
 
     fn unhold(&mut self, buffer_id: u64) -> Option<Held> {
         let h = self.held.remove(&buffer_id)?;
-        if !h.copy {
+        if h.kind == HoldKind::Original {
             self.originals_held -= 1;
         }
         Some(h)
     }
 
     fn copies_held(&self) -> usize {
-        self.held.len() - self.originals_held
+        self.held
+            .values()
+            .filter(|h| h.kind == HoldKind::Copy)
+            .count()
     }
 
     /// Counts a buffer packet that left for its socket.
@@ -320,7 +336,7 @@ impl Consumer {
         bytes: Vec<u8>,
         fds: Vec<OwnedFd>,
         size: u64,
-        copy: bool,
+        kind: HoldKind,
         now: Instant,
     ) {
         self.queue.push_back(Outbound::Buffer {
@@ -330,7 +346,7 @@ impl Consumer {
             size,
         });
         self.queued_buffers += 1;
-        self.hold(id, now, copy);
+        self.hold(id, now, kind);
     }
 }
 
@@ -956,7 +972,7 @@ impl Hub {
         if c.queue.is_empty() {
             match c.conn.try_send(f.bytes, f.fds) {
                 Ok(()) => {
-                    c.hold(f.id, now, f.slow_copy);
+                    c.hold(f.id, now, hold_kind(f));
                     c.sent(f.size);
                     return Ok(Offer::Sent);
                 }
@@ -984,7 +1000,7 @@ impl Hub {
             }
         }
         let fds = dup_fds(f.fds)?;
-        c.enqueue(f.id, f.bytes.to_vec(), fds, f.size, f.slow_copy, now);
+        c.enqueue(f.id, f.bytes.to_vec(), fds, f.size, hold_kind(f), now);
         Ok(Offer::Queued)
     }
 
@@ -1470,6 +1486,14 @@ fn release_one(inner: &mut Inner, buffer_id: u64) {
     }
 }
 
+fn hold_kind(f: &Frame<'_>) -> HoldKind {
+    if f.slow_copy {
+        HoldKind::Copy
+    } else {
+        HoldKind::Original
+    }
+}
+
 /// Queues a kept frame (backlog, preroll frame) for a consumer that just joined.
 fn enqueue_kept(
     c: &mut Consumer,
@@ -1478,7 +1502,14 @@ fn enqueue_kept(
 ) -> Result<(), Removal> {
     let fds: Vec<BorrowedFd<'_>> = e.fds.iter().map(|f| f.as_fd()).collect();
     let fds = dup_fds(&fds)?;
-    c.enqueue(e.id, e.bytes.clone(), fds, e.size, false, Instant::now());
+    c.enqueue(
+        e.id,
+        e.bytes.clone(),
+        fds,
+        e.size,
+        HoldKind::Kept,
+        Instant::now(),
+    );
     if let Some(h) = held.get_mut(&e.id) {
         h.holders += 1;
     }
