@@ -1,4 +1,4 @@
-//! fdlink wire protocol, version 3: pure encoding and decoding.
+//! fdlink wire protocol, version 4: pure encoding and decoding.
 //!
 //! This module knows neither GStreamer nor syscalls. It turns packets into bytes and bytes
 //! (plus the file descriptors that arrived beside them) back into packets, checking every
@@ -13,7 +13,7 @@ use std::fmt;
 /// First four bytes of a hello: "FDLK".
 pub const MAGIC: [u8; 4] = *b"FDLK";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Largest datagram either side sends or accepts.
 pub const MAX_PACKET_SIZE: usize = 64 * 1024;
 /// Most memories (and so fds) in one buffer packet: GStreamer's own limit per buffer.
@@ -138,8 +138,11 @@ pub struct EventPacket {
 pub enum Packet<Fd> {
     /// Producer -> consumer: caps as a string.
     Caps(String),
-    /// Producer -> consumer: a downstream event in stream order.
-    Event(EventPacket),
+    /// Producer -> consumer: a downstream event in stream order. `base_time` is the producer
+    /// pipeline's base time on CLOCK_MONOTONIC when it sent the event (TIME_NONE without a
+    /// clock), as in a buffer header: it places a gap's timestamp on the consumer's timeline
+    /// as a buffer's PTS would be.
+    Event { event: EventPacket, base_time: u64 },
     /// Producer -> consumer: a buffer, with one fd per distinct file in `fds`.
     Buffer(BufferHeader, Vec<Fd>),
     /// Consumer -> producer: the consumer dropped its last reference to a buffer.
@@ -501,9 +504,13 @@ impl<Fd> Packet<Fd> {
                 put_str(out, caps);
                 (PacketType::Caps, 0)
             }
-            Packet::Event(ev) => {
+            Packet::Event {
+                event: ev,
+                base_time,
+            } => {
                 out.extend_from_slice(&ev.event_type.to_le_bytes());
                 out.extend_from_slice(&ev.seqnum.to_le_bytes());
+                out.extend_from_slice(&base_time.to_le_bytes());
                 put_str(out, &ev.structure);
                 (PacketType::Event, 0)
             }
@@ -627,12 +634,16 @@ impl<Fd> Packet<Fd> {
             PacketType::Event => {
                 let event_type = r.u32()?;
                 let seqnum = r.u32()?;
+                let base_time = r.u64()?;
                 let structure = r.string()?;
-                Packet::Event(EventPacket {
-                    event_type,
-                    seqnum,
-                    structure,
-                })
+                Packet::Event {
+                    event: EventPacket {
+                        event_type,
+                        seqnum,
+                        structure,
+                    },
+                    base_time,
+                }
             }
             PacketType::Buffer => {
                 let header = decode_buffer(&mut r, fds.len())?;
@@ -1078,8 +1089,8 @@ mod tests {
         let mut b = encode_hello(&Hello::new(Role::Producer, 1));
         b[4..6].copy_from_slice(&2u16.to_le_bytes());
         let err = decode_hello(&b).unwrap_err();
-        assert_eq!(err, DecodeError::VersionMismatch { ours: 3, theirs: 2 });
-        assert!(err.to_string().contains("version 3") && err.to_string().contains("version 2"));
+        assert_eq!(err, DecodeError::VersionMismatch { ours: 4, theirs: 2 });
+        assert!(err.to_string().contains("version 4") && err.to_string().contains("version 2"));
         // A future version with a longer hello still gets the version error, not "trailing".
         let mut long = b.to_vec();
         long.extend_from_slice(&[0; 32]);
@@ -1107,11 +1118,22 @@ mod tests {
     fn packets_roundtrip() {
         roundtrip(Packet::Caps("video/x-raw, format=(string)NV12".into()));
         roundtrip(Packet::Caps(String::new()));
-        roundtrip(Packet::Event(EventPacket {
-            event_type: 0x2800 | 0x3,
-            seqnum: 99,
-            structure: "GstEventSegment, segment=(GstSegment)\"x\";".into(),
-        }));
+        roundtrip(Packet::Event {
+            event: EventPacket {
+                event_type: 0x2800 | 0x3,
+                seqnum: 99,
+                structure: "GstEventSegment, segment=(GstSegment)\"x\";".into(),
+            },
+            base_time: 1_234_567_890,
+        });
+        roundtrip(Packet::Event {
+            event: EventPacket {
+                event_type: 0xa006,
+                seqnum: 1,
+                structure: String::new(),
+            },
+            base_time: TIME_NONE,
+        });
         roundtrip(Packet::Release {
             buffer_id: u64::MAX,
         });

@@ -165,15 +165,89 @@ fn downstream_events_cross_once_in_stream_order() {
         stream_start < caps && caps < segment && segment < tag && tag < frame && frame < eos,
         "consumer events out of order: {c:?}"
     );
+    // The tag came before the first frame said where the producer is: it waited for that
+    // frame's segment, which went out once (BaseSrc's own push of it was held back).
     assert_eq!(
         c.iter()
-            .filter(|l| l.starts_with("event stream-start ") || l.starts_with("event caps "))
+            .filter(|l| l.starts_with("event stream-start ")
+                || l.starts_with("event caps ")
+                || l.starts_with("event segment "))
             .count(),
-        2,
-        "stream-start and caps once each: {c:?}"
+        3,
+        "stream-start, caps and segment once each: {c:?}"
     );
     assert_eq!(frames(&c).len(), 10);
     assert_eq!(c.iter().filter(|l| *l == "event eos").count(), 1);
+}
+
+/// A gap (and a tag) between the producer's segment and its first frame: the consumer's
+/// pipeline started 1 s earlier, so its running time is the producer's shifted by about 1 s.
+/// The gap goes out after a segment shifted by that much, the one the frames then use, so
+/// the gap is timed on the same timeline as the frames; before, it went out after a segment
+/// shifted by 0 and the frames brought a second one.
+#[test]
+fn a_gap_before_the_first_frame_is_timed_like_the_frames() {
+    init_gst();
+    let dir = TempDir::new("gap");
+    let sock = dir.socket();
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--events-log",
+        "--frames-log",
+        "--messages-log",
+        &format!("fdlinksrc socket-path={sock} ! fakesink sync=true"),
+    ]);
+    // The consumer's pipeline takes its base time as it starts (a live source: it goes on to
+    // PLAYING at once, posting it only after its first frame).
+    consumer
+        .wait_line(T, |l| l == "state Paused")
+        .unwrap_or_else(|| panic!("the consumer did not start: {}", consumer.errors()));
+    std::thread::sleep(Duration::from_secs(1));
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--events-log",
+        "--gap-first",
+        "--seconds",
+        "1",
+        &format!(
+            "videotestsrc is-live=true ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! taginject tags=title=fdlink-gap ! fdlinksink socket-path={sock} wait-for-connection=true"
+        ),
+    ]);
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
+    let (p, c) = (producer.lines(), consumer.lines());
+    let sent = p
+        .iter()
+        .find_map(|l| l.strip_prefix("sent gap "))
+        .unwrap_or_else(|| panic!("the producer sent no gap: {p:?}"));
+
+    let first = |pred: &dyn Fn(&str) -> bool| {
+        find_from(&c, 0, pred).unwrap_or_else(|| panic!("missing in {c:?}"))
+    };
+    let segment = first(&|l| l.starts_with("event segment "));
+    let tag = first(&|l| l == "event tag");
+    let gap = first(&|l| l.starts_with("event gap "));
+    let frame = first(&|l| l.starts_with("frame "));
+    assert!(
+        segment < tag && tag < gap && gap < frame,
+        "consumer events out of order: {c:?}"
+    );
+    assert_eq!(
+        c[gap],
+        format!("event gap {sent}"),
+        "the gap crossed unchanged"
+    );
+    let segments = c.iter().filter(|l| l.starts_with("event segment ")).count();
+    assert_eq!(
+        segments, 1,
+        "one segment, for the gap and the frames: {c:?}"
+    );
+    let base: i64 = number_field(&c[segment], "base");
+    assert!(
+        base >= 500_000_000,
+        "the segment before the gap is shifted by the consumer's 1 s head start: {}",
+        c[segment]
+    );
 }
 
 /// An error in the consumer pipeline shows up on the producer's bus, naming the consumer and

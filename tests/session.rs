@@ -135,15 +135,6 @@ fn latency_and_position_follow_the_producer() {
     }
 }
 
-/// fdlinksrc mode=follow: the consumer pipeline pauses and plays with the producer's.
-/// The number after `name=` in a line of `name=value` words.
-fn number_field<N: std::str::FromStr>(line: &str, name: &str) -> N {
-    line.split(' ')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no number {name} in {line}"))
-}
-
 /// `(base, start)` of the first `event segment` line.
 fn first_segment(lines: &[String]) -> (i64, i64) {
     let line = lines

@@ -487,7 +487,15 @@ impl FdlinkSink {
                 event.type_()
             );
         });
-        self.send_to_consumers(&hub, Packet::Event(p), sticky);
+        let base_time = self.base_time_monotonic();
+        self.send_to_consumers(
+            &hub,
+            Packet::Event {
+                event: p,
+                base_time,
+            },
+            sticky,
+        );
     }
 
     /// Encodes a control packet and sends it to every consumer, in stream order.
@@ -1224,6 +1232,25 @@ impl BaseSinkImpl for FdlinkSink {
     }
 
     fn event(&self, event: gst::Event) -> bool {
+        // wait-for-connection: a serialized event before the first frame that a consumer
+        // joining later would not get replayed (a gap, custom events, ...) waits for the first
+        // consumer as that frame would.
+        if event.is_serialized()
+            && !matches!(
+                event.type_(),
+                gst::EventType::Caps
+                    | gst::EventType::StreamStart
+                    | gst::EventType::Segment
+                    | gst::EventType::Tag
+                    | gst::EventType::Eos
+                    // A flushing seek before any consumer must not hang on it.
+                    | gst::EventType::FlushStop
+            )
+            && let Some(hub) = self.hub()
+            && self.wait_for_first_consumer(&hub).is_err()
+        {
+            return false;
+        }
         if event.type_() != gst::EventType::Caps {
             self.forward_event(&event);
         }

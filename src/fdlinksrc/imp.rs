@@ -121,6 +121,10 @@ struct Stream {
     last_delta: Option<i128>,
     /// Caps downstream refused, and when this source asked the producer to renegotiate.
     refused_caps: Option<(gst::Caps, Instant)>,
+    /// Serialized events (tags, custom, ...) that came after the producer's segment but
+    /// before anything said where the producer is: they go downstream after that segment,
+    /// shifted by the next buffer or gap.
+    held_events: Vec<gst::Event>,
 }
 
 /// The producer went away without EOS, and `reconnect=true`: the reconnect attempts so far.
@@ -172,6 +176,9 @@ pub struct FdlinkSrc {
     /// Set while the producer's stream-start is pushed: the src pad's probe drops any other
     /// (BaseSrc pushes one of its own before the first buffer).
     pushing_producer_stream_start: Arc<AtomicBool>,
+    /// A segment this source pushed itself, ahead of BaseSrc's push of the same one before
+    /// the next buffer: the src pad's probe drops that copy when it is still equal.
+    pushed_segment: Arc<Mutex<Option<gst::Segment>>>,
 }
 
 /// What ends `create()` early.
@@ -619,16 +626,42 @@ impl FdlinkSrc {
         );
     }
 
-    /// Events that must follow a segment (tags, gaps, ...) before any buffer: push one now,
-    /// with the last known shift.
+    /// Events that must follow a segment before any buffer (held ones at EOS, a gap whose
+    /// time says nothing): push one now, with the last known shift.
     fn ensure_segment(&self, stream: &mut Stream) {
         if stream.segment_delta.is_none() {
             let delta = stream.last_delta.unwrap_or(0);
             self.set_segment(stream, delta);
-            let segment = self.obj().segment();
-            self.obj()
-                .src_pad()
-                .push_event(gst::event::Segment::new(&segment));
+            self.push_segment_now();
+        }
+    }
+
+    /// Pushes BaseSrc's segment (just set by `set_segment`) ahead of events that must follow
+    /// it; BaseSrc's own push of it before the next buffer is then dropped by the pad probe.
+    fn push_segment_now(&self) {
+        // Never drop this push itself, even if it equals an earlier one.
+        self.pushed_segment.lock().unwrap().take();
+        let segment = self.obj().segment();
+        self.obj()
+            .src_pad()
+            .push_event(gst::event::Segment::new(&segment));
+        *self.pushed_segment.lock().unwrap() = Some(segment);
+    }
+
+    /// Pushes the events held for want of a shift, after the segment they follow.
+    fn release_held_events(&self, stream: &mut Stream, segment_set_now: bool) {
+        if stream.held_events.is_empty() {
+            return;
+        }
+        if segment_set_now {
+            self.push_segment_now();
+        } else {
+            self.ensure_segment(stream);
+        }
+        let obj = self.obj();
+        let pad = obj.src_pad();
+        for event in stream.held_events.drain(..) {
+            pad.push_event(event);
         }
     }
 
@@ -638,7 +671,9 @@ impl FdlinkSrc {
     /// (prerolling, or a pipeline that runs without one), no shift. A non-live source
     /// (mode=follow) has no latency for its sinks to wait: frames are due `link-latency`
     /// after the producer rendered them.
-    fn running_time_delta(&self, stream: &Stream, header: &protocol::BufferHeader) -> Option<i128> {
+    /// `base_time` and `pts` are a buffer's (or a gap's: its timestamp and its packet's base
+    /// time).
+    fn running_time_delta(&self, stream: &Stream, base_time: u64, pts: u64) -> Option<i128> {
         let obj = self.obj();
         let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
             return Some(stream.segment_delta.unwrap_or(0));
@@ -650,8 +685,8 @@ impl FdlinkSrc {
         };
         let offset = clock::clock_to_monotonic_offset(&clock);
         let ours = base.nseconds() as i128 + offset;
-        if header.base_time != TIME_NONE {
-            return Some(header.base_time as i128 - ours + later);
+        if base_time != TIME_NONE {
+            return Some(base_time as i128 - ours + later);
         }
         if let Some(d) = stream.segment_delta {
             return Some(d);
@@ -661,7 +696,7 @@ impl FdlinkSrc {
             .as_ref()?
             .downcast_ref::<gst::ClockTime>()?;
         let theirs = segment.to_running_time(gst::ClockTime::from_nseconds(
-            (header.pts != TIME_NONE).then_some(header.pts)?,
+            (pts != TIME_NONE).then_some(pts)?,
         ))?;
         let now = clock.time().nseconds() as i128 - base.nseconds() as i128;
         Some(now - theirs.nseconds() as i128 + later)
@@ -764,7 +799,12 @@ impl FdlinkSrc {
     }
 
     /// Acts on one event packet. Returns Some(stop) when the stream ends here.
-    fn handle_event(&self, stream: &mut Stream, p: &protocol::EventPacket) -> Option<Stop> {
+    fn handle_event(
+        &self,
+        stream: &mut Stream,
+        p: &protocol::EventPacket,
+        base_time: u64,
+    ) -> Option<Stop> {
         let ev = match wire_event::decode(p) {
             Ok(ev) => ev,
             Err(e) => {
@@ -788,10 +828,16 @@ impl FdlinkSrc {
                         ("downstream does not accept the producer's caps {refused}, and the stream ended before the producer offered others")
                     )));
                 }
+                // Held events still go out, before BaseSrc's EOS.
+                self.release_held_events(stream, false);
                 stream.eos = true;
                 return Some(Stop::Eos);
             }
             WireEvent::FlushStart => {
+                // Events held before the flush: sticky ones (tags) stay on the pad across a
+                // flush, so they still go out after the next segment; the others are
+                // flushed away.
+                stream.held_events.retain(|ev| ev.is_sticky());
                 let mut flush_start = gst::event::FlushStart::new();
                 control::set_seqnum(&mut flush_start, p.seqnum);
                 pad.push_event(flush_start);
@@ -804,6 +850,9 @@ impl FdlinkSrc {
                 pad.push_event(flush_stop);
                 stream.producer_segment = None;
                 stream.segment_delta = None;
+                // After a flush, downstream needs the next segment, even if it equals the
+                // one this source pushed itself before.
+                self.pushed_segment.lock().unwrap().take();
             }
             WireEvent::Other(ty) => {
                 // Everything else is rebuilt as it was sent: stream-start, tags, gaps,
@@ -820,9 +869,27 @@ impl FdlinkSrc {
                         .store(false, Ordering::Release);
                     return None;
                 }
-                if event.is_serialized() {
-                    self.ensure_segment(stream);
+                if !event.is_serialized() || stream.segment_delta.is_some() {
+                    pad.push_event(event);
+                    return None;
                 }
+                // After the producer's segment, before anything said where the producer is.
+                let gst::EventView::Gap(gap) = event.view() else {
+                    // Tags and the like: they wait for the shift the next buffer gives.
+                    stream.held_events.push(event);
+                    return None;
+                };
+                // A gap says where the producer is itself, as a buffer's PTS would, and must
+                // not wait for a buffer (it is what lets downstream preroll without one).
+                let (timestamp, _) = gap.get();
+                match self.running_time_delta(stream, base_time, timestamp.nseconds()) {
+                    Some(delta) => {
+                        self.set_segment(stream, delta);
+                        self.push_segment_now();
+                    }
+                    None => self.ensure_segment(stream),
+                }
+                self.release_held_events(stream, false);
                 pad.push_event(event);
             }
         }
@@ -887,6 +954,7 @@ impl FdlinkSrc {
         stream.segment_delta = None;
         stream.last_delta = None;
         stream.refused_caps = None;
+        stream.held_events.clear();
         let s = gst::Structure::builder("fdlink-disconnected")
             .field("socket-path", stream.path.display().to_string())
             .field("reason", why)
@@ -1060,13 +1128,16 @@ impl FdlinkSrc {
                 stream.new_producer = false;
             }
         }
-        if let Some(delta) = self.running_time_delta(stream, header)
+        let mut segment_set_now = false;
+        if let Some(delta) = self.running_time_delta(stream, header.base_time, header.pts)
             && stream
                 .segment_delta
                 .is_none_or(|d| (d - delta).abs() > RESYNC_THRESHOLD_NS)
         {
             self.set_segment(stream, delta);
+            segment_set_now = true;
         }
+        self.release_held_events(stream, segment_set_now);
         Ok(Some(buffer))
     }
 
@@ -1114,8 +1185,11 @@ impl FdlinkSrc {
                     })?;
                     self.take_caps(stream, caps)?;
                 }
-                Packet::Event(ev) => {
-                    if let Some(stop) = self.handle_event(stream, &ev) {
+                Packet::Event {
+                    event: ev,
+                    base_time,
+                } => {
+                    if let Some(stop) = self.handle_event(stream, &ev, base_time) {
                         return Err(stop);
                     }
                 }
@@ -1279,17 +1353,27 @@ impl ObjectImpl for FdlinkSrc {
         // BaseSrc starts each stream with a stream-start of its own, which downstream would
         // see right before the producer's: only the producer's goes out. (The dropped one
         // stays on the pad as sticky until the producer's replaces it, marked as sent.)
+        // A segment this source had to push itself (to put events after it before the next
+        // buffer) is pushed again by BaseSrc before that buffer: that copy is dropped too.
         let producer_stream_start = self.pushing_producer_stream_start.clone();
+        let pushed_segment = self.pushed_segment.clone();
         obj.src_pad()
             .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-                match info.event() {
-                    Some(ev)
-                        if ev.type_() == gst::EventType::StreamStart
-                            && !producer_stream_start.load(Ordering::Acquire) =>
+                // Handled, not Drop: with Drop, GStreamer 1.22 unrefs the event gstreamer-rs
+                // already let go of (a CRITICAL on every start).
+                match info.event().map(|ev| ev.view()) {
+                    Some(gst::EventView::StreamStart(_))
+                        if !producer_stream_start.load(Ordering::Acquire) =>
                     {
-                        // Handled, not Drop: with Drop, GStreamer 1.22 unrefs the event
-                        // gstreamer-rs already let go of (a CRITICAL on every start).
                         gst::PadProbeReturn::Handled
+                    }
+                    Some(gst::EventView::Segment(ev)) => {
+                        let pushed = pushed_segment.lock().unwrap().take();
+                        if pushed.as_ref() == Some(ev.segment()) {
+                            gst::PadProbeReturn::Handled
+                        } else {
+                            gst::PadProbeReturn::Ok
+                        }
                     }
                     _ => gst::PadProbeReturn::Ok,
                 }
@@ -1536,6 +1620,7 @@ impl BaseSrcImpl for FdlinkSrc {
             segment_delta: None,
             last_delta: None,
             refused_caps: None,
+            held_events: Vec::new(),
         }));
         Ok(())
     }

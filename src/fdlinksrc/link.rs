@@ -263,7 +263,7 @@ impl Link {
                 Ok(Packet::Message(m)) => peer.message(m),
                 Ok(packet @ Packet::Buffer(..)) => self.queue_frame(packet, &importer),
                 Ok(packet) => {
-                    if let Packet::Event(ev) = &packet {
+                    if let Packet::Event { event: ev, .. } = &packet {
                         if ev.event_type == gst::ffi::GST_EVENT_FLUSH_START as u32 {
                             self.flush_queued_frames();
                         } else if ev.event_type == gst::ffi::GST_EVENT_FLUSH_STOP as u32 {

@@ -346,3 +346,11 @@ pub fn pts_of(lines: &[String]) -> Vec<i64> {
 pub fn find_from(lines: &[String], from: usize, pred: impl Fn(&str) -> bool) -> Option<usize> {
     lines[from..].iter().position(|l| pred(l)).map(|i| i + from)
 }
+
+/// The number after `name=` in a line of `name=value` words.
+pub fn number_field<N: std::str::FromStr>(line: &str, name: &str) -> N {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {name} in {line}"))
+}

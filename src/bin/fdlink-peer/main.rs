@@ -30,7 +30,8 @@
 //! - `--wait-clients N`: keep the pipeline in PAUSED until the fdlinksink has N consumers.
 //! - `--events-log`: print an `event NAME` line per downstream event at the fdlink element's
 //!   pad (leaving an fdlinksrc, reaching an fdlinksink): `event caps CAPS`, `event stream-start
-//!   STREAM-ID`, `event segment base=B start=S time=T rate=R`, `event NAME` for the others;
+//!   STREAM-ID`, `event segment base=B start=S time=T rate=R`, `event gap timestamp=T
+//!   duration=D`, `event NAME` for the others;
 //!   and `upstream qos seqnum=N timestamp=T diff=D proportion=P` for each QoS event going
 //!   upstream through that pad (T in the running time of the pipeline it is in, -1 if none).
 //! - `--discont-log`: print `discont offset=N size=S` for each buffer leaving the fdlinksrc
@@ -55,6 +56,8 @@
 //!   it too.
 //! - `--start-paused`: set the pipeline to PAUSED only, never to PLAYING (an fdlinksrc
 //!   `mode=follow` takes it further).
+//! - `--gap-first`: before the first buffer reaching the fdlinksink, send it a gap event from
+//!   the segment's start to that buffer's PTS (`sent gap timestamp=T duration=D` line).
 //! - `--preroll-delay-ms N`: hold the first buffer, and the first after each flush, N ms at
 //!   the fdlink element (`preroll-delay at T` line, T CLOCK_MONOTONIC ns), so the pipeline
 //!   prerolls late.
@@ -116,6 +119,7 @@ struct Opts {
     eos_file: Option<String>,
     start_paused: bool,
     preroll_delay_ms: u64,
+    gap_first: bool,
     sink_props: Vec<(String, String)>,
     rest: Vec<String>,
 }
@@ -152,6 +156,7 @@ fn parse_opts(args: &[String]) -> Opts {
             "--gaps" => o.gaps = true,
             "--live" => o.live = true,
             "--start-paused" => o.start_paused = true,
+            "--gap-first" => o.gap_first = true,
             "--preroll-delay-ms" => o.preroll_delay_ms = num(it.next()),
             "--eos-file" => o.eos_file = Some(it.next().cloned().unwrap_or_else(|| usage())),
             "--sink-props" => {
@@ -572,7 +577,8 @@ fn launch(o: &Opts) -> i32 {
             || o.pause_after.is_some()
             || o.caps_after.is_some()
             || o.post_after.is_some()
-            || o.preroll_delay_ms > 0)
+            || o.preroll_delay_ms > 0
+            || o.gap_first)
     {
         add_control_probes(&pipeline, el, o);
     }
@@ -623,8 +629,38 @@ fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Element, o: &Opts
                             seg.rate()
                         ))
                     }
+                    gst::EventView::Gap(g) => {
+                        let (timestamp, duration) = g.get();
+                        print_line(&format!(
+                            "event gap timestamp={} duration={}",
+                            timestamp.nseconds(),
+                            duration.map_or(-1, |d| d.nseconds() as i64)
+                        ))
+                    }
                     _ => print_line(&format!("event {}", ev.type_().name())),
                 }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    if o.gap_first {
+        let upstream = pad.peer().expect("--gap-first: the fdlinksink is linked");
+        let first = std::sync::atomic::AtomicBool::new(true);
+        upstream.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            if let Some(pts) = info.buffer().and_then(|b| b.pts())
+                && first.swap(false, Ordering::SeqCst)
+            {
+                let start = pad
+                    .sticky_event::<gst::event::Segment>(0)
+                    .and_then(|s| s.segment().downcast_ref::<gst::ClockTime>()?.start())
+                    .unwrap_or(gst::ClockTime::ZERO);
+                let duration = pts.saturating_sub(start);
+                print_line(&format!(
+                    "sent gap timestamp={} duration={}",
+                    start.nseconds(),
+                    duration.nseconds()
+                ));
+                pad.push_event(gst::event::Gap::builder(start).duration(duration).build());
             }
             gst::PadProbeReturn::Ok
         });
