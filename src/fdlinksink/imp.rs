@@ -116,6 +116,18 @@ const POOL_MIN_BUFFERS: u32 = 2;
 /// the caps query does not offer it: a VA decoder then picks DMABuf output.
 const SHAREABLE_FEATURES: [&str; 2] = ["memory:SystemMemory", "memory:DMABuf"];
 
+/// The sticky slot an event fills on the hub (replayed to consumers that join), or None.
+fn sticky_kind(event: &gst::EventRef) -> StickyKind {
+    match event.view() {
+        gst::EventView::StreamStart(_) => StickyKind::StreamStart,
+        gst::EventView::Segment(_) => StickyKind::Segment,
+        gst::EventView::Tag(_) => StickyKind::Tags,
+        gst::EventView::Eos(_) => StickyKind::Eos,
+        gst::EventView::FlushStop(_) => StickyKind::FlushStop,
+        _ => StickyKind::None,
+    }
+}
+
 /// `caps` without the structures whose memory cannot cross as an fd.
 fn shareable_caps(caps: &gst::CapsRef) -> gst::Caps {
     if caps.is_any() {
@@ -471,14 +483,7 @@ impl FdlinkSink {
 
     fn forward_event(&self, event: &gst::Event) {
         let Some(hub) = self.hub() else { return };
-        let sticky = match event.view() {
-            gst::EventView::StreamStart(_) => StickyKind::StreamStart,
-            gst::EventView::Segment(_) => StickyKind::Segment,
-            gst::EventView::Tag(_) => StickyKind::Tags,
-            gst::EventView::Eos(_) => StickyKind::Eos,
-            gst::EventView::FlushStop(_) => StickyKind::FlushStop,
-            _ => StickyKind::None,
-        };
+        let sticky = sticky_kind(event);
         let p = control::event_to_packet(event, |field| {
             gst::debug!(
                 CAT,
@@ -1234,18 +1239,12 @@ impl BaseSinkImpl for FdlinkSink {
     fn event(&self, event: gst::Event) -> bool {
         // wait-for-connection: a serialized event before the first frame that a consumer
         // joining later would not get replayed (a gap, custom events, ...) waits for the first
-        // consumer as that frame would.
+        // consumer as that frame would. Caps and sticky events are replayed to joiners; a
+        // flush-stop (StickyKind::FlushStop) never waits, so a flushing seek before any
+        // consumer cannot hang on it.
         if event.is_serialized()
-            && !matches!(
-                event.type_(),
-                gst::EventType::Caps
-                    | gst::EventType::StreamStart
-                    | gst::EventType::Segment
-                    | gst::EventType::Tag
-                    | gst::EventType::Eos
-                    // A flushing seek before any consumer must not hang on it.
-                    | gst::EventType::FlushStop
-            )
+            && event.type_() != gst::EventType::Caps
+            && sticky_kind(&event) == StickyKind::None
             && let Some(hub) = self.hub()
             && self.wait_for_first_consumer(&hub).is_err()
         {

@@ -630,15 +630,15 @@ impl FdlinkSrc {
     /// time says nothing): push one now, with the last known shift.
     fn ensure_segment(&self, stream: &mut Stream) {
         if stream.segment_delta.is_none() {
-            let delta = stream.last_delta.unwrap_or(0);
-            self.set_segment(stream, delta);
-            self.push_segment_now();
+            self.push_segment_now(stream, stream.last_delta.unwrap_or(0));
         }
     }
 
-    /// Pushes BaseSrc's segment (just set by `set_segment`) ahead of events that must follow
-    /// it; BaseSrc's own push of it before the next buffer is then dropped by the pad probe.
-    fn push_segment_now(&self) {
+    /// Sets the segment shifted by `delta` and pushes it at once, ahead of events that must
+    /// follow it; BaseSrc's own push of it before the next buffer is then dropped by the pad
+    /// probe.
+    fn push_segment_now(&self, stream: &mut Stream, delta: i128) {
+        self.set_segment(stream, delta);
         // Never drop this push itself, even if it equals an earlier one.
         self.pushed_segment.lock().unwrap().take();
         let segment = self.obj().segment();
@@ -648,16 +648,13 @@ impl FdlinkSrc {
         *self.pushed_segment.lock().unwrap() = Some(segment);
     }
 
-    /// Pushes the events held for want of a shift, after the segment they follow.
-    fn release_held_events(&self, stream: &mut Stream, segment_set_now: bool) {
+    /// Pushes the events held for want of a shift, after the segment they follow (shifted by
+    /// the last shift used if nothing set one since).
+    fn release_held_events(&self, stream: &mut Stream) {
         if stream.held_events.is_empty() {
             return;
         }
-        if segment_set_now {
-            self.push_segment_now();
-        } else {
-            self.ensure_segment(stream);
-        }
+        self.ensure_segment(stream);
         let obj = self.obj();
         let pad = obj.src_pad();
         for event in stream.held_events.drain(..) {
@@ -829,7 +826,7 @@ impl FdlinkSrc {
                     )));
                 }
                 // Held events still go out, before BaseSrc's EOS.
-                self.release_held_events(stream, false);
+                self.release_held_events(stream);
                 stream.eos = true;
                 return Some(Stop::Eos);
             }
@@ -882,14 +879,12 @@ impl FdlinkSrc {
                 // A gap says where the producer is itself, as a buffer's PTS would, and must
                 // not wait for a buffer (it is what lets downstream preroll without one).
                 let (timestamp, _) = gap.get();
-                match self.running_time_delta(stream, base_time, timestamp.nseconds()) {
-                    Some(delta) => {
-                        self.set_segment(stream, delta);
-                        self.push_segment_now();
-                    }
-                    None => self.ensure_segment(stream),
-                }
-                self.release_held_events(stream, false);
+                let delta = self
+                    .running_time_delta(stream, base_time, timestamp.nseconds())
+                    .or(stream.last_delta)
+                    .unwrap_or(0);
+                self.push_segment_now(stream, delta);
+                self.release_held_events(stream);
                 pad.push_event(event);
             }
         }
@@ -1128,16 +1123,20 @@ impl FdlinkSrc {
                 stream.new_producer = false;
             }
         }
-        let mut segment_set_now = false;
         if let Some(delta) = self.running_time_delta(stream, header.base_time, header.pts)
             && stream
                 .segment_delta
                 .is_none_or(|d| (d - delta).abs() > RESYNC_THRESHOLD_NS)
         {
-            self.set_segment(stream, delta);
-            segment_set_now = true;
+            if stream.held_events.is_empty() {
+                // BaseSrc pushes it ahead of this buffer.
+                self.set_segment(stream, delta);
+            } else {
+                // Held events go between the segment and this buffer.
+                self.push_segment_now(stream, delta);
+            }
         }
-        self.release_held_events(stream, segment_set_now);
+        self.release_held_events(stream);
         Ok(Some(buffer))
     }
 
