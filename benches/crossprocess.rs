@@ -390,6 +390,9 @@ fn release_packet() -> Vec<u8> {
 enum Kind {
     Raw,
     Memfd,
+    /// The memfd path with `register-fds=false`: every buffer packet carries its fd (what
+    /// register-once fds save is this row minus the memfd row).
+    MemfdFdEachFrame,
     DmabufStandin,
     Copy,
 }
@@ -399,6 +402,7 @@ impl Kind {
         match self {
             Kind::Raw => "raw-scm-rights",
             Kind::Memfd => "memfd",
+            Kind::MemfdFdEachFrame => "memfd-fd-each-frame",
             Kind::DmabufStandin => "dmabuf-standin",
             Kind::Copy => "copy",
         }
@@ -456,6 +460,7 @@ fn buffer_packet(info: &gst_video::VideoInfo, frame: &OwnedFd) -> Vec<u8> {
         memories: vec![MemoryDesc {
             kind: MemoryKind::Memfd,
             fd_index: 0,
+            file_id: 0,
             offset: 0,
             size: info.size() as u64,
         }],
@@ -560,7 +565,7 @@ impl Frames {
     fn new(kind: Kind, caps: &gst::Caps, info: &gst_video::VideoInfo, count: u32) -> Frames {
         let size = info.size() as u32;
         match kind {
-            Kind::Memfd => Frames::Pool(
+            Kind::Memfd | Kind::MemfdFdEachFrame => Frames::Pool(
                 gstfdlink::memory::MemfdBufferPool::new_configured(caps, size, count, count, true)
                     .unwrap()
                     .upcast(),
@@ -972,6 +977,7 @@ impl ElementProducer {
             .property("async", false)
             .property("max-held", window)
             .property("forward-messages", false)
+            .property("register-fds", kind != Kind::MemfdFdEachFrame)
             .build()
             .expect("fdlinksink");
         pipeline.add(&sink).unwrap();
@@ -1132,7 +1138,13 @@ fn merge(into: &mut Row, from: Row) {
 // ---------------------------------------------------------------------------------------------
 // Criterion groups
 
-const KINDS: [Kind; 4] = [Kind::Raw, Kind::Memfd, Kind::DmabufStandin, Kind::Copy];
+const KINDS: [Kind; 5] = [
+    Kind::Raw,
+    Kind::Memfd,
+    Kind::MemfdFdEachFrame,
+    Kind::DmabufStandin,
+    Kind::Copy,
+];
 /// Frames in flight in the throughput groups (max-held; pools hold one more).
 const WINDOW: u32 = 4;
 

@@ -23,6 +23,7 @@ fn header() -> BufferHeader {
         memories: vec![MemoryDesc {
             kind: MemoryKind::Memfd,
             fd_index: 0,
+            file_id: 0,
             offset: 0,
             size: 3_110_400,
         }],

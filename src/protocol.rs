@@ -13,7 +13,7 @@ use std::fmt;
 /// First four bytes of a hello: "FDLK".
 pub const MAGIC: [u8; 4] = *b"FDLK";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Largest datagram either side sends or accepts.
 pub const MAX_PACKET_SIZE: usize = 64 * 1024;
 /// Most memories (and so fds) in one buffer packet: GStreamer's own limit per buffer.
@@ -22,6 +22,12 @@ pub const MAX_MEMORIES: usize = 16;
 pub const MAX_FDS: usize = MAX_MEMORIES;
 /// Most planes in a video meta (GST_VIDEO_MAX_PLANES).
 pub const MAX_PLANES: usize = 4;
+/// `fd_index` of a memory whose file travels without an fd: the consumer has it registered
+/// under the memory's `file_id`.
+pub const FD_REGISTERED: u8 = 0xff;
+/// Files one consumer keeps registered at most; a producer sends further files as one-shot
+/// fds (file id 0) until it retires some.
+pub const MAX_REGISTERED_FILES: usize = 64;
 /// Timestamps use this value for "none" (GST_CLOCK_TIME_NONE).
 pub const TIME_NONE: u64 = u64::MAX;
 
@@ -77,12 +83,19 @@ pub enum MemoryKind {
     DmaBuf = 2,
 }
 
-/// One memory of a buffer: a window `[offset, offset + size)` into the file `fd_index`
-/// (an index into the packet's fd list; several memories may share one fd).
+/// One memory of a buffer: a window `[offset, offset + size)` into a file. The file is the
+/// fd `fd_index` of the packet (several memories may share one fd), or, when `fd_index` is
+/// [`FD_REGISTERED`], the file the consumer has registered under `file_id`.
+///
+/// `file_id` 0 means the file is not registered: its fd is the consumer's for this buffer
+/// only. A nonzero `file_id` beside an fd registers that fd: the consumer keeps it (and its
+/// mapping) under that id until the producer retires it, and later packets name the file by
+/// its id alone (register-once fds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryDesc {
     pub kind: MemoryKind,
     pub fd_index: u8,
+    pub file_id: u32,
     pub offset: u64,
     pub size: u64,
 }
@@ -143,8 +156,12 @@ pub enum Packet<Fd> {
     /// clock), as in a buffer header: it places a gap's timestamp on the consumer's timeline
     /// as a buffer's PTS would be.
     Event { event: EventPacket, base_time: u64 },
-    /// Producer -> consumer: a buffer, with one fd per distinct file in `fds`.
+    /// Producer -> consumer: a buffer, with one fd per distinct file that travels as an fd in
+    /// `fds` (files the consumer has registered travel as ids in the header).
     Buffer(BufferHeader, Vec<Fd>),
+    /// Producer -> consumer: the consumer closes the files registered under these ids (the
+    /// producer's memories of them are gone: pool flushed, caps changed).
+    Retire { file_ids: Vec<u32> },
     /// Consumer -> producer: the consumer dropped its last reference to a buffer.
     Release { buffer_id: u64 },
     /// Either way: a fatal error, sent just before closing.
@@ -223,6 +240,7 @@ enum PacketType {
     Message = 10,
     State = 11,
     Prerolled = 12,
+    Retire = 13,
 }
 
 impl PacketType {
@@ -239,6 +257,7 @@ impl PacketType {
             10 => PacketType::Message,
             11 => PacketType::State,
             12 => PacketType::Prerolled,
+            13 => PacketType::Retire,
             _ => return None,
         })
     }
@@ -299,6 +318,12 @@ pub enum DecodeError {
     UnusedFd {
         index: usize,
     },
+    /// A memory names its file neither by fd nor by a registered id.
+    NoFile,
+    /// Memories of one fd give it different file ids, or two fds the same one.
+    FileIdConflict {
+        file_id: u32,
+    },
     /// A memory window overflows u64.
     BadMemoryWindow {
         offset: u64,
@@ -348,6 +373,11 @@ impl fmt::Display for DecodeError {
                 )
             }
             UnusedFd { index } => write!(f, "fd {index} of the packet is used by no memory"),
+            NoFile => write!(f, "memory has neither an fd nor a registered file id"),
+            FileIdConflict { file_id } => write!(
+                f,
+                "file id {file_id} conflicts: one fd given two ids, or two fds one id"
+            ),
             BadMemoryWindow { offset, size } => {
                 write!(f, "memory window offset {offset} + size {size} overflows")
             }
@@ -456,17 +486,41 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, DecodeError> {
 // ---------------------------------------------------------------------------------------------
 // Packets
 
-/// Encodes a buffer packet straight from its header, into `out` (cleared first): the same bytes
-/// as `Packet::Buffer(header, fds).encode(out)` with `n_fds` fds, for a sender whose per-frame
-/// path keeps its fds in a list of its own rather than a `Packet`'s Vec.
+/// How one of a frame's files travels in one consumer's buffer packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileSend {
+    /// As the fd at `index` of the packet's fd list, registered under `file_id` (0: for this
+    /// buffer only).
+    Fd { index: u8, file_id: u32 },
+    /// Without an fd: the consumer has the file registered under this id.
+    Registered(u32),
+}
+
+/// Encodes a buffer packet straight from its header, into `out` (cleared first), for a sender
+/// whose per-frame path keeps its fds in a list of its own rather than a `Packet`'s Vec. Each
+/// memory's `fd_index` picks its file in `files`, which says how that file travels (the
+/// memories' own `file_id`s are not used); the packet carries the `FileSend::Fd` ones.
 pub fn encode_buffer_packet(
     header: &BufferHeader,
-    n_fds: usize,
+    files: &[FileSend],
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
+    let n_fds = files
+        .iter()
+        .filter(|f| matches!(f, FileSend::Fd { .. }))
+        .count();
     out.clear();
     out.extend_from_slice(&[0u8; HEADER_SIZE]);
-    encode_buffer(header, n_fds, out)?;
+    encode_buffer(header, n_fds, out, |m| {
+        match files.get(m.fd_index as usize) {
+            Some(FileSend::Fd { index, file_id }) => Ok((*index, *file_id)),
+            Some(FileSend::Registered(id)) => Ok((FD_REGISTERED, *id)),
+            None => Err(EncodeError::BadFdIndex {
+                index: m.fd_index,
+                fds: files.len(),
+            }),
+        }
+    })?;
     finish_packet(out, PacketType::Buffer, n_fds)
 }
 
@@ -494,6 +548,31 @@ impl<Fd> Packet<Fd> {
         }
     }
 
+    /// The same packet with another fd type, for any packet but a buffer packet (None: it is
+    /// dropped, its fds closed).
+    pub fn without_fds<G>(self) -> Option<Packet<G>> {
+        Some(match self {
+            Packet::Buffer(..) => return None,
+            Packet::Caps(c) => Packet::Caps(c),
+            Packet::Event { event, base_time } => Packet::Event { event, base_time },
+            Packet::Retire { file_ids } => Packet::Retire { file_ids },
+            Packet::Release { buffer_id } => Packet::Release { buffer_id },
+            Packet::Error(e) => Packet::Error(e),
+            Packet::UpstreamEvent(e) => Packet::UpstreamEvent(e),
+            Packet::Query(q) => Packet::Query(q),
+            Packet::QueryReply(r) => Packet::QueryReply(r),
+            Packet::Message(m) => Packet::Message(m),
+            Packet::State(st) => Packet::State(st),
+            Packet::Prerolled {
+                buffer_id,
+                barriers,
+            } => Packet::Prerolled {
+                buffer_id,
+                barriers,
+            },
+        })
+    }
+
     /// Appends the encoded packet to `out` (cleared first). The caller sends `self.fds()`
     /// beside it.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
@@ -515,12 +594,18 @@ impl<Fd> Packet<Fd> {
                 (PacketType::Event, 0)
             }
             Packet::Buffer(header, fds) => {
-                encode_buffer(header, fds.len(), out)?;
+                encode_buffer(header, fds.len(), out, |m| Ok((m.fd_index, m.file_id)))?;
                 (PacketType::Buffer, fds.len())
             }
             Packet::Release { buffer_id } => {
                 out.extend_from_slice(&buffer_id.to_le_bytes());
                 (PacketType::Release, 0)
+            }
+            Packet::Retire { file_ids } => {
+                for id in file_ids {
+                    out.extend_from_slice(&id.to_le_bytes());
+                }
+                (PacketType::Retire, 0)
             }
             Packet::Prerolled {
                 buffer_id,
@@ -621,6 +706,7 @@ impl<Fd> Packet<Fd> {
             PacketType::Message => "message",
             PacketType::State => "state",
             PacketType::Prerolled => "prerolled",
+            PacketType::Retire => "retire",
         };
         if ty != PacketType::Buffer && !fds.is_empty() {
             return Err(DecodeError::UnexpectedFds {
@@ -652,6 +738,24 @@ impl<Fd> Packet<Fd> {
             PacketType::Release => Packet::Release {
                 buffer_id: r.u64()?,
             },
+            PacketType::Retire => {
+                let n = (bytes.len() - HEADER_SIZE) / 4;
+                if n == 0 {
+                    return Err(DecodeError::Truncated {
+                        what,
+                        need: HEADER_SIZE + 4,
+                        have: bytes.len(),
+                    });
+                }
+                let mut file_ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    match r.u32()? {
+                        0 => return Err(DecodeError::NoFile),
+                        id => file_ids.push(id),
+                    }
+                }
+                Packet::Retire { file_ids }
+            }
             PacketType::Prerolled => {
                 let buffer_id = r.u64()?;
                 let barriers = r.u32()?;
@@ -731,7 +835,13 @@ impl<Fd> Packet<Fd> {
     }
 }
 
-fn encode_buffer(h: &BufferHeader, n_fds: usize, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+/// Appends a buffer payload; `file_of` gives each memory's wire `fd_index` and `file_id`.
+fn encode_buffer(
+    h: &BufferHeader,
+    n_fds: usize,
+    out: &mut Vec<u8>,
+    file_of: impl Fn(&MemoryDesc) -> Result<(u8, u32), EncodeError>,
+) -> Result<(), EncodeError> {
     if h.memories.is_empty() || h.memories.len() > MAX_MEMORIES {
         return Err(EncodeError::TooMany {
             what: "memories",
@@ -763,15 +873,18 @@ fn encode_buffer(h: &BufferHeader, n_fds: usize, out: &mut Vec<u8>) -> Result<()
     out.push(h.video.is_some() as u8);
     out.extend_from_slice(&[0, 0]);
     for m in &h.memories {
-        if m.fd_index as usize >= n_fds {
+        let (fd_index, file_id) = file_of(m)?;
+        let by_id = fd_index == FD_REGISTERED && file_id != 0;
+        if !by_id && fd_index as usize >= n_fds {
             return Err(EncodeError::BadFdIndex {
-                index: m.fd_index,
+                index: fd_index,
                 fds: n_fds,
             });
         }
         out.push(m.kind as u8);
-        out.push(m.fd_index);
-        out.extend_from_slice(&[0u8; 6]);
+        out.push(fd_index);
+        out.extend_from_slice(&[0u8; 2]);
+        out.extend_from_slice(&file_id.to_le_bytes());
         out.extend_from_slice(&m.offset.to_le_bytes());
         out.extend_from_slice(&m.size.to_le_bytes());
     }
@@ -826,6 +939,8 @@ fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHeader, Decod
     }
     r.need(n_memories * MEMORY_DESC_SIZE)?;
     let mut used = [false; MAX_FDS];
+    // The file id each fd was given (None: not seen yet).
+    let mut fd_ids = [None::<u32>; MAX_FDS];
     let mut memories = Vec::with_capacity(n_memories);
     for _ in 0..n_memories {
         let kind = match r.u8()? {
@@ -834,22 +949,48 @@ fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHeader, Decod
             other => return Err(DecodeError::BadMemoryKind(other)),
         };
         let fd_index = r.u8()?;
-        r.reserved(6)?;
+        r.reserved(2)?;
+        let file_id = r.u32()?;
         let offset = r.u64()?;
         let size = r.u64()?;
-        if fd_index as usize >= n_fds {
+        if fd_index == FD_REGISTERED {
+            if file_id == 0 {
+                return Err(DecodeError::NoFile);
+            }
+            if fd_ids.contains(&Some(file_id)) {
+                return Err(DecodeError::FileIdConflict { file_id });
+            }
+        } else if fd_index as usize >= n_fds {
             return Err(DecodeError::BadFdIndex {
                 index: fd_index,
                 fds: n_fds,
             });
+        } else {
+            let i = fd_index as usize;
+            match fd_ids[i] {
+                Some(id) if id != file_id => return Err(DecodeError::FileIdConflict { file_id }),
+                Some(_) => {}
+                None => {
+                    let registered_elsewhere = file_id != 0
+                        && (fd_ids.contains(&Some(file_id))
+                            || memories.iter().any(|m: &MemoryDesc| {
+                                m.fd_index == FD_REGISTERED && m.file_id == file_id
+                            }));
+                    if registered_elsewhere {
+                        return Err(DecodeError::FileIdConflict { file_id });
+                    }
+                    fd_ids[i] = Some(file_id);
+                }
+            }
+            used[i] = true;
         }
         if offset.checked_add(size).is_none() {
             return Err(DecodeError::BadMemoryWindow { offset, size });
         }
-        used[fd_index as usize] = true;
         memories.push(MemoryDesc {
             kind,
             fd_index,
+            file_id,
             offset,
             size,
         });
@@ -1030,18 +1171,21 @@ mod tests {
                 MemoryDesc {
                     kind: MemoryKind::Memfd,
                     fd_index: 0,
+                    file_id: 0,
                     offset: 0,
                     size: 2_073_600,
                 },
                 MemoryDesc {
                     kind: MemoryKind::Memfd,
                     fd_index: 0,
+                    file_id: 0,
                     offset: 2_073_600,
                     size: 1_036_800,
                 },
                 MemoryDesc {
                     kind: MemoryKind::DmaBuf,
                     fd_index: 1,
+                    file_id: 0,
                     offset: 4096,
                     size: 100,
                 },
@@ -1089,8 +1233,17 @@ mod tests {
         let mut b = encode_hello(&Hello::new(Role::Producer, 1));
         b[4..6].copy_from_slice(&2u16.to_le_bytes());
         let err = decode_hello(&b).unwrap_err();
-        assert_eq!(err, DecodeError::VersionMismatch { ours: 4, theirs: 2 });
-        assert!(err.to_string().contains("version 4") && err.to_string().contains("version 2"));
+        assert_eq!(
+            err,
+            DecodeError::VersionMismatch {
+                ours: VERSION,
+                theirs: 2
+            }
+        );
+        assert!(
+            err.to_string().contains(&format!("version {VERSION}"))
+                && err.to_string().contains("version 2")
+        );
         // A future version with a longer hello still gets the version error, not "trailing".
         let mut long = b.to_vec();
         long.extend_from_slice(&[0; 32]);
@@ -1461,5 +1614,148 @@ mod tests {
             }
             let _ = decode_hello(&b);
         }
+    }
+
+    fn registered_sample() -> BufferHeader {
+        let mut h = sample_buffer();
+        // Plane memories of one registered memfd, and a dmabuf by id alone.
+        h.memories[0].file_id = 7;
+        h.memories[1].file_id = 7;
+        h.memories[2].fd_index = FD_REGISTERED;
+        h.memories[2].file_id = 9;
+        h
+    }
+
+    #[test]
+    fn register_once_files_roundtrip() {
+        roundtrip(Packet::Buffer(registered_sample(), vec![3]));
+        // Every file by id: a buffer packet without fds.
+        let mut h = registered_sample();
+        h.memories[0].fd_index = FD_REGISTERED;
+        h.memories[1].fd_index = FD_REGISTERED;
+        roundtrip(Packet::Buffer(h, vec![]));
+        roundtrip(Packet::<i32>::Retire {
+            file_ids: vec![1, 9, u32::MAX],
+        });
+    }
+
+    #[test]
+    fn per_consumer_encoding_picks_fds_and_ids() {
+        // The sender's header: memories 0 and 1 in file slot 0, memory 2 in slot 1.
+        let h = sample_buffer();
+        let mut out = Vec::new();
+        // Slot 0 registers as id 7 (fd 0 of the packet), slot 1 is known as id 9.
+        encode_buffer_packet(
+            &h,
+            &[
+                FileSend::Fd {
+                    index: 0,
+                    file_id: 7,
+                },
+                FileSend::Registered(9),
+            ],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            Packet::decode(&out, vec![5]).unwrap(),
+            Packet::Buffer(registered_sample(), vec![5])
+        );
+        // Everything known: no fd at all.
+        encode_buffer_packet(
+            &h,
+            &[FileSend::Registered(7), FileSend::Registered(9)],
+            &mut out,
+        )
+        .unwrap();
+        let Packet::Buffer(decoded, fds) = Packet::<i32>::decode(&out, vec![]).unwrap() else {
+            panic!("not a buffer packet");
+        };
+        assert!(fds.is_empty());
+        assert!(decoded.memories.iter().all(|m| m.fd_index == FD_REGISTERED));
+        assert_eq!(
+            decoded
+                .memories
+                .iter()
+                .map(|m| m.file_id)
+                .collect::<Vec<_>>(),
+            [7, 7, 9]
+        );
+        // A memory whose slot is not in the plan is refused.
+        assert!(matches!(
+            encode_buffer_packet(&h, &[FileSend::Registered(7)], &mut out),
+            Err(EncodeError::BadFdIndex { index: 1, fds: 1 })
+        ));
+    }
+
+    #[test]
+    fn register_once_malformed_cases() {
+        let decode = |h: BufferHeader, fds: Vec<i32>| {
+            let bytes = encoded(&Packet::Buffer(h, fds.clone()));
+            Packet::<i32>::decode(&bytes, fds)
+        };
+        // By id, but id 0: no file at all.
+        let mut bytes = encoded(&Packet::Buffer(registered_sample(), vec![3]));
+        let mem2 = HEADER_SIZE + BUFFER_FIXED_SIZE + 2 * MEMORY_DESC_SIZE;
+        bytes[mem2 + 4..mem2 + 8].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(
+            Packet::<i32>::decode(&bytes, vec![3]),
+            Err(DecodeError::NoFile)
+        );
+        // One fd given two ids.
+        let mut h = registered_sample();
+        h.memories[1].file_id = 8;
+        assert_eq!(
+            decode(h, vec![3]),
+            Err(DecodeError::FileIdConflict { file_id: 8 })
+        );
+        // One id on an fd and by id in the same packet.
+        let mut h = registered_sample();
+        h.memories[2].file_id = 7;
+        assert_eq!(
+            decode(h, vec![3]),
+            Err(DecodeError::FileIdConflict { file_id: 7 })
+        );
+        // Two fds registering one id.
+        let mut h = registered_sample();
+        h.memories[2].fd_index = 1;
+        h.memories[2].file_id = 7;
+        assert_eq!(
+            decode(h, vec![3, 4]),
+            Err(DecodeError::FileIdConflict { file_id: 7 })
+        );
+        // Nonzero reserved bytes in a descriptor are still refused.
+        let mut bytes = encoded(&Packet::Buffer(registered_sample(), vec![3]));
+        bytes[HEADER_SIZE + BUFFER_FIXED_SIZE + 2] = 1;
+        assert!(matches!(
+            Packet::<i32>::decode(&bytes, vec![3]),
+            Err(DecodeError::NonZeroReserved { .. })
+        ));
+        // Retire: empty, id 0, a ragged payload, fds riding along.
+        let retire = encoded(&Packet::<i32>::Retire { file_ids: vec![4] });
+        let mut empty = retire[..HEADER_SIZE].to_vec();
+        empty[4..8].copy_from_slice(&0u32.to_le_bytes());
+        assert!(matches!(
+            Packet::<i32>::decode(&empty, vec![]),
+            Err(DecodeError::Truncated { what: "retire", .. })
+        ));
+        let zero = encoded(&Packet::<i32>::Retire { file_ids: vec![0] });
+        assert_eq!(
+            Packet::<i32>::decode(&zero, vec![]),
+            Err(DecodeError::NoFile)
+        );
+        let mut ragged = retire.clone();
+        ragged.push(0);
+        ragged[4..8].copy_from_slice(&5u32.to_le_bytes());
+        assert!(matches!(
+            Packet::<i32>::decode(&ragged, vec![]),
+            Err(DecodeError::TrailingBytes { what: "retire", .. })
+        ));
+        let mut with_fd = retire.clone();
+        with_fd[2..4].copy_from_slice(&1u16.to_le_bytes());
+        assert!(matches!(
+            Packet::<i32>::decode(&with_fd, vec![9]),
+            Err(DecodeError::UnexpectedFds { what: "retire", .. })
+        ));
     }
 }

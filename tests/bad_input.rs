@@ -88,6 +88,7 @@ fn buffer_packet(size: u64, n_fds_declared: Option<u16>) -> Vec<u8> {
         memories: vec![MemoryDesc {
             kind: MemoryKind::Memfd,
             fd_index: 0,
+            file_id: 0,
             offset: 0,
             size,
         }],

@@ -212,16 +212,21 @@ fn killed_producer_is_replaced_and_consumer_resumes() {
             });
         println!("round {round}: {back}\n  {stats}");
 
-        // Same kinds of fds as before the first kill; the frames held now are at most what
-        // the producer lets a consumer hold (max-held=4).
+        // Same kinds of fds as before the first kill; the memfds open now are the files the
+        // new producer registered (register-once fds) plus at most the frames a consumer may
+        // hold (max-held=4): the killed producer's files were closed with its connection.
         let (fds_now, held) = fds_without_frames(consumer.pid());
+        let registered = field(&consumer.latest_stats().unwrap(), "files-registered");
         assert_eq!(
             fds_now, fds_before,
             "round {round}: consumer fds differ from before the kill"
         );
-        assert!(held <= 4, "round {round}: {held} frame fds open");
+        assert!(
+            registered <= 8 && held as u64 <= registered + 4,
+            "round {round}: {held} frame fds open, {registered} files registered"
+        );
         println!(
-            "round {round}: {} fds besides {held} frames, as before",
+            "round {round}: {} fds besides {held} frame fds ({registered} files registered), as before",
             fds_now.len()
         );
         // Clear the lines for the next round's searches.

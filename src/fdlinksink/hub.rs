@@ -6,7 +6,7 @@
 //! writes are non-blocking, so no consumer can stall the streaming thread beyond the bounded
 //! wait for `max-held`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 use nix::poll::PollFlags;
 
 use crate::control::PendingQueries;
-use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, QueryReplyPacket, Role};
+use crate::memory::FileRegistry;
+use crate::protocol::{
+    self, BufferHeader, FileSend, Hello, MAX_PACKET_SIZE, MAX_REGISTERED_FILES, Packet,
+    QueryReplyPacket, Role,
+};
 use crate::transport::{Connection, Listener, PollSet, TransportError, Waker};
 
 /// A consumer that has not completed the hello by then is dropped.
@@ -139,6 +143,10 @@ pub struct ConsumerStats {
     pub idle_ms: u64,
     /// Mean time from sending a buffer to its release, in µs (0 before the first release).
     pub release_avg_us: u64,
+    /// Fds sent with its buffer packets (register-once fds: about one per pool buffer).
+    pub fds_sent: u64,
+    /// Files it has registered now.
+    pub files_registered: u32,
 }
 
 /// What a consumer asks of the producer's pipeline.
@@ -158,15 +166,36 @@ enum Phase {
 /// A packet waiting for room in one consumer's socket.
 enum Outbound {
     Control(Vec<u8>),
-    /// A buffer packet with its own duplicates of the fds; the buffer itself stays in the
-    /// hub's `held` until the consumer releases it.
+    /// A buffer packet, encoded when it leaves (which files cross as fds depends on what the
+    /// consumer has registered by then); the buffer itself stays in the hub's `held` until
+    /// the consumer releases it.
     Buffer {
         id: u64,
-        bytes: Vec<u8>,
-        fds: Vec<OwnedFd>,
+        frame: Arc<WaitingFrame>,
         size: u64,
     },
 }
+
+/// A frame that waits (in a consumer's queue, in the backlog) with its own duplicates of the
+/// fds: the originals belong to the buffer, which may be held longer or shorter.
+struct WaitingFrame {
+    header: BufferHeader,
+    fds: Vec<OwnedFd>,
+    file_ids: FileIds,
+}
+
+impl WaitingFrame {
+    fn new(f: &Frame<'_>) -> Result<Arc<WaitingFrame>, Removal> {
+        Ok(Arc::new(WaitingFrame {
+            header: f.header.clone(),
+            fds: dup_fds(f.fds)?,
+            file_ids: f.file_ids.iter().copied().collect(),
+        }))
+    }
+}
+
+/// The file id (0: none) of each fd of a frame, in the order of its fds.
+pub type FileIds = smallvec::SmallVec<[u32; 4]>;
 
 /// A buffer a consumer was given (sent, or queued for it) and has not released.
 struct Held {
@@ -188,11 +217,14 @@ enum HoldKind {
     Kept,
 }
 
-/// One frame as offered to the consumers: its encoded packet and the fds it carries.
+/// One frame as offered to the consumers: its header (each memory's `fd_index` picks one of
+/// `fds`) and its files.
 pub struct Frame<'a> {
     pub id: u64,
-    pub bytes: &'a [u8],
+    pub header: &'a BufferHeader,
     pub fds: &'a [BorrowedFd<'a>],
+    /// Per fd: the file's id in the hub's registry, 0 when it has none.
+    pub file_ids: &'a [u32],
     pub size: u64,
     /// Not a DELTA_UNIT: a consumer may start here (sync-method).
     pub keyframe: bool,
@@ -239,6 +271,13 @@ struct Consumer {
     follows: bool,
     /// Preroll barriers (State packets saying PAUSED, flush-stops) sent to it.
     barriers_sent: u32,
+    /// File ids it has registered (it keeps those files open until they are retired).
+    files: HashSet<u32>,
+    fds_sent: u64,
+    /// Files it was asked to register, all told.
+    registrations: u64,
+    /// Reused for its buffer packets.
+    packet: Vec<u8>,
     /// The barriers its latest Prerolled packet counted: it prerolled after all of those.
     barriers_prerolled: u32,
     frames_sent: u64,
@@ -266,6 +305,10 @@ impl Consumer {
             awaiting_keyframe: false,
             follows: false,
             barriers_sent: 0,
+            files: HashSet::new(),
+            fds_sent: 0,
+            registrations: 0,
+            packet: Vec::with_capacity(1024),
             barriers_prerolled: 0,
             frames_sent: 0,
             frames_dropped: 0,
@@ -333,18 +376,12 @@ impl Consumer {
     fn enqueue(
         &mut self,
         id: u64,
-        bytes: Vec<u8>,
-        fds: Vec<OwnedFd>,
+        frame: Arc<WaitingFrame>,
         size: u64,
         kind: HoldKind,
         now: Instant,
     ) {
-        self.queue.push_back(Outbound::Buffer {
-            id,
-            bytes,
-            fds,
-            size,
-        });
+        self.queue.push_back(Outbound::Buffer { id, frame, size });
         self.queued_buffers += 1;
         self.hold(id, now, kind);
     }
@@ -361,8 +398,7 @@ struct HeldBuffer {
 /// mid-GOP) and the preroll frame (joiners while the producer is paused).
 struct BacklogEntry {
     id: u64,
-    bytes: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    frame: Arc<WaitingFrame>,
     size: u64,
     keyframe: bool,
     /// Counted in `frames-sent` (given to a consumer when it was offered, or to a joiner).
@@ -374,8 +410,7 @@ impl BacklogEntry {
     fn new(f: &Frame<'_>) -> Result<BacklogEntry, Removal> {
         Ok(BacklogEntry {
             id: f.id,
-            bytes: f.bytes.to_vec(),
-            fds: dup_fds(f.fds)?,
+            frame: WaitingFrame::new(f)?,
             size: f.size,
             keyframe: f.keyframe,
             counted: true,
@@ -421,6 +456,12 @@ pub struct HubStats {
     pub frames_without_consumer: u64,
     pub releases: u64,
     pub consumers_total: u64,
+    /// Fds sent with buffer packets, to all consumers.
+    pub fds_sent: u64,
+    /// Files registered with a consumer (one per file and consumer).
+    pub files_registered: u64,
+    /// Registered files retired (their memories were freed), per consumer that had them.
+    pub files_retired: u64,
 }
 
 #[derive(Default)]
@@ -495,6 +536,8 @@ pub struct Hub {
     limits: Limits,
     /// Queries this producer asked its consumers, waiting for replies.
     pending: PendingQueries,
+    /// File ids for register-once fds; None sends every fd with every buffer.
+    files: Option<FileRegistry>,
     on_event: Box<dyn Fn(HubEvent) + Send + Sync>,
 }
 
@@ -525,6 +568,7 @@ pub struct Limits {
 impl Hub {
     pub fn new(
         limits: Limits,
+        register_files: bool,
         on_event: impl Fn(HubEvent) + Send + Sync + 'static,
     ) -> Result<Arc<Hub>, TransportError> {
         Ok(Arc::new(Hub {
@@ -538,8 +582,44 @@ impl Hub {
             next_buffer_id: AtomicU64::new(1),
             limits,
             pending: PendingQueries::default(),
+            files: register_files.then(FileRegistry::default),
             on_event: Box::new(on_event),
         }))
+    }
+
+    /// The registry that gives files their ids, when fds are registered once.
+    pub fn file_registry(&self) -> Option<&FileRegistry> {
+        self.files.as_ref()
+    }
+
+    /// Tells each consumer to close the registered files whose memories are all gone (their
+    /// pool was flushed or replaced), behind what is queued for it.
+    fn retire_files(&self, inner: &mut Inner, removed: &mut Vec<(u64, Removal)>) {
+        let Some(registry) = &self.files else { return };
+        let retired = registry.take_retired();
+        if retired.is_empty() {
+            return;
+        }
+        let mut bytes = Vec::new();
+        for c in inner.consumers.iter_mut() {
+            let file_ids: Vec<u32> = retired
+                .iter()
+                .copied()
+                .filter(|id| c.files.remove(id))
+                .collect();
+            if file_ids.is_empty() {
+                continue;
+            }
+            inner.stats.files_retired += file_ids.len() as u64;
+            let packet = Packet::<OwnedFd>::Retire { file_ids };
+            if let Err(e) = packet.encode(&mut bytes) {
+                removed.push((c.id, Removal::Error(format!("cannot encode retire: {e}"))));
+                continue;
+            }
+            if let Err(reason) = queue_or_send(c, &bytes) {
+                removed.push((c.id, reason));
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -561,7 +641,12 @@ impl Hub {
             .iter()
             .filter(|c| c.phase == Phase::Ready)
             .count() as u32;
-        (inner.stats.clone(), ready, inner.held.len() as u32)
+        let mut stats = inner.stats.clone();
+        for c in &inner.consumers {
+            stats.fds_sent += c.fds_sent;
+            stats.files_registered += c.registrations;
+        }
+        (stats, ready, inner.held.len() as u32)
     }
 
     pub fn num_consumers(&self) -> u32 {
@@ -845,6 +930,7 @@ impl Hub {
         {
             let mut guard = self.lock();
             let inner = &mut *guard;
+            self.retire_files(inner, &mut removed);
             if only.is_none() {
                 inner.stats.frames_in += 1;
                 if !inner.consumers.iter().any(|c| c.phase == Phase::Ready) {
@@ -969,16 +1055,10 @@ impl Hub {
         }
         // What waits for its socket goes first, so the stream stays in order.
         flush_queue(c)?;
-        if c.queue.is_empty() {
-            match c.conn.try_send(f.bytes, f.fds) {
-                Ok(()) => {
-                    c.hold(f.id, now, hold_kind(f));
-                    c.sent(f.size);
-                    return Ok(Offer::Sent);
-                }
-                Err(TransportError::WouldBlock) => {}
-                Err(e) => return Err(Removal::Error(format!("send failed: {e}"))),
-            }
+        if c.queue.is_empty() && try_send_frame(c, f.header, f.fds, f.file_ids)? {
+            c.hold(f.id, now, hold_kind(f));
+            c.sent(f.size);
+            return Ok(Offer::Sent);
         }
         // Its socket is full: the frame waits in its queue, within max-queued (Block queues
         // regardless and then waits for the queue to shrink).
@@ -999,8 +1079,7 @@ impl Hub {
                 }
             }
         }
-        let fds = dup_fds(f.fds)?;
-        c.enqueue(f.id, f.bytes.to_vec(), fds, f.size, hold_kind(f), now);
+        c.enqueue(f.id, WaitingFrame::new(f)?, f.size, hold_kind(f), now);
         Ok(Offer::Queued)
     }
 
@@ -1061,6 +1140,8 @@ impl Hub {
             return;
         };
         let c = inner.consumers.swap_remove(pos);
+        inner.stats.fds_sent += c.fds_sent;
+        inner.stats.files_registered += c.registrations;
         for buffer_id in c.held.into_keys() {
             release_one(inner, buffer_id);
         }
@@ -1133,6 +1214,8 @@ impl Hub {
                 release_avg_us: (c.release_wait.as_micros() as u64)
                     .checked_div(c.releases)
                     .unwrap_or(0),
+                fds_sent: c.fds_sent,
+                files_registered: c.files.len() as u32,
             })
             .collect()
     }
@@ -1406,7 +1489,8 @@ impl Hub {
                 Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
                 Ok(_) => {
                     return Err(refuse(
-                        "consumer sent a producer-only packet (caps, event or buffer)".into(),
+                        "consumer sent a producer-only packet (caps, event, buffer or retire)"
+                            .into(),
                     ));
                 }
                 Err(e) => return Err(refuse(e.to_string())),
@@ -1500,12 +1584,9 @@ fn enqueue_kept(
     held: &mut HashMap<u64, HeldBuffer>,
     e: &BacklogEntry,
 ) -> Result<(), Removal> {
-    let fds: Vec<BorrowedFd<'_>> = e.fds.iter().map(|f| f.as_fd()).collect();
-    let fds = dup_fds(&fds)?;
     c.enqueue(
         e.id,
-        e.bytes.clone(),
-        fds,
+        e.frame.clone(),
         e.size,
         HoldKind::Kept,
         Instant::now(),
@@ -1579,28 +1660,74 @@ fn queue_or_send(c: &mut Consumer, bytes: &[u8]) -> Result<(), Removal> {
     Ok(())
 }
 
+/// Sends a buffer packet to `c` now, if its socket has room (false if not): the files it has
+/// registered go by id, the others as fds, registered with it as they go while it has room
+/// for them.
+fn try_send_frame(
+    c: &mut Consumer,
+    header: &BufferHeader,
+    fds: &[BorrowedFd<'_>],
+    file_ids: &[u32],
+) -> Result<bool, Removal> {
+    let mut plan: smallvec::SmallVec<[FileSend; 4]> = smallvec::SmallVec::new();
+    let mut attached: smallvec::SmallVec<[BorrowedFd<'_>; 4]> = smallvec::SmallVec::new();
+    let mut registering: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
+    for (slot, fd) in fds.iter().enumerate() {
+        let id = file_ids.get(slot).copied().unwrap_or(0);
+        if id != 0 && c.files.contains(&id) {
+            plan.push(FileSend::Registered(id));
+            continue;
+        }
+        // Past the consumer's limit a file crosses for this buffer only.
+        let register = id != 0 && c.files.len() + registering.len() < MAX_REGISTERED_FILES;
+        plan.push(FileSend::Fd {
+            index: attached.len() as u8,
+            file_id: if register { id } else { 0 },
+        });
+        attached.push(*fd);
+        if register {
+            registering.push(id);
+        }
+    }
+    protocol::encode_buffer_packet(header, &plan, &mut c.packet)
+        .map_err(|e| Removal::Error(format!("cannot encode buffer {}: {e}", header.buffer_id)))?;
+    match c.conn.try_send(&c.packet, &attached) {
+        Ok(()) => {
+            c.fds_sent += attached.len() as u64;
+            c.registrations += registering.len() as u64;
+            c.files.extend(registering.iter().copied());
+            Ok(true)
+        }
+        Err(TransportError::WouldBlock) => Ok(false),
+        Err(e) => Err(Removal::Error(format!("send failed: {e}"))),
+    }
+}
+
 /// Sends what waits in a consumer's queue, in order, until its socket is full. Returns
 /// whether a buffer left.
 fn flush_queue(c: &mut Consumer) -> Result<bool, Removal> {
     let mut sent_buffer = false;
     while let Some(p) = c.queue.front() {
         let sent = match p {
-            Outbound::Control(bytes) => c.conn.try_send(bytes, &[]),
-            Outbound::Buffer { bytes, fds, .. } => {
-                let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-                c.conn.try_send(bytes, &fds)
+            Outbound::Control(bytes) => match c.conn.try_send(bytes, &[]) {
+                Ok(()) => true,
+                Err(TransportError::WouldBlock) => false,
+                Err(e) => return Err(Removal::Error(format!("send failed: {e}"))),
+            },
+            Outbound::Buffer { frame, .. } => {
+                let frame = frame.clone();
+                let fds: smallvec::SmallVec<[BorrowedFd<'_>; 4]> =
+                    frame.fds.iter().map(|f| f.as_fd()).collect();
+                try_send_frame(c, &frame.header, &fds, &frame.file_ids)?
             }
         };
-        match sent {
-            Ok(()) => {
-                if let Some(Outbound::Buffer { size, .. }) = c.queue.pop_front() {
-                    c.queued_buffers -= 1;
-                    c.sent(size);
-                    sent_buffer = true;
-                }
-            }
-            Err(TransportError::WouldBlock) => break,
-            Err(e) => return Err(Removal::Error(format!("send failed: {e}"))),
+        if !sent {
+            break;
+        }
+        if let Some(Outbound::Buffer { size, .. }) = c.queue.pop_front() {
+            c.queued_buffers -= 1;
+            c.sent(size);
+            sent_buffer = true;
         }
     }
     Ok(sent_buffer)

@@ -12,14 +12,14 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::hub::{
-    Frame, Hub, HubEvent, Limits, PassThrough, PrerollWait, Request, SlowPolicy, StickyKind,
-    SyncMethod,
+    FileIds, Frame, Hub, HubEvent, Limits, PassThrough, PrerollWait, Request, SlowPolicy,
+    StickyKind, SyncMethod,
 };
 use super::requests::RequestPool;
 use crate::clock;
 use crate::control;
 use crate::memory::{self, FdList, MemfdBufferPool};
-use crate::protocol::{self, BufferHeader, MemoryDesc, Packet, TIME_NONE};
+use crate::protocol::{BufferHeader, MemoryDesc, Packet, TIME_NONE};
 use crate::session::{self, BusWatch, Mode, Reposted};
 use crate::transport::Listener;
 
@@ -161,6 +161,7 @@ struct Settings {
     max_queued: u32,
     slow_policy: SlowPolicyProp,
     sync_method: SyncMethodProp,
+    register_fds: bool,
 }
 
 impl Default for Settings {
@@ -177,6 +178,7 @@ impl Default for Settings {
             max_queued: DEFAULT_MAX_QUEUED,
             slow_policy: SlowPolicyProp::Auto,
             sync_method: SyncMethodProp::Latest,
+            register_fds: true,
         }
     }
 }
@@ -189,8 +191,7 @@ enum State {
     Started {
         control: JoinHandle<()>,
         copy_pool: Option<MemfdBufferPool>,
-        /// The per-frame packet and memory list, reused so that a frame allocates nothing.
-        packet: Vec<u8>,
+        /// The per-frame memory list, reused so that a frame allocates nothing.
         memories: Vec<MemoryDesc>,
         /// Whether upstream is live, asked once per stream: a live stream never waits for a
         /// slow consumer (that consumer skips frames instead).
@@ -297,7 +298,10 @@ impl FdlinkSink {
             .field("releases", stats.releases)
             .field("consumers", consumers)
             .field("consumers-total", stats.consumers_total)
-            .field("buffers-held", held);
+            .field("buffers-held", held)
+            .field("fds-sent", stats.fds_sent)
+            .field("files-registered", stats.files_registered)
+            .field("files-retired", stats.files_retired);
         let clients = self.hub().map(|h| h.consumer_stats()).unwrap_or_default();
         let clients: Vec<glib::SendValue> = clients
             .into_iter()
@@ -314,6 +318,8 @@ impl FdlinkSink {
                     .field("bytes-sent", c.bytes_sent)
                     .field("idle-ms", c.idle_ms)
                     .field("release-avg-us", c.release_avg_us)
+                    .field("fds-sent", c.fds_sent)
+                    .field("files-registered", c.files_registered)
                     .build()
                     .to_send_value()
             })
@@ -344,10 +350,7 @@ impl FdlinkSink {
         slow_copy_for: Option<&[u64]>,
         sending: Sending,
     ) -> Result<(u64, Vec<u64>), gst::FlowError> {
-        let State::Started {
-            packet, memories, ..
-        } = state
-        else {
+        let State::Started { memories, .. } = state else {
             return Err(gst::FlowError::Flushing);
         };
         let buffer_id = hub.next_buffer_id();
@@ -371,43 +374,42 @@ impl FdlinkSink {
             memories: out.memories,
             video: memory::video_layout(meta_src),
         };
-        let encoded = protocol::encode_buffer_packet(&header, out.fds.len(), packet);
-        // The memory list goes back for the next frame.
-        *memories = header.memories;
-        if let Err(e) = encoded {
-            gst::element_imp_error!(
-                self,
-                gst::StreamError::Encode,
-                ("cannot encode buffer: {e}")
-            );
-            return Err(gst::FlowError::Error);
+        let mut file_ids = FileIds::new();
+        for slot in 0..out.fds.len() {
+            let m = header.memories.iter().find(|m| m.fd_index as usize == slot);
+            file_ids.push(m.map_or(0, |m| m.file_id));
         }
         let frame = Frame {
             id: buffer_id,
-            bytes: packet,
+            header: &header,
             fds: &out.fds,
+            file_ids: &file_ids,
             size: out.wire.size() as u64,
             keyframe: !meta_src.flags().contains(gst::BufferFlags::DELTA_UNIT),
             slow_copy: slow_copy_for.is_some(),
             preroll: sending == Sending::Preroll,
         };
-        if let Some(consumers) = slow_copy_for {
+        let wants_copy = if let Some(consumers) = slow_copy_for {
             hub.send_copy(consumers, &frame, out.wire.clone());
             gst::trace!(
                 CAT,
                 imp = self,
                 "buffer {buffer_id}: copy for {consumers:?}"
             );
-            return Ok((buffer_id, Vec::new()));
-        }
-        let sent = hub.send_buffer(&frame, out.wire.clone(), out.copied_bytes);
-        gst::trace!(
-            CAT,
-            imp = self,
-            "buffer {buffer_id} sent to {} consumers",
-            sent.sent_to
-        );
-        Ok((buffer_id, sent.wants_copy))
+            Vec::new()
+        } else {
+            let sent = hub.send_buffer(&frame, out.wire.clone(), out.copied_bytes);
+            gst::trace!(
+                CAT,
+                imp = self,
+                "buffer {buffer_id} sent to {} consumers",
+                sent.sent_to
+            );
+            sent.wants_copy
+        };
+        // The memory list goes back for the next frame.
+        *memories = header.memories;
+        Ok((buffer_id, wants_copy))
     }
 
     /// The reused memory list of the state (empty, with its capacity).
@@ -428,6 +430,7 @@ impl FdlinkSink {
     fn copy_out<'a>(
         &self,
         state: &mut State,
+        registry: Option<&memory::FileRegistry>,
         buffer: &gst::BufferRef,
         mut memories: Vec<MemoryDesc>,
         copy: &'a mut Option<gst::Buffer>,
@@ -436,7 +439,7 @@ impl FdlinkSink {
         let pool = self.copy_pool(state, buffer.size())?;
         let copy = copy.insert(memory::copy_into(buffer, &pool)?);
         let mut fds = FdList::new();
-        if let Err(r) = memory::describe_buffer(copy, &mut memories, &mut fds) {
+        if let Err(r) = memory::describe_buffer(copy, registry, &mut memories, &mut fds) {
             gst::element_imp_error!(
                 self,
                 gst::ResourceError::Failed,
@@ -688,29 +691,32 @@ impl FdlinkSink {
         }
         let mut descs = self.take_memories(&mut state);
         let mut fds = FdList::new();
-        let (buffer_id, wants_copy) = match memory::describe_buffer(buffer, &mut descs, &mut fds) {
-            Ok(()) => {
-                let out = Outgoing {
-                    wire: buffer,
-                    memories: descs,
-                    fds,
-                    copied_bytes: None,
-                };
-                self.send_frame(hub, &mut state, buffer, out, None, sending)?
-            }
-            Err(reason) => {
-                drop(fds);
-                gst::trace!(CAT, imp = self, "copying buffer: {reason:?}");
-                let mut copy = None;
-                let out = self.copy_out(&mut state, buffer, descs, &mut copy, false)?;
-                self.send_frame(hub, &mut state, buffer, out, None, sending)?
-            }
-        };
+        let registry = hub.file_registry();
+        let (buffer_id, wants_copy) =
+            match memory::describe_buffer(buffer, registry, &mut descs, &mut fds) {
+                Ok(()) => {
+                    let out = Outgoing {
+                        wire: buffer,
+                        memories: descs,
+                        fds,
+                        copied_bytes: None,
+                    };
+                    self.send_frame(hub, &mut state, buffer, out, None, sending)?
+                }
+                Err(reason) => {
+                    drop(fds);
+                    gst::trace!(CAT, imp = self, "copying buffer: {reason:?}");
+                    let mut copy = None;
+                    let out =
+                        self.copy_out(&mut state, registry, buffer, descs, &mut copy, false)?;
+                    self.send_frame(hub, &mut state, buffer, out, None, sending)?
+                }
+            };
         if !wants_copy.is_empty() {
             // slow-policy=copy: consumers at max-held get the frame in the memfd pool.
             let mut copy = None;
             let memories = self.take_memories(&mut state);
-            let out = self.copy_out(&mut state, buffer, memories, &mut copy, true)?;
+            let out = self.copy_out(&mut state, registry, buffer, memories, &mut copy, true)?;
             self.send_frame(hub, &mut state, buffer, out, Some(&wants_copy), sending)?;
         }
         Ok(Some(buffer_id))
@@ -940,6 +946,12 @@ impl ObjectImpl for FdlinkSink {
                     .blurb("Where a new consumer starts, for encoded streams: latest (next buffer), next-keyframe (skip delta units until a keyframe), latest-keyframe (the latest keyframe and the buffers since, at once, from a backlog of up to 256 buffers that the producer keeps)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("register-fds")
+                    .nick("Register fds once")
+                    .blurb("Send each memfd or dmabuf to a consumer once, then name it by an id (register-once fds, as PipeWire does): pooled buffers cross without SCM_RIGHTS and the consumer keeps them mapped. A file is retired when upstream frees its last memory of it. false: every buffer packet carries its fds")
+                    .default_value(true)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("wait-for-connection")
                     .nick("Wait for connection")
                     .blurb("Without any consumer, wait for one (true) or drop frames (false); once consumers came and went, frames are dropped again until the next one")
@@ -971,7 +983,7 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, frames-dropped, slow-copies, frames-without-consumer, releases, consumers, consumers-total, buffers-held, and clients: one structure per consumer (id, pid, frames-sent, frames-dropped, frames-copied, buffers-held, buffers-queued, releases, bytes-sent, idle-ms, release-avg-us: mean time from send to release)")
+                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, frames-dropped, slow-copies, frames-without-consumer, releases, consumers, consumers-total, buffers-held, fds-sent (fds sent with buffer packets, all consumers), files-registered (files registered with a consumer, one per file and consumer), files-retired, and clients: one structure per consumer (id, pid, frames-sent, frames-dropped, frames-copied, buffers-held, buffers-queued, releases, bytes-sent, idle-ms, release-avg-us: mean time from send to release, fds-sent, files-registered: files it keeps registered now)")
                     .read_only()
                     .build(),
             ]
@@ -999,6 +1011,7 @@ impl ObjectImpl for FdlinkSink {
             "max-queued" => settings.max_queued = value.get().expect("type checked upstream"),
             "sync-method" => settings.sync_method = value.get().expect("type checked upstream"),
             "ack-timeout" => settings.ack_timeout_ms = value.get().expect("type checked upstream"),
+            "register-fds" => settings.register_fds = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
     }
@@ -1016,6 +1029,7 @@ impl ObjectImpl for FdlinkSink {
             "max-queued" => self.settings.lock().unwrap().max_queued.to_value(),
             "sync-method" => self.settings.lock().unwrap().sync_method.to_value(),
             "ack-timeout" => self.settings.lock().unwrap().ack_timeout_ms.to_value(),
+            "register-fds" => self.settings.lock().unwrap().register_fds.to_value(),
             "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
             "stats" => self.stats_structure().to_value(),
             _ => unimplemented!(),
@@ -1142,7 +1156,7 @@ impl BaseSinkImpl for FdlinkSink {
             sync_method: settings.sync_method.into(),
             slow_wait: SLOW_CONSUMER_WAIT,
         };
-        let hub = Hub::new(limits, move |ev| {
+        let hub = Hub::new(limits, settings.register_fds, move |ev| {
             let Some(obj) = obj.upgrade() else { return };
             match ev {
                 HubEvent::ConsumerAdded { id, pid } => {
@@ -1189,7 +1203,6 @@ impl BaseSinkImpl for FdlinkSink {
         *self.state.lock().unwrap() = State::Started {
             control,
             copy_pool: None,
-            packet: Vec::with_capacity(1024),
             memories: Vec::with_capacity(4),
             upstream_live: None,
             prerolled: None,

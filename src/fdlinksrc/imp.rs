@@ -207,12 +207,12 @@ impl FdlinkSrc {
     }
 
     fn stats_structure(&self) -> gst::Structure {
-        let queued = self
-            .link
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map_or(0, |l| l.queued() as u64);
+        let (queued, files_registered) = self.link.lock().unwrap().as_ref().map_or((0, 0), |l| {
+            (
+                l.queued() as u64,
+                l.files_registered.load(Ordering::Relaxed),
+            )
+        });
         let s = self.stats.lock().unwrap();
         let mut sorted = s.latencies_us.clone();
         sorted.sort_unstable();
@@ -239,6 +239,7 @@ impl FdlinkSrc {
                 self.counters.copied.load(Ordering::Relaxed),
             )
             .field("frames-queued", queued)
+            .field("files-registered", files_registered)
             .field("latency-last-us", s.last_us)
             .field(
                 "latency-avg-us",
@@ -1229,8 +1230,11 @@ impl FdlinkSrc {
                     )));
                 }
                 Packet::State(st) => self.pause_with_producer(&st, &link, waker)?,
-                Packet::QueryReply(_) | Packet::Query(_) | Packet::Message(_) => {
-                    unreachable!("the link's reader takes queries, replies and messages")
+                Packet::QueryReply(_)
+                | Packet::Query(_)
+                | Packet::Message(_)
+                | Packet::Retire { .. } => {
+                    unreachable!("the link's reader takes queries, replies, messages and retires")
                 }
                 Packet::Release { .. } | Packet::UpstreamEvent(_) | Packet::Prerolled { .. } => {
                     let msg = "producer sent a consumer-only packet (release, upstream event or prerolled)"
@@ -1451,7 +1455,7 @@ impl ObjectImpl for FdlinkSrc {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-received (pushed downstream), releases-sent, reconnects, frames-dropped and frames-copied (by leaky), frames-queued (now), latency-{last,avg,p50,p99,max}-us (producer send to consumer receive, over the last 1024 frames for percentiles)")
+                    .blurb("frames-received (pushed downstream), releases-sent, reconnects, frames-dropped and frames-copied (by leaky), frames-queued (now), files-registered (files the producer registered with this consumer now: register-once fds), latency-{last,avg,p50,p99,max}-us (producer send to consumer receive, over the last 1024 frames for percentiles)")
                     .read_only()
                     .build(),
             ]

@@ -9,7 +9,6 @@
 //! consumer pins); what happens to one more is the `leaky` policy (see [`Leaky`]).
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 use gst::glib;
 
 use crate::control::PendingQueries;
-use crate::memory::{Importer, ReleaseToken};
+use crate::memory::{FileTable, FrameFile, Importer, ReleaseToken};
 use crate::protocol::{
     BufferHeader, MAX_PACKET_SIZE, MessagePacket, Packet, QueryPacket, QueryReplyPacket,
     StatePacket,
@@ -77,7 +76,9 @@ pub struct QueueCounters {
 
 /// What `next()` hands the streaming thread.
 pub enum Inbound {
-    Packet(Packet<OwnedFd>),
+    /// A packet in stream order; a buffer packet's files are resolved already (see
+    /// `Importer::resolve`).
+    Packet(Packet<FrameFile>),
     /// A frame the reader copied into system memory (`Leaky::Copy`); the producer's buffer is
     /// released already. The header is the packet's.
     Copied(BufferHeader, gst::Buffer),
@@ -92,7 +93,7 @@ pub enum Inbound {
 }
 
 enum Queued {
-    Packet(Packet<OwnedFd>),
+    Packet(Packet<FrameFile>),
     Copied(BufferHeader, gst::Buffer),
     /// A buffer packet that could not be copied: its fds do not import (why).
     Invalid(String),
@@ -177,6 +178,8 @@ pub struct Link {
     pub barriers: AtomicU32,
     /// The state of the producer's latest State packet, as the reader took it (0: none).
     pub producer_state: AtomicU8,
+    /// Files the producer has registered with this consumer now (register-once fds).
+    pub files_registered: AtomicU32,
 }
 
 /// While it lives, a full inbox does not stop the reader: see [`Link::awaiting_reply`].
@@ -213,6 +216,7 @@ impl Link {
             reader: Mutex::new(None),
             barriers: AtomicU32::new(0),
             producer_state: AtomicU8::new(0),
+            files_registered: AtomicU32::new(0),
         });
         let reader = link.clone();
         let handle = std::thread::Builder::new()
@@ -230,6 +234,10 @@ impl Link {
     fn read_loop(&self, peer: impl LinkPeer) {
         let mut buf = vec![0u8; MAX_PACKET_SIZE];
         let importer = Importer::default();
+        // The producer's registered files: only this thread reads packets, so only it changes
+        // the table, in stream order. Dropped (the files closed) when the reader ends; buffers
+        // still out keep theirs.
+        let mut files = FileTable::default();
         let end = loop {
             if !self.wait_for_room() {
                 break None;
@@ -261,8 +269,33 @@ impl Link {
                     self.queue_packet(Packet::State(st));
                 }
                 Ok(Packet::Message(m)) => peer.message(m),
-                Ok(packet @ Packet::Buffer(..)) => self.queue_frame(packet, &importer),
+                Ok(Packet::Buffer(mut header, fds)) => {
+                    match importer.resolve(&mut files, &mut header, fds) {
+                        Ok(frame_files) => {
+                            self.queue_frame(Packet::Buffer(header, frame_files), &importer)
+                        }
+                        Err(e) => {
+                            let msg = format!("invalid buffer {}: {e}", header.buffer_id);
+                            self.conn.send_error(&msg);
+                            break Some(Inbound::Failed(msg));
+                        }
+                    }
+                    self.files_registered
+                        .store(files.len() as u32, Ordering::Relaxed);
+                }
+                Ok(Packet::Retire { file_ids }) => {
+                    if let Err(e) = files.retire(&file_ids) {
+                        let msg = format!("malformed packet: {e}");
+                        self.conn.send_error(&msg);
+                        break Some(Inbound::Failed(msg));
+                    }
+                    self.files_registered
+                        .store(files.len() as u32, Ordering::Relaxed);
+                }
                 Ok(packet) => {
+                    let packet = packet
+                        .without_fds()
+                        .expect("buffer packets are taken above");
                     if let Packet::Event { event: ev, .. } = &packet {
                         if ev.event_type == gst::ffi::GST_EVENT_FLUSH_START as u32 {
                             self.flush_queued_frames();
@@ -287,7 +320,7 @@ impl Link {
     }
 
     /// Queues a packet that is not a frame (no limit applies) for `create()`.
-    fn queue_packet(&self, packet: Packet<OwnedFd>) {
+    fn queue_packet(&self, packet: Packet<FrameFile>) {
         self.inbox
             .lock()
             .unwrap()
@@ -306,7 +339,7 @@ impl Link {
     }
 
     /// Queues a buffer packet; past `max-queued`, drops or copies the oldest one.
-    fn queue_frame(&self, packet: Packet<OwnedFd>, importer: &Importer) {
+    fn queue_frame(&self, packet: Packet<FrameFile>, importer: &Importer) {
         let limit = self.limit;
         let mut inbox = self.inbox.lock().unwrap();
         inbox.items.push_back(Queued::Packet(packet));

@@ -9,6 +9,7 @@
 //! read-only with GstFdAllocator or GstDmaBufAllocator, attaches the video meta, and ties a
 //! [`ReleaseToken`] to the memories so the producer is told when the last reference goes.
 
+pub mod files;
 pub mod pool;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -18,9 +19,10 @@ use gst_allocators::prelude::*;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 
+pub use files::{FileRegistry, FileTable, FrameFile, RegisteredFile};
 pub use pool::MemfdBufferPool;
 
-use crate::protocol::{BufferHeader, MAX_FDS, MemoryDesc, MemoryKind, VideoLayout};
+use crate::protocol::{BufferHeader, FD_REGISTERED, MAX_FDS, MemoryDesc, MemoryKind, VideoLayout};
 
 /// Creates a memfd of `size` bytes sealed against shrinking and growing (its contents stay
 /// writable for the producer; receivers can rely on its size).
@@ -73,20 +75,29 @@ pub enum CopyReason {
     UnsealedFd,
     /// More distinct fds than one packet carries.
     TooManyFds,
+    /// More memories than one packet carries.
+    TooManyMemories,
 }
 
 /// The fds of one buffer packet; a frame's usual one to four stay off the heap.
 pub type FdList<'a> = smallvec::SmallVec<[BorrowedFd<'a>; 4]>;
 
 /// Describes every memory of `buffer` as a window into an fd, filling `descs` and `fds`
-/// (distinct fds, in first-use order). Fails when any memory has to be copied.
+/// (distinct fds, in first-use order; each memory's `fd_index` is its fd's place there).
+/// With a `registry`, each memory's `file_id` is its file's id there (register-once fds),
+/// and a memory tagged on an earlier frame is described without a syscall. Fails when any
+/// memory has to be copied.
 pub fn describe_buffer<'a>(
     buffer: &'a gst::BufferRef,
+    registry: Option<&FileRegistry>,
     descs: &mut Vec<MemoryDesc>,
     fds: &mut FdList<'a>,
 ) -> Result<(), CopyReason> {
     descs.clear();
     fds.clear();
+    if buffer.n_memory() > crate::protocol::MAX_MEMORIES {
+        return Err(CopyReason::TooManyMemories);
+    }
     for mem in buffer.iter_memories() {
         let (raw, kind) = if let Some(d) = mem.downcast_memory_ref::<gst_allocators::DmaBufMemory>()
         {
@@ -101,15 +112,23 @@ pub fn describe_buffer<'a>(
         }
         // SAFETY: the memory owns this fd and `buffer` (borrowed for 'a) keeps the memory alive.
         let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        // A regular file wrapped by GstDmaBufAllocator (a memfd) is not a dmabuf: the
-        // consumer would rightly refuse it as one, so it crosses as what it is.
-        let kind = match kind {
-            MemoryKind::DmaBuf if is_regular_file(fd) => MemoryKind::Memfd,
-            k => k,
+        let (kind, file_id) = match registry.and_then(|r| r.tagged(mem)) {
+            Some((id, kind)) => (kind, id),
+            None => {
+                // A regular file wrapped by GstDmaBufAllocator (a memfd) is not a dmabuf: the
+                // consumer would rightly refuse it as one, so it crosses as what it is.
+                let kind = match kind {
+                    MemoryKind::DmaBuf if is_regular_file(fd) => MemoryKind::Memfd,
+                    k => k,
+                };
+                if kind == MemoryKind::Memfd && !is_sealed_against_shrink(fd) {
+                    return Err(CopyReason::UnsealedFd);
+                }
+                // Without an id (fstat failed) the file crosses as a one-shot fd.
+                let id = registry.map_or(0, |r| r.file_id(mem, fd, kind).unwrap_or(0));
+                (kind, id)
+            }
         };
-        if kind == MemoryKind::Memfd && !is_sealed_against_shrink(fd) {
-            return Err(CopyReason::UnsealedFd);
-        }
         let fd_index = match fds.iter().position(|f| f.as_raw_fd() == raw) {
             Some(i) => i,
             None if fds.len() == MAX_FDS => return Err(CopyReason::TooManyFds),
@@ -121,6 +140,7 @@ pub fn describe_buffer<'a>(
         descs.push(MemoryDesc {
             kind,
             fd_index: fd_index as u8,
+            file_id,
             offset: mem.offset() as u64,
             size: mem.size() as u64,
         });
@@ -224,6 +244,20 @@ pub enum ImportError {
     BadVideoLayout(String),
     #[error("GStreamer allocator refused fd {index}")]
     Alloc { index: usize },
+    #[error("file id {id} is not registered")]
+    UnknownFile { id: u32 },
+    #[error("file id {id} registered twice without being retired")]
+    RegisteredTwice { id: u32 },
+    #[error("more than {max} files registered")]
+    TooManyFiles { max: usize },
+    #[error("retire of file id {id}, which is not registered")]
+    RetiredUnknown { id: u32 },
+    #[error("file id {id} is registered as {registered:?} but sent as {sent:?}")]
+    RegisteredKind {
+        id: u32,
+        registered: MemoryKind,
+        sent: MemoryKind,
+    },
 }
 
 /// Runs a closure once, when the last memory holding it is freed (on whatever thread).
@@ -323,33 +357,112 @@ fn check_fd(
                 .map_err(|errno| ImportError::Sys { index, errno })? as u64
         }
     };
-    for (offset, size) in windows {
-        if offset + size > file_size {
-            return Err(ImportError::WindowOutOfBounds {
-                index,
-                offset,
-                size,
-                file_size,
-            });
-        }
-    }
+    check_windows(index, file_size, windows)?;
     Ok(file_size)
 }
 
+fn check_windows(
+    index: usize,
+    file_size: u64,
+    mut windows: impl Iterator<Item = (u64, u64)>,
+) -> Result<(), ImportError> {
+    match windows.find(|(offset, size)| offset + size > file_size) {
+        Some((offset, size)) => Err(ImportError::WindowOutOfBounds {
+            index,
+            offset,
+            size,
+            file_size,
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Importer {
-    /// Builds a read-only buffer from a received buffer packet: memories, flags, offsets and
-    /// the video meta (timestamps are the caller's business). `token` is dropped when the
-    /// last memory is freed. On error every fd is closed.
+    /// Turns a buffer packet's fds into its files, on the thread that reads the packets, in
+    /// their order: fds that come with a file id are checked, wrapped and registered in `table`
+    /// now; memories sent by id alone get the file registered under it. Each memory's
+    /// `fd_index` becomes the index of its file in the result (one-shot fds keep theirs,
+    /// files by id follow them). On error every fd not registered is closed.
+    pub fn resolve(
+        &self,
+        table: &mut FileTable,
+        header: &mut BufferHeader,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Vec<FrameFile>, ImportError> {
+        let n_fds = fds.len();
+        let mut files = Vec::with_capacity(n_fds);
+        for (i, fd) in fds.into_iter().enumerate() {
+            let mut uses = header.memories.iter().filter(|m| m.fd_index as usize == i);
+            let first = uses.next().ok_or(ImportError::Alloc { index: i })?;
+            let (kind, id) = (first.kind, first.file_id);
+            if id == 0 {
+                files.push(FrameFile::Fresh(fd));
+                continue;
+            }
+            if header
+                .memories
+                .iter()
+                .any(|m| m.fd_index as usize == i && m.kind != kind)
+            {
+                return Err(ImportError::MixedKinds { index: i });
+            }
+            let windows = header
+                .memories
+                .iter()
+                .filter(|m| m.fd_index as usize == i)
+                .map(|m| (m.offset, m.size));
+            let size = check_fd(i, fd.as_fd(), kind, windows)?;
+            // A registered memfd stays mapped: frames that reuse it map nothing anew.
+            let keep_mapped = kind == MemoryKind::Memfd;
+            let base = files::wrap_file(
+                fd,
+                kind,
+                size,
+                keep_mapped,
+                &self.fd_allocator,
+                &self.dmabuf_allocator,
+            )
+            .ok_or(ImportError::Alloc { index: i })?;
+            let file = RegisteredFile { kind, size, base };
+            table.insert(id, file.clone())?;
+            files.push(FrameFile::Registered(file));
+        }
+        // Memories by id: their file after the packet's own, once per id.
+        let mut by_id: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
+        for m in header.memories.iter_mut() {
+            if m.fd_index != FD_REGISTERED {
+                continue;
+            }
+            let slot = match by_id.iter().position(|&id| id == m.file_id) {
+                Some(k) => n_fds + k,
+                None => {
+                    files.push(FrameFile::Registered(table.get(m.file_id)?.clone()));
+                    by_id.push(m.file_id);
+                    files.len() - 1
+                }
+            };
+            m.fd_index = slot as u8;
+        }
+        Ok(files)
+    }
+
+    /// Builds a read-only buffer from a received buffer packet whose files [`Self::resolve`]
+    /// gave: memories, flags, offsets and the video meta (timestamps are the caller's
+    /// business). `token` is dropped when the last memory is freed. On error every one-shot
+    /// fd is closed.
     pub fn import(
         &self,
         header: &BufferHeader,
-        fds: Vec<OwnedFd>,
+        files: Vec<FrameFile>,
         token: &Arc<ReleaseToken>,
     ) -> Result<gst::Buffer, ImportError> {
         let mut kinds: [Option<MemoryKind>; MAX_FDS] = [None; MAX_FDS];
         let mut uses = [0usize; MAX_FDS];
         for m in &header.memories {
             let i = m.fd_index as usize;
+            if i >= files.len() {
+                return Err(ImportError::Alloc { index: i });
+            }
             match kinds[i] {
                 Some(k) if k != m.kind => return Err(ImportError::MixedKinds { index: i }),
                 _ => kinds[i] = Some(m.kind),
@@ -357,56 +470,70 @@ impl Importer {
             uses[i] += 1;
         }
         let mut sizes = [0u64; MAX_FDS];
-        for (i, fd) in fds.iter().enumerate() {
+        for (i, file) in files.iter().enumerate() {
             let kind = kinds[i].ok_or(ImportError::Alloc { index: i })?;
             let windows = header
                 .memories
                 .iter()
                 .filter(|m| m.fd_index as usize == i)
                 .map(|m| (m.offset, m.size));
-            sizes[i] = check_fd(i, fd.as_fd(), kind, windows)?;
-        }
-
-        // One base memory per fd, owning it; memories that share an fd are sub-memories.
-        let mut bases: Vec<gst::Memory> = Vec::with_capacity(fds.len());
-        for (i, fd) in fds.into_iter().enumerate() {
-            let size = sizes[i] as usize;
-            let raw = fd.into_raw_fd();
-            // SAFETY: the allocator takes ownership of `raw` on success.
-            let mem = unsafe {
-                match kinds[i] {
-                    Some(MemoryKind::DmaBuf) => self.dmabuf_allocator.alloc_dmabuf_with_flags(
-                        raw,
-                        size,
-                        gst_allocators::FdMemoryFlags::NONE,
-                    ),
-                    _ => self
-                        .fd_allocator
-                        .alloc_fd(raw, size, gst_allocators::FdMemoryFlags::NONE),
+            sizes[i] = match file {
+                FrameFile::Fresh(fd) => check_fd(i, fd.as_fd(), kind, windows)?,
+                FrameFile::Registered(r) => {
+                    if r.kind != kind {
+                        let id = header
+                            .memories
+                            .iter()
+                            .find(|m| m.fd_index as usize == i)
+                            .map_or(0, |m| m.file_id);
+                        return Err(ImportError::RegisteredKind {
+                            id,
+                            registered: r.kind,
+                            sent: kind,
+                        });
+                    }
+                    check_windows(i, r.size, windows)?;
+                    r.size
                 }
             };
-            match mem {
-                Ok(m) => bases.push(m),
-                Err(_) => {
-                    // SAFETY: allocation failed, so `raw` is still ours alone; close it.
-                    drop(unsafe { OwnedFd::from_raw_fd(raw) });
-                    return Err(ImportError::Alloc { index: i });
+        }
+
+        // One base memory per file: a one-shot fd's own (which a memory that alone uses it
+        // becomes), a registered file's shared one; memories that share are sub-memories.
+        let mut bases: Vec<(gst::Memory, bool)> = Vec::with_capacity(files.len());
+        for (i, file) in files.into_iter().enumerate() {
+            match file {
+                FrameFile::Fresh(fd) => {
+                    let kind = kinds[i].unwrap_or(MemoryKind::Memfd);
+                    let mem = files::wrap_file(
+                        fd,
+                        kind,
+                        sizes[i],
+                        false,
+                        &self.fd_allocator,
+                        &self.dmabuf_allocator,
+                    )
+                    .ok_or(ImportError::Alloc { index: i })?;
+                    bases.push((mem, uses[i] == 1));
                 }
+                FrameFile::Registered(r) => bases.push((r.base, false)),
             }
         }
 
         let mut buffer = gst::Buffer::new();
         let b = buffer.get_mut().expect("new buffer is writable");
-        let mut bases: Vec<Option<gst::Memory>> = bases.into_iter().map(Some).collect();
+        let mut bases: Vec<Option<(gst::Memory, bool)>> = bases.into_iter().map(Some).collect();
         for m in &header.memories {
             let i = m.fd_index as usize;
             let range = m.offset as usize..(m.offset + m.size) as usize;
-            let mut mem = if uses[i] == 1 {
-                let mut base = bases[i].take().expect("fd used once");
-                base.get_mut().expect("fresh memory").resize(range);
-                base
-            } else {
-                bases[i].as_ref().expect("shared fd").share(range)
+            let mut mem = match &bases[i] {
+                Some((_, true)) => {
+                    let (mut base, _) = bases[i].take().expect("fd used once");
+                    base.get_mut().expect("fresh memory").resize(range);
+                    base
+                }
+                Some((base, false)) => base.share(range),
+                None => unreachable!("a memory that owns its file is used once"),
             };
             let mref = mem.get_mut().expect("fresh memory");
             set_readonly(mref);
@@ -533,6 +660,7 @@ mod tests {
         MemoryDesc {
             kind,
             fd_index,
+            file_id: 0,
             offset,
             size,
         }
@@ -555,7 +683,9 @@ mod tests {
             desc(MemoryKind::Memfd, 0, 4096, 4),
             desc(MemoryKind::Memfd, 0, 4100, 4),
         ]);
-        let buf = Importer::default().import(&h, vec![fd], &token).unwrap();
+        let buf = Importer::default()
+            .import(&h, vec![FrameFile::Fresh(fd)], &token)
+            .unwrap();
         drop(token);
         assert_eq!(buf.n_memory(), 2);
         let m0 = buf.peek_memory(0);
@@ -601,28 +731,32 @@ mod tests {
         nix::unistd::ftruncate(&unsealed, 100).unwrap();
         let h = header(vec![desc(MemoryKind::Memfd, 0, 0, 10)]);
         assert_eq!(
-            imp.import(&h, vec![unsealed], &token).unwrap_err(),
+            imp.import(&h, vec![FrameFile::Fresh(unsealed)], &token)
+                .unwrap_err(),
             ImportError::NotSealed { index: 0 }
         );
 
         let small = create_sealed_memfd("s", 100).unwrap();
         let h = header(vec![desc(MemoryKind::Memfd, 0, 90, 20)]);
         assert!(matches!(
-            imp.import(&h, vec![small], &token).unwrap_err(),
+            imp.import(&h, vec![FrameFile::Fresh(small)], &token)
+                .unwrap_err(),
             ImportError::WindowOutOfBounds { .. }
         ));
 
         let file = create_sealed_memfd("f", 100).unwrap();
         let h = header(vec![desc(MemoryKind::DmaBuf, 0, 0, 10)]);
         assert_eq!(
-            imp.import(&h, vec![file], &token).unwrap_err(),
+            imp.import(&h, vec![FrameFile::Fresh(file)], &token)
+                .unwrap_err(),
             ImportError::NotADmabuf { index: 0 }
         );
 
         let (a, _b) = nix::unistd::pipe().unwrap();
         let h = header(vec![desc(MemoryKind::Memfd, 0, 0, 10)]);
         assert_eq!(
-            imp.import(&h, vec![a], &token).unwrap_err(),
+            imp.import(&h, vec![FrameFile::Fresh(a)], &token)
+                .unwrap_err(),
             ImportError::NotAFile { index: 0 }
         );
         drop(_b);
@@ -725,7 +859,7 @@ mod tests {
         assert!(buf.meta::<gst_video::VideoMeta>().is_some());
         let mut descs = Vec::new();
         let mut fds = FdList::new();
-        describe_buffer(&buf, &mut descs, &mut fds).unwrap();
+        describe_buffer(&buf, None, &mut descs, &mut fds).unwrap();
         assert_eq!(descs, vec![desc(MemoryKind::Memfd, 0, 0, 64 * 48 * 3 / 2)]);
         assert_eq!(fds.len(), 1);
         drop(fds);
@@ -733,7 +867,7 @@ mod tests {
         let sys = gst::Buffer::from_slice(vec![5u8; 64 * 48 * 3 / 2]);
         let mut fds = FdList::new();
         assert_eq!(
-            describe_buffer(&sys, &mut descs, &mut fds),
+            describe_buffer(&sys, None, &mut descs, &mut fds),
             Err(CopyReason::NotFdMemory)
         );
         let copy = copy_into(&sys, &pool).unwrap();
@@ -742,6 +876,6 @@ mod tests {
             &vec![5u8; 64 * 48 * 3 / 2][..]
         );
         let mut fds = FdList::new();
-        describe_buffer(&copy, &mut descs, &mut fds).unwrap();
+        describe_buffer(&copy, None, &mut descs, &mut fds).unwrap();
     }
 }

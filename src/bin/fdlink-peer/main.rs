@@ -5,8 +5,10 @@
 //! fdlink-peer demo [--frames N] [--size WxH] [--copy]
 //! fdlink-peer produce [OPTIONS] PIPELINE...       (a pipeline with an fdlinksink)
 //! fdlink-peer consume [OPTIONS] PIPELINE...       (a pipeline with an fdlinksrc)
-//! fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--size WxH]
-//!     [--sink-props "prop=value ..."] [--wait-clients N] [--live]   (prints `pool-waits N
+//! fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--pool-min N]
+//!     [--size WxH] [--sink-props "prop=value ..."] [--wait-clients N] [--live]
+//!     (the pool starts with pool-min buffers, default pool-max, and grows to pool-max while
+//!     consumers hold them; prints `pool-waits N
 //!     longest-us U`: acquires from the pool that waited over 5 ms for a buffer to come back;
 //!     its `stats` lines carry the same counts so far as `pool-waits` and
 //!     `pool-wait-longest-us`; `--live` makes its appsrc a live source)
@@ -80,7 +82,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: fdlink-peer demo [--frames N] [--size WxH] [--copy]\n\
          \x20      fdlink-peer produce|consume [--frames-log] [--slow-ms N] [--pattern] [--stats-every MS] [--seconds S] PIPELINE...\n\
-         \x20      fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--size WxH]"
+         \x20      fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--pool-min N] [--size WxH]"
     );
     std::process::exit(2)
 }
@@ -99,6 +101,8 @@ struct Opts {
     size: (u32, u32),
     socket: Option<String>,
     pool_max: u32,
+    /// produce-pattern: buffers the pool starts with (0: pool_max).
+    pool_min: u32,
     copy: bool,
     source: Option<String>,
     layout: Option<String>,
@@ -143,6 +147,7 @@ fn parse_opts(args: &[String]) -> Opts {
             "--stats-every" => o.stats_every_ms = num(it.next()),
             "--frames" => o.frames = num(it.next()),
             "--pool-max" => o.pool_max = num(it.next()) as u32,
+            "--pool-min" => o.pool_min = num(it.next()) as u32,
             "--wait-clients" => o.wait_clients = num(it.next()) as u32,
             "--events-log" => o.events_log = true,
             "--discont-log" => o.discont_log = true,
@@ -834,7 +839,11 @@ fn produce_pattern(o: &Opts) -> i32 {
     let pool = gstfdlink::memory::MemfdBufferPool::new_configured(
         &caps,
         info.size() as u32,
-        o.pool_max,
+        if o.pool_min > 0 {
+            o.pool_min
+        } else {
+            o.pool_max
+        },
         o.pool_max,
         true,
     )
