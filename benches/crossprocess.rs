@@ -1227,6 +1227,23 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// Median time of one `copy_from_slice` of `size` bytes between two warm buffers, in µs: the
+/// memcpy bandwidth the copy fallback is compared with, measured in the same run.
+fn memcpy_us(size: usize) -> f64 {
+    let src = vec![1u8; size];
+    let mut dst = vec![0u8; size];
+    let mut times: Vec<u64> = (0..15)
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&dst);
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    times.sort_unstable();
+    times[times.len() / 2] as f64 / 1000.0
+}
+
 fn summary() -> String {
     use std::fmt::Write;
     let s = SUMMARY.lock().unwrap();
@@ -1295,6 +1312,24 @@ fn summary() -> String {
         for n in &row.notes {
             let _ = writeln!(notes, "- {group} {}: {n}", kind.label());
         }
+    }
+    let _ = writeln!(
+        out,
+        "\n| copy fallback | frame MB | memcpy us (warm, same run) | producer CPU us/frame (fps) | share of memcpy bandwidth |\n|---|---|---|---|---|"
+    );
+    for (label, w, h) in SIZES {
+        let Some(row) = s.get(&(label.to_string(), Kind::Copy, 1)) else {
+            continue;
+        };
+        let size = (w * h * 3 / 2) as usize;
+        let copy = uncounted(|| memcpy_us(size));
+        let cpu = per_frame(row.throughput.cpu_self_ns, row.throughput.frames) / 1000.0;
+        let _ = writeln!(
+            out,
+            "| {label} | {:.1} | {copy:.0} | {cpu:.0} | {:.0}% |",
+            size as f64 / 1e6,
+            100.0 * copy / cpu
+        );
     }
     let _ = writeln!(
         out,
