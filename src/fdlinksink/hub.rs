@@ -682,6 +682,8 @@ impl Hub {
         let mut removed = Vec::new();
         {
             let mut inner = self.lock();
+            // Retires go first: a consumer's files close as soon as the stream says anything.
+            self.retire_files(&mut inner, &mut removed);
             let s = &mut inner.sticky;
             match (is_caps, sticky) {
                 (true, _) => s.caps = Some(bytes.clone()),

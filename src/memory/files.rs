@@ -343,9 +343,25 @@ mod tests {
             &gst_allocators::DmaBufAllocator::new(),
         )
         .unwrap();
+        // In one buffer beside the pool's own memory of that file: one fd slot, one id.
         let mut wrapped = gst::Buffer::new();
+        wrapped
+            .get_mut()
+            .unwrap()
+            .append_memory(again.memory(0).unwrap());
         wrapped.get_mut().unwrap().append_memory(other);
-        assert_eq!(file_ids(&registry, &wrapped), [ida]);
+        let mut descs = Vec::new();
+        let mut fds = FdList::new();
+        describe_buffer(&wrapped, Some(&registry), &mut descs, &mut fds).unwrap();
+        assert_eq!(fds.len(), 1, "one fd for one file");
+        assert_eq!(
+            descs
+                .iter()
+                .map(|m| (m.fd_index, m.file_id))
+                .collect::<Vec<_>>(),
+            [(0, ida), (0, ida)]
+        );
+        drop(fds);
         drop(wrapped);
         assert!(
             registry.take_retired().is_empty(),

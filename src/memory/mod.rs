@@ -129,7 +129,16 @@ pub fn describe_buffer<'a>(
                 (kind, id)
             }
         };
-        let fd_index = match fds.iter().position(|f| f.as_raw_fd() == raw) {
+        // One slot per file: the same fd, or (registered) another fd of the same file, which
+        // the consumer must not be sent twice under one id.
+        let same_file = |i: usize, f: &BorrowedFd<'_>| {
+            f.as_raw_fd() == raw
+                || (file_id != 0
+                    && descs
+                        .iter()
+                        .any(|m| m.fd_index as usize == i && m.file_id == file_id))
+        };
+        let fd_index = match fds.iter().enumerate().position(|(i, f)| same_file(i, f)) {
             Some(i) => i,
             None if fds.len() == MAX_FDS => return Err(CopyReason::TooManyFds),
             None => {
