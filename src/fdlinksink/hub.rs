@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::poll::PollFlags;
 
 use crate::control::PendingQueries;
-use crate::memory::FileRegistry;
+use crate::memory::{FdList, FileRegistry};
 use crate::protocol::{
     self, BufferHeader, FileSend, Hello, MAX_PACKET_SIZE, MAX_REGISTERED_FILES, Packet,
     QueryReplyPacket, Role,
@@ -181,7 +181,6 @@ enum Outbound {
 struct WaitingFrame {
     header: BufferHeader,
     fds: Vec<OwnedFd>,
-    file_ids: FileIds,
 }
 
 impl WaitingFrame {
@@ -189,13 +188,9 @@ impl WaitingFrame {
         Ok(Arc::new(WaitingFrame {
             header: f.header.clone(),
             fds: dup_fds(f.fds)?,
-            file_ids: f.file_ids.iter().copied().collect(),
         }))
     }
 }
-
-/// The file id (0: none) of each fd of a frame, in the order of its fds.
-pub type FileIds = smallvec::SmallVec<[u32; 4]>;
 
 /// A buffer a consumer was given (sent, or queued for it) and has not released.
 struct Held {
@@ -218,13 +213,11 @@ enum HoldKind {
 }
 
 /// One frame as offered to the consumers: its header (each memory's `fd_index` picks one of
-/// `fds`) and its files.
+/// `fds`, its `file_id` is that file's id in the hub's registry, 0 for none) and its fds.
 pub struct Frame<'a> {
     pub id: u64,
     pub header: &'a BufferHeader,
     pub fds: &'a [BorrowedFd<'a>],
-    /// Per fd: the file's id in the hub's registry, 0 when it has none.
-    pub file_ids: &'a [u32],
     pub size: u64,
     /// Not a DELTA_UNIT: a consumer may start here (sync-method).
     pub keyframe: bool,
@@ -1057,7 +1050,7 @@ impl Hub {
         }
         // What waits for its socket goes first, so the stream stays in order.
         flush_queue(c)?;
-        if c.queue.is_empty() && try_send_frame(c, f.header, f.fds, f.file_ids)? {
+        if c.queue.is_empty() && try_send_frame(c, f.header, f.fds)? {
             c.hold(f.id, now, hold_kind(f));
             c.sent(f.size);
             return Ok(Offer::Sent);
@@ -1669,13 +1662,16 @@ fn try_send_frame(
     c: &mut Consumer,
     header: &BufferHeader,
     fds: &[BorrowedFd<'_>],
-    file_ids: &[u32],
 ) -> Result<bool, Removal> {
     let mut plan: smallvec::SmallVec<[FileSend; 4]> = smallvec::SmallVec::new();
-    let mut attached: smallvec::SmallVec<[BorrowedFd<'_>; 4]> = smallvec::SmallVec::new();
+    let mut attached = FdList::new();
     let mut registering: smallvec::SmallVec<[u32; 4]> = smallvec::SmallVec::new();
     for (slot, fd) in fds.iter().enumerate() {
-        let id = file_ids.get(slot).copied().unwrap_or(0);
+        let id = header
+            .memories
+            .iter()
+            .find(|m| m.fd_index as usize == slot)
+            .map_or(0, |m| m.file_id);
         if id != 0 && c.files.contains(&id) {
             plan.push(FileSend::Registered(id));
             continue;
@@ -1718,9 +1714,8 @@ fn flush_queue(c: &mut Consumer) -> Result<bool, Removal> {
             },
             Outbound::Buffer { frame, .. } => {
                 let frame = frame.clone();
-                let fds: smallvec::SmallVec<[BorrowedFd<'_>; 4]> =
-                    frame.fds.iter().map(|f| f.as_fd()).collect();
-                try_send_frame(c, &frame.header, &fds, &frame.file_ids)?
+                let fds: FdList<'_> = frame.fds.iter().map(|f| f.as_fd()).collect();
+                try_send_frame(c, &frame.header, &fds)?
             }
         };
         if !sent {

@@ -12,8 +12,8 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::hub::{
-    FileIds, Frame, Hub, HubEvent, Limits, PassThrough, PrerollWait, Request, SlowPolicy,
-    StickyKind, SyncMethod,
+    Frame, Hub, HubEvent, Limits, PassThrough, PrerollWait, Request, SlowPolicy, StickyKind,
+    SyncMethod,
 };
 use super::requests::RequestPool;
 use crate::clock;
@@ -374,16 +374,10 @@ impl FdlinkSink {
             memories: out.memories,
             video: memory::video_layout(meta_src),
         };
-        let mut file_ids = FileIds::new();
-        for slot in 0..out.fds.len() {
-            let m = header.memories.iter().find(|m| m.fd_index as usize == slot);
-            file_ids.push(m.map_or(0, |m| m.file_id));
-        }
         let frame = Frame {
             id: buffer_id,
             header: &header,
             fds: &out.fds,
-            file_ids: &file_ids,
             size: out.wire.size() as u64,
             keyframe: !meta_src.flags().contains(gst::BufferFlags::DELTA_UNIT),
             slow_copy: slow_copy_for.is_some(),

@@ -12,7 +12,7 @@
 //! packet naming it shares.
 
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -237,51 +237,16 @@ impl FileTable {
     }
 }
 
-/// Wraps a checked fd (owned from here on) as one memory of `size` bytes: GstDmaBufAllocator
-/// for dmabufs, GstFdAllocator for memfds (`keep_mapped`: its mapping outlives each map).
-pub(super) fn wrap_file(
-    fd: OwnedFd,
-    kind: MemoryKind,
-    size: u64,
-    keep_mapped: bool,
-    fd_allocator: &gst_allocators::FdAllocator,
-    dmabuf_allocator: &gst_allocators::DmaBufAllocator,
-) -> Option<gst::Memory> {
-    use gst_allocators::prelude::*;
-    let flags = if keep_mapped {
-        gst_allocators::FdMemoryFlags::KEEP_MAPPED
-    } else {
-        gst_allocators::FdMemoryFlags::NONE
-    };
-    let raw = fd.into_raw_fd();
-    // SAFETY: the allocator takes ownership of `raw` on success.
-    let mem = unsafe {
-        match kind {
-            MemoryKind::DmaBuf => {
-                dmabuf_allocator.alloc_dmabuf_with_flags(raw, size as usize, flags)
-            }
-            MemoryKind::Memfd => fd_allocator.alloc_fd(raw, size as usize, flags),
-        }
-    };
-    match mem {
-        Ok(m) => Some(m),
-        Err(_) => {
-            // SAFETY: allocation failed, so `raw` is still ours alone; close it.
-            drop(unsafe { OwnedFd::from_raw_fd(raw) });
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
 
     use gst::prelude::*;
 
+    use super::super::tests::{desc, header};
     use super::super::{FdList, Importer, ReleaseToken, create_sealed_memfd, describe_buffer};
     use super::*;
-    use crate::protocol::{BufferHeader, FD_REGISTERED, MemoryDesc};
+    use crate::protocol::{FD_REGISTERED, MemoryDesc};
     use crate::test_support::{fd_lock, open_fds};
 
     fn nv12_pool(min: u32, max: u32) -> super::super::MemfdBufferPool {
@@ -334,15 +299,9 @@ mod tests {
             .try_clone_to_owned()
             .unwrap();
         let size = again.size() as u64;
-        let other = wrap_file(
-            dup,
-            MemoryKind::Memfd,
-            size,
-            false,
-            &gst_allocators::FdAllocator::new(),
-            &gst_allocators::DmaBufAllocator::new(),
-        )
-        .unwrap();
+        let other = Importer::default()
+            .wrap(dup, MemoryKind::Memfd, size, false)
+            .unwrap();
         // In one buffer beside the pool's own memory of that file: one fd slot, one id.
         let mut wrapped = gst::Buffer::new();
         wrapped
@@ -380,20 +339,10 @@ mod tests {
         assert!(registry.take_retired().is_empty());
     }
 
-    fn header(memories: Vec<MemoryDesc>) -> BufferHeader {
-        BufferHeader {
-            memories,
-            ..Default::default()
-        }
-    }
-
     fn mem(fd_index: u8, file_id: u32, offset: u64, size: u64) -> MemoryDesc {
         MemoryDesc {
-            kind: MemoryKind::Memfd,
-            fd_index,
             file_id,
-            offset,
-            size,
+            ..desc(MemoryKind::Memfd, fd_index, offset, size)
         }
     }
 

@@ -12,7 +12,7 @@
 pub mod files;
 pub mod pool;
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, LazyLock};
 
 use gst_allocators::prelude::*;
@@ -191,11 +191,20 @@ pub fn copy_into(
 /// that allocate dmabufs themselves (udmabuf, dma-heap, DRM dumb buffers).
 pub fn wrap_dmabuf(fd: OwnedFd, size: usize) -> Result<gst::Memory, glib::BoolError> {
     let allocator = gst_allocators::DmaBufAllocator::new();
+    adopt_fd(fd, |raw| {
+        // SAFETY: the allocator takes ownership of `raw` on success (adopt_fd's contract).
+        unsafe { allocator.alloc_dmabuf_with_flags(raw, size, gst_allocators::FdMemoryFlags::NONE) }
+    })
+}
+
+/// Hands `fd` to a GStreamer allocator: `alloc` takes ownership of the raw fd when it returns
+/// a memory; when it fails the fd is still ours, and is closed here.
+fn adopt_fd(
+    fd: OwnedFd,
+    alloc: impl FnOnce(RawFd) -> Result<gst::Memory, glib::BoolError>,
+) -> Result<gst::Memory, glib::BoolError> {
     let raw = fd.into_raw_fd();
-    // SAFETY: the allocator takes ownership of `raw` on success.
-    let mem = unsafe {
-        allocator.alloc_dmabuf_with_flags(raw, size, gst_allocators::FdMemoryFlags::NONE)
-    };
+    let mem = alloc(raw);
     if mem.is_err() {
         // SAFETY: allocation failed, so `raw` is still ours alone; close it.
         drop(unsafe { OwnedFd::from_raw_fd(raw) });
@@ -387,6 +396,35 @@ fn check_windows(
 }
 
 impl Importer {
+    /// Wraps a checked fd (owned from here on) as one memory of `size` bytes: GstDmaBufAllocator
+    /// for dmabufs, GstFdAllocator for memfds (`keep_mapped`: its mapping outlives each map).
+    fn wrap(
+        &self,
+        fd: OwnedFd,
+        kind: MemoryKind,
+        size: u64,
+        keep_mapped: bool,
+    ) -> Option<gst::Memory> {
+        let flags = if keep_mapped {
+            gst_allocators::FdMemoryFlags::KEEP_MAPPED
+        } else {
+            gst_allocators::FdMemoryFlags::NONE
+        };
+        let size = size as usize;
+        adopt_fd(fd, |raw| {
+            // SAFETY: the allocator takes ownership of `raw` on success (adopt_fd's contract).
+            unsafe {
+                match kind {
+                    MemoryKind::DmaBuf => self
+                        .dmabuf_allocator
+                        .alloc_dmabuf_with_flags(raw, size, flags),
+                    MemoryKind::Memfd => self.fd_allocator.alloc_fd(raw, size, flags),
+                }
+            }
+        })
+        .ok()
+    }
+
     /// Turns a buffer packet's fds into its files, on the thread that reads the packets, in
     /// their order: fds that come with a file id are checked, wrapped and registered in `table`
     /// now; memories sent by id alone get the file registered under it. Each memory's
@@ -401,8 +439,11 @@ impl Importer {
         let n_fds = fds.len();
         let mut files = Vec::with_capacity(n_fds);
         for (i, fd) in fds.into_iter().enumerate() {
-            let mut uses = header.memories.iter().filter(|m| m.fd_index as usize == i);
-            let first = uses.next().ok_or(ImportError::Alloc { index: i })?;
+            let first = header
+                .memories
+                .iter()
+                .find(|m| m.fd_index as usize == i)
+                .ok_or(ImportError::Alloc { index: i })?;
             let (kind, id) = (first.kind, first.file_id);
             if id == 0 {
                 files.push(FrameFile::Fresh(fd));
@@ -423,15 +464,9 @@ impl Importer {
             let size = check_fd(i, fd.as_fd(), kind, windows)?;
             // A registered memfd stays mapped: frames that reuse it map nothing anew.
             let keep_mapped = kind == MemoryKind::Memfd;
-            let base = files::wrap_file(
-                fd,
-                kind,
-                size,
-                keep_mapped,
-                &self.fd_allocator,
-                &self.dmabuf_allocator,
-            )
-            .ok_or(ImportError::Alloc { index: i })?;
+            let base = self
+                .wrap(fd, kind, size, keep_mapped)
+                .ok_or(ImportError::Alloc { index: i })?;
             let file = RegisteredFile { kind, size, base };
             table.insert(id, file.clone())?;
             files.push(FrameFile::Registered(file));
@@ -509,29 +544,23 @@ impl Importer {
 
         // One base memory per file: a one-shot fd's own (which a memory that alone uses it
         // becomes), a registered file's shared one; memories that share are sub-memories.
-        let mut bases: Vec<(gst::Memory, bool)> = Vec::with_capacity(files.len());
+        // `true`: the memory owns its file and is used once (it becomes that memory).
+        let mut bases: Vec<Option<(gst::Memory, bool)>> = Vec::with_capacity(files.len());
         for (i, file) in files.into_iter().enumerate() {
-            match file {
+            bases.push(Some(match file {
                 FrameFile::Fresh(fd) => {
                     let kind = kinds[i].unwrap_or(MemoryKind::Memfd);
-                    let mem = files::wrap_file(
-                        fd,
-                        kind,
-                        sizes[i],
-                        false,
-                        &self.fd_allocator,
-                        &self.dmabuf_allocator,
-                    )
-                    .ok_or(ImportError::Alloc { index: i })?;
-                    bases.push((mem, uses[i] == 1));
+                    let mem = self
+                        .wrap(fd, kind, sizes[i], false)
+                        .ok_or(ImportError::Alloc { index: i })?;
+                    (mem, uses[i] == 1)
                 }
-                FrameFile::Registered(r) => bases.push((r.base, false)),
-            }
+                FrameFile::Registered(r) => (r.base, false),
+            }));
         }
 
         let mut buffer = gst::Buffer::new();
         let b = buffer.get_mut().expect("new buffer is writable");
-        let mut bases: Vec<Option<(gst::Memory, bool)>> = bases.into_iter().map(Some).collect();
         for m in &header.memories {
             let i = m.fd_index as usize;
             let range = m.offset as usize..(m.offset + m.size) as usize;
@@ -658,14 +687,14 @@ mod tests {
 
     use crate::test_support::{fd_lock, open_fds};
 
-    fn header(memories: Vec<MemoryDesc>) -> BufferHeader {
+    pub(super) fn header(memories: Vec<MemoryDesc>) -> BufferHeader {
         BufferHeader {
             memories,
             ..Default::default()
         }
     }
 
-    fn desc(kind: MemoryKind, fd_index: u8, offset: u64, size: u64) -> MemoryDesc {
+    pub(super) fn desc(kind: MemoryKind, fd_index: u8, offset: u64, size: u64) -> MemoryDesc {
         MemoryDesc {
             kind,
             fd_index,
