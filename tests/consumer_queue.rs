@@ -208,10 +208,7 @@ fn leaky_copy_returns_the_pool_and_keeps_every_frame() {
         (0..15).collect::<Vec<_>>(),
         "frames lost or reordered"
     );
-    let bad: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("overwritten") || l.starts_with("pattern-mismatch"))
-        .collect();
+    let bad = changed_frames(&lines);
     assert!(bad.is_empty(), "{bad:?}");
     assert_eq!(field(&cs, "frames-received"), 15);
     assert_eq!(field(&cs, "frames-dropped"), 0);

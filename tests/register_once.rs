@@ -219,10 +219,7 @@ fn a_growing_pool_registers_each_new_buffer() {
     producer.wait_success(T, "producer");
     consumer.wait_success(T, "consumer");
     let lines = consumer.lines();
-    let bad: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("overwritten") || l.starts_with("pattern-mismatch"))
-        .collect();
+    let bad = changed_frames(&lines);
     assert!(bad.is_empty(), "wrong frames: {bad:?}");
     let got = frames(&lines);
     assert_eq!(got.len() as u64, n);

@@ -156,10 +156,7 @@ fn small_pool_slow_consumer_never_sees_a_frame_overwritten() {
     producer.wait_success(T, "producer");
     consumer.wait_success(T, "consumer");
     let lines = consumer.lines();
-    let bad: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("overwritten") || l.starts_with("pattern-mismatch"))
-        .collect();
+    let bad = changed_frames(&lines);
     assert!(bad.is_empty(), "frames changed while held: {bad:?}");
     let got = frames(&lines);
     assert_eq!(got.len(), n, "consumer got {} of {n} frames", got.len());

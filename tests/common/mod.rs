@@ -234,6 +234,15 @@ pub struct Frame {
     pub delta: bool,
 }
 
+/// The `overwritten` and `pattern-mismatch` lines of a peer run with `--slow-ms` or
+/// `--pattern`: frames that changed while held, or hold another frame's bytes.
+pub fn changed_frames(lines: &[String]) -> Vec<&String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("overwritten") || l.starts_with("pattern-mismatch"))
+        .collect()
+}
+
 pub fn frames(lines: &[String]) -> Vec<Frame> {
     lines
         .iter()
