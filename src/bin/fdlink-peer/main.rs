@@ -30,6 +30,9 @@
 //! - `--stats-every MS`: print the fdlink element's `stats` every MS ms.
 //! - `--seconds S`: send EOS after S seconds.
 //! - `--wait-clients N`: keep the pipeline in PAUSED until the fdlinksink has N consumers.
+//! - `--wait-clients-gone`: after EOS, wait (up to 10 s) until the fdlinksink has no consumer
+//!   left before printing the final `stats` line, so it counts the releases they sent as they
+//!   stopped.
 //! - `--events-log`: print an `event NAME` line per downstream event at the fdlink element's
 //!   pad (leaving an fdlinksrc, reaching an fdlinksink): `event caps CAPS`, `event stream-start
 //!   STREAM-ID`, `event segment base=B start=S time=T rate=R`, `event gap timestamp=T
@@ -107,6 +110,8 @@ struct Opts {
     source: Option<String>,
     layout: Option<String>,
     wait_clients: u32,
+    /// After EOS, wait (up to 10 s) until every consumer has left before the final stats.
+    wait_clients_gone: bool,
     events_log: bool,
     discont_log: bool,
     seek_after: Option<u64>,
@@ -149,6 +154,7 @@ fn parse_opts(args: &[String]) -> Opts {
             "--pool-max" => o.pool_max = num(it.next()) as u32,
             "--pool-min" => o.pool_min = num(it.next()) as u32,
             "--wait-clients" => o.wait_clients = num(it.next()) as u32,
+            "--wait-clients-gone" => o.wait_clients_gone = true,
             "--events-log" => o.events_log = true,
             "--discont-log" => o.discont_log = true,
             "--seek-after" => o.seek_after = Some(num(it.next())),
@@ -508,6 +514,13 @@ fn run(
         }
     };
     if let Some(el) = &element {
+        if o.wait_clients_gone && el.find_property("num-clients").is_some() {
+            // Consumers release what they hold as they stop: the final stats count it all.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while el.property::<u32>("num-clients") > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         print_stats(el, extra);
     }
     let _ = pipeline.set_state(gst::State::Null);
