@@ -567,6 +567,22 @@ impl FdlinkSink {
 }
 
 impl FdlinkSink {
+    /// Tells the consumers the state this pipeline reached (or, PLAYING → PAUSED, is going
+    /// to).
+    fn send_state(&self, state: gst::State) {
+        let Some(hub) = self.hub() else { return };
+        let mode = self.settings.lock().unwrap().mode;
+        let p = Packet::State(session::state_packet(state, mode));
+        // PAUSED is a preroll barrier: a follower that prerolls after it lets this
+        // pipeline's own preroll complete (wait_prerolled).
+        let kind = if state == gst::State::Paused {
+            StickyKind::PausedState
+        } else {
+            StickyKind::State
+        };
+        self.send_to_consumers(&hub, p, kind);
+    }
+
     /// BaseSink's `preroll` (which gstreamer-rs does not wrap, see `class_init`): the
     /// first buffer of a paused pipeline, and of every preroll after a flush.
     fn preroll(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
@@ -1045,31 +1061,22 @@ impl ElementImpl for FdlinkSink {
             // A preroll barrier (see pass_through).
             self.awaiting_preroll.store(true, Ordering::SeqCst);
         }
+        if transition == gst::StateChange::PlayingToPaused {
+            // Before BaseSink's change: it wakes the streaming thread out of its clock wait
+            // to preroll on the buffer it holds, and that preroll frame must follow the
+            // barrier on the wire (a follower pauses first, then prerolls on it), and must
+            // find it counted (or wait_prerolled would not wait for the followers).
+            self.send_state(session::destination(self.obj().upcast_ref()));
+        }
         let result = self.parent_change_state(transition)?;
         match transition {
-            gst::StateChange::ReadyToPaused => self.watch_bus(),
+            gst::StateChange::ReadyToPaused => {
+                self.watch_bus();
+                self.send_state(gst::State::Paused);
+            }
+            gst::StateChange::PausedToPlaying => self.send_state(gst::State::Playing),
             gst::StateChange::PausedToReady => *self.bus_watch.lock().unwrap() = None,
             _ => {}
-        }
-        let reached = match transition {
-            gst::StateChange::ReadyToPaused => Some(gst::State::Paused),
-            gst::StateChange::PlayingToPaused => {
-                Some(session::destination(self.obj().upcast_ref()))
-            }
-            gst::StateChange::PausedToPlaying => Some(gst::State::Playing),
-            _ => None,
-        };
-        if let (Some(state), Some(hub)) = (reached, self.hub()) {
-            let mode = self.settings.lock().unwrap().mode;
-            let p = Packet::State(session::state_packet(state, mode));
-            // PAUSED is a preroll barrier: a follower that prerolls after it lets this
-            // pipeline's own preroll complete (wait_prerolled).
-            let kind = if state == gst::State::Paused {
-                StickyKind::PausedState
-            } else {
-                StickyKind::State
-            };
-            self.send_to_consumers(&hub, p, kind);
         }
         Ok(result)
     }

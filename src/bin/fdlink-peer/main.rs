@@ -51,7 +51,7 @@
 //! - `--post-after N`: after N frames, post an element message `fdlink-test, n=N` and a
 //!   buffering message (50%) on the pipeline's bus.
 //! - `--messages-log`: print `message TYPE SOURCE STRUCTURE` for element, buffering,
-//!   request-state, latency and warning messages, `state NEW` for the pipeline's states, and
+//!   request-state, latency, QoS and warning messages, `state NEW` for the pipeline's states, and
 //!   `async-done at T` (CLOCK_MONOTONIC ns) when the pipeline finished prerolling.
 //! - `--gaps`: add `gap-max-us` to each `stats` line: the longest time between two consecutive
 //!   buffers at the fdlink element's pad (sink pad of an fdlinksink, src pad of an fdlinksrc)
@@ -444,6 +444,25 @@ fn run(
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    let bus = pipeline.bus().expect("pipeline has a bus");
+    if o.messages_log {
+        // Timed as it is posted, not as this loop gets to it, and in the bus's sync handler,
+        // which runs before any `sync-message` handler: before a following fdlinksrc reports
+        // the preroll to its producer, so a producer that waited for it is always later.
+        let weak = pipeline.downgrade();
+        bus.set_sync_handler(move |_, msg| {
+            if let gst::MessageView::AsyncDone(_) = msg.view()
+                && let Some(p) = weak.upgrade()
+                && msg.src() == Some(p.upcast_ref())
+            {
+                print_line(&format!(
+                    "async-done at {}",
+                    gstfdlink::clock::monotonic_now()
+                ));
+            }
+            gst::BusSyncReply::Pass
+        });
+    }
     let start = if o.start_paused {
         gst::State::Paused
     } else {
@@ -454,22 +473,6 @@ fn run(
         drain_errors(&pipeline);
         let _ = pipeline.set_state(gst::State::Null);
         return 1;
-    }
-    let bus = pipeline.bus().expect("pipeline has a bus");
-    if o.messages_log {
-        // Timed as it is posted, not as this loop gets to it.
-        bus.enable_sync_message_emission();
-        let weak = pipeline.downgrade();
-        bus.connect_sync_message(Some("async-done"), move |_, msg| {
-            if let Some(p) = weak.upgrade()
-                && msg.src() == Some(p.upcast_ref())
-            {
-                print_line(&format!(
-                    "async-done at {}",
-                    gstfdlink::clock::monotonic_now()
-                ));
-            }
-        });
     }
     let mut sent_eos = false;
     let code = loop {
@@ -537,7 +540,8 @@ fn log_message(pipeline: &gst::Pipeline, msg: &gst::Message) {
         gst::MessageView::Element(_)
         | gst::MessageView::Buffering(_)
         | gst::MessageView::RequestState(_)
-        | gst::MessageView::Latency(_) => format!(
+        | gst::MessageView::Latency(_)
+        | gst::MessageView::Qos(_) => format!(
             "message {:?} {src} {}",
             msg.type_(),
             msg.structure().map_or_else(String::new, |s| s.to_string())
