@@ -2,8 +2,8 @@
 //! more consumers in child processes, against a raw SCM_RIGHTS baseline measured in the same
 //! groups so every element figure reads as a ratio to the limit.
 //!
-//! `cargo bench --bench crossprocess` (about 2.5 min); `FDLINK_BENCH_QUICK=1 cargo bench --bench
-//! crossprocess` (about 1 min). See docs/performance-benches.md for what is timed exactly.
+//! `cargo bench --bench crossprocess`; `FDLINK_BENCH_QUICK=1 cargo bench --bench crossprocess`
+//! (about 1 min 45 s). See docs/performance-benches.md for what is timed exactly.
 //!
 //! # Processes
 //! - Producer (this process): a standalone source pad, linked to `fdlinksink sync=false`, on
@@ -18,6 +18,12 @@
 //!   fakesink pad, or with `FDLINK_BENCH_CHILD=raw`, a bare recvmsg loop. The probe (or the raw
 //!   loop) writes the CLOCK_MONOTONIC time the frame arrived into a shared page; the buffer is
 //!   then dropped at once, which sends the release.
+//!
+//! - io_uring baseline (`raw-io-uring`): the raw baseline with every message of a step through
+//!   one `io_uring_enter` (benches/crossprocess/uring.rs): the producer's sends to all consumers
+//!   and its reads of their releases, the consumer's release and its next receive. What an
+//!   io_uring transport could save at the limit. `FDLINK_BENCH_URING_DEFER=1` sets up the rings
+//!   with SINGLE_ISSUER and DEFER_TASKRUN.
 //!
 //! # Measurements (per frame size, per path)
 //! - `oneway`: CLOCK_MONOTONIC just before `gst_pad_push` (raw: before `sendmsg`) to the
@@ -59,6 +65,9 @@ use gstfdlink::protocol::{Packet, VideoLayout};
 use nix::sys::socket::{self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
 use nix::sys::socket::{ControlMessageOwned, UnixAddr};
 use nix::time::{ClockId, clock_gettime};
+
+#[path = "crossprocess/uring.rs"]
+mod uring;
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator
@@ -264,6 +273,7 @@ fn child_main(mode: &str) {
     match mode {
         "element" => element_child(&socket, region),
         "raw" => raw_child(&socket, region),
+        "raw-uring" => raw_uring_child(&socket, region),
         _ => panic!("unknown child mode {mode}"),
     }
 }
@@ -307,8 +317,7 @@ fn element_child(socket: &Path, region: &'static Region) {
     }
 }
 
-/// The limit: recvmsg of the same datagram and fd, close the fd, send the same release back.
-fn raw_child(socket: &Path, region: &'static Region) {
+fn connect_raw(socket: &Path) -> OwnedFd {
     let fd = socket::socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -317,6 +326,12 @@ fn raw_child(socket: &Path, region: &'static Region) {
     )
     .unwrap();
     socket::connect(fd.as_raw_fd(), &UnixAddr::new(socket).unwrap()).unwrap();
+    fd
+}
+
+/// The limit: recvmsg of the same datagram and fd, close the fd, send the same release back.
+fn raw_child(socket: &Path, region: &'static Region) {
+    let fd = connect_raw(socket);
     let release = release_packet();
     let mut buf = vec![0u8; MAX_PACKET_SIZE];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
@@ -344,6 +359,41 @@ fn raw_child(socket: &Path, region: &'static Region) {
         region.stamp(seq);
         seq += 1;
         send(&fd, &release, None);
+    }
+}
+
+/// raw_child through io_uring: the release of one frame and the receive of the next go in one
+/// io_uring_enter (linked, so the receive starts after the send).
+fn raw_uring_child(socket: &Path, region: &'static Region) {
+    let fd = connect_raw(socket);
+    let release = release_packet();
+    let mut buf = vec![0u8; MAX_PACKET_SIZE];
+    let mut ring = uring::Ring::new(2);
+    let recv = uring::Op::Recv {
+        socket: &fd,
+        buf: &mut buf,
+    };
+    let mut done = ring.step(vec![recv], false);
+    let mut seq = 0u64;
+    loop {
+        let frame = done.pop().expect("the receive completed");
+        if frame.bytes == 0 {
+            return;
+        }
+        assert_eq!(frame.fds.len(), 1, "one fd with each frame");
+        drop(frame.fds);
+        region.stamp(seq);
+        seq += 1;
+        let send = uring::Op::Send {
+            socket: &fd,
+            bytes: &release,
+            fd: None,
+        };
+        let recv = uring::Op::Recv {
+            socket: &fd,
+            buf: &mut buf,
+        };
+        done = ring.step(vec![send, recv], true);
     }
 }
 
@@ -389,6 +439,8 @@ fn release_packet() -> Vec<u8> {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Kind {
     Raw,
+    /// The raw baseline through io_uring (benches/crossprocess/uring.rs).
+    RawUring,
     Memfd,
     /// The memfd path with `register-fds=false`: every buffer packet carries its fd (what
     /// register-once fds save is this row minus the memfd row).
@@ -401,6 +453,7 @@ impl Kind {
     fn label(self) -> &'static str {
         match self {
             Kind::Raw => "raw-scm-rights",
+            Kind::RawUring => "raw-io-uring",
             Kind::Memfd => "memfd",
             Kind::MemfdFdEachFrame => "memfd-fd-each-frame",
             Kind::DmabufStandin => "dmabuf-standin",
@@ -587,7 +640,7 @@ impl Frames {
                     })
                     .collect(),
             ),
-            Kind::Raw => unreachable!("raw frames are plain memfds"),
+            Kind::Raw | Kind::RawUring => unreachable!("raw frames are plain memfds"),
         }
     }
 
@@ -777,30 +830,21 @@ trait Producer {
 
 type Setup = Box<dyn Producer>;
 
-fn setup(
-    shared: &Shared,
-    group: &str,
+/// One setup: a path at a frame size, with its consumers and frames in flight.
+#[derive(Clone, Copy)]
+struct Spec<'a> {
+    group: &'a str,
     kind: Kind,
-    (w, h): (u32, u32),
+    size: (u32, u32),
     consumers: usize,
+    /// Frames in flight (max-held; raw: unreleased frames).
     window: u32,
-) -> Setup {
-    match kind {
-        Kind::Raw => Box::new(RawProducer::new(
-            shared,
-            group,
-            (w, h),
-            consumers,
-            window as usize,
-        )),
-        _ => Box::new(ElementProducer::new(
-            shared,
-            group,
-            kind,
-            (w, h),
-            consumers,
-            window,
-        )),
+}
+
+fn setup(shared: &Shared, spec: Spec<'_>) -> Setup {
+    match spec.kind {
+        Kind::Raw | Kind::RawUring => Box::new(RawProducer::new(shared, spec)),
+        _ => Box::new(ElementProducer::new(shared, spec)),
     }
 }
 
@@ -812,11 +856,15 @@ fn socket_path(group: &str, kind: Kind, k: usize) -> PathBuf {
 
 struct RawProducer {
     group: String,
+    kind: Kind,
     conns: Vec<OwnedFd>,
     children: Children,
     frame: OwnedFd,
     packet: Vec<u8>,
-    buf: Vec<u8>,
+    /// One release buffer per consumer (io_uring reads them all at once).
+    bufs: Vec<Vec<u8>>,
+    /// Kind::RawUring: every step's messages go through this ring.
+    ring: Option<uring::Ring>,
     seq: u64,
     /// Frames sent whose releases are not read yet (per consumer, all equal).
     in_flight: usize,
@@ -824,14 +872,24 @@ struct RawProducer {
     row: Row,
 }
 
+/// What one step of the raw producer does with every consumer.
+#[derive(Clone, Copy, PartialEq)]
+enum Dir {
+    /// The frame's packet and fd to each.
+    Send,
+    /// One release from each.
+    Recv,
+}
+
 impl RawProducer {
-    fn new(shared: &Shared, group: &str, (w, h): (u32, u32), k: usize, window: usize) -> Self {
+    fn new(shared: &Shared, spec: Spec<'_>) -> Self {
+        let ((w, h), k) = (spec.size, spec.consumers);
         let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, w, h)
             .build()
             .unwrap();
         let frame = gstfdlink::memory::create_sealed_memfd("bench-raw", info.size()).unwrap();
         let packet = buffer_packet(&info, &frame);
-        let path = socket_path(group, Kind::Raw, k);
+        let path = socket_path(spec.group, spec.kind, k);
         let _ = std::fs::remove_file(&path);
         let listener = socket::socket(
             AddressFamily::Unix,
@@ -842,7 +900,8 @@ impl RawProducer {
         .unwrap();
         socket::bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
         socket::listen(&listener, socket::Backlog::new(16).unwrap()).unwrap();
-        let children = Children::spawn("raw", &path, shared, k);
+        let uring = spec.kind == Kind::RawUring;
+        let children = Children::spawn(if uring { "raw-uring" } else { "raw" }, &path, shared, k);
         let conns = (0..k)
             .map(|_| {
                 let fd = socket::accept(listener.as_raw_fd()).expect("accept raw consumer");
@@ -852,37 +911,81 @@ impl RawProducer {
             .collect();
         let _ = std::fs::remove_file(&path);
         RawProducer {
-            group: group.to_string(),
+            group: spec.group.to_string(),
+            kind: spec.kind,
             conns,
             children,
             frame,
             packet,
-            buf: vec![0u8; 1024],
+            bufs: vec![vec![0u8; 1024]; k],
+            ring: uring.then(|| uring::Ring::new(2 * k as u32)),
             seq: 0,
             in_flight: 0,
-            window,
+            window: spec.window as usize,
             row: Row::default(),
         }
     }
 
-    fn send_all(&mut self) {
-        for c in &self.conns {
-            send(c, &self.packet, Some(&self.frame));
+    /// `dirs` with every consumer, in that order. Plain: one sendmsg or recvmsg per consumer
+    /// and direction. io_uring: all of them in one io_uring_enter, each consumer's pair linked
+    /// so its second message waits for its first.
+    fn exchange(&mut self, dirs: &[Dir]) {
+        let RawProducer {
+            conns,
+            bufs,
+            ring,
+            packet,
+            frame,
+            ..
+        } = self;
+        match ring {
+            None => {
+                for dir in dirs {
+                    for (c, buf) in conns.iter().zip(bufs.iter_mut()) {
+                        match dir {
+                            Dir::Send => send(c, packet, Some(frame)),
+                            Dir::Recv => recv_release(c, buf),
+                        }
+                    }
+                }
+            }
+            Some(ring) => {
+                let mut ops = Vec::with_capacity(conns.len() * dirs.len());
+                for (c, buf) in conns.iter().zip(bufs.iter_mut()) {
+                    let mut buf = Some(buf);
+                    for dir in dirs {
+                        ops.push(match dir {
+                            Dir::Send => uring::Op::Send {
+                                socket: c,
+                                bytes: packet,
+                                fd: Some(frame.as_raw_fd()),
+                            },
+                            Dir::Recv => uring::Op::Recv {
+                                socket: c,
+                                buf: buf.take().expect("one release per consumer and step"),
+                            },
+                        });
+                    }
+                }
+                for done in ring.step(ops, dirs.len() == 2) {
+                    assert!(done.bytes > 0, "raw consumer went away");
+                }
+            }
         }
-        self.seq += 1;
-        self.in_flight += 1;
-    }
-
-    fn recv_all(&mut self) {
-        for c in &self.conns {
-            recv_release(c, &mut self.buf);
+        for dir in dirs {
+            match dir {
+                Dir::Send => {
+                    self.seq += 1;
+                    self.in_flight += 1;
+                }
+                Dir::Recv => self.in_flight -= 1,
+            }
         }
-        self.in_flight -= 1;
     }
 
     fn drain(&mut self) {
         while self.in_flight > 0 {
-            self.recv_all();
+            self.exchange(&[Dir::Recv]);
         }
     }
 }
@@ -895,8 +998,7 @@ impl Producer for RawProducer {
         for _ in 0..n {
             let seq = self.seq;
             let t0 = monotonic_now();
-            self.send_all();
-            self.recv_all();
+            self.exchange(&[Dir::Send, Dir::Recv]);
             assert!(self.children.all_saw(seq));
             let t = self.children.regions[0].stamps[seq as usize % SLOTS].load(Ordering::Relaxed);
             let d = t.saturating_sub(t0);
@@ -911,8 +1013,7 @@ impl Producer for RawProducer {
         self.drain();
         let start = self.children.snap();
         for _ in 0..n {
-            self.send_all();
-            self.recv_all();
+            self.exchange(&[Dir::Send, Dir::Recv]);
         }
         let d = start.wall.elapsed();
         self.children.add(&mut self.row.roundtrip, start, n);
@@ -921,12 +1022,11 @@ impl Producer for RawProducer {
 
     fn throughput(&mut self, n: u64) -> Duration {
         while self.in_flight < self.window {
-            self.send_all();
+            self.exchange(&[Dir::Send]);
         }
         let start = self.children.snap();
         for _ in 0..n {
-            self.recv_all();
-            self.send_all();
+            self.exchange(&[Dir::Recv, Dir::Send]);
         }
         let d = start.wall.elapsed();
         self.children.add(&mut self.row.throughput, start, n);
@@ -941,7 +1041,7 @@ impl Drop for RawProducer {
         self.children.wait();
         let row = std::mem::take(&mut self.row);
         let k = self.children.procs.len();
-        with_row(&self.group, Kind::Raw, k, |r| merge(r, row));
+        with_row(&self.group, self.kind, k, |r| merge(r, row));
     }
 }
 
@@ -959,14 +1059,14 @@ struct ElementProducer {
 }
 
 impl ElementProducer {
-    fn new(
-        shared: &Shared,
-        group: &str,
-        kind: Kind,
-        (w, h): (u32, u32),
-        k: usize,
-        window: u32,
-    ) -> Self {
+    fn new(shared: &Shared, spec: Spec<'_>) -> Self {
+        let Spec {
+            group,
+            kind,
+            size: (w, h),
+            consumers: k,
+            window,
+        } = spec;
         let caps = nv12_caps(w, h);
         let info = gst_video::VideoInfo::from_caps(&caps).unwrap();
         let path = socket_path(group, kind, k);
@@ -1138,8 +1238,9 @@ fn merge(into: &mut Row, from: Row) {
 // ---------------------------------------------------------------------------------------------
 // Criterion groups
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 6] = [
     Kind::Raw,
+    Kind::RawUring,
     Kind::Memfd,
     Kind::MemfdFdEachFrame,
     Kind::DmabufStandin,
@@ -1154,13 +1255,20 @@ fn handoff(c: &mut Criterion, shared: &Shared) {
         for kind in KINDS {
             // Made on first use (so a criterion filter that skips it spawns nothing), shared by
             // the two benches, torn down after them.
+            let spec = Spec {
+                group: label,
+                kind,
+                size: (w, h),
+                consumers: 1,
+                window: 1,
+            };
             let mut s: Option<Setup> = None;
             g.bench_function(format!("{}/oneway", kind.label()), |b| {
-                let s = s.get_or_insert_with(|| setup(shared, label, kind, (w, h), 1, 1));
+                let s = s.get_or_insert_with(|| setup(shared, spec));
                 b.iter_custom(|n| s.oneway(n))
             });
             g.bench_function(format!("{}/roundtrip", kind.label()), |b| {
-                let s = s.get_or_insert_with(|| setup(shared, label, kind, (w, h), 1, 1));
+                let s = s.get_or_insert_with(|| setup(shared, spec));
                 b.iter_custom(|n| s.roundtrip(n))
             });
             drop(s);
@@ -1174,9 +1282,16 @@ fn throughput(c: &mut Criterion, shared: &Shared) {
         let mut g = c.benchmark_group(format!("throughput-{label}"));
         g.throughput(Throughput::Elements(1));
         for kind in KINDS {
+            let spec = Spec {
+                group: label,
+                kind,
+                size: (w, h),
+                consumers: 1,
+                window: WINDOW,
+            };
             let mut s: Option<Setup> = None;
             g.bench_function(kind.label(), |b| {
-                let s = s.get_or_insert_with(|| setup(shared, label, kind, (w, h), 1, WINDOW));
+                let s = s.get_or_insert_with(|| setup(shared, spec));
                 b.iter_custom(|n| s.throughput(n))
             });
             drop(s);
@@ -1187,12 +1302,18 @@ fn throughput(c: &mut Criterion, shared: &Shared) {
 
 fn fanout(c: &mut Criterion, shared: &Shared) {
     let mut g = c.benchmark_group("fanout-1080p");
-    for kind in [Kind::Raw, Kind::Memfd] {
+    for kind in [Kind::Raw, Kind::RawUring, Kind::Memfd] {
         for k in [1usize, 2, 4, 8] {
+            let spec = Spec {
+                group: "fanout-1080p",
+                kind,
+                size: (1920, 1080),
+                consumers: k,
+                window: 1,
+            };
             let mut s: Option<Setup> = None;
             g.bench_function(format!("{}/{k}-consumers", kind.label()), |b| {
-                let s = s
-                    .get_or_insert_with(|| setup(shared, "fanout-1080p", kind, (1920, 1080), k, 1));
+                let s = s.get_or_insert_with(|| setup(shared, spec));
                 b.iter_custom(|n| s.roundtrip(n))
             });
             drop(s);
@@ -1334,7 +1455,7 @@ fn summary() -> String {
     let _ = writeln!(
         out,
         "\n(fps ratio is raw fps / element fps, so larger is slower everywhere.)\n\n\
-         | fan-out 1080p | raw round trip us | memfd round trip us | ratio | allocs/frame prod / cons (memfd) |\n|---|---|---|---|---|"
+         | fan-out 1080p | raw round trip us | raw io_uring round trip us | memfd round trip us | ratio memfd / raw | allocs/frame prod / cons (memfd) |\n|---|---|---|---|---|---|"
     );
     for k in [1usize, 2, 4, 8] {
         let get = |kind| s.get(&("fanout-1080p".to_string(), kind, k));
@@ -1343,8 +1464,12 @@ fn summary() -> String {
                 per_frame(r.roundtrip.wall_ns, r.roundtrip.frames) / 1000.0
             })
         };
-        let (raw, el) = (rt(get(Kind::Raw)), rt(get(Kind::Memfd)));
-        if raw.is_nan() && el.is_nan() {
+        let (raw, uring, el) = (
+            rt(get(Kind::Raw)),
+            rt(get(Kind::RawUring)),
+            rt(get(Kind::Memfd)),
+        );
+        if raw.is_nan() && uring.is_nan() && el.is_nan() {
             continue;
         }
         let allocs = get(Kind::Memfd).map_or((f64::NAN, f64::NAN), |r| {
@@ -1355,7 +1480,7 @@ fn summary() -> String {
         });
         let _ = writeln!(
             out,
-            "| {k} | {raw:.1} | {el:.1} | {} | {:.1} / {:.1} |",
+            "| {k} | {raw:.1} | {uring:.1} | {el:.1} | {} | {:.1} / {:.1} |",
             ratio(el, raw),
             allocs.0,
             allocs.1
