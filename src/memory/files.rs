@@ -122,8 +122,7 @@ impl FileRegistry {
         fd: BorrowedFd<'_>,
         kind: MemoryKind,
     ) -> std::io::Result<u32> {
-        let st = nix::sys::stat::fstat(fd)?;
-        let key = (st.st_dev, st.st_ino);
+        let key = crate::transport::file_identity(fd)?;
         let id = {
             let mut r = self.inner.lock().unwrap();
             let r = &mut *r;
@@ -243,7 +242,7 @@ mod tests {
 
     use gst::prelude::*;
 
-    use super::super::tests::{desc, header};
+    use super::super::tests::{desc, header, unsealed_memfd};
     use super::super::{FdList, Importer, ReleaseToken, create_sealed_memfd, describe_buffer};
     use super::*;
     use crate::protocol::{FD_REGISTERED, MemoryDesc};
@@ -443,16 +442,10 @@ mod tests {
             }
         );
         // An unsealed memfd is refused at registration, as a one-shot fd would be.
-        let unsealed = OwnedFd::from(
-            memfd::MemfdOptions::default()
-                .create("u")
-                .unwrap()
-                .into_file(),
-        );
-        nix::unistd::ftruncate(&unsealed, 100).unwrap();
         let mut h = header(vec![mem(0, 4, 0, 10)]);
         assert_eq!(
-            imp.resolve(&mut table, &mut h, vec![unsealed]).unwrap_err(),
+            imp.resolve(&mut table, &mut h, vec![unsealed_memfd(100)])
+                .unwrap_err(),
             ImportError::NotSealed { index: 0 }
         );
         assert_eq!(

@@ -694,6 +694,18 @@ mod tests {
         }
     }
 
+    /// A memfd of `size` bytes without seals (a producer's mistake the importer refuses).
+    pub(super) fn unsealed_memfd(size: i64) -> OwnedFd {
+        let fd = OwnedFd::from(
+            memfd::MemfdOptions::default()
+                .create("u")
+                .unwrap()
+                .into_file(),
+        );
+        nix::unistd::ftruncate(&fd, size).unwrap();
+        fd
+    }
+
     pub(super) fn desc(kind: MemoryKind, fd_index: u8, offset: u64, size: u64) -> MemoryDesc {
         MemoryDesc {
             kind,
@@ -760,16 +772,9 @@ mod tests {
         let token = ReleaseToken::new(|| {});
         let imp = Importer::default();
 
-        let unsealed = OwnedFd::from(
-            memfd::MemfdOptions::default()
-                .create("u")
-                .unwrap()
-                .into_file(),
-        );
-        nix::unistd::ftruncate(&unsealed, 100).unwrap();
         let h = header(vec![desc(MemoryKind::Memfd, 0, 0, 10)]);
         assert_eq!(
-            imp.import(&h, vec![FrameFile::Fresh(unsealed)], &token)
+            imp.import(&h, vec![FrameFile::Fresh(unsealed_memfd(100))], &token)
                 .unwrap_err(),
             ImportError::NotSealed { index: 0 }
         );
