@@ -510,7 +510,7 @@ fn buffer_packet(info: &gst_video::VideoInfo, frame: &OwnedFd) -> Vec<u8> {
         flags: 0,
         sent_at: monotonic_now(),
         base_time: monotonic_now(),
-        memories: vec![MemoryDesc {
+        memories: smallvec::smallvec![MemoryDesc {
             kind: MemoryKind::Memfd,
             fd_index: 0,
             file_id: 0,
@@ -528,7 +528,7 @@ fn buffer_packet(info: &gst_video::VideoInfo, frame: &OwnedFd) -> Vec<u8> {
         }),
     };
     let mut v = Vec::new();
-    Packet::Buffer(header, vec![frame.as_fd()])
+    Packet::Buffer(header, smallvec::smallvec![frame.as_fd()])
         .encode(&mut v)
         .unwrap();
     v

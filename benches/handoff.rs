@@ -20,7 +20,7 @@ fn header() -> BufferHeader {
         duration: 16_666_666,
         offset: 7,
         offset_end: 8,
-        memories: vec![MemoryDesc {
+        memories: smallvec::smallvec![MemoryDesc {
             kind: MemoryKind::Memfd,
             fd_index: 0,
             file_id: 0,
@@ -42,13 +42,13 @@ fn header() -> BufferHeader {
 
 fn protocol(c: &mut Criterion) {
     let mut out = Vec::with_capacity(512);
-    let fds = vec![3i32];
+    let fds: smallvec::SmallVec<[i32; 4]> = smallvec::smallvec![3i32];
     c.bench_function("protocol/encode+decode buffer packet", |b| {
         b.iter(|| {
             Packet::Buffer(header(), fds.clone())
                 .encode(&mut out)
                 .unwrap();
-            let p = Packet::decode(&out, vec![3i32]).unwrap();
+            let p = Packet::decode(&out, smallvec::smallvec![3i32]).unwrap();
             std::hint::black_box(p);
         })
     });
@@ -61,7 +61,7 @@ fn memfd() -> OwnedFd {
 fn roundtrip(c: &mut Criterion) {
     let frame = memfd();
     let mut packet = Vec::new();
-    Packet::Buffer(header(), vec![frame.as_fd()])
+    Packet::Buffer(header(), smallvec::smallvec![frame.as_fd()])
         .encode(&mut packet)
         .unwrap();
     let mut release = Vec::new();

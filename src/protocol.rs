@@ -113,6 +113,13 @@ pub struct VideoLayout {
     pub strides: [i32; MAX_PLANES],
 }
 
+/// A buffer's memories: most buffers have one to four, which the list holds without a heap
+/// allocation.
+pub type MemoryList = smallvec::SmallVec<[MemoryDesc; 4]>;
+
+/// The fds that travel with a packet: inline up to four, so receiving does not allocate.
+pub type PacketFds<Fd> = smallvec::SmallVec<[Fd; 4]>;
+
 /// Everything about a buffer except its file descriptors.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BufferHeader {
@@ -133,7 +140,7 @@ pub struct BufferHeader {
     /// pipeline's base time on CLOCK_MONOTONIC), or TIME_NONE when it has no clock. A
     /// buffer's running time plus this is the moment it is due, on a clock both sides share.
     pub base_time: u64,
-    pub memories: Vec<MemoryDesc>,
+    pub memories: MemoryList,
     pub video: Option<VideoLayout>,
 }
 
@@ -147,6 +154,9 @@ pub struct EventPacket {
 }
 
 /// A packet after the hello.
+// A buffer packet is the large one, and the common one: boxing its header would cost a heap
+// allocation per frame, where moving a few hundred bytes costs nothing measurable.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Packet<Fd> {
     /// Producer -> consumer: caps as a string.
@@ -158,7 +168,7 @@ pub enum Packet<Fd> {
     Event { event: EventPacket, base_time: u64 },
     /// Producer -> consumer: a buffer, with one fd per distinct file that travels as an fd in
     /// `fds` (files the consumer has registered travel as ids in the header).
-    Buffer(BufferHeader, Vec<Fd>),
+    Buffer(BufferHeader, PacketFds<Fd>),
     /// Producer -> consumer: the consumer closes the files registered under these ids (the
     /// producer's memories of them are gone: pool flushed, caps changed).
     Retire { file_ids: Vec<u32> },
@@ -524,6 +534,18 @@ pub fn encode_buffer_packet(
     finish_packet(out, PacketType::Buffer, n_fds)
 }
 
+/// Size of an encoded release packet.
+pub const RELEASE_PACKET_SIZE: usize = HEADER_SIZE + 8;
+
+/// Encodes a release packet on the stack: a consumer sends one per frame, from whichever
+/// thread drops the frame's last memory.
+pub fn encode_release(buffer_id: u64) -> [u8; RELEASE_PACKET_SIZE] {
+    let mut out = [0u8; RELEASE_PACKET_SIZE];
+    out[HEADER_SIZE..].copy_from_slice(&buffer_id.to_le_bytes());
+    finish_packet(&mut out, PacketType::Release, 0).expect("a release packet is within limits");
+    out
+}
+
 /// Fills in the fixed header of a packet whose payload follows it in `out`.
 fn finish_packet(out: &mut [u8], ty: PacketType, n_fds: usize) -> Result<(), EncodeError> {
     let payload = out.len() - HEADER_SIZE;
@@ -665,7 +687,7 @@ impl<Fd> Packet<Fd> {
 
     /// Decodes one datagram and the fds that arrived with it. On error the fds are dropped
     /// (for `OwnedFd`, closed).
-    pub fn decode(bytes: &[u8], fds: Vec<Fd>) -> Result<Packet<Fd>, DecodeError> {
+    pub fn decode(bytes: &[u8], fds: PacketFds<Fd>) -> Result<Packet<Fd>, DecodeError> {
         if bytes.len() > MAX_PACKET_SIZE {
             return Err(DecodeError::TooLarge { size: bytes.len() });
         }
@@ -941,7 +963,7 @@ fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHeader, Decod
     let mut used = [false; MAX_FDS];
     // The file id each fd was given (None: not seen yet).
     let mut fd_ids = [None::<u32>; MAX_FDS];
-    let mut memories = Vec::with_capacity(n_memories);
+    let mut memories = MemoryList::with_capacity(n_memories);
     for _ in 0..n_memories {
         let kind = match r.u8()? {
             1 => MemoryKind::Memfd,
@@ -1155,6 +1177,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smallvec::smallvec;
 
     fn sample_buffer() -> BufferHeader {
         BufferHeader {
@@ -1167,7 +1190,7 @@ mod tests {
             flags: 0x40,
             sent_at: 42,
             base_time: 1_234_567_890,
-            memories: vec![
+            memories: smallvec![
                 MemoryDesc {
                     kind: MemoryKind::Memfd,
                     fd_index: 0,
@@ -1210,8 +1233,20 @@ mod tests {
 
     fn roundtrip(p: Packet<i32>) {
         let bytes = encoded(&p);
-        let fds = p.fds().to_vec();
+        let fds = p.fds().into();
         assert_eq!(Packet::decode(&bytes, fds).unwrap(), p);
+    }
+
+    #[test]
+    fn release_encoded_on_the_stack_is_the_release_packet() {
+        for buffer_id in [0, 7, u64::MAX] {
+            let bytes = encode_release(buffer_id);
+            assert_eq!(bytes[..], encoded(&Packet::Release { buffer_id })[..]);
+            assert_eq!(
+                Packet::<i32>::decode(&bytes, PacketFds::new()).unwrap(),
+                Packet::Release { buffer_id }
+            );
+        }
     }
 
     #[test]
@@ -1291,10 +1326,10 @@ mod tests {
             buffer_id: u64::MAX,
         });
         roundtrip(Packet::Error("producer is shutting down ✓".into()));
-        roundtrip(Packet::Buffer(sample_buffer(), vec![10, 11]));
+        roundtrip(Packet::Buffer(sample_buffer(), smallvec![10, 11]));
         let mut no_video = sample_buffer();
         no_video.video = None;
-        roundtrip(Packet::Buffer(no_video, vec![3, 4]));
+        roundtrip(Packet::Buffer(no_video, smallvec![3, 4]));
         roundtrip(Packet::UpstreamEvent(EventPacket {
             event_type: 0x3c1,
             seqnum: 7,
@@ -1364,10 +1399,10 @@ mod tests {
         ] {
             let mut b = good.clone();
             b[at] = value;
-            assert_eq!(Packet::<i32>::decode(&b, vec![]), Err(want));
+            assert_eq!(Packet::<i32>::decode(&b, smallvec![]), Err(want));
         }
         assert!(matches!(
-            Packet::<i32>::decode(&good[..HEADER_SIZE + 3], vec![]),
+            Packet::<i32>::decode(&good[..HEADER_SIZE + 3], smallvec![]),
             Err(DecodeError::Truncated { .. })
         ));
     }
@@ -1382,7 +1417,7 @@ mod tests {
         let mut t = reply.clone();
         t[HEADER_SIZE + 4] = 2;
         assert!(matches!(
-            Packet::<i32>::decode(&t, vec![]),
+            Packet::<i32>::decode(&t, smallvec![]),
             Err(DecodeError::NonZeroReserved { .. })
         ));
         let msg = encoded(&Packet::<i32>::Message(MessagePacket {
@@ -1394,13 +1429,13 @@ mod tests {
         let mut t = msg.clone();
         t[HEADER_SIZE + 4..HEADER_SIZE + 6].copy_from_slice(&100u16.to_le_bytes());
         assert!(matches!(
-            Packet::<i32>::decode(&t, vec![]),
+            Packet::<i32>::decode(&t, smallvec![]),
             Err(DecodeError::Truncated { .. })
         ));
         let mut t = msg.clone();
         t[HEADER_SIZE + 8] = 0xff;
         assert!(matches!(
-            Packet::<i32>::decode(&t, vec![]),
+            Packet::<i32>::decode(&t, smallvec![]),
             Err(DecodeError::InvalidUtf8 { what: "message" })
         ));
     }
@@ -1409,35 +1444,35 @@ mod tests {
     fn header_checks() {
         let bytes = encoded(&Packet::<i32>::Release { buffer_id: 5 });
         assert!(matches!(
-            Packet::<i32>::decode(&bytes[..4], vec![]),
+            Packet::<i32>::decode(&bytes[..4], smallvec![]),
             Err(DecodeError::Truncated { .. })
         ));
         assert!(matches!(
-            Packet::<i32>::decode(&bytes[..bytes.len() - 1], vec![]),
+            Packet::<i32>::decode(&bytes[..bytes.len() - 1], smallvec![]),
             Err(DecodeError::Truncated { .. })
         ));
         let mut long = bytes.clone();
         long.push(0);
         assert!(matches!(
-            Packet::<i32>::decode(&long, vec![]),
+            Packet::<i32>::decode(&long, smallvec![]),
             Err(DecodeError::TrailingBytes { .. })
         ));
         let mut t = bytes.clone();
         t[0..2].copy_from_slice(&77u16.to_le_bytes());
         assert_eq!(
-            Packet::<i32>::decode(&t, vec![]),
+            Packet::<i32>::decode(&t, smallvec![]),
             Err(DecodeError::UnknownPacketType(77))
         );
         // A release packet with an fd riding along: the fd is refused (and dropped).
         let mut t = bytes.clone();
         t[2..4].copy_from_slice(&1u16.to_le_bytes());
         assert!(matches!(
-            Packet::<i32>::decode(&t, vec![9]),
+            Packet::<i32>::decode(&t, smallvec![9]),
             Err(DecodeError::UnexpectedFds { count: 1, .. })
         ));
         // Fds arriving that the header does not declare.
         assert_eq!(
-            Packet::<i32>::decode(&bytes, vec![9]),
+            Packet::<i32>::decode(&bytes, smallvec![9]),
             Err(DecodeError::FdCountMismatch {
                 declared: 0,
                 received: 1
@@ -1445,7 +1480,7 @@ mod tests {
         );
         let huge = vec![0u8; MAX_PACKET_SIZE + 1];
         assert!(matches!(
-            Packet::<i32>::decode(&huge, vec![]),
+            Packet::<i32>::decode(&huge, smallvec![]),
             Err(DecodeError::TooLarge { .. })
         ));
         // Release payload of the wrong size, with a consistent header.
@@ -1453,21 +1488,21 @@ mod tests {
         t.push(0);
         t[4..8].copy_from_slice(&9u32.to_le_bytes());
         assert!(matches!(
-            Packet::<i32>::decode(&t, vec![]),
+            Packet::<i32>::decode(&t, smallvec![]),
             Err(DecodeError::TrailingBytes { .. })
         ));
     }
 
     #[test]
     fn buffer_malformed_cases() {
-        let good = encoded(&Packet::Buffer(sample_buffer(), vec![1, 2]));
+        let good = encoded(&Packet::Buffer(sample_buffer(), smallvec![1, 2]));
         let mem0 = HEADER_SIZE + BUFFER_FIXED_SIZE;
         let n_mem_at = HEADER_SIZE + 8 * 6 + 4 + 8 + 8;
-        let decode = |b: &[u8], fds: Vec<i32>| Packet::<i32>::decode(b, fds);
+        let decode = |b: &[u8], fds: PacketFds<i32>| Packet::<i32>::decode(b, fds);
 
         // fd count declared 2, one arrived (MSG_CTRUNC-like loss).
         assert_eq!(
-            decode(&good, vec![1]),
+            decode(&good, smallvec![1]),
             Err(DecodeError::FdCountMismatch {
                 declared: 2,
                 received: 1
@@ -1478,14 +1513,17 @@ mod tests {
             let mut t = good[..cut].to_vec();
             t[4..8].copy_from_slice(&((cut - HEADER_SIZE) as u32).to_le_bytes());
             assert!(
-                matches!(decode(&t, vec![1, 2]), Err(DecodeError::Truncated { .. })),
+                matches!(
+                    decode(&t, smallvec![1, 2]),
+                    Err(DecodeError::Truncated { .. })
+                ),
                 "cut at {cut}"
             );
         }
         let mut t = good.clone();
         t[n_mem_at] = 0;
         assert!(matches!(
-            decode(&t, vec![1, 2]),
+            decode(&t, smallvec![1, 2]),
             Err(DecodeError::TooMany {
                 what: "memories",
                 ..
@@ -1494,7 +1532,7 @@ mod tests {
         let mut t = good.clone();
         t[n_mem_at] = 17;
         assert!(matches!(
-            decode(&t, vec![1, 2]),
+            decode(&t, smallvec![1, 2]),
             Err(DecodeError::TooMany {
                 what: "memories",
                 ..
@@ -1502,31 +1540,34 @@ mod tests {
         ));
         let mut t = good.clone();
         t[mem0] = 7;
-        assert_eq!(decode(&t, vec![1, 2]), Err(DecodeError::BadMemoryKind(7)));
+        assert_eq!(
+            decode(&t, smallvec![1, 2]),
+            Err(DecodeError::BadMemoryKind(7))
+        );
         let mut t = good.clone();
         t[mem0 + 1] = 2;
         assert_eq!(
-            decode(&t, vec![1, 2]),
+            decode(&t, smallvec![1, 2]),
             Err(DecodeError::BadFdIndex { index: 2, fds: 2 })
         );
         // Memory 2 pointed at fd 0: fd 1 arrives but nothing uses it.
         let mut t = good.clone();
         t[mem0 + 2 * MEMORY_DESC_SIZE + 1] = 0;
         assert_eq!(
-            decode(&t, vec![1, 2]),
+            decode(&t, smallvec![1, 2]),
             Err(DecodeError::UnusedFd { index: 1 })
         );
         let mut t = good.clone();
         t[mem0 + 8..mem0 + 16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(
-            decode(&t, vec![1, 2]),
+            decode(&t, smallvec![1, 2]),
             Err(DecodeError::BadMemoryWindow { .. })
         ));
         let planes_at = mem0 + 3 * MEMORY_DESC_SIZE + 16;
         let mut t = good.clone();
         t[planes_at..planes_at + 4].copy_from_slice(&5u32.to_le_bytes());
         assert!(matches!(
-            decode(&t, vec![1, 2]),
+            decode(&t, smallvec![1, 2]),
             Err(DecodeError::TooMany { what: "planes", .. })
         ));
         // Too many fds declared and delivered.
@@ -1543,7 +1584,7 @@ mod tests {
         let mut t = encoded(&Packet::<i32>::Caps("ab".into()));
         t[HEADER_SIZE] = 0xff;
         assert_eq!(
-            Packet::<i32>::decode(&t, vec![]),
+            Packet::<i32>::decode(&t, smallvec![]),
             Err(DecodeError::InvalidUtf8 { what: "caps" })
         );
     }
@@ -1558,12 +1599,12 @@ mod tests {
         ));
         let mut h = sample_buffer();
         assert!(matches!(
-            Packet::Buffer(h.clone(), vec![1]).encode(&mut out),
+            Packet::Buffer(h.clone(), smallvec![1]).encode(&mut out),
             Err(EncodeError::BadFdIndex { .. })
         ));
         h.memories.clear();
         assert!(matches!(
-            Packet::Buffer(h, vec![1]).encode(&mut out),
+            Packet::Buffer(h, smallvec![1]).encode(&mut out),
             Err(EncodeError::TooMany { .. })
         ));
     }
@@ -1572,7 +1613,7 @@ mod tests {
     #[test]
     fn fuzz_decode_never_panics() {
         let seeds = [
-            encoded(&Packet::Buffer(sample_buffer(), vec![1, 2])),
+            encoded(&Packet::Buffer(sample_buffer(), smallvec![1, 2])),
             encoded(&Packet::<i32>::Caps("video/x-raw".into())),
             encoded(&Packet::<i32>::Release { buffer_id: 3 }),
             encoded(&Packet::<i32>::Prerolled {
@@ -1608,7 +1649,7 @@ mod tests {
                 b[at] = next() as u8;
             }
             let n_fds = u16::from_le_bytes([b[2], b[3]]) as usize;
-            let fds: Vec<i32> = (0..n_fds.min(20) as i32).collect();
+            let fds: PacketFds<i32> = (0..n_fds.min(20) as i32).collect();
             if let Ok(p) = Packet::decode(&b, fds) {
                 assert_eq!(encoded(&p), b);
             }
@@ -1628,12 +1669,12 @@ mod tests {
 
     #[test]
     fn register_once_files_roundtrip() {
-        roundtrip(Packet::Buffer(registered_sample(), vec![3]));
+        roundtrip(Packet::Buffer(registered_sample(), smallvec![3]));
         // Every file by id: a buffer packet without fds.
         let mut h = registered_sample();
         h.memories[0].fd_index = FD_REGISTERED;
         h.memories[1].fd_index = FD_REGISTERED;
-        roundtrip(Packet::Buffer(h, vec![]));
+        roundtrip(Packet::Buffer(h, smallvec![]));
         roundtrip(Packet::<i32>::Retire {
             file_ids: vec![1, 9, u32::MAX],
         });
@@ -1658,8 +1699,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            Packet::decode(&out, vec![5]).unwrap(),
-            Packet::Buffer(registered_sample(), vec![5])
+            Packet::decode(&out, smallvec![5]).unwrap(),
+            Packet::Buffer(registered_sample(), smallvec![5])
         );
         // Everything known: no fd at all.
         encode_buffer_packet(
@@ -1668,7 +1709,7 @@ mod tests {
             &mut out,
         )
         .unwrap();
-        let Packet::Buffer(decoded, fds) = Packet::<i32>::decode(&out, vec![]).unwrap() else {
+        let Packet::Buffer(decoded, fds) = Packet::<i32>::decode(&out, smallvec![]).unwrap() else {
             panic!("not a buffer packet");
         };
         assert!(fds.is_empty());
@@ -1690,30 +1731,30 @@ mod tests {
 
     #[test]
     fn register_once_malformed_cases() {
-        let decode = |h: BufferHeader, fds: Vec<i32>| {
+        let decode = |h: BufferHeader, fds: PacketFds<i32>| {
             let bytes = encoded(&Packet::Buffer(h, fds.clone()));
             Packet::<i32>::decode(&bytes, fds)
         };
         // By id, but id 0: no file at all.
-        let mut bytes = encoded(&Packet::Buffer(registered_sample(), vec![3]));
+        let mut bytes = encoded(&Packet::Buffer(registered_sample(), smallvec![3]));
         let mem2 = HEADER_SIZE + BUFFER_FIXED_SIZE + 2 * MEMORY_DESC_SIZE;
         bytes[mem2 + 4..mem2 + 8].copy_from_slice(&0u32.to_le_bytes());
         assert_eq!(
-            Packet::<i32>::decode(&bytes, vec![3]),
+            Packet::<i32>::decode(&bytes, smallvec![3]),
             Err(DecodeError::NoFile)
         );
         // One fd given two ids.
         let mut h = registered_sample();
         h.memories[1].file_id = 8;
         assert_eq!(
-            decode(h, vec![3]),
+            decode(h, smallvec![3]),
             Err(DecodeError::FileIdConflict { file_id: 8 })
         );
         // One id on an fd and by id in the same packet.
         let mut h = registered_sample();
         h.memories[2].file_id = 7;
         assert_eq!(
-            decode(h, vec![3]),
+            decode(h, smallvec![3]),
             Err(DecodeError::FileIdConflict { file_id: 7 })
         );
         // Two fds registering one id.
@@ -1721,14 +1762,14 @@ mod tests {
         h.memories[2].fd_index = 1;
         h.memories[2].file_id = 7;
         assert_eq!(
-            decode(h, vec![3, 4]),
+            decode(h, smallvec![3, 4]),
             Err(DecodeError::FileIdConflict { file_id: 7 })
         );
         // Nonzero reserved bytes in a descriptor are still refused.
-        let mut bytes = encoded(&Packet::Buffer(registered_sample(), vec![3]));
+        let mut bytes = encoded(&Packet::Buffer(registered_sample(), smallvec![3]));
         bytes[HEADER_SIZE + BUFFER_FIXED_SIZE + 2] = 1;
         assert!(matches!(
-            Packet::<i32>::decode(&bytes, vec![3]),
+            Packet::<i32>::decode(&bytes, smallvec![3]),
             Err(DecodeError::NonZeroReserved { .. })
         ));
         // Retire: empty, id 0, a ragged payload, fds riding along.
@@ -1736,25 +1777,25 @@ mod tests {
         let mut empty = retire[..HEADER_SIZE].to_vec();
         empty[4..8].copy_from_slice(&0u32.to_le_bytes());
         assert!(matches!(
-            Packet::<i32>::decode(&empty, vec![]),
+            Packet::<i32>::decode(&empty, smallvec![]),
             Err(DecodeError::Truncated { what: "retire", .. })
         ));
         let zero = encoded(&Packet::<i32>::Retire { file_ids: vec![0] });
         assert_eq!(
-            Packet::<i32>::decode(&zero, vec![]),
+            Packet::<i32>::decode(&zero, smallvec![]),
             Err(DecodeError::NoFile)
         );
         let mut ragged = retire.clone();
         ragged.push(0);
         ragged[4..8].copy_from_slice(&5u32.to_le_bytes());
         assert!(matches!(
-            Packet::<i32>::decode(&ragged, vec![]),
+            Packet::<i32>::decode(&ragged, smallvec![]),
             Err(DecodeError::TrailingBytes { what: "retire", .. })
         ));
         let mut with_fd = retire.clone();
         with_fd[2..4].copy_from_slice(&1u16.to_le_bytes());
         assert!(matches!(
-            Packet::<i32>::decode(&with_fd, vec![9]),
+            Packet::<i32>::decode(&with_fd, smallvec![9]),
             Err(DecodeError::UnexpectedFds { what: "retire", .. })
         ));
     }

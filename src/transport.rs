@@ -19,7 +19,7 @@ use nix::sys::socket::{
     self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
 };
 
-use crate::protocol::{EncodeError, MAX_FDS, MAX_PACKET_SIZE, Packet};
+use crate::protocol::{EncodeError, MAX_FDS, MAX_PACKET_SIZE, Packet, PacketFds};
 
 /// Socket-level failures, each naming the cause.
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +199,7 @@ pub struct Connection {
 #[derive(Debug)]
 pub struct Received {
     pub len: usize,
-    pub fds: Vec<OwnedFd>,
+    pub fds: PacketFds<OwnedFd>,
 }
 
 impl Connection {
@@ -404,12 +404,16 @@ impl Connection {
             if left == Some(Duration::ZERO) {
                 return Err(TransportError::TimedOut(timeout.unwrap_or_default()));
             }
-            let mut pfds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-            if let Some(w) = waker {
-                pfds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
-            }
-            poll_retry(&mut pfds, left)?;
-            if pfds.len() > 1
+            // On the stack: a reader waits here once per frame. Without a waker the second
+            // entry is left out of the poll.
+            let socket = self.fd.as_fd();
+            let mut pfds = [
+                PollFd::new(socket, PollFlags::POLLIN),
+                PollFd::new(waker.map_or(socket, |w| w.as_fd()), PollFlags::POLLIN),
+            ];
+            let polled = if waker.is_some() { 2 } else { 1 };
+            poll_retry(&mut pfds[..polled], left)?;
+            if polled > 1
                 && pfds[1]
                     .revents()
                     .is_some_and(|r| r.contains(PollFlags::POLLIN))
@@ -493,7 +497,7 @@ fn recv_packet(
             e => return Err(sys("recvmsg", "fdlink socket")(e)),
         }
     };
-    let mut fds = Vec::new();
+    let mut fds = PacketFds::new();
     // SAFETY: mhdr was filled by a successful recvmsg; CMSG_FIRSTHDR/NXTHDR stay within
     // msg_controllen, and each SCM_RIGHTS payload holds whole c_ints installed for us.
     unsafe {

@@ -85,18 +85,20 @@ fn buffer_packet(size: u64, n_fds_declared: Option<u16>) -> Vec<u8> {
         pts: protocol::TIME_NONE,
         dts: protocol::TIME_NONE,
         duration: protocol::TIME_NONE,
-        memories: vec![MemoryDesc {
+        memories: [MemoryDesc {
             kind: MemoryKind::Memfd,
             fd_index: 0,
             file_id: 0,
             offset: 0,
             size,
-        }],
+        }]
+        .into_iter()
+        .collect(),
         ..Default::default()
     };
     let fd = gstfdlink::memory::create_sealed_memfd("x", 1).unwrap();
     let mut out = Vec::new();
-    Packet::Buffer(header, vec![fd.as_fd()])
+    Packet::Buffer(header, [fd.as_fd()].into_iter().collect())
         .encode(&mut out)
         .unwrap();
     if let Some(n) = n_fds_declared {

@@ -19,7 +19,7 @@ use super::requests::RequestPool;
 use crate::clock;
 use crate::control;
 use crate::memory::{self, FdList, MemfdBufferPool};
-use crate::protocol::{BufferHeader, MemoryDesc, Packet, TIME_NONE};
+use crate::protocol::{BufferHeader, MemoryList, Packet, TIME_NONE};
 use crate::session::{self, BusWatch, Mode, Reposted};
 use crate::transport::Listener;
 
@@ -192,7 +192,7 @@ enum State {
         control: JoinHandle<()>,
         copy_pool: Option<MemfdBufferPool>,
         /// The per-frame memory list, reused so that a frame allocates nothing.
-        memories: Vec<MemoryDesc>,
+        memories: MemoryList,
         /// Whether upstream is live, asked once per stream: a live stream never waits for a
         /// slow consumer (that consumer skips frames instead).
         upstream_live: Option<bool>,
@@ -223,7 +223,7 @@ impl PrerolledBuffer {
 /// memfd copy) described as fd windows.
 struct Outgoing<'a> {
     wire: &'a gst::Buffer,
-    memories: Vec<MemoryDesc>,
+    memories: MemoryList,
     fds: FdList<'a>,
     /// Bytes copied to make this frame shareable; None when it crosses zero-copy.
     copied_bytes: Option<usize>,
@@ -407,14 +407,14 @@ impl FdlinkSink {
     }
 
     /// The reused memory list of the state (empty, with its capacity).
-    fn take_memories(&self, state: &mut State) -> Vec<MemoryDesc> {
+    fn take_memories(&self, state: &mut State) -> MemoryList {
         match state {
             State::Started { memories, .. } => {
                 let mut m = std::mem::take(memories);
                 m.clear();
                 m
             }
-            State::Stopped => Vec::new(),
+            State::Stopped => MemoryList::new(),
         }
     }
 
@@ -426,7 +426,7 @@ impl FdlinkSink {
         state: &mut State,
         registry: Option<&memory::FileRegistry>,
         buffer: &gst::BufferRef,
-        mut memories: Vec<MemoryDesc>,
+        mut memories: MemoryList,
         copy: &'a mut Option<gst::Buffer>,
         for_slow_consumer: bool,
     ) -> Result<Outgoing<'a>, gst::FlowError> {
@@ -1204,7 +1204,7 @@ impl BaseSinkImpl for FdlinkSink {
         *self.state.lock().unwrap() = State::Started {
             control,
             copy_pool: None,
-            memories: Vec::with_capacity(4),
+            memories: MemoryList::new(),
             upstream_live: None,
             prerolled: None,
         };

@@ -14,7 +14,7 @@ use crate::clock;
 use crate::control;
 
 use super::link::{Inbound, Leaky, Link, LinkPeer, QueueCounters, QueueLimit};
-use crate::memory::{Importer, ReleaseToken};
+use crate::memory::Importer;
 use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role, TIME_NONE};
 use crate::session::{self, BusWatch, Mode, Reposted};
 use crate::transport::{Connection, TransportError, Waker};
@@ -1195,19 +1195,8 @@ impl FdlinkSrc {
                 }
                 Packet::Buffer(header, fds) => {
                     let buffer_id = header.buffer_id;
-                    let weak = Arc::downgrade(&conn);
-                    let releases = self.counters.releases.clone();
-                    let token = ReleaseToken::new(move || {
-                        let Some(conn) = weak.upgrade() else { return };
-                        let release = Packet::Release { buffer_id };
-                        if conn
-                            .send_packet(&release, Some(RELEASE_SEND_TIMEOUT))
-                            .is_ok()
-                        {
-                            releases.fetch_add(1, Ordering::Relaxed);
-                        }
-                    });
-                    let buffer = match stream.importer.import(&header, fds, &token) {
+                    let token = link.release_tokens.issue(buffer_id);
+                    let buffer = match stream.importer.import(&header, fds, Some(&token)) {
                         Ok(b) => b,
                         Err(e) => {
                             let msg = format!("invalid buffer {buffer_id}: {e}");

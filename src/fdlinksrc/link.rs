@@ -17,15 +17,24 @@ use std::time::{Duration, Instant};
 use gst::glib;
 
 use crate::control::PendingQueries;
-use crate::memory::{FileTable, FrameFile, Importer, ReleaseToken};
+use crate::memory::{FileTable, FrameFile, Importer, ReleaseTokens};
 use crate::protocol::{
-    BufferHeader, MAX_PACKET_SIZE, MessagePacket, Packet, QueryPacket, QueryReplyPacket,
+    self, BufferHeader, MAX_PACKET_SIZE, MessagePacket, Packet, QueryPacket, QueryReplyPacket,
     StatePacket,
 };
 use crate::transport::{Connection, TransportError, Waker};
 
 /// How long a reply, a release or an error packet may wait for room in the socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Tells the producer this consumer is done with `buffer_id` (counted in `releases` once
+/// sent). The packet is encoded on the stack: one goes out per frame.
+fn send_release(conn: &Connection, releases: &AtomicU64, buffer_id: u64) {
+    let packet = protocol::encode_release(buffer_id);
+    if conn.send_timeout(&packet, &[], SEND_TIMEOUT).is_ok() {
+        releases.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// What the reader does with a frame that arrives while `max-queued` frames wait.
 #[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
@@ -180,6 +189,8 @@ pub struct Link {
     pub producer_state: AtomicU8,
     /// Files the producer has registered with this consumer now (register-once fds).
     pub files_registered: AtomicU32,
+    /// The tokens that send a frame's release once its last memory is freed.
+    pub release_tokens: ReleaseTokens,
 }
 
 /// While it lives, a full inbox does not stop the reader: see [`Link::awaiting_reply`].
@@ -201,6 +212,14 @@ impl Link {
         limit: QueueLimit,
         counters: Arc<QueueCounters>,
     ) -> Result<Arc<Link>, TransportError> {
+        // A frame may outlive its connection: its release then goes nowhere.
+        let weak_conn = Arc::downgrade(&conn);
+        let releases = counters.releases.clone();
+        let release_tokens = ReleaseTokens::new(move |buffer_id| {
+            if let Some(conn) = weak_conn.upgrade() {
+                send_release(&conn, &releases, buffer_id);
+            }
+        });
         let link = Arc::new(Link {
             conn,
             pending: PendingQueries::default(),
@@ -217,6 +236,7 @@ impl Link {
             barriers: AtomicU32::new(0),
             producer_state: AtomicU8::new(0),
             files_registered: AtomicU32::new(0),
+            release_tokens,
         });
         let reader = link.clone();
         let handle = std::thread::Builder::new()
@@ -385,8 +405,7 @@ impl Link {
         };
         let buffer_id = header.buffer_id;
         // Released below, once the imported buffer (and with it our fds) is gone.
-        let token = ReleaseToken::new(|| {});
-        let copy = match importer.import(header, std::mem::take(fds), &token) {
+        let copy = match importer.import(header, std::mem::take(fds), None) {
             Ok(original) => original
                 .copy_deep()
                 .map_err(|e| format!("cannot copy buffer {buffer_id}: {e}")),
@@ -433,10 +452,7 @@ impl Link {
     }
 
     fn release(&self, buffer_id: u64) {
-        let release = Packet::Release { buffer_id };
-        if self.conn.send_packet(&release, Some(SEND_TIMEOUT)).is_ok() {
-            self.counters.releases.fetch_add(1, Ordering::Relaxed);
-        }
+        send_release(&self.conn, &self.counters.releases, buffer_id);
     }
 
     /// The next packet (or the end), or TimedOut at `deadline`; None while flushing.

@@ -243,9 +243,9 @@ mod tests {
     use gst::prelude::*;
 
     use super::super::tests::{desc, header, unsealed_memfd};
-    use super::super::{FdList, Importer, ReleaseToken, create_sealed_memfd, describe_buffer};
+    use super::super::{FdList, Importer, create_sealed_memfd, describe_buffer};
     use super::*;
-    use crate::protocol::{FD_REGISTERED, MemoryDesc};
+    use crate::protocol::{FD_REGISTERED, MemoryDesc, MemoryList, PacketFds};
     use crate::test_support::{fd_lock, open_fds};
 
     fn nv12_pool(min: u32, max: u32) -> super::super::MemfdBufferPool {
@@ -259,7 +259,7 @@ mod tests {
     }
 
     fn file_ids(registry: &FileRegistry, buf: &gst::BufferRef) -> Vec<u32> {
-        let mut descs = Vec::new();
+        let mut descs = MemoryList::new();
         let mut fds = FdList::new();
         describe_buffer(buf, Some(registry), &mut descs, &mut fds).unwrap();
         descs.iter().map(|m| m.file_id).collect()
@@ -308,7 +308,7 @@ mod tests {
             .unwrap()
             .append_memory(again.memory(0).unwrap());
         wrapped.get_mut().unwrap().append_memory(other);
-        let mut descs = Vec::new();
+        let mut descs = MemoryList::new();
         let mut fds = FdList::new();
         describe_buffer(&wrapped, Some(&registry), &mut descs, &mut fds).unwrap();
         assert_eq!(fds.len(), 1, "one fd for one file");
@@ -352,20 +352,21 @@ mod tests {
         let before = open_fds();
         let imp = Importer::default();
         let mut table = FileTable::default();
-        let token = ReleaseToken::new(|| {});
         let fd = create_sealed_memfd("r", 8192).unwrap();
         nix::sys::uio::pwrite(&fd, b"abcdefgh", 4096).unwrap();
         let ident = crate::transport::file_identity(fd.as_fd()).unwrap();
 
         // The packet that registers file 5 (its fd comes along).
         let mut h = header(vec![mem(0, 5, 4096, 4)]);
-        let files = imp.resolve(&mut table, &mut h, vec![fd]).unwrap();
+        let files = imp
+            .resolve(&mut table, &mut h, smallvec::smallvec![fd])
+            .unwrap();
         assert_eq!(table.len(), 1);
-        let first = imp.import(&h, files, &token).unwrap();
+        let first = imp.import(&h, files, None).unwrap();
         // A later packet names it by id alone: same file, same mapping, no fd.
         let mut h = header(vec![mem(FD_REGISTERED, 5, 4100, 4)]);
-        let files = imp.resolve(&mut table, &mut h, vec![]).unwrap();
-        let second = imp.import(&h, files, &token).unwrap();
+        let files = imp.resolve(&mut table, &mut h, PacketFds::new()).unwrap();
+        let second = imp.import(&h, files, None).unwrap();
         assert_eq!(second.map_readable().unwrap().as_slice(), b"efgh");
         assert_eq!(first.map_readable().unwrap().as_slice(), b"abcd");
         let fd_of = |b: &gst::Buffer| {
@@ -387,7 +388,7 @@ mod tests {
         table.retire(&[5]).unwrap();
         assert!(table.is_empty());
         assert_eq!(open_fds(), before + 1);
-        drop((first, second, token));
+        drop((first, second));
         assert_eq!(
             open_fds(),
             before,
@@ -402,26 +403,28 @@ mod tests {
         let before = open_fds();
         let imp = Importer::default();
         let mut table = FileTable::default();
-        let token = ReleaseToken::new(|| {});
         let memfd = || create_sealed_memfd("e", 4096).unwrap();
 
         let mut h = header(vec![mem(FD_REGISTERED, 3, 0, 10)]);
         assert_eq!(
-            imp.resolve(&mut table, &mut h, vec![]).unwrap_err(),
+            imp.resolve(&mut table, &mut h, PacketFds::new())
+                .unwrap_err(),
             ImportError::UnknownFile { id: 3 }
         );
         let mut h = header(vec![mem(0, 3, 0, 10)]);
-        imp.resolve(&mut table, &mut h, vec![memfd()]).unwrap();
+        imp.resolve(&mut table, &mut h, smallvec::smallvec![memfd()])
+            .unwrap();
         let mut h = header(vec![mem(0, 3, 0, 10)]);
         assert_eq!(
-            imp.resolve(&mut table, &mut h, vec![memfd()]).unwrap_err(),
+            imp.resolve(&mut table, &mut h, smallvec::smallvec![memfd()])
+                .unwrap_err(),
             ImportError::RegisteredTwice { id: 3 }
         );
         // A window past the end of a registered file, named by id.
         let mut h = header(vec![mem(FD_REGISTERED, 3, 4000, 100)]);
-        let files = imp.resolve(&mut table, &mut h, vec![]).unwrap();
+        let files = imp.resolve(&mut table, &mut h, PacketFds::new()).unwrap();
         assert!(matches!(
-            imp.import(&h, files, &token).unwrap_err(),
+            imp.import(&h, files, None).unwrap_err(),
             ImportError::WindowOutOfBounds {
                 file_size: 4096,
                 ..
@@ -432,9 +435,9 @@ mod tests {
             kind: MemoryKind::DmaBuf,
             ..mem(FD_REGISTERED, 3, 0, 10)
         }]);
-        let files = imp.resolve(&mut table, &mut h, vec![]).unwrap();
+        let files = imp.resolve(&mut table, &mut h, PacketFds::new()).unwrap();
         assert_eq!(
-            imp.import(&h, files, &token).unwrap_err(),
+            imp.import(&h, files, None).unwrap_err(),
             ImportError::RegisteredKind {
                 id: 3,
                 registered: MemoryKind::Memfd,
@@ -444,7 +447,7 @@ mod tests {
         // An unsealed memfd is refused at registration, as a one-shot fd would be.
         let mut h = header(vec![mem(0, 4, 0, 10)]);
         assert_eq!(
-            imp.resolve(&mut table, &mut h, vec![unsealed_memfd(100)])
+            imp.resolve(&mut table, &mut h, smallvec::smallvec![unsealed_memfd(100)])
                 .unwrap_err(),
             ImportError::NotSealed { index: 0 }
         );
@@ -455,17 +458,19 @@ mod tests {
         // The table holds MAX_REGISTERED_FILES files at most.
         for id in 100..100 + MAX_REGISTERED_FILES as u32 - 1 {
             let mut h = header(vec![mem(0, id, 0, 10)]);
-            imp.resolve(&mut table, &mut h, vec![memfd()]).unwrap();
+            imp.resolve(&mut table, &mut h, smallvec::smallvec![memfd()])
+                .unwrap();
         }
         assert_eq!(table.len(), MAX_REGISTERED_FILES);
         let mut h = header(vec![mem(0, 999, 0, 10)]);
         assert_eq!(
-            imp.resolve(&mut table, &mut h, vec![memfd()]).unwrap_err(),
+            imp.resolve(&mut table, &mut h, smallvec::smallvec![memfd()])
+                .unwrap_err(),
             ImportError::TooManyFiles {
                 max: MAX_REGISTERED_FILES
             }
         );
-        drop((table, token));
+        drop(table);
         assert_eq!(open_fds(), before, "fds leaked");
     }
 }

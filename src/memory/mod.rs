@@ -11,9 +11,9 @@
 
 pub mod files;
 pub mod pool;
+pub mod release;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, LazyLock};
 
 use gst_allocators::prelude::*;
 use nix::errno::Errno;
@@ -21,8 +21,12 @@ use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 
 pub use files::{FileRegistry, FileTable, FrameFile, RegisteredFile};
 pub use pool::MemfdBufferPool;
+pub use release::{ReleaseToken, ReleaseTokens};
 
-use crate::protocol::{BufferHeader, FD_REGISTERED, MAX_FDS, MemoryDesc, MemoryKind, VideoLayout};
+use crate::protocol::{
+    BufferHeader, FD_REGISTERED, MAX_FDS, MAX_PLANES, MemoryDesc, MemoryKind, MemoryList,
+    PacketFds, VideoLayout,
+};
 
 /// Creates a memfd of `size` bytes sealed against shrinking and growing (its contents stay
 /// writable for the producer; receivers can rely on its size).
@@ -90,7 +94,7 @@ pub type FdList<'a> = smallvec::SmallVec<[BorrowedFd<'a>; 4]>;
 pub fn describe_buffer<'a>(
     buffer: &'a gst::BufferRef,
     registry: Option<&FileRegistry>,
-    descs: &mut Vec<MemoryDesc>,
+    descs: &mut MemoryList,
     fds: &mut FdList<'a>,
 ) -> Result<(), CopyReason> {
     descs.clear();
@@ -278,51 +282,6 @@ pub enum ImportError {
     },
 }
 
-/// Runs a closure once, when the last memory holding it is freed (on whatever thread).
-pub struct ReleaseToken {
-    on_release: Option<Box<dyn FnOnce() + Send + Sync>>,
-}
-
-impl ReleaseToken {
-    pub fn new(on_release: impl FnOnce() + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(ReleaseToken {
-            on_release: Some(Box::new(on_release)),
-        })
-    }
-}
-
-impl Drop for ReleaseToken {
-    fn drop(&mut self) {
-        if let Some(f) = self.on_release.take() {
-            f();
-        }
-    }
-}
-
-static RELEASE_QUARK: LazyLock<glib::Quark> =
-    LazyLock::new(|| glib::Quark::from_str("fdlink-release-token"));
-
-unsafe extern "C" fn drop_release_token(data: glib::ffi::gpointer) {
-    // SAFETY: `data` is the Box<Arc<ReleaseToken>> leaked in attach_release_token; GStreamer
-    // calls this destroy notify exactly once, when the memory is freed.
-    drop(unsafe { Box::from_raw(data as *mut Arc<ReleaseToken>) });
-}
-
-fn attach_release_token(mem: &mut gst::MemoryRef, token: &Arc<ReleaseToken>) {
-    use glib::translate::IntoGlib;
-    let data = Box::into_raw(Box::new(token.clone()));
-    // SAFETY: `mem` is a valid memory we hold mutably; qdata takes ownership of `data` and
-    // frees it through drop_release_token when the memory's last reference goes.
-    unsafe {
-        gst::ffi::gst_mini_object_set_qdata(
-            mem.as_mut_ptr() as *mut gst::ffi::GstMiniObject,
-            RELEASE_QUARK.into_glib(),
-            data as glib::ffi::gpointer,
-            Some(drop_release_token),
-        );
-    }
-}
-
 fn set_readonly(mem: &mut gst::MemoryRef) {
     // SAFETY: `mem` is valid and exclusively ours; setting a flag bit on a fresh memory is
     // what GST_MINI_OBJECT_FLAG_SET does.
@@ -434,10 +393,10 @@ impl Importer {
         &self,
         table: &mut FileTable,
         header: &mut BufferHeader,
-        fds: Vec<OwnedFd>,
-    ) -> Result<Vec<FrameFile>, ImportError> {
+        fds: PacketFds<OwnedFd>,
+    ) -> Result<PacketFds<FrameFile>, ImportError> {
         let n_fds = fds.len();
-        let mut files = Vec::with_capacity(n_fds);
+        let mut files = PacketFds::with_capacity(n_fds);
         for (i, fd) in fds.into_iter().enumerate() {
             let first = header
                 .memories
@@ -492,13 +451,13 @@ impl Importer {
 
     /// Builds a read-only buffer from a received buffer packet whose files [`Self::resolve`]
     /// gave: memories, flags, offsets and the video meta (timestamps are the caller's
-    /// business). `token` is dropped when the last memory is freed. On error every one-shot
-    /// fd is closed.
+    /// business). Every memory holds `token` (None: nobody is told when they are freed). On
+    /// error every one-shot fd is closed.
     pub fn import(
         &self,
         header: &BufferHeader,
-        files: Vec<FrameFile>,
-        token: &Arc<ReleaseToken>,
+        files: PacketFds<FrameFile>,
+        token: Option<&ReleaseToken>,
     ) -> Result<gst::Buffer, ImportError> {
         let mut kinds: [Option<MemoryKind>; MAX_FDS] = [None; MAX_FDS];
         let mut uses = [0usize; MAX_FDS];
@@ -545,7 +504,8 @@ impl Importer {
         // One base memory per file: a one-shot fd's own (which a memory that alone uses it
         // becomes), a registered file's shared one; memories that share are sub-memories.
         // `true`: the memory owns its file and is used once (it becomes that memory).
-        let mut bases: Vec<Option<(gst::Memory, bool)>> = Vec::with_capacity(files.len());
+        let mut bases: smallvec::SmallVec<[Option<(gst::Memory, bool)>; 4]> =
+            smallvec::SmallVec::with_capacity(files.len());
         for (i, file) in files.into_iter().enumerate() {
             bases.push(Some(match file {
                 FrameFile::Fresh(fd) => {
@@ -575,7 +535,9 @@ impl Importer {
             };
             let mref = mem.get_mut().expect("fresh memory");
             set_readonly(mref);
-            attach_release_token(mref, token);
+            if let Some(token) = token {
+                token.attach(mref);
+            }
             b.append_memory(mem);
         }
         b.set_offset(header.offset);
@@ -662,14 +624,14 @@ fn check_video_layout(v: &VideoLayout, total: usize) -> Result<(), ImportError> 
 fn add_video_meta(b: &mut gst::BufferRef, v: &VideoLayout) -> Result<(), ImportError> {
     let format = video_format(v);
     let n = v.n_planes as usize;
-    let offsets: Vec<usize> = v.offsets[..n].iter().map(|&o| o as usize).collect();
+    let offsets: [usize; MAX_PLANES] = v.offsets.map(|o| o as usize);
     gst_video::VideoMeta::add_full(
         b,
         gst_video::VideoFrameFlags::from_bits_truncate(v.flags),
         format,
         v.width,
         v.height,
-        &offsets,
+        &offsets[..n],
         &v.strides[..n],
     )
     .map(|_| ())
@@ -679,6 +641,7 @@ fn add_video_meta(b: &mut gst::BufferRef, v: &VideoLayout) -> Result<(), ImportE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn init() {
@@ -689,7 +652,7 @@ mod tests {
 
     pub(super) fn header(memories: Vec<MemoryDesc>) -> BufferHeader {
         BufferHeader {
-            memories,
+            memories: memories.into(),
             ..Default::default()
         }
     }
@@ -726,15 +689,16 @@ mod tests {
         let ident = crate::transport::file_identity(fd.as_fd()).unwrap();
         let released = Arc::new(AtomicUsize::new(0));
         let r = released.clone();
-        let token = ReleaseToken::new(move || {
+        let tokens = ReleaseTokens::new(move |_| {
             r.fetch_add(1, Ordering::SeqCst);
         });
+        let token = tokens.issue(1);
         let h = header(vec![
             desc(MemoryKind::Memfd, 0, 4096, 4),
             desc(MemoryKind::Memfd, 0, 4100, 4),
         ]);
         let buf = Importer::default()
-            .import(&h, vec![FrameFile::Fresh(fd)], &token)
+            .import(&h, smallvec::smallvec![FrameFile::Fresh(fd)], Some(&token))
             .unwrap();
         drop(token);
         assert_eq!(buf.n_memory(), 2);
@@ -769,20 +733,23 @@ mod tests {
         let _fds = fd_lock();
         init();
         let before = open_fds();
-        let token = ReleaseToken::new(|| {});
         let imp = Importer::default();
 
         let h = header(vec![desc(MemoryKind::Memfd, 0, 0, 10)]);
         assert_eq!(
-            imp.import(&h, vec![FrameFile::Fresh(unsealed_memfd(100))], &token)
-                .unwrap_err(),
+            imp.import(
+                &h,
+                smallvec::smallvec![FrameFile::Fresh(unsealed_memfd(100))],
+                None
+            )
+            .unwrap_err(),
             ImportError::NotSealed { index: 0 }
         );
 
         let small = create_sealed_memfd("s", 100).unwrap();
         let h = header(vec![desc(MemoryKind::Memfd, 0, 90, 20)]);
         assert!(matches!(
-            imp.import(&h, vec![FrameFile::Fresh(small)], &token)
+            imp.import(&h, smallvec::smallvec![FrameFile::Fresh(small)], None)
                 .unwrap_err(),
             ImportError::WindowOutOfBounds { .. }
         ));
@@ -790,7 +757,7 @@ mod tests {
         let file = create_sealed_memfd("f", 100).unwrap();
         let h = header(vec![desc(MemoryKind::DmaBuf, 0, 0, 10)]);
         assert_eq!(
-            imp.import(&h, vec![FrameFile::Fresh(file)], &token)
+            imp.import(&h, smallvec::smallvec![FrameFile::Fresh(file)], None)
                 .unwrap_err(),
             ImportError::NotADmabuf { index: 0 }
         );
@@ -798,7 +765,7 @@ mod tests {
         let (a, _b) = nix::unistd::pipe().unwrap();
         let h = header(vec![desc(MemoryKind::Memfd, 0, 0, 10)]);
         assert_eq!(
-            imp.import(&h, vec![FrameFile::Fresh(a)], &token)
+            imp.import(&h, smallvec::smallvec![FrameFile::Fresh(a)], None)
                 .unwrap_err(),
             ImportError::NotAFile { index: 0 }
         );
@@ -900,10 +867,10 @@ mod tests {
         let pool = MemfdBufferPool::new_configured(&caps, 0, 1, 0, true).unwrap();
         let buf = pool.acquire_buffer(None).unwrap();
         assert!(buf.meta::<gst_video::VideoMeta>().is_some());
-        let mut descs = Vec::new();
+        let mut descs = MemoryList::new();
         let mut fds = FdList::new();
         describe_buffer(&buf, None, &mut descs, &mut fds).unwrap();
-        assert_eq!(descs, vec![desc(MemoryKind::Memfd, 0, 0, 64 * 48 * 3 / 2)]);
+        assert_eq!(descs[..], [desc(MemoryKind::Memfd, 0, 0, 64 * 48 * 3 / 2)]);
         assert_eq!(fds.len(), 1);
         drop(fds);
 
