@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 use glib::translate::IntoGlib;
 
 use super::ImportError;
+use super::views::{FileFd, ViewPool};
 pub use crate::protocol::MAX_REGISTERED_FILES;
 use crate::protocol::MemoryKind;
 
@@ -175,13 +176,14 @@ impl FileRegistry {
 // ---------------------------------------------------------------------------------------------
 // Consumer
 
-/// A file the producer registered: checked once, wrapped once.
+/// A file the producer registered: checked once, its memories recycled (see
+/// [`super::views`]).
 #[derive(Debug, Clone)]
 pub struct RegisteredFile {
     pub kind: MemoryKind,
     pub size: u64,
-    /// The whole file as one memory (memfds with KEEP_MAPPED); buffers get shares of it.
-    pub base: gst::Memory,
+    pub fd: Arc<FileFd>,
+    pub views: Arc<ViewPool>,
 }
 
 /// One file of a received buffer packet, ready for [`super::Importer::import`].
@@ -230,9 +232,19 @@ impl FileTable {
         for &id in ids {
             self.files
                 .remove(&id)
-                .ok_or(ImportError::RetiredUnknown { id })?;
+                .ok_or(ImportError::RetiredUnknown { id })?
+                .views
+                .close();
         }
         Ok(())
+    }
+}
+
+impl Drop for FileTable {
+    fn drop(&mut self) {
+        for file in self.files.values() {
+            file.views.close();
+        }
     }
 }
 
@@ -243,10 +255,11 @@ mod tests {
     use gst::prelude::*;
 
     use super::super::tests::{desc, header, unsealed_memfd};
-    use super::super::{FdList, Importer, create_sealed_memfd, describe_buffer};
+    use super::super::{FdList, Importer, ReleaseTokens, create_sealed_memfd, describe_buffer};
     use super::*;
     use crate::protocol::{FD_REGISTERED, MemoryDesc, MemoryList, PacketFds};
     use crate::test_support::{fd_lock, open_fds};
+    use std::sync::Mutex;
 
     fn nv12_pool(min: u32, max: u32) -> super::super::MemfdBufferPool {
         let caps = gst::Caps::builder("video/x-raw")
@@ -299,7 +312,7 @@ mod tests {
             .unwrap();
         let size = again.size() as u64;
         let other = Importer::default()
-            .wrap(dup, MemoryKind::Memfd, size, false)
+            .wrap(dup, MemoryKind::Memfd, size)
             .unwrap();
         // In one buffer beside the pool's own memory of that file: one fd slot, one id.
         let mut wrapped = gst::Buffer::new();
@@ -363,7 +376,7 @@ mod tests {
             .unwrap();
         assert_eq!(table.len(), 1);
         let first = imp.import(&h, files, None).unwrap();
-        // A later packet names it by id alone: same file, same mapping, no fd.
+        // A later packet names it by id alone: same file, no fd.
         let mut h = header(vec![mem(FD_REGISTERED, 5, 4100, 4)]);
         let files = imp.resolve(&mut table, &mut h, PacketFds::new()).unwrap();
         let second = imp.import(&h, files, None).unwrap();
@@ -379,9 +392,6 @@ mod tests {
         // SAFETY: `second` keeps the memory and its fd alive for this borrow.
         let got = unsafe { BorrowedFd::borrow_raw(fd_of(&second)) };
         assert_eq!(crate::transport::file_identity(got).unwrap(), ident);
-        let map_a = first.map_readable().unwrap().as_ptr() as usize;
-        let map_b = second.map_readable().unwrap().as_ptr() as usize;
-        assert_eq!(map_b - map_a, 4, "both share the one kept mapping");
         assert_eq!(open_fds(), before + 1, "one fd for the registered file");
 
         // Retired while buffers still use it: the fd stays until they go.
@@ -394,6 +404,107 @@ mod tests {
             before,
             "retired file closed once its buffers went"
         );
+    }
+
+    /// Registers file 5 (a memfd holding "abcdefgh" at 4096) in `table`.
+    fn register_file_5(imp: &Importer, table: &mut FileTable) -> gst::Buffer {
+        let fd = create_sealed_memfd("v", 8192).unwrap();
+        nix::sys::uio::pwrite(&fd, b"abcdefgh", 4096).unwrap();
+        let mut h = header(vec![mem(0, 5, 4096, 4)]);
+        let files = imp.resolve(table, &mut h, smallvec::smallvec![fd]).unwrap();
+        imp.import(&h, files, None).unwrap()
+    }
+
+    #[test]
+    fn a_window_used_again_gets_the_same_memory_and_mapping_back() {
+        let _fds = fd_lock();
+        gst::init().unwrap();
+        let before = open_fds();
+        let imp = Importer::default();
+        let mut table = FileTable::default();
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let log = released.clone();
+        let tokens = ReleaseTokens::new(move |id| log.lock().unwrap().push(id));
+        let frame = |table: &mut FileTable, id: u64, offset: u64| {
+            let mut h = header(vec![mem(FD_REGISTERED, 5, offset, 4)]);
+            let files = imp.resolve(table, &mut h, PacketFds::new()).unwrap();
+            let token = tokens.issue(id);
+            imp.import(&h, files, Some(&token)).unwrap()
+        };
+        drop(register_file_5(&imp, &mut table));
+        let views = table.get(5).unwrap().views.clone();
+        assert_eq!(views.idle(), 1, "the registering frame's view came back");
+
+        let one = frame(&mut table, 1, 4096);
+        assert_eq!(views.idle(), 0, "frame 1 took it");
+        let (mem_one, map_one) = {
+            let m = one.peek_memory(0);
+            (
+                m.as_ptr() as usize,
+                m.map_readable().unwrap().as_ptr() as usize,
+            )
+        };
+        assert!(
+            one.peek_memory(0)
+                .flags()
+                .contains(gst::MemoryFlags::READONLY)
+        );
+        drop(one);
+        assert_eq!(*released.lock().unwrap(), vec![1]);
+        assert_eq!(views.idle(), 1);
+
+        let two = frame(&mut table, 2, 4096);
+        let m = two.peek_memory(0);
+        assert_eq!(m.as_ptr() as usize, mem_one, "the same memory, recycled");
+        assert_eq!(
+            m.map_readable().unwrap().as_ptr() as usize,
+            map_one,
+            "and its mapping"
+        );
+        assert_eq!(m.map_readable().unwrap().as_slice(), b"abcd");
+        // Another window of the file is another view; both are recycled.
+        let three = frame(&mut table, 3, 4100);
+        assert_eq!(three.map_readable().unwrap().as_slice(), b"efgh");
+        assert_ne!(three.peek_memory(0).as_ptr() as usize, mem_one);
+        drop((two, three));
+        assert_eq!(*released.lock().unwrap(), vec![1, 2, 3]);
+        assert_eq!(views.idle(), 2);
+
+        // A share downstream makes of a view keeps the frame from being released.
+        let four = frame(&mut table, 4, 4096);
+        let part = four.peek_memory(0).share(1..3);
+        drop(four);
+        assert_eq!(
+            released.lock().unwrap().len(),
+            3,
+            "released under a live share"
+        );
+        assert_eq!(part.map_readable().unwrap().as_slice(), b"bc");
+        drop(part);
+        assert_eq!(*released.lock().unwrap(), vec![1, 2, 3, 4]);
+
+        // Retired: the idle views go, and with them the fd.
+        assert_eq!(open_fds(), before + 1);
+        table.retire(&[5]).unwrap();
+        assert_eq!(views.idle(), 0);
+        assert_eq!(open_fds(), before, "fd closed at retire");
+    }
+
+    #[test]
+    fn views_in_use_at_retire_are_freed_not_recycled() {
+        let _fds = fd_lock();
+        gst::init().unwrap();
+        let before = open_fds();
+        let imp = Importer::default();
+        let mut table = FileTable::default();
+        let held = register_file_5(&imp, &mut table);
+        let views = table.get(5).unwrap().views.clone();
+        drop(table);
+        assert_eq!(open_fds(), before + 1, "the buffer keeps the fd");
+        assert_eq!(held.map_readable().unwrap().as_slice(), b"abcd");
+        drop(held);
+        assert_eq!(views.idle(), 0, "not taken back after the table went");
+        assert_eq!(open_fds(), before);
     }
 
     #[test]

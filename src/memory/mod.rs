@@ -12,6 +12,7 @@
 pub mod files;
 pub mod pool;
 pub mod release;
+pub mod views;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
@@ -290,6 +291,13 @@ fn set_readonly(mem: &mut gst::MemoryRef) {
     }
 }
 
+/// Where a buffer's memories on one file come from.
+enum Base {
+    /// A one-shot fd's memory, and whether one memory alone uses it (then it is that memory).
+    Fresh(Option<gst::Memory>, bool),
+    Registered(RegisteredFile),
+}
+
 /// Wraps received fds into GStreamer memories.
 #[derive(Debug)]
 pub struct Importer {
@@ -355,33 +363,61 @@ fn check_windows(
 }
 
 impl Importer {
-    /// Wraps a checked fd (owned from here on) as one memory of `size` bytes: GstDmaBufAllocator
-    /// for dmabufs, GstFdAllocator for memfds (`keep_mapped`: its mapping outlives each map).
-    fn wrap(
+    /// Wraps `raw` as one memory of `size` bytes: GstDmaBufAllocator for dmabufs,
+    /// GstFdAllocator for memfds.
+    ///
+    /// # Safety
+    /// Without `DONT_CLOSE` in `flags`, the memory owns `raw` once this succeeds; with it,
+    /// the caller keeps `raw` open for as long as the memory lives.
+    unsafe fn alloc(
         &self,
-        fd: OwnedFd,
+        raw: RawFd,
         kind: MemoryKind,
         size: u64,
-        keep_mapped: bool,
-    ) -> Option<gst::Memory> {
-        let flags = if keep_mapped {
-            gst_allocators::FdMemoryFlags::KEEP_MAPPED
-        } else {
-            gst_allocators::FdMemoryFlags::NONE
-        };
+        flags: gst_allocators::FdMemoryFlags,
+    ) -> Result<gst::Memory, glib::BoolError> {
         let size = size as usize;
-        adopt_fd(fd, |raw| {
-            // SAFETY: the allocator takes ownership of `raw` on success (adopt_fd's contract).
-            unsafe {
-                match kind {
-                    MemoryKind::DmaBuf => self
-                        .dmabuf_allocator
-                        .alloc_dmabuf_with_flags(raw, size, flags),
-                    MemoryKind::Memfd => self.fd_allocator.alloc_fd(raw, size, flags),
-                }
+        // SAFETY: the caller's contract.
+        unsafe {
+            match kind {
+                MemoryKind::DmaBuf => self
+                    .dmabuf_allocator
+                    .alloc_dmabuf_with_flags(raw, size, flags),
+                MemoryKind::Memfd => self.fd_allocator.alloc_fd(raw, size, flags),
             }
+        }
+    }
+
+    /// Wraps a checked one-shot fd (owned by the memory from here on).
+    fn wrap(&self, fd: OwnedFd, kind: MemoryKind, size: u64) -> Option<gst::Memory> {
+        adopt_fd(fd, |raw| {
+            // SAFETY: without DONT_CLOSE the memory takes ownership of `raw` on success,
+            // which is adopt_fd's contract.
+            unsafe { self.alloc(raw, kind, size, gst_allocators::FdMemoryFlags::NONE) }
         })
         .ok()
+    }
+
+    /// Wraps a registered file for a view: the whole file, the fd staying the file's (memfds
+    /// keep their mapping while the view lives).
+    fn wrap_view(&self, raw: RawFd, kind: MemoryKind, size: u64) -> Option<gst::Memory> {
+        let mut flags = gst_allocators::FdMemoryFlags::DONT_CLOSE;
+        if kind == MemoryKind::Memfd {
+            flags |= gst_allocators::FdMemoryFlags::KEEP_MAPPED;
+        }
+        // SAFETY: with DONT_CLOSE the memory only uses `raw`; the view keeps the file's fd
+        // open for as long as the memory lives (views::ViewState).
+        unsafe { self.alloc(raw, kind, size, flags) }.ok()
+    }
+
+    /// Makes a fresh memory read-only and holding the frame's release token.
+    fn hold_token(&self, mut mem: gst::Memory, token: Option<&ReleaseToken>) -> gst::Memory {
+        let mref = mem.get_mut().expect("fresh memory");
+        set_readonly(mref);
+        if let Some(token) = token {
+            token.attach(mref);
+        }
+        mem
     }
 
     /// Turns a buffer packet's fds into its files, on the thread that reads the packets, in
@@ -421,12 +457,12 @@ impl Importer {
                 .filter(|m| m.fd_index as usize == i)
                 .map(|m| (m.offset, m.size));
             let size = check_fd(i, fd.as_fd(), kind, windows)?;
-            // A registered memfd stays mapped: frames that reuse it map nothing anew.
-            let keep_mapped = kind == MemoryKind::Memfd;
-            let base = self
-                .wrap(fd, kind, size, keep_mapped)
-                .ok_or(ImportError::Alloc { index: i })?;
-            let file = RegisteredFile { kind, size, base };
+            let file = RegisteredFile {
+                kind,
+                size,
+                fd: views::FileFd::new(fd),
+                views: views::ViewPool::new(),
+            };
             table.insert(id, file.clone())?;
             files.push(FrameFile::Registered(file));
         }
@@ -501,22 +537,21 @@ impl Importer {
             };
         }
 
-        // One base memory per file: a one-shot fd's own (which a memory that alone uses it
-        // becomes), a registered file's shared one; memories that share are sub-memories.
-        // `true`: the memory owns its file and is used once (it becomes that memory).
-        let mut bases: smallvec::SmallVec<[Option<(gst::Memory, bool)>; 4]> =
+        // A one-shot fd becomes one memory, which a memory that alone uses it becomes (`true`)
+        // and several memories share. A registered file's memories are its recycled views.
+        let mut bases: smallvec::SmallVec<[Base; 4]> =
             smallvec::SmallVec::with_capacity(files.len());
         for (i, file) in files.into_iter().enumerate() {
-            bases.push(Some(match file {
+            bases.push(match file {
                 FrameFile::Fresh(fd) => {
                     let kind = kinds[i].unwrap_or(MemoryKind::Memfd);
                     let mem = self
-                        .wrap(fd, kind, sizes[i], false)
+                        .wrap(fd, kind, sizes[i])
                         .ok_or(ImportError::Alloc { index: i })?;
-                    (mem, uses[i] == 1)
+                    Base::Fresh(Some(mem), uses[i] == 1)
                 }
-                FrameFile::Registered(r) => (r.base, false),
-            }));
+                FrameFile::Registered(r) => Base::Registered(r),
+            });
         }
 
         let mut buffer = gst::Buffer::new();
@@ -524,20 +559,23 @@ impl Importer {
         for m in &header.memories {
             let i = m.fd_index as usize;
             let range = m.offset as usize..(m.offset + m.size) as usize;
-            let mut mem = match &bases[i] {
-                Some((_, true)) => {
-                    let (mut base, _) = bases[i].take().expect("fd used once");
-                    base.get_mut().expect("fresh memory").resize(range);
-                    base
+            let mem = match &mut bases[i] {
+                Base::Fresh(own, true) => {
+                    let mut mem = own
+                        .take()
+                        .expect("a memory that owns its file is used once");
+                    mem.get_mut().expect("fresh memory").resize(range);
+                    self.hold_token(mem, token)
                 }
-                Some((base, false)) => base.share(range),
-                None => unreachable!("a memory that owns its file is used once"),
+                Base::Fresh(Some(base), false) => self.hold_token(base.share(range), token),
+                Base::Fresh(None, false) => unreachable!("a shared one-shot memory is kept"),
+                Base::Registered(r) => r
+                    .views
+                    .take(&r.fd, range.start, range.len(), token, |raw| {
+                        self.wrap_view(raw, r.kind, r.size)
+                    })
+                    .ok_or(ImportError::Alloc { index: i })?,
             };
-            let mref = mem.get_mut().expect("fresh memory");
-            set_readonly(mref);
-            if let Some(token) = token {
-                token.attach(mref);
-            }
             b.append_memory(mem);
         }
         b.set_offset(header.offset);

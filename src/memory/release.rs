@@ -29,7 +29,8 @@ struct Issuer {
     spare: Mutex<Vec<Box<Slot>>>,
 }
 
-struct Slot {
+/// A frame's release slot (see the module docs).
+pub(super) struct Slot {
     /// Memories holding the slot, plus one while the frame's `ReleaseToken` lives.
     refs: AtomicUsize,
     buffer_id: u64,
@@ -86,14 +87,33 @@ pub struct ReleaseToken {
     slot: NonNull<Slot>,
 }
 
+impl Slot {
+    /// Gives back one reference to the slot; the last runs the release and recycles it.
+    ///
+    /// # Safety
+    /// `slot` came from [`ReleaseToken::hold`] (or the token itself) and the caller owns
+    /// that reference.
+    pub(super) unsafe fn unref(slot: *mut Slot) {
+        // SAFETY: the caller's contract.
+        unsafe { unref(slot) }
+    }
+}
+
 impl ReleaseToken {
-    /// Makes `mem` hold the token: the release waits for `mem` to be freed too.
-    pub fn attach(&self, mem: &mut gst::MemoryRef) {
-        use glib::translate::IntoGlib;
+    /// One more reference to the frame's slot, for a holder other than qdata (a recycled
+    /// view): give it back with [`Slot::unref`].
+    pub(super) fn hold(&self) -> *mut Slot {
         // SAFETY: the slot is live while this token holds its reference.
         unsafe { self.slot.as_ref() }
             .refs
             .fetch_add(1, Ordering::Relaxed);
+        self.slot.as_ptr()
+    }
+
+    /// Makes `mem` hold the token: the release waits for `mem` to be freed too.
+    pub fn attach(&self, mem: &mut gst::MemoryRef) {
+        use glib::translate::IntoGlib;
+        let slot = self.hold();
         // SAFETY: `mem` is a valid memory we hold mutably. The qdata owns the reference taken
         // above and gives it back through `unref_slot` when the memory is freed (or the qdata
         // replaced).
@@ -101,7 +121,7 @@ impl ReleaseToken {
             gst::ffi::gst_mini_object_set_qdata(
                 mem.as_mut_ptr() as *mut gst::ffi::GstMiniObject,
                 RELEASE_QUARK.into_glib(),
-                self.slot.as_ptr() as glib::ffi::gpointer,
+                slot as glib::ffi::gpointer,
                 Some(unref_slot),
             );
         }
@@ -150,7 +170,16 @@ unsafe fn unref(slot: *mut Slot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::fd_lock;
     use std::sync::atomic::AtomicU64;
+
+    /// GStreamer, initialised under the fd lock: its first init opens the registry's files,
+    /// which another test counting its fds would see.
+    fn init() -> std::sync::MutexGuard<'static, ()> {
+        let guard = fd_lock();
+        gst::init().unwrap();
+        guard
+    }
 
     fn counting() -> (ReleaseTokens, Arc<Mutex<Vec<u64>>>) {
         let released = Arc::new(Mutex::new(Vec::new()));
@@ -161,7 +190,7 @@ mod tests {
 
     #[test]
     fn release_runs_once_after_the_token_and_every_memory() {
-        gst::init().unwrap();
+        let _init = init();
         let (tokens, released) = counting();
         let token = tokens.issue(7);
         let mut a = gst::Memory::with_size(16);
@@ -188,7 +217,7 @@ mod tests {
 
     #[test]
     fn slots_are_reused_and_the_spare_list_is_bounded() {
-        gst::init().unwrap();
+        let _init = init();
         let (tokens, released) = counting();
         let first = tokens.issue(1);
         let addr = first.slot.as_ptr() as usize;
@@ -216,7 +245,7 @@ mod tests {
 
     #[test]
     fn memories_freed_on_other_threads_release_every_frame_once() {
-        gst::init().unwrap();
+        let _init = init();
         let count = Arc::new(AtomicU64::new(0));
         let sum = Arc::new(AtomicU64::new(0));
         let (c, s) = (count.clone(), sum.clone());
@@ -247,7 +276,7 @@ mod tests {
 
     #[test]
     fn slots_outliving_their_tokens_keep_the_issuer() {
-        gst::init().unwrap();
+        let _init = init();
         let (tokens, released) = counting();
         let token = tokens.issue(9);
         let mut mem = gst::Memory::with_size(8);
