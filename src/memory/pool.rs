@@ -60,7 +60,8 @@ mod imp {
     use super::*;
     use gst_allocators::prelude::*;
     use std::os::fd::IntoRawFd;
-    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::{Condvar, Mutex};
 
     #[derive(Debug, Default)]
     struct Config {
@@ -75,6 +76,14 @@ mod imp {
     pub struct MemfdBufferPool {
         config: Mutex<Config>,
         allocator: gst_allocators::FdAllocator,
+        /// Buffers back in the pool, the most recently released last: acquire takes that one,
+        /// whose pages are still in the CPU's caches. GstBufferPool's own queue is first in,
+        /// first out, so every buffer of the pool comes round in turn and a frame is written
+        /// into memory that left the caches long ago (at 1080p, nine pool buffers cost the
+        /// producer ~60 % more CPU per frame than three did).
+        idle: Mutex<Vec<gst::Buffer>>,
+        /// Signalled when a buffer comes back or the pool starts flushing.
+        returned: Condvar,
     }
 
     impl Default for MemfdBufferPool {
@@ -82,7 +91,25 @@ mod imp {
             MemfdBufferPool {
                 config: Mutex::new(Config::default()),
                 allocator: gst_allocators::FdAllocator::new(),
+                idle: Mutex::new(Vec::new()),
+                returned: Condvar::new(),
             }
+        }
+    }
+
+    impl MemfdBufferPool {
+        fn is_flushing(&self) -> bool {
+            let pool = self.obj();
+            let raw = pool.upcast_ref::<gst::BufferPool>().as_ptr();
+            // SAFETY: `flushing` is a public field of the live GstBufferPool, which GStreamer
+            // reads and writes with g_atomic_int_*: an aligned i32 accessed atomically.
+            unsafe { AtomicI32::from_ptr(std::ptr::addr_of_mut!((*raw).flushing)) }
+                .load(Ordering::Acquire)
+                != 0
+        }
+
+        fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<gst::Buffer>> {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner())
         }
     }
 
@@ -97,6 +124,72 @@ mod imp {
     impl GstObjectImpl for MemfdBufferPool {}
 
     impl BufferPoolImpl for MemfdBufferPool {
+        /// Last released, first acquired (see `idle`); below the pool's max, GstBufferPool
+        /// allocates a new buffer as usual; at it, waits for a release unless DONTWAIT.
+        fn acquire_buffer(
+            &self,
+            params: Option<&gst::BufferPoolAcquireParams>,
+        ) -> Result<gst::Buffer, gst::FlowError> {
+            let dont_wait = gst::BufferPoolAcquireFlags::DONTWAIT;
+            let may_wait = !params.is_some_and(|p| p.flags().contains(dont_wait));
+            // The base class must not wait itself: releases come to `idle`, not to its queue,
+            // so only its allocation (with its count against max) is asked of it.
+            let mut alloc_params = params.copied().unwrap_or_default();
+            alloc_params.set_flags(alloc_params.flags() | dont_wait);
+            loop {
+                {
+                    let mut idle = self.lock_idle();
+                    if self.is_flushing() {
+                        return Err(gst::FlowError::Flushing);
+                    }
+                    if let Some(buffer) = idle.pop() {
+                        return Ok(buffer);
+                    }
+                }
+                match self.parent_acquire_buffer(Some(&alloc_params)) {
+                    Err(gst::FlowError::Eos) if may_wait => {
+                        let mut idle = self.lock_idle();
+                        while idle.is_empty() && !self.is_flushing() {
+                            idle = self.returned.wait(idle).unwrap_or_else(|e| e.into_inner());
+                        }
+                    }
+                    other => return other,
+                }
+            }
+        }
+
+        /// Back on the idle stack if fit for reuse; what GstBufferPool would free (memory
+        /// replaced or shared, size changed) goes to the base class, which frees it.
+        fn release_buffer(&self, buffer: gst::Buffer) {
+            let size = self.config.lock().unwrap().size;
+            let fit = !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY)
+                && buffer.size() == size
+                && buffer.is_all_memory_writable();
+            if !fit {
+                gst::debug!(CAT, imp = self, "freeing released buffer unfit for reuse");
+                self.parent_release_buffer(buffer);
+                return;
+            }
+            self.lock_idle().push(buffer);
+            self.returned.notify_one();
+        }
+
+        fn flush_start(&self) {
+            // Under the lock, so a waiter between its check and its wait sees it.
+            drop(self.lock_idle());
+            self.returned.notify_all();
+            self.parent_flush_start();
+        }
+
+        /// GstBufferPool frees the buffers in its own queue when it stops: hand it ours.
+        fn stop(&self) -> bool {
+            let idle = std::mem::take(&mut *self.lock_idle());
+            for buffer in idle {
+                self.parent_release_buffer(buffer);
+            }
+            self.parent_stop()
+        }
+
         fn options() -> &'static [&'static str] {
             static OPTIONS: LazyLock<[&'static str; 2]> = LazyLock::new(|| {
                 [
@@ -205,11 +298,115 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{fd_lock, open_fds};
+
+    fn bytes_pool(size: u32, min: u32, max: u32) -> MemfdBufferPool {
+        let caps = gst::Caps::new_empty_simple("application/x-test");
+        MemfdBufferPool::new_configured(&caps, size, min, max, false).unwrap()
+    }
+
+    #[test]
+    fn the_buffer_released_last_is_acquired_first() {
+        let _fds = fd_lock();
+        gst::init().unwrap();
+        let before = open_fds();
+        let pool = bytes_pool(4096, 3, 0);
+        // The pool's own fds (GstBufferPool's wake-up pair), without its buffers.
+        pool.set_active(false).unwrap();
+        let idle_pool = open_fds();
+        pool.set_active(true).unwrap();
+        assert_eq!(
+            open_fds(),
+            idle_pool + 3,
+            "the pool's minimum, allocated at start"
+        );
+        let [a, b, c] = [(); 3].map(|_| pool.acquire_buffer(None).unwrap());
+        let (pa, pb, pc) = (a.as_ptr(), b.as_ptr(), c.as_ptr());
+        drop(b);
+        drop(a);
+        drop(c);
+        let order = [(); 3].map(|_| pool.acquire_buffer(None).unwrap());
+        assert_eq!(order.each_ref().map(|b| b.as_ptr()), [pc, pa, pb]);
+        assert_eq!(
+            open_fds(),
+            idle_pool + 3,
+            "no buffer allocated beyond the three"
+        );
+        // Deactivated while buffers are out: they are freed as they come back.
+        pool.set_active(false).unwrap();
+        drop(order);
+        assert_eq!(open_fds(), idle_pool, "stopping frees every buffer");
+        pool.set_active(true).unwrap();
+        assert_eq!(open_fds(), idle_pool + 3);
+        drop(pool);
+        assert_eq!(
+            open_fds(),
+            before,
+            "a pool dropped while active frees its buffers"
+        );
+    }
+
+    #[test]
+    fn at_its_max_the_pool_waits_for_a_release_or_a_flush() {
+        let _fds = fd_lock();
+        gst::init().unwrap();
+        let pool = bytes_pool(4096, 0, 1);
+        let held = pool.acquire_buffer(None).unwrap();
+        let held_ptr = held.as_ptr() as usize;
+        let dont_wait =
+            gst::BufferPoolAcquireParams::with_flags(gst::BufferPoolAcquireFlags::DONTWAIT);
+        assert_eq!(
+            pool.acquire_buffer(Some(&dont_wait)).unwrap_err(),
+            gst::FlowError::Eos
+        );
+
+        let waiting = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.acquire_buffer(None).map(|b| b.as_ptr() as usize))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "acquire returned at the pool's max");
+        drop(held);
+        assert_eq!(waiting.join().unwrap(), Ok(held_ptr), "the released buffer");
+
+        let held = pool.acquire_buffer(None).unwrap();
+        let waiting = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.acquire_buffer(None).map(|b| b.as_ptr() as usize))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiting.is_finished());
+        pool.set_flushing(true);
+        assert_eq!(waiting.join().unwrap(), Err(gst::FlowError::Flushing));
+        pool.set_flushing(false);
+        drop(held);
+        assert!(pool.acquire_buffer(None).is_ok());
+    }
+
+    #[test]
+    fn released_buffers_unfit_for_reuse_are_freed() {
+        let _fds = fd_lock();
+        gst::init().unwrap();
+        let pool = bytes_pool(4096, 1, 0);
+        pool.set_active(false).unwrap();
+        let idle_pool = open_fds();
+        pool.set_active(true).unwrap();
+        let mut b = pool.acquire_buffer(None).unwrap();
+        // Memory swapped for other memory: GstBufferPool tags the buffer and frees it.
+        b.get_mut()
+            .unwrap()
+            .replace_all_memory(gst::Memory::with_size(4096));
+        drop(b);
+        assert_eq!(open_fds(), idle_pool, "its memfd closed");
+        let _fresh = pool.acquire_buffer(None).unwrap();
+        assert_eq!(open_fds(), idle_pool + 1, "a new memfd in its place");
+    }
 
     /// With GST_BUFFER_POOL_OPTION_VIDEO_ALIGNMENT (what avdec_* asks for), frames are laid out
     /// exactly as GstVideoBufferPool lays them out, or decoders refuse the pool.
     #[test]
     fn alignment_matches_video_buffer_pool() {
+        let _fds = fd_lock();
         gst::init().unwrap();
         let caps = gst::Caps::builder("video/x-raw")
             .field("format", "I420")
