@@ -139,7 +139,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
     for k in ["kernel", "cpu", "cores", "host-gst", "forky-gst", "date", "load", "quick",
-              "reps", "lat-frames", "tp-frames", "forky-reason"]:
+              "reps", "lat-frames", "tp-frames", "pf-frames", "forky-reason"]:
         ap.add_argument("--" + k, default="")
     a = ap.parse_args()
     runs = load(a.results)
@@ -192,18 +192,36 @@ def main():
           f"Ratios: this row's fps / the reference's fps at the same size (higher is better).")
     print()
 
-    def tp_cells(s, size, env, t):
-        fps = num(s["fps"])
-        if s["fps_range"]:
-            fps += f" [{num(s['fps_range'][0])}-{num(s['fps_range'][1])}]"
-        rs = [ratio(s["fps"], ref("throughput", size, rk, "fps")) if t != "local" else ""
-              for _, rk in REFS]
-        return [fps] + rs + [num(s["cpu_p"], 1), num(s["cpu_c"], 1), s["check"], s["path"]]
+    def tp_cells_of(mode_name):
+        def tp_cells(s, size, env, t):
+            fps = num(s["fps"])
+            if s["fps_range"]:
+                fps += f" [{num(s['fps_range'][0])}-{num(s['fps_range'][1])}]"
+            # raw has no GStreamer source: its one throughput row is every table's reference.
+            rs = [ratio(s["fps"], ref("throughput" if rk[1] == "raw" else mode_name, size, rk,
+                                      "fps")) if t != "local" else ""
+                  for _, rk in REFS]
+            return [fps] + rs + [num(s["cpu_p"], 1), num(s["cpu_c"], 1), s["check"], s["path"]]
+        return tp_cells
 
-    table(["transport", "GStreamer", "size", "fps", "×raw", "×shm", "×ipcpipeline", "×unixfd",
-           "producer CPU µs/frame", "consumer CPU µs/frame", "frames received/sent",
-           "path check"],
-          list(rows("throughput", tp_cells)))
+    tp_header = ["transport", "GStreamer", "size", "fps", "×raw", "×shm", "×ipcpipeline",
+                 "×unixfd", "producer CPU µs/frame", "consumer CPU µs/frame",
+                 "frames received/sent", "path check"]
+    table(tp_header, list(rows("throughput", tp_cells_of("throughput"))))
+
+    pf_frames = dict(zip(SIZES, a.pf_frames.split()))
+    if any(k[1] == "throughput-prefilled" for k in summ):
+        print(f"**Throughput, prefilled source** (as above, with the harness's prefilled source "
+              f"instead of videotestsrc: frames from the same pool, each pool buffer written "
+              f"once before or at its first use and never again, as a hardware decoder's "
+              f"frames are not written by the CPU; frames per run "
+              f"{pf_frames.get('640x480')}/{pf_frames.get('1920x1080')}/"
+              f"{pf_frames.get('3840x2160')} by size; median of {a.reps} run(s)). The raw "
+              f"row is the one above (it has no GStreamer source).")
+        print()
+        pf_rows = [r for r in rows("throughput-prefilled", tp_cells_of("throughput-prefilled"))
+                   if r[0] != LABEL["raw"]]
+        table(tp_header, pf_rows)
 
     print(f"**One-way latency** (separate run: live source at 30 fps, {a.lat_frames} frames, "
           f"first 10 left out; producer probe before the sink to consumer probe after the "

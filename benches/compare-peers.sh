@@ -17,10 +17,13 @@
 #   unixfd-copy  the same with `identity drop-allocation=true` (1.28's memfd copy fallback)
 # fdlink and fdlink-copy also run in the chroot, so unixfd is compared on the same GStreamer.
 #
-# Two runs per (transport, size): "throughput" (non-live source, nothing syncs: the
-# transport sets the pace; fps is counted on the consumer) and "latency" (live source at 30
-# fps; one-way latency from a stamp written just before the sink to a probe just after the
-# source). How each figure is taken: examples/compare-harness.rs. The Markdown tables go to
+# Three runs per (transport, size): "throughput" (non-live source, nothing syncs: the
+# transport sets the pace; fps is counted on the consumer); "throughput-prefilled", the same
+# with the harness's prefilled source in place of videotestsrc (frames from the same pool,
+# each pool buffer written once and never again, as a hardware decoder's frames are never
+# written by the CPU: the transport's own cost, not the drawing, sets the pace); and
+# "latency" (live videotestsrc at 30 fps; one-way latency from a stamp written just before
+# the sink to a probe just after the source). How each figure is taken: examples/compare-harness.rs. The Markdown tables go to
 # stdout and to --out (default: benches/compare-peers.last.md); raw results sit beside it.
 set -euo pipefail
 
@@ -49,10 +52,12 @@ SIZES=(640x480 1920x1080 3840x2160)
 if [ "$QUICK" = 1 ]; then
     # Frames per size for the throughput run; the latency run is LAT_FRAMES at 30 fps.
     TP_FRAMES=(1000 300 100)
+    PF_FRAMES=(2000 1000 300)
     LAT_FRAMES=90
     REPS=${REPS:-1}
 else
     TP_FRAMES=(3000 1000 300)
+    PF_FRAMES=(6000 3000 1000)
     LAT_FRAMES=300
     REPS=${REPS:-3}
 fi
@@ -149,6 +154,7 @@ run_one() {
     fi
     local args=("$transport" "width=$w" "height=$h" "frames=$frames" "rate=$rate"
         "path=$inner/sock" "go=$inner/go" "done=$inner/done" "timeout=$RUN_TIMEOUT")
+    if [ "$mode" = throughput-prefilled ]; then args+=("source=prefilled"); fi
     # GST_PLUGIN_PATH_1_0 would override GST_PLUGIN_PATH; clear it.
     env -u GST_PLUGIN_PATH_1_0 GST_PLUGIN_PATH="$plugin_path" \
         timeout $((RUN_TIMEOUT + 30)) "${prefix[@]}" "$harness" produce "${args[@]}" \
@@ -189,6 +195,13 @@ run_size() {
             log "$env throughput $t $size (${TP_FRAMES[$i]} frames, rep $rep/$REPS)"
             run_one "$env" throughput "$t" "$size" "${TP_FRAMES[$i]}" 0 "$rep"
         done
+        # raw has no GStreamer source: its throughput row serves both tables.
+        if [ "$t" != raw ]; then
+            for rep in $(seq 1 "$REPS"); do
+                log "$env throughput-prefilled $t $size (${PF_FRAMES[$i]} frames, rep $rep/$REPS)"
+                run_one "$env" throughput-prefilled "$t" "$size" "${PF_FRAMES[$i]}" 0 "$rep"
+            done
+        fi
         log "$env latency $t $size ($LAT_FRAMES frames at 30 fps)"
         run_one "$env" latency "$t" "$size" "$LAT_FRAMES" 30 1
     done
@@ -219,6 +232,6 @@ python3 "$ROOT/benches/compare-peers-table.py" "$RESULTS" \
     --cores "$(nproc)" \
     --host-gst "$HOST_GST" --forky-gst "$FORKY_GST" \
     --date "$START" --load "$LOAD" --quick "$QUICK" --reps "$REPS" \
-    --lat-frames "$LAT_FRAMES" --tp-frames "${TP_FRAMES[*]}" \
+    --lat-frames "$LAT_FRAMES" --tp-frames "${TP_FRAMES[*]}" --pf-frames "${PF_FRAMES[*]}" \
     --forky-reason "$FORKY_REASON" | tee "$OUT"
 log "tables in $OUT, raw results in $RESULTS"
