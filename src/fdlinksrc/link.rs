@@ -5,6 +5,12 @@
 //! live source runs no streaming thread at all); everything else waits, in order, in an inbox
 //! that `create()` takes from.
 //!
+//! While the streaming thread waits in [`Link::next`] with nothing in the inbox, it reads the
+//! socket itself and the reader thread stands aside: a frame then wakes one thread, not a
+//! reader that wakes the streaming thread in turn (that second wake-up was half the one-way
+//! latency of a 30 fps stream). The socket goes back to the reader as `next()` returns, before
+//! the frame goes downstream, where the streaming thread may block for a long time.
+//!
 //! The inbox holds at most `max-queued` buffer packets (frames whose producer buffers this
 //! consumer pins); what happens to one more is the `leaky` policy (see [`Leaky`]).
 
@@ -22,7 +28,7 @@ use crate::protocol::{
     self, BufferHeader, MAX_PACKET_SIZE, MessagePacket, Packet, QueryPacket, QueryReplyPacket,
     StatePacket,
 };
-use crate::transport::{Connection, TransportError, Waker};
+use crate::transport::{Connection, Received, TransportError, Waker};
 
 /// How long a reply, a release or an error packet may wait for room in the socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -124,6 +130,15 @@ struct Inbox {
     /// socket, so a full inbox does not stop the reader meanwhile.
     awaiting_replies: usize,
     stopping: bool,
+    /// The streaming thread waits in `next()` with nothing queued and wants the socket.
+    streaming_reads: bool,
+    /// The reader thread has stood aside: while this and `streaming_reads` hold, only the
+    /// streaming thread touches the socket.
+    reader_parked: bool,
+    /// The reader thread was asked (through its waker) to stand aside.
+    reader_asked: bool,
+    /// No more packets will be read: the end is in `end`, or the link is stopping.
+    reading_ended: bool,
 }
 
 impl Inbox {
@@ -157,7 +172,20 @@ impl Inbox {
     }
 }
 
-/// What the reader thread does with the producer's out-of-band packets.
+/// How one read of the socket ended.
+enum ReadOutcome {
+    /// A packet was taken and handled.
+    Taken,
+    /// The thread's waker woke it: the inbox's flags say why.
+    Woken,
+    TimedOut,
+    /// The connection ended (closed, failed or broken by the producer): boxed, as it
+    /// happens once.
+    End(Box<Inbound>),
+}
+
+/// What the reader thread (or the streaming thread, when it reads) does with the producer's
+/// out-of-band packets.
 pub trait LinkPeer: Send + 'static {
     /// Answers a query from the producer.
     fn answer(&self, query: &QueryPacket) -> QueryReplyPacket;
@@ -167,10 +195,21 @@ pub trait LinkPeer: Send + 'static {
     fn message(&self, message: MessagePacket);
 }
 
+/// What reading the socket needs, held by whichever thread reads it.
+struct SocketReader {
+    buf: Vec<u8>,
+    importer: Importer,
+    /// The producer's registered files: changed only by the packets read, in stream order.
+    /// Emptied (the files closed) when the reader thread ends; buffers still out keep theirs.
+    files: FileTable,
+    peer: Box<dyn LinkPeer>,
+}
+
 pub struct Link {
     pub conn: Arc<Connection>,
     pub pending: PendingQueries,
     inbox: Mutex<Inbox>,
+    socket_reader: Mutex<SocketReader>,
     /// Signalled when a packet (or the end) is queued.
     arrived: Condvar,
     /// Signalled when the reader may be able to read on (a frame taken, a query waiting,
@@ -178,7 +217,10 @@ pub struct Link {
     room: Condvar,
     limit: QueueLimit,
     counters: Arc<QueueCounters>,
-    stop: Waker,
+    /// Wakes the reader thread out of its poll: to stop, or to stand aside.
+    reader_waker: Waker,
+    /// Wakes the streaming thread out of its poll: flushing or stopping.
+    streaming_waker: Waker,
     reader: Mutex<Option<JoinHandle<()>>>,
     /// Preroll barriers received (State packets saying PAUSED, flush-stop events): what a
     /// Prerolled packet counts. Counted as they arrive, as the producer counts them when it
@@ -227,11 +269,18 @@ impl Link {
                 streaming: true,
                 ..Inbox::default()
             }),
+            socket_reader: Mutex::new(SocketReader {
+                buf: vec![0u8; MAX_PACKET_SIZE],
+                importer: Importer::default(),
+                files: FileTable::default(),
+                peer: Box::new(peer),
+            }),
             arrived: Condvar::new(),
             room: Condvar::new(),
             limit,
             counters,
-            stop: Waker::new()?,
+            reader_waker: Waker::new()?,
+            streaming_waker: Waker::new()?,
             reader: Mutex::new(None),
             barriers: AtomicU32::new(0),
             producer_state: AtomicU8::new(0),
@@ -241,7 +290,7 @@ impl Link {
         let reader = link.clone();
         let handle = std::thread::Builder::new()
             .name("fdlinksrc-read".into())
-            .spawn(move || reader.read_loop(peer))
+            .spawn(move || reader.read_loop())
             .map_err(|e| TransportError::Sys {
                 op: "spawn",
                 what: format!("reader thread: {e}"),
@@ -251,91 +300,167 @@ impl Link {
         Ok(link)
     }
 
-    fn read_loop(&self, peer: impl LinkPeer) {
-        let mut buf = vec![0u8; MAX_PACKET_SIZE];
-        let importer = Importer::default();
-        // The producer's registered files: only this thread reads packets, so only it changes
-        // the table, in stream order. Dropped (the files closed) when the reader ends; buffers
-        // still out keep theirs.
-        let mut files = FileTable::default();
-        let end = loop {
-            if !self.wait_for_room() {
-                break None;
+    fn read_loop(&self) {
+        let mut end = None;
+        while self.wait_for_socket() {
+            if let ReadOutcome::End(why) = self.read_one(&self.reader_waker, None) {
+                end = Some(*why);
+                break;
             }
-            let got = match self.conn.recv_wait(&mut buf, Some(&self.stop), None) {
-                Ok(Some(got)) => got,
-                Ok(None) => break None,
-                Err(TransportError::Closed) => break Some(Inbound::Closed),
-                Err(e @ (TransportError::Truncated | TransportError::FdsTruncated)) => {
-                    self.conn.send_error(&e.to_string());
-                    break Some(Inbound::Failed(e.to_string()));
+        }
+        self.end_reading(end);
+        self.socket_reader.lock().unwrap().files = FileTable::default();
+    }
+
+    /// Takes one packet off the socket and handles it, unless `waker` wakes the caller first
+    /// or `timeout` passes.
+    fn read_one(&self, waker: &Waker, timeout: Option<Duration>) -> ReadOutcome {
+        let mut reader = self.socket_reader.lock().unwrap();
+        let reader = &mut *reader;
+        let got = match self.conn.recv_wait(&mut reader.buf, Some(waker), timeout) {
+            Ok(Some(got)) => Ok(got),
+            // Whoever wakes a reader sets a flag first, and the caller looks at the flags
+            // after this reset: no request is lost.
+            Ok(None) => {
+                waker.reset();
+                return ReadOutcome::Woken;
+            }
+            Err(TransportError::TimedOut(_)) if timeout.is_some() => {
+                return ReadOutcome::TimedOut;
+            }
+            Err(e) => Err(e),
+        };
+        match self.take_packet(reader, got) {
+            Some(end) => ReadOutcome::End(Box::new(end)),
+            None => ReadOutcome::Taken,
+        }
+    }
+
+    /// Waits until the reader thread may read: not while the inbox is full, nor while the
+    /// streaming thread reads; false once reading has ended.
+    fn wait_for_socket(&self) -> bool {
+        let mut inbox = self.inbox.lock().unwrap();
+        loop {
+            if inbox.stopping || inbox.reading_ended {
+                return false;
+            }
+            if inbox.streaming_reads {
+                if !inbox.reader_parked {
+                    inbox.reader_parked = true;
+                    self.arrived.notify_all();
                 }
-                Err(e) => break Some(Inbound::Lost(e.to_string())),
-            };
-            match Packet::decode(&buf[..got.len], got.fds) {
-                Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
-                Ok(Packet::Query(q)) => {
-                    let reply = Packet::QueryReply(peer.answer(&q));
-                    let _ = self.conn.send_packet(&reply, Some(SEND_TIMEOUT));
+            } else if !inbox.full(self.limit) {
+                inbox.reader_parked = false;
+                inbox.reader_asked = false;
+                return true;
+            }
+            inbox = self.room.wait(inbox).unwrap();
+        }
+    }
+
+    /// Handles one packet (or a failed read) taken off the socket; returns the end of the
+    /// stream if it is one.
+    fn take_packet(
+        &self,
+        reader: &mut SocketReader,
+        got: Result<Received, TransportError>,
+    ) -> Option<Inbound> {
+        let got = match got {
+            Ok(got) => got,
+            Err(TransportError::Closed) => return Some(Inbound::Closed),
+            Err(e @ (TransportError::Truncated | TransportError::FdsTruncated)) => {
+                self.conn.send_error(&e.to_string());
+                return Some(Inbound::Failed(e.to_string()));
+            }
+            Err(e) => return Some(Inbound::Lost(e.to_string())),
+        };
+        match Packet::decode(&reader.buf[..got.len], got.fds) {
+            Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
+            Ok(Packet::Query(q)) => {
+                let reply = Packet::QueryReply(reader.peer.answer(&q));
+                let _ = self.conn.send_packet(&reply, Some(SEND_TIMEOUT));
+            }
+            Ok(Packet::State(st)) => {
+                if st.state == StatePacket::PAUSED {
+                    self.barriers.fetch_add(1, Ordering::SeqCst);
                 }
-                Ok(Packet::State(st)) => {
-                    if st.state == StatePacket::PAUSED {
-                        self.barriers.fetch_add(1, Ordering::SeqCst);
+                self.producer_state.store(st.state, Ordering::SeqCst);
+                reader.peer.state(st);
+                // In stream order too: a follower lets the producer's preroll frame
+                // through only once it paused as well (see `create()`).
+                self.queue_packet(Packet::State(st));
+            }
+            Ok(Packet::Message(m)) => reader.peer.message(m),
+            Ok(Packet::Buffer(mut header, fds)) => {
+                match reader.importer.resolve(&mut reader.files, &mut header, fds) {
+                    Ok(frame_files) => {
+                        self.queue_frame(Packet::Buffer(header, frame_files), &reader.importer)
                     }
-                    self.producer_state.store(st.state, Ordering::SeqCst);
-                    peer.state(st);
-                    // In stream order too: a follower lets the producer's preroll frame
-                    // through only once it paused as well (see `create()`).
-                    self.queue_packet(Packet::State(st));
-                }
-                Ok(Packet::Message(m)) => peer.message(m),
-                Ok(Packet::Buffer(mut header, fds)) => {
-                    match importer.resolve(&mut files, &mut header, fds) {
-                        Ok(frame_files) => {
-                            self.queue_frame(Packet::Buffer(header, frame_files), &importer)
-                        }
-                        Err(e) => {
-                            let msg = format!("invalid buffer {}: {e}", header.buffer_id);
-                            self.conn.send_error(&msg);
-                            break Some(Inbound::Failed(msg));
-                        }
-                    }
-                    self.files_registered
-                        .store(files.len() as u32, Ordering::Relaxed);
-                }
-                Ok(Packet::Retire { file_ids }) => {
-                    if let Err(e) = files.retire(&file_ids) {
-                        let msg = format!("malformed packet: {e}");
+                    Err(e) => {
+                        let msg = format!("invalid buffer {}: {e}", header.buffer_id);
                         self.conn.send_error(&msg);
-                        break Some(Inbound::Failed(msg));
+                        return Some(Inbound::Failed(msg));
                     }
-                    self.files_registered
-                        .store(files.len() as u32, Ordering::Relaxed);
                 }
-                Ok(packet) => {
-                    let packet = packet
-                        .without_fds()
-                        .expect("buffer packets are taken above");
-                    if let Packet::Event { event: ev, .. } = &packet {
-                        if ev.event_type == gst::ffi::GST_EVENT_FLUSH_START as u32 {
-                            self.flush_queued_frames();
-                        } else if ev.event_type == gst::ffi::GST_EVENT_FLUSH_STOP as u32 {
-                            self.barriers.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    self.queue_packet(packet);
-                }
-                Err(e) => {
+                self.files_registered
+                    .store(reader.files.len() as u32, Ordering::Relaxed);
+            }
+            Ok(Packet::Retire { file_ids }) => {
+                if let Err(e) = reader.files.retire(&file_ids) {
                     let msg = format!("malformed packet: {e}");
                     self.conn.send_error(&msg);
-                    break Some(Inbound::Failed(msg));
+                    return Some(Inbound::Failed(msg));
                 }
+                self.files_registered
+                    .store(reader.files.len() as u32, Ordering::Relaxed);
             }
-        };
+            Ok(packet) => {
+                let packet = packet
+                    .without_fds()
+                    .expect("buffer packets are taken above");
+                if let Packet::Event { event: ev, .. } = &packet {
+                    if ev.event_type == gst::ffi::GST_EVENT_FLUSH_START as u32 {
+                        self.flush_queued_frames();
+                    } else if ev.event_type == gst::ffi::GST_EVENT_FLUSH_STOP as u32 {
+                        self.barriers.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                self.queue_packet(packet);
+            }
+            Err(e) => {
+                let msg = format!("malformed packet: {e}");
+                self.conn.send_error(&msg);
+                return Some(Inbound::Failed(msg));
+            }
+        }
+        None
+    }
+
+    /// No more packets will be read (`end`: why, if the socket said so). Fails the queries
+    /// still waiting and lets whichever thread is waiting see the end.
+    fn end_reading(&self, end: Option<Inbound>) {
         self.pending.close();
-        if let Some(end) = end {
-            self.inbox.lock().unwrap().end = Some(end);
-            self.arrived.notify_all();
+        let mut inbox = self.inbox.lock().unwrap();
+        inbox.reading_ended = true;
+        if end.is_some() {
+            inbox.end = end;
+        }
+        drop(inbox);
+        self.arrived.notify_all();
+        self.room.notify_all();
+    }
+
+    /// The streaming thread's read, in `next()`, while the reader thread stands aside: one
+    /// packet, or nothing if woken (flushing, stopping) or at `deadline` (true).
+    fn read_on_streaming_thread(&self, deadline: Option<Instant>) -> bool {
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match self.read_one(&self.streaming_waker, timeout) {
+            ReadOutcome::TimedOut => true,
+            ReadOutcome::End(why) => {
+                self.end_reading(Some(*why));
+                false
+            }
+            ReadOutcome::Taken | ReadOutcome::Woken => false,
         }
     }
 
@@ -347,15 +472,6 @@ impl Link {
             .items
             .push_back(Queued::Packet(packet));
         self.arrived.notify_all();
-    }
-
-    /// Waits while the inbox is full; false when the link is stopping.
-    fn wait_for_room(&self) -> bool {
-        let mut inbox = self.inbox.lock().unwrap();
-        while !inbox.stopping && inbox.full(self.limit) {
-            inbox = self.room.wait(inbox).unwrap();
-        }
-        !inbox.stopping
     }
 
     /// Queues a buffer packet; past `max-queued`, drops or copies the oldest one.
@@ -458,14 +574,12 @@ impl Link {
     /// The next packet (or the end), or TimedOut at `deadline`; None while flushing.
     pub fn next(&self, deadline: Option<Instant>) -> Option<Inbound> {
         let mut inbox = self.inbox.lock().unwrap();
-        loop {
+        let next = loop {
             if inbox.flushing {
-                return None;
+                break None;
             }
             if let Some(item) = inbox.pop() {
-                drop(inbox);
-                self.room.notify_all();
-                return Some(match item {
+                break Some(match item {
                     Queued::Packet(p) => Inbound::Packet(p),
                     Queued::Copied(header, buffer) => Inbound::Copied(header, buffer),
                     Queued::Invalid(why) => Inbound::Failed(why),
@@ -481,25 +595,50 @@ impl Link {
                         unreachable!("only ends are stored")
                     }
                 });
-                return Some(end);
+                break Some(end);
+            }
+            if !inbox.stopping && !inbox.reading_ended {
+                inbox.streaming_reads = true;
+                if inbox.reader_parked {
+                    drop(inbox);
+                    let timed_out = self.read_on_streaming_thread(deadline);
+                    inbox = self.inbox.lock().unwrap();
+                    if timed_out {
+                        break Some(Inbound::TimedOut);
+                    }
+                    continue;
+                }
+                if !inbox.reader_asked {
+                    inbox.reader_asked = true;
+                    self.reader_waker.wake();
+                }
             }
             inbox = match deadline {
                 None => self.arrived.wait(inbox).unwrap(),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Some(Inbound::TimedOut);
+                        break Some(Inbound::TimedOut);
                     }
                     self.arrived.wait_timeout(inbox, left).unwrap().0
                 }
             };
-        }
+        };
+        // The socket goes back to the reader thread before the frame goes downstream, and
+        // a frame taken leaves room in the inbox: either may let the reader read on.
+        inbox.streaming_reads = false;
+        drop(inbox);
+        self.room.notify_all();
+        next
     }
 
     /// `unlock()`/`unlock_stop()`: make `next()` return None, or wait again.
     pub fn set_flushing(&self, flushing: bool) {
         self.inbox.lock().unwrap().flushing = flushing;
         self.arrived.notify_all();
+        if flushing {
+            self.streaming_waker.wake();
+        }
     }
 
     /// Frames queued now (buffer packets and copies).
@@ -527,11 +666,145 @@ impl Link {
     pub fn shutdown(&self) {
         self.inbox.lock().unwrap().stopping = true;
         self.room.notify_all();
-        self.stop.wake();
+        self.reader_waker.wake();
+        self.streaming_waker.wake();
         if let Some(handle) = self.reader.lock().unwrap().take() {
             let _ = handle.join();
         }
         self.pending.close();
         self.set_flushing(true);
+    }
+}
+
+#[cfg(test)]
+impl Link {
+    /// The reader thread stands aside for the streaming thread now.
+    fn reader_parked(&self) -> bool {
+        self.inbox.lock().unwrap().reader_parked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::thread::ThreadId;
+
+    /// Records which thread took each State packet off the socket.
+    struct StateThreads(mpsc::Sender<ThreadId>);
+
+    impl LinkPeer for StateThreads {
+        fn answer(&self, query: &QueryPacket) -> QueryReplyPacket {
+            QueryReplyPacket {
+                id: query.id,
+                answered: false,
+                structure: String::new(),
+            }
+        }
+        fn state(&self, _state: StatePacket) {
+            let _ = self.0.send(std::thread::current().id());
+        }
+        fn message(&self, _message: MessagePacket) {}
+    }
+
+    const PLAYING: Packet<std::os::fd::BorrowedFd<'static>> = Packet::State(StatePacket {
+        state: StatePacket::PLAYING,
+        sender_follows: false,
+    });
+
+    fn start() -> (Arc<Link>, Connection, mpsc::Receiver<ThreadId>) {
+        gst::init().unwrap();
+        let (consumer, producer) = Connection::pair().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let limit = QueueLimit {
+            max_queued: 4,
+            leaky: Leaky::None,
+        };
+        let link =
+            Link::start(Arc::new(consumer), StateThreads(tx), limit, Arc::default()).unwrap();
+        (link, producer, rx)
+    }
+
+    /// Waits (up to 5 s) until the streaming thread, inside `next()`, has the socket.
+    fn wait_parked(link: &Link) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while !link.reader_parked() {
+            assert!(
+                Instant::now() < until,
+                "the reader thread never stood aside"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn is_playing(next: Option<Inbound>) -> bool {
+        matches!(next, Some(Inbound::Packet(Packet::State(st))) if st.state == StatePacket::PLAYING)
+    }
+
+    #[test]
+    fn waiting_streaming_thread_reads_the_socket_itself() {
+        let (link, producer, threads) = start();
+        let waiter = link.clone();
+        let streaming = std::thread::spawn(move || {
+            (
+                std::thread::current().id(),
+                waiter.next(Some(Instant::now() + Duration::from_secs(10))),
+            )
+        });
+        wait_parked(&link);
+        producer.send_packet(&PLAYING, None).unwrap();
+        let (streaming_id, next) = streaming.join().unwrap();
+        assert!(is_playing(next));
+        assert_eq!(
+            threads.recv().unwrap(),
+            streaming_id,
+            "read on the streaming thread"
+        );
+
+        // Outside `next()` the reader thread has the socket again.
+        producer.send_packet(&PLAYING, None).unwrap();
+        let reader_id = threads.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_ne!(reader_id, streaming_id);
+        assert_ne!(reader_id, std::thread::current().id());
+        assert!(is_playing(link.next(Some(Instant::now()))));
+        link.shutdown();
+    }
+
+    #[test]
+    fn flushing_and_deadline_end_a_read_on_the_streaming_thread() {
+        let (link, producer, _threads) = start();
+        let started = Instant::now();
+        let next = link.next(Some(started + Duration::from_millis(100)));
+        assert!(matches!(next, Some(Inbound::TimedOut)));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+
+        let waiter = link.clone();
+        let streaming = std::thread::spawn(move || waiter.next(None));
+        wait_parked(&link);
+        link.set_flushing(true);
+        assert!(streaming.join().unwrap().is_none(), "flushing returns None");
+
+        // After the flush, reading goes on where it stopped.
+        link.set_flushing(false);
+        producer.send_packet(&PLAYING, None).unwrap();
+        assert!(is_playing(
+            link.next(Some(Instant::now() + Duration::from_secs(10)))
+        ));
+        link.shutdown();
+    }
+
+    #[test]
+    fn producer_closing_ends_a_read_on_the_streaming_thread() {
+        let (link, producer, _threads) = start();
+        let waiter = link.clone();
+        let streaming = std::thread::spawn(move || waiter.next(None));
+        wait_parked(&link);
+        drop(producer);
+        assert!(matches!(streaming.join().unwrap(), Some(Inbound::Closed)));
+        // The end stays, and the reader thread has ended: shutdown() does not wait.
+        assert!(matches!(link.next(None), Some(Inbound::Closed)));
+        let started = Instant::now();
+        link.shutdown();
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }
