@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,10 @@ struct Inbox {
     reader_asked: bool,
     /// No more packets will be read: the end is in `end`, or the link is stopping.
     reading_ended: bool,
+    /// Threads waiting on `arrived` / `room` now: a notify with nobody waiting is a futex
+    /// call for nothing, and the per-frame ones are skipped then.
+    arrived_waiters: usize,
+    room_waiters: usize,
 }
 
 impl Inbox {
@@ -354,7 +358,9 @@ impl Link {
                 inbox.reader_asked = false;
                 return true;
             }
+            inbox.room_waiters += 1;
             inbox = self.room.wait(inbox).unwrap();
+            inbox.room_waiters -= 1;
         }
     }
 
@@ -464,14 +470,29 @@ impl Link {
         }
     }
 
+    /// Signals `arrived`, if anybody waits on it, once `inbox` is unlocked.
+    fn signal_arrived(&self, inbox: MutexGuard<'_, Inbox>) {
+        let waiting = inbox.arrived_waiters > 0;
+        drop(inbox);
+        if waiting {
+            self.arrived.notify_all();
+        }
+    }
+
+    /// Signals `room`, if anybody waits on it, once `inbox` is unlocked.
+    fn signal_room(&self, inbox: MutexGuard<'_, Inbox>) {
+        let waiting = inbox.room_waiters > 0;
+        drop(inbox);
+        if waiting {
+            self.room.notify_all();
+        }
+    }
+
     /// Queues a packet that is not a frame (no limit applies) for `create()`.
     fn queue_packet(&self, packet: Packet<FrameFile>) {
-        self.inbox
-            .lock()
-            .unwrap()
-            .items
-            .push_back(Queued::Packet(packet));
-        self.arrived.notify_all();
+        let mut inbox = self.inbox.lock().unwrap();
+        inbox.items.push_back(Queued::Packet(packet));
+        self.signal_arrived(inbox);
     }
 
     /// Queues a buffer packet; past `max-queued`, drops or copies the oldest one.
@@ -504,8 +525,7 @@ impl Link {
                 _ => {}
             }
         }
-        drop(inbox);
-        self.arrived.notify_all();
+        self.signal_arrived(inbox);
         if let Some(Queued::Packet(Packet::Buffer(header, fds))) = dropped {
             // Our fds go first: the producer may reuse the buffer once it has the release.
             drop(fds);
@@ -560,8 +580,7 @@ impl Link {
         }
         inbox.originals = 0;
         inbox.copies = 0;
-        drop(inbox);
-        self.room.notify_all();
+        self.signal_room(inbox);
         for buffer_id in flushed {
             self.release(buffer_id);
         }
@@ -613,22 +632,21 @@ impl Link {
                     self.reader_waker.wake();
                 }
             }
-            inbox = match deadline {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
+                break Some(Inbound::TimedOut);
+            }
+            inbox.arrived_waiters += 1;
+            inbox = match left {
                 None => self.arrived.wait(inbox).unwrap(),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break Some(Inbound::TimedOut);
-                    }
-                    self.arrived.wait_timeout(inbox, left).unwrap().0
-                }
+                Some(left) => self.arrived.wait_timeout(inbox, left).unwrap().0,
             };
+            inbox.arrived_waiters -= 1;
         };
         // The socket goes back to the reader thread before the frame goes downstream, and
         // a frame taken leaves room in the inbox: either may let the reader read on.
         inbox.streaming_reads = false;
-        drop(inbox);
-        self.room.notify_all();
+        self.signal_room(inbox);
         next
     }
 
