@@ -1444,7 +1444,7 @@ impl ObjectImpl for FdlinkSrc {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-received (pushed downstream), releases-sent, reconnects, frames-dropped and frames-copied (by leaky), frames-queued (now), files-registered (files the producer registered with this consumer now: register-once fds), latency-{last,avg,p50,p99,max}-us (producer send to consumer receive, over the last 1024 frames for percentiles)")
+                    .blurb("frames-received (pushed downstream), releases-sent, reconnects, frames-dropped and frames-copied (by leaky), frames-queued (now), files-registered (files the producer registered with this consumer now: register-once fds), latency-{last,avg,p50,p99,max}-us (producer send to the frame leaving create(), time queued here included, over the last 1024 frames for percentiles)")
                     .read_only()
                     .build(),
             ]

@@ -1167,7 +1167,7 @@ fn demo(o: &Opts) -> i32 {
         g(&cs, "releases-sent")
     );
     println!(
-        "  per-frame latency (producer send -> consumer receive): p50 {} us, p99 {} us, max {} us",
+        "  per-frame latency (producer send -> consumer create(), queueing included): p50 {} us, p99 {} us, max {} us",
         g(&cs, "latency-p50-us"),
         g(&cs, "latency-p99-us"),
         g(&cs, "latency-max-us")
