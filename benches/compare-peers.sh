@@ -23,8 +23,9 @@
 # each pool buffer written once and never again, as a hardware decoder's frames are never
 # written by the CPU: the transport's own cost, not the drawing, sets the pace); and
 # "latency" (live videotestsrc at 30 fps; one-way latency from a stamp written just before
-# the sink to a probe just after the source). How each figure is taken: examples/compare-harness.rs. The Markdown tables go to
-# stdout and to --out (default: benches/compare-peers.last.md); raw results sit beside it.
+# the sink to a probe just after the source). How each figure is taken:
+# examples/compare-harness.rs. The Markdown tables go to stdout and to --out (default:
+# benches/compare-peers.last.md); raw results sit beside it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
