@@ -9,10 +9,12 @@
 //! - Producer (this process): a standalone source pad, linked to `fdlinksink sync=false`, on
 //!   which the bench thread calls `gst_pad_push` itself, as a decoder's streaming thread would.
 //!   Frames come from a reused pool: fdlink's `MemfdBufferPool` (memfd path), a small pool of
-//!   sealed memfds wrapped by `GstDmaBufAllocator` (dmabuf stand-in: real dmabufs exist only in
-//!   the project's test VM, so the real dmabuf path is NOT measured here), or a ring of
-//!   `gst::Buffer::with_size` system-memory buffers, written once (copy fallback: fdlinksink
-//!   copies each once into its sealed memfd pool).
+//!   `DmaBufMemory` buffers, or a ring of `gst::Buffer::with_size` system-memory buffers,
+//!   written once (copy fallback: fdlinksink copies each once into its sealed memfd pool).
+//!   The dmabuf pool holds sealed memfds wrapped by `GstDmaBufAllocator` (`dmabuf-standin`,
+//!   not a real dmabuf) or, where the exporters' device nodes exist, real kernel dmabufs from
+//!   the dma-heap system heap (`dmabuf-heap`) and udmabuf (`dmabuf-udmabuf`). This host has
+//!   neither; `benches/vm-dmabuf.sh` runs those rows in the project's test VM.
 //! - Consumer (child): this same binary re-executed with `FDLINK_BENCH_CHILD=element`, running
 //!   `fdlinksrc ! fakesink sync=false enable-last-sample=false` with a buffer probe on the
 //!   fakesink pad, or with `FDLINK_BENCH_CHILD=raw`, a bare recvmsg loop. The probe (or the raw
@@ -68,6 +70,12 @@ use nix::time::{ClockId, clock_gettime};
 
 #[path = "crossprocess/uring.rs"]
 mod uring;
+
+// The kernel dmabuf allocators of the hardware tests (udmabuf, dma-heap, vgem); the bench uses
+// the first two, which exist in the project's test VM (benches/vm-dmabuf.sh).
+#[allow(dead_code)]
+#[path = "../src/bin/fdlink-peer/dmabuf_sources.rs"]
+mod dmabuf_sources;
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator
@@ -446,6 +454,10 @@ enum Kind {
     /// register-once fds save is this row minus the memfd row).
     MemfdFdEachFrame,
     DmabufStandin,
+    /// Real kernel dmabufs from the dma-heap system heap (`/dev/dma_heap/system`).
+    DmabufHeap,
+    /// Real kernel dmabufs from udmabuf (`/dev/udmabuf`, pages of a sealed memfd).
+    Udmabuf,
     Copy,
 }
 
@@ -457,8 +469,26 @@ impl Kind {
             Kind::Memfd => "memfd",
             Kind::MemfdFdEachFrame => "memfd-fd-each-frame",
             Kind::DmabufStandin => "dmabuf-standin",
+            Kind::DmabufHeap => "dmabuf-heap",
+            Kind::Udmabuf => "dmabuf-udmabuf",
             Kind::Copy => "copy",
         }
+    }
+
+    /// The kernel exporter of a real dmabuf path.
+    fn exporter(self) -> Option<dmabuf_sources::Source> {
+        match self {
+            Kind::DmabufHeap => Some(dmabuf_sources::Source::DmaHeap),
+            Kind::Udmabuf => Some(dmabuf_sources::Source::Udmabuf),
+            _ => None,
+        }
+    }
+
+    /// Whether this machine can run the path: the real dmabuf paths need their exporter's
+    /// device node (the project's test VM has both; this development host has neither).
+    fn runs_here(self) -> bool {
+        self.exporter()
+            .is_none_or(|e| dmabuf_sources::Allocator::open(e).is_ok())
     }
 }
 
@@ -537,19 +567,26 @@ fn buffer_packet(info: &gst_video::VideoInfo, frame: &OwnedFd) -> Vec<u8> {
 /// A decoder-like pool of sealed memfds wrapped by GstDmaBufAllocator: the only "dmabuf" this
 /// host can make. fdlinksink sees DmaBufMemory, finds a regular file behind it and sends it as
 /// a memfd, so on the wire and in the consumer it is the memfd path.
-mod standin_pool {
+/// A small pool of `DmaBufMemory` buffers, as a hardware decoder's: sealed memfds wrapped by
+/// `GstDmaBufAllocator` (the stand-in), or real kernel dmabufs from an exporter.
+mod dmabuf_pool {
+    use super::dmabuf_sources::{Allocator, Source};
     use gst::glib;
     use gst::subclass::prelude::*;
     use std::sync::Mutex;
 
     glib::wrapper! {
-        pub struct StandinPool(ObjectSubclass<imp::StandinPool>)
+        pub struct DmabufPool(ObjectSubclass<imp::DmabufPool>)
             @extends gst::BufferPool, gst::Object;
     }
 
-    impl StandinPool {
-        pub fn new() -> Self {
-            glib::Object::new()
+    impl DmabufPool {
+        /// `exporter` None: the memfd stand-in.
+        pub fn new(exporter: Option<Source>) -> Self {
+            let pool: Self = glib::Object::new();
+            *pool.imp().allocator.lock().unwrap() =
+                exporter.map(|e| Allocator::open(e).expect("dmabuf exporter opens"));
+            pool
         }
     }
 
@@ -557,21 +594,22 @@ mod standin_pool {
         use super::*;
 
         #[derive(Default)]
-        pub struct StandinPool {
+        pub struct DmabufPool {
             info: Mutex<Option<gst_video::VideoInfo>>,
+            pub(super) allocator: Mutex<Option<Allocator>>,
         }
 
         #[glib::object_subclass]
-        impl ObjectSubclass for StandinPool {
-            const NAME: &'static str = "FdlinkBenchDmabufStandinPool";
-            type Type = super::StandinPool;
+        impl ObjectSubclass for DmabufPool {
+            const NAME: &'static str = "FdlinkBenchDmabufPool";
+            type Type = super::DmabufPool;
             type ParentType = gst::BufferPool;
         }
 
-        impl ObjectImpl for StandinPool {}
-        impl GstObjectImpl for StandinPool {}
+        impl ObjectImpl for DmabufPool {}
+        impl GstObjectImpl for DmabufPool {}
 
-        impl BufferPoolImpl for StandinPool {
+        impl BufferPoolImpl for DmabufPool {
             fn set_config(&self, config: &mut gst::BufferPoolConfigRef) -> bool {
                 let Some((Some(caps), ..)) = config.params() else {
                     return false;
@@ -590,9 +628,13 @@ mod standin_pool {
                     .unwrap()
                     .clone()
                     .ok_or(gst::FlowError::Error)?;
-                let fd =
-                    gstfdlink::memory::create_sealed_memfd("bench-dmabuf-standin", info.size())
-                        .map_err(|_| gst::FlowError::Error)?;
+                let fd = match &*self.allocator.lock().unwrap() {
+                    Some(allocator) => allocator.alloc(info.size()).map(|(fd, _)| fd),
+                    None => {
+                        gstfdlink::memory::create_sealed_memfd("bench-dmabuf-standin", info.size())
+                    }
+                }
+                .map_err(|_| gst::FlowError::Error)?;
                 let mem = gstfdlink::memory::wrap_dmabuf(fd, info.size())
                     .map_err(|_| gst::FlowError::Error)?;
                 assert!(mem.is_memory_type::<gst_allocators::DmaBufMemory>());
@@ -623,8 +665,8 @@ impl Frames {
                     .unwrap()
                     .upcast(),
             ),
-            Kind::DmabufStandin => {
-                let pool = standin_pool::StandinPool::new();
+            Kind::DmabufStandin | Kind::DmabufHeap | Kind::Udmabuf => {
+                let pool = dmabuf_pool::DmabufPool::new(kind.exporter());
                 let mut c = pool.config();
                 c.set_params(Some(caps), size, count, count);
                 pool.set_config(c).unwrap();
@@ -1243,12 +1285,14 @@ fn merge(into: &mut Row, from: Row) {
 // ---------------------------------------------------------------------------------------------
 // Criterion groups
 
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 8] = [
     Kind::Raw,
     Kind::RawUring,
     Kind::Memfd,
     Kind::MemfdFdEachFrame,
     Kind::DmabufStandin,
+    Kind::DmabufHeap,
+    Kind::Udmabuf,
     Kind::Copy,
 ];
 /// Frames in flight in the throughput groups (max-held; pools hold one more).
@@ -1257,7 +1301,7 @@ const WINDOW: u32 = 4;
 fn handoff(c: &mut Criterion, shared: &Shared) {
     for (label, w, h) in SIZES {
         let mut g = c.benchmark_group(format!("handoff-{label}"));
-        for kind in KINDS {
+        for kind in KINDS.into_iter().filter(|k| k.runs_here()) {
             // Made on first use (so a criterion filter that skips it spawns nothing), shared by
             // the two benches, torn down after them.
             let spec = Spec {
@@ -1286,7 +1330,7 @@ fn throughput(c: &mut Criterion, shared: &Shared) {
     for (label, w, h) in SIZES {
         let mut g = c.benchmark_group(format!("throughput-{label}"));
         g.throughput(Throughput::Elements(1));
-        for kind in KINDS {
+        for kind in KINDS.into_iter().filter(|k| k.runs_here()) {
             let spec = Spec {
                 group: label,
                 kind,
@@ -1393,6 +1437,33 @@ fn summary() -> String {
         match pin_cpus() {
             Some((p, c)) => format!("producer on CPU {p}, consumers on CPU {c}"),
             None => "none".into(),
+        }
+    );
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kernel = kernel.trim();
+    // Not available_parallelism(): the bench process may be pinned to one CPU.
+    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "Machine: Linux {kernel}, CPUs {} online\n",
+        cpus.trim()
+    );
+    let real: Vec<&str> = [Kind::DmabufHeap, Kind::Udmabuf]
+        .iter()
+        .map(|k| k.label())
+        .collect();
+    let _ = writeln!(
+        out,
+        "Real kernel dmabuf paths ({}): {}\n",
+        real.join(", "),
+        if [Kind::DmabufHeap, Kind::Udmabuf]
+            .iter()
+            .all(|k| k.runs_here())
+        {
+            "run (their exporters' device nodes exist here)"
+        } else {
+            "NOT run: no /dev/dma_heap/system or /dev/udmabuf on this machine; \
+             benches/vm-dmabuf.sh runs them in the test VM"
         }
     );
     let _ = writeln!(
@@ -1538,10 +1609,20 @@ fn main() {
     c.final_summary();
     let text = summary();
     println!("{text}");
-    let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
-        .join("criterion");
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join("fdlink-crossprocess.md"), &text);
+    let path = std::env::var_os("FDLINK_BENCH_SUMMARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+                .join("criterion/fdlink-crossprocess.md")
+        });
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&path, &text) {
+        eprintln!(
+            "crossprocess: cannot write the summary to {}: {e}",
+            path.display()
+        );
     }
     let _ = std::fs::remove_dir_all(
         std::env::temp_dir().join(format!("fdlink-bench-{}", std::process::id())),
