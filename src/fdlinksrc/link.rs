@@ -9,7 +9,9 @@
 //! socket itself and the reader thread stands aside: a frame then wakes one thread, not a
 //! reader that wakes the streaming thread in turn (that second wake-up was half the one-way
 //! latency of a 30 fps stream). The socket goes back to the reader as `next()` returns, before
-//! the frame goes downstream, where the streaming thread may block for a long time.
+//! the frame goes downstream, where the streaming thread may block for a long time; the reader
+//! takes it up only after [`READER_GRACE`], so a streaming thread that is back by then (the
+//! next frame of a flowing stream) finds it free without waking anybody.
 //!
 //! The inbox holds at most `max-queued` buffer packets (frames whose producer buffers this
 //! consumer pins); what happens to one more is the `leaky` policy (see [`Leaky`]).
@@ -32,6 +34,14 @@ use crate::transport::{Connection, Received, TransportError, Waker};
 
 /// How long a reply, a release or an error packet may wait for room in the socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the reader thread stays aside after the streaming thread left `next()`. A
+/// streaming thread back within it (the next frame of a stream that flows) finds the socket
+/// still its own: no wake-up on either side, where handing the socket back and forth cost
+/// each frame an eventfd write and read and two futex wake-ups. Past it, the reader reads
+/// again, so control packets wait at most this long while the streaming thread is blocked
+/// downstream (a query reply waits not at all: see `wait_for_socket()`).
+const READER_GRACE: Duration = Duration::from_millis(5);
 
 /// Tells the producer this consumer is done with `buffer_id` (counted in `releases` once
 /// sent). The packet is encoded on the stack: one goes out per frame.
@@ -135,12 +145,18 @@ struct Inbox {
     /// The reader thread has stood aside: while this and `streaming_reads` hold, only the
     /// streaming thread touches the socket.
     reader_parked: bool,
-    /// The reader thread was asked (through its waker) to stand aside.
+    /// The reader thread was asked (through its waker) to stand aside and has not yet.
     reader_asked: bool,
+    /// Times the streaming thread came to read the socket: the reader thread, standing aside
+    /// through its grace, sees from it whether the streaming thread came back meanwhile.
+    streaming_visits: u64,
+    /// `READER_GRACE` (tests set other values).
+    reader_grace: Duration,
     /// No more packets will be read: the end is in `end`, or the link is stopping.
     reading_ended: bool,
     /// Threads waiting on `arrived` / `room` now: a notify with nobody waiting is a futex
-    /// call for nothing, and the per-frame ones are skipped then.
+    /// call for nothing, and the per-frame ones are skipped then. The reader thread's timed
+    /// wait through `READER_GRACE` is not counted: it needs no signal.
     arrived_waiters: usize,
     room_waiters: usize,
 }
@@ -271,6 +287,7 @@ impl Link {
             pending: PendingQueries::default(),
             inbox: Mutex::new(Inbox {
                 streaming: true,
+                reader_grace: READER_GRACE,
                 ..Inbox::default()
             }),
             socket_reader: Mutex::new(SocketReader {
@@ -341,9 +358,13 @@ impl Link {
     }
 
     /// Waits until the reader thread may read: not while the inbox is full, nor while the
-    /// streaming thread reads; false once reading has ended.
+    /// streaming thread reads, nor within `READER_GRACE` of its leaving unless a query reply
+    /// is awaited; false once reading has ended.
     fn wait_for_socket(&self) -> bool {
         let mut inbox = self.inbox.lock().unwrap();
+        // The grace running now: the streaming thread's visits when it began (another visit
+        // starts a new one) and its end.
+        let mut grace: Option<(u64, Instant)> = None;
         loop {
             if inbox.stopping || inbox.reading_ended {
                 return false;
@@ -351,12 +372,32 @@ impl Link {
             if inbox.streaming_reads {
                 if !inbox.reader_parked {
                     inbox.reader_parked = true;
+                    inbox.reader_asked = false;
                     self.arrived.notify_all();
                 }
-            } else if !inbox.full(self.limit) {
-                inbox.reader_parked = false;
-                inbox.reader_asked = false;
-                return true;
+                grace = None;
+            } else {
+                if inbox.reader_parked && inbox.awaiting_replies == 0 {
+                    let visits = inbox.streaming_visits;
+                    let end = match grace {
+                        Some((v, end)) if v == visits => end,
+                        _ => {
+                            grace
+                                .insert((visits, Instant::now() + inbox.reader_grace))
+                                .1
+                        }
+                    };
+                    let left = end.saturating_duration_since(Instant::now());
+                    if !left.is_zero() {
+                        inbox = self.room.wait_timeout(inbox, left).unwrap().0;
+                        continue;
+                    }
+                }
+                if !inbox.full(self.limit) {
+                    inbox.reader_parked = false;
+                    inbox.reader_asked = false;
+                    return true;
+                }
             }
             inbox.room_waiters += 1;
             inbox = self.room.wait(inbox).unwrap();
@@ -617,6 +658,9 @@ impl Link {
                 break Some(end);
             }
             if !inbox.stopping && !inbox.reading_ended {
+                if !inbox.streaming_reads {
+                    inbox.streaming_visits += 1;
+                }
                 inbox.streaming_reads = true;
                 if inbox.reader_parked {
                     drop(inbox);
@@ -643,8 +687,9 @@ impl Link {
             };
             inbox.arrived_waiters -= 1;
         };
-        // The socket goes back to the reader thread before the frame goes downstream, and
-        // a frame taken leaves room in the inbox: either may let the reader read on.
+        // The socket goes back to the reader thread before the frame goes downstream (it
+        // takes it after READER_GRACE), and a frame taken leaves room in the inbox: either
+        // may let the reader read on. A reader in its grace needs no signal.
         inbox.streaming_reads = false;
         self.signal_room(inbox);
         next
@@ -699,6 +744,16 @@ impl Link {
     /// The reader thread stands aside for the streaming thread now.
     fn reader_parked(&self) -> bool {
         self.inbox.lock().unwrap().reader_parked
+    }
+
+    /// The streaming thread asked the reader thread (through its waker) to stand aside, and
+    /// it has not stood aside since.
+    fn reader_asked(&self) -> bool {
+        self.inbox.lock().unwrap().reader_asked
+    }
+
+    fn set_reader_grace(&self, grace: Duration) {
+        self.inbox.lock().unwrap().reader_grace = grace;
     }
 }
 
@@ -779,12 +834,75 @@ mod tests {
             "read on the streaming thread"
         );
 
-        // Outside `next()` the reader thread has the socket again.
+        // Outside `next()` the reader thread has the socket again, once READER_GRACE has
+        // passed without the streaming thread coming back.
         producer.send_packet(&PLAYING, None).unwrap();
         let reader_id = threads.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_ne!(reader_id, streaming_id);
         assert_ne!(reader_id, std::thread::current().id());
         assert!(is_playing(link.next(Some(Instant::now()))));
+        link.shutdown();
+    }
+
+    /// The streaming thread takes one packet itself, on a thread of its own, so the reader
+    /// thread has stood aside once; returns that thread's id.
+    fn first_read_on_a_streaming_thread(
+        link: &Arc<Link>,
+        producer: &Connection,
+        threads: &mpsc::Receiver<ThreadId>,
+    ) -> ThreadId {
+        let waiter = link.clone();
+        let streaming = std::thread::spawn(move || {
+            (
+                std::thread::current().id(),
+                waiter.next(Some(Instant::now() + Duration::from_secs(10))),
+            )
+        });
+        wait_parked(link);
+        producer.send_packet(&PLAYING, None).unwrap();
+        let (streaming_id, next) = streaming.join().unwrap();
+        assert!(is_playing(next));
+        assert_eq!(threads.recv().unwrap(), streaming_id);
+        streaming_id
+    }
+
+    #[test]
+    fn streaming_thread_back_within_the_grace_finds_the_socket_free() {
+        let (link, producer, threads) = start();
+        link.set_reader_grace(Duration::from_secs(60));
+        first_read_on_a_streaming_thread(&link, &producer, &threads);
+        for _ in 0..3 {
+            // The reader thread stayed aside: this thread reads, and never had to ask.
+            assert!(link.reader_parked());
+            producer.send_packet(&PLAYING, None).unwrap();
+            assert!(is_playing(
+                link.next(Some(Instant::now() + Duration::from_secs(10)))
+            ));
+            assert_eq!(threads.recv().unwrap(), std::thread::current().id());
+            assert!(
+                !link.reader_asked(),
+                "the reader thread was woken to stand aside"
+            );
+        }
+        // Stopping does not wait for the grace to end.
+        let started = Instant::now();
+        link.shutdown();
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn awaited_query_reply_ends_the_grace_at_once() {
+        let (link, producer, threads) = start();
+        link.set_reader_grace(Duration::from_secs(60));
+        let streaming_id = first_read_on_a_streaming_thread(&link, &producer, &threads);
+        // A query waits for its reply while the streaming thread is away (downstream): the
+        // reader thread reads again now, not after the grace.
+        let awaiting = link.awaiting_reply();
+        producer.send_packet(&PLAYING, None).unwrap();
+        let reader_id = threads.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_ne!(reader_id, streaming_id);
+        assert_ne!(reader_id, std::thread::current().id());
+        drop(awaiting);
         link.shutdown();
     }
 
