@@ -1389,6 +1389,16 @@ fn per_frame(v: u64, frames: u64) -> f64 {
     }
 }
 
+/// A table cell: `value` with `digits` decimals, or "-" for a measurement this run did not take
+/// (a filter left its group out).
+fn cell(value: f64, digits: usize) -> String {
+    if value.is_finite() {
+        format!("{value:.digits$}")
+    } else {
+        "-".into()
+    }
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if a.is_finite() && b.is_finite() && b > 0.0 {
         format!("{:.1}x", a / b)
@@ -1495,21 +1505,21 @@ fn summary() -> String {
         let r = &row.roundtrip;
         let _ = writeln!(
             out,
-            "| {group} | {} | {:.1} | {:.1} | {} | {:.1} | {} | {:.0} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            "| {group} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |",
             kind.label(),
-            pct(&ow, 50),
-            pct(&ow, 99),
+            cell(pct(&ow, 50), 1),
+            cell(pct(&ow, 99), 1),
             ratio(pct(&ow, 50), raw_ow.unwrap_or(f64::NAN)),
-            rt,
+            cell(rt, 1),
             ratio(rt, raw_rt.unwrap_or(f64::NAN)),
-            fps,
+            cell(fps, 0),
             ratio(raw_fps.unwrap_or(f64::NAN), fps),
-            per_frame(t.cpu_self_ns, t.frames) / 1000.0,
-            per_frame(t.cpu_child_ns, t.frames) / 1000.0,
-            per_frame(r.allocs_self, r.frames),
-            per_frame(r.allocs_child, r.frames),
-            per_frame(t.allocs_self, t.frames),
-            per_frame(t.allocs_child, t.frames),
+            cell(per_frame(t.cpu_self_ns, t.frames) / 1000.0, 1),
+            cell(per_frame(t.cpu_child_ns, t.frames) / 1000.0, 1),
+            cell(per_frame(r.allocs_self, r.frames), 1),
+            cell(per_frame(r.allocs_child, r.frames), 1),
+            cell(per_frame(t.allocs_self, t.frames), 1),
+            cell(per_frame(t.allocs_child, t.frames), 1),
         );
         for n in &row.notes {
             let _ = writeln!(notes, "- {group} {}: {n}", kind.label());
