@@ -40,7 +40,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// still its own: no wake-up on either side, where handing the socket back and forth cost
 /// each frame an eventfd write and read and two futex wake-ups. Past it, the reader reads
 /// again, so control packets wait at most this long while the streaming thread is blocked
-/// downstream (a query reply waits not at all: see `wait_for_socket()`).
+/// downstream (a query reply waits not at all: see `wait_for_socket()`). Only with
+/// `leaky=none`: `oldest` and `copy` act on frames as they arrive, which needs the reader
+/// thread to keep the socket drained whenever the streaming thread is away, however briefly.
 const READER_GRACE: Duration = Duration::from_millis(5);
 
 /// Tells the producer this consumer is done with `buffer_id` (counted in `releases` once
@@ -358,8 +360,8 @@ impl Link {
     }
 
     /// Waits until the reader thread may read: not while the inbox is full, nor while the
-    /// streaming thread reads, nor within `READER_GRACE` of its leaving unless a query reply
-    /// is awaited; false once reading has ended.
+    /// streaming thread reads, nor within `READER_GRACE` of its leaving (with `leaky=none`,
+    /// and unless a query reply is awaited); false once reading has ended.
     fn wait_for_socket(&self) -> bool {
         let mut inbox = self.inbox.lock().unwrap();
         // The grace running now: the streaming thread's visits when it began (another visit
@@ -377,7 +379,10 @@ impl Link {
                 }
                 grace = None;
             } else {
-                if inbox.reader_parked && inbox.awaiting_replies == 0 {
+                if inbox.reader_parked
+                    && inbox.awaiting_replies == 0
+                    && self.limit.leaky == Leaky::None
+                {
                     let visits = inbox.streaming_visits;
                     let end = match grace {
                         Some((v, end)) if v == visits => end,
@@ -786,12 +791,16 @@ mod tests {
     });
 
     fn start() -> (Arc<Link>, Connection, mpsc::Receiver<ThreadId>) {
+        start_leaky(Leaky::None)
+    }
+
+    fn start_leaky(leaky: Leaky) -> (Arc<Link>, Connection, mpsc::Receiver<ThreadId>) {
         gst::init().unwrap();
         let (consumer, producer) = Connection::pair().unwrap();
         let (tx, rx) = mpsc::channel();
         let limit = QueueLimit {
             max_queued: 4,
-            leaky: Leaky::None,
+            leaky,
         };
         let link =
             Link::start(Arc::new(consumer), StateThreads(tx), limit, Arc::default()).unwrap();
@@ -888,6 +897,24 @@ mod tests {
         let started = Instant::now();
         link.shutdown();
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn leaky_policies_have_no_grace() {
+        for leaky in [Leaky::Oldest, Leaky::Copy] {
+            let (link, producer, threads) = start_leaky(leaky);
+            link.set_reader_grace(Duration::from_secs(60));
+            let streaming_id = first_read_on_a_streaming_thread(&link, &producer, &threads);
+            // Frames must meet the policy as they arrive, not when the streaming thread
+            // comes back: the reader thread reads again at once.
+            producer.send_packet(&PLAYING, None).unwrap();
+            let reader_id = threads
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("leaky={leaky:?}: the reader thread waited"));
+            assert_ne!(reader_id, streaming_id);
+            assert_ne!(reader_id, std::thread::current().id());
+            link.shutdown();
+        }
     }
 
     #[test]
