@@ -420,3 +420,35 @@ fn dma_drm_caps_cross_exactly() {
     );
     assert_eq!(sent, got);
 }
+
+/// With a live upstream fdlinksink yields the CPU after each frame it sends
+/// (`yield-after-send`, on by default); every frame still crosses, in order and
+/// byte-identical, with the yield and without it. What the yield buys (lower one-way latency
+/// when the consumer was woken on the producer's CPU) is measured in docs/performance.md,
+/// not asserted here.
+#[test]
+fn live_stream_crosses_whole_with_and_without_yield_after_send() {
+    init_gst();
+    gstfdlink::plugin_register_static().unwrap();
+    let sink = gst::ElementFactory::make("fdlinksink").build().unwrap();
+    assert!(sink.property::<bool>("yield-after-send"), "on by default");
+    let n = 30;
+    for yield_after_send in [true, false] {
+        let dir = TempDir::new("yield");
+        let sock = dir.socket();
+        // slow-policy=block: a live stream otherwise skips frames for a consumer at max-held,
+        // and this test wants every frame.
+        let (sent, got, ps, cs) = run_pair(
+            &format!(
+                "videotestsrc is-live=true num-buffers={n} pattern=ball ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! fdlinksink socket-path={sock} wait-for-connection=true sync=false slow-policy=block yield-after-send={yield_after_send}"
+            ),
+            &format!("fdlinksrc socket-path={sock} ! fakesink"),
+        );
+        assert_eq!(sent.len(), n, "yield-after-send={yield_after_send}");
+        let sent: Vec<(u64, &str)> = sent.iter().map(|f| (f.offset, f.crc.as_str())).collect();
+        let got: Vec<(u64, &str)> = got.iter().map(|f| (f.offset, f.crc.as_str())).collect();
+        assert_eq!(got, sent, "yield-after-send={yield_after_send}");
+        assert_eq!(field(&ps, "frames-zero-copy"), n as u64);
+        assert_eq!(field(&cs, "frames-received"), n as u64);
+    }
+}

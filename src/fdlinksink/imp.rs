@@ -162,6 +162,7 @@ struct Settings {
     slow_policy: SlowPolicyProp,
     sync_method: SyncMethodProp,
     register_fds: bool,
+    yield_after_send: bool,
 }
 
 impl Default for Settings {
@@ -179,6 +180,7 @@ impl Default for Settings {
             slow_policy: SlowPolicyProp::Auto,
             sync_method: SyncMethodProp::Latest,
             register_fds: true,
+            yield_after_send: true,
         }
     }
 }
@@ -196,6 +198,8 @@ enum State {
         /// Whether upstream is live, asked once per stream: a live stream never waits for a
         /// slow consumer (that consumer skips frames instead).
         upstream_live: Option<bool>,
+        /// `yield-after-send`, as set when the stream started.
+        yield_after_send: bool,
         /// The buffer sent from `preroll()`, which `render()` then gets again and must not
         /// send twice.
         prerolled: Option<PrerolledBuffer>,
@@ -684,13 +688,20 @@ impl FdlinkSink {
             return Ok(None);
         }
         let mut state = self.state.lock().unwrap();
-        let live = match &mut *state {
-            State::Started { upstream_live, .. } => *upstream_live.get_or_insert_with(|| {
-                let mut q = gst::query::Latency::new();
-                let live = self.obj().sink_pad().peer_query(&mut q) && q.result().0;
-                gst::debug!(CAT, imp = self, "upstream is live: {live}");
-                live
-            }),
+        let (live, yield_after_send) = match &mut *state {
+            State::Started {
+                upstream_live,
+                yield_after_send,
+                ..
+            } => (
+                *upstream_live.get_or_insert_with(|| {
+                    let mut q = gst::query::Latency::new();
+                    let live = self.obj().sink_pad().peer_query(&mut q) && q.result().0;
+                    gst::debug!(CAT, imp = self, "upstream is live: {live}");
+                    live
+                }),
+                *yield_after_send,
+            ),
             State::Stopped => return Err(gst::FlowError::Flushing),
         };
         // Passing through, wait_pass_through waited for the followers' room; the preroll
@@ -728,6 +739,14 @@ impl FdlinkSink {
             let memories = self.take_memories(&mut state);
             let out = self.copy_out(&mut state, registry, buffer, memories, &mut copy, true)?;
             self.send_frame(hub, &mut state, buffer, out, Some(&wants_copy), sending)?;
+        }
+        drop(state);
+        if live && yield_after_send && sending == Sending::Playing {
+            // A unix socket wakes its reader "synchronously": the kernel may put the
+            // consumer on this CPU, expecting the sender to sleep now. A live source does
+            // not sleep but makes its next frame first (videotestsrc, a software decoder),
+            // and the consumer would wait for that; yielding lets it take the frame now.
+            std::thread::yield_now();
         }
         Ok(Some(buffer_id))
     }
@@ -962,6 +981,12 @@ impl ObjectImpl for FdlinkSink {
                     .default_value(true)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("yield-after-send")
+                    .nick("Yield after send")
+                    .blurb("With a live upstream, give up the CPU (sched_yield) after sending each frame, so that a consumer the kernel woke on this CPU (a unix socket wakes its reader there, expecting the sender to sleep) takes the frame at once rather than after upstream has made its next one. One syscall per frame; never with a non-live upstream, whose throughput comes first")
+                    .default_value(true)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("wait-for-connection")
                     .nick("Wait for connection")
                     .blurb("Without any consumer, wait for one (true) or drop frames (false); once consumers came and went, frames are dropped again until the next one")
@@ -1022,6 +1047,9 @@ impl ObjectImpl for FdlinkSink {
             "sync-method" => settings.sync_method = value.get().expect("type checked upstream"),
             "ack-timeout" => settings.ack_timeout_ms = value.get().expect("type checked upstream"),
             "register-fds" => settings.register_fds = value.get().expect("type checked upstream"),
+            "yield-after-send" => {
+                settings.yield_after_send = value.get().expect("type checked upstream")
+            }
             _ => unimplemented!(),
         }
     }
@@ -1040,6 +1068,7 @@ impl ObjectImpl for FdlinkSink {
             "sync-method" => self.settings.lock().unwrap().sync_method.to_value(),
             "ack-timeout" => self.settings.lock().unwrap().ack_timeout_ms.to_value(),
             "register-fds" => self.settings.lock().unwrap().register_fds.to_value(),
+            "yield-after-send" => self.settings.lock().unwrap().yield_after_send.to_value(),
             "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
             "stats" => self.stats_structure().to_value(),
             _ => unimplemented!(),
@@ -1206,6 +1235,7 @@ impl BaseSinkImpl for FdlinkSink {
             copy_pool: None,
             memories: MemoryList::new(),
             upstream_live: None,
+            yield_after_send: settings.yield_after_send,
             prerolled: None,
         };
         Ok(())
