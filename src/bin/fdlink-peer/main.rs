@@ -1197,6 +1197,10 @@ fn main() {
         "produce-dmabuf" => produce_dmabuf(&o),
         _ => usage(),
     };
-    report_fds();
+    // The demo's pipelines run in gst-launch-1.0 children: this process's fds say nothing
+    // about them, and its output is for people.
+    if cmd != "demo" {
+        report_fds();
+    }
     std::process::exit(code);
 }
