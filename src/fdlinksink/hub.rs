@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -227,6 +227,10 @@ pub struct Frame<'a> {
     /// and given to following consumers even past max-held (they are paused, prerolled on
     /// what they hold, and release nothing until they play).
     pub preroll: bool,
+    /// The streaming thread reads the consumers' releases itself while frames keep coming
+    /// (see `RELEASE_GRACE`): a non-live stream that plays. A live one comes back only a
+    /// frame period later, so its releases are read by the control thread at once.
+    pub reads_releases: bool,
 }
 
 /// What became of a frame for one consumer.
@@ -501,6 +505,19 @@ struct Inner {
     stats: HubStats,
     /// Events to report once the lock is released.
     deferred: Vec<HubEvent>,
+    /// When the streaming thread last offered a frame that reads releases: within
+    /// `release_grace` of it the control thread does not watch the consumers' sockets.
+    grace_from: Option<Instant>,
+    /// Frames to send without a grace: one ran out with buffers still held, and the
+    /// streaming thread may have been waiting in a pool for one of them (see `grace_end`).
+    frames_without_grace: u32,
+    /// Consumers' requests the streaming thread read, for the control thread to serve.
+    requests: Vec<HubEvent>,
+    /// The streaming thread's receive buffer and consumer list (kept, not reallocated).
+    drain_buf: Vec<u8>,
+    drain_list: Vec<(u64, Arc<Connection>)>,
+    /// The control thread's last round left the ready consumers' sockets alone.
+    control_aside: bool,
 }
 
 /// Which sticky slot an event packet fills.
@@ -519,9 +536,22 @@ pub enum StickyKind {
     None,
 }
 
+/// How long after a frame the control thread leaves the consumers' sockets to the streaming
+/// thread (non-live streams). A release wakes the thread that polls for it; in a fast stream
+/// that was one control-thread wake-up per frame, taking the hub's lock while the streaming
+/// thread sends and preempting it on its CPU (mid-copy on the copy path). The streaming
+/// thread now reads the releases before each frame; the control thread takes them over when
+/// the stream pauses longer than this, and at once whenever the streaming thread waits.
+const RELEASE_GRACE: Duration = Duration::from_millis(2);
+/// Frames without a grace after one ran out with buffers held (see `Hub::grace_end`).
+const GRACE_BACKOFF_FRAMES: u32 = 100;
+
 pub struct Hub {
     inner: Mutex<Inner>,
     room: Condvar,
+    /// Threads waiting on `room`, counted under `inner`'s lock: a notify with nobody waiting
+    /// is a futex syscall for nothing, and the control thread would make one per release.
+    room_waiters: AtomicUsize,
     waker: Waker,
     stop: AtomicBool,
     /// Ids for buffer packets, taken without the lock.
@@ -531,6 +561,8 @@ pub struct Hub {
     pending: PendingQueries,
     /// File ids for register-once fds; None sends every fd with every buffer.
     files: Option<FileRegistry>,
+    /// `RELEASE_GRACE` (tests set other values), in µs.
+    release_grace_us: AtomicU64,
     on_event: Box<dyn Fn(HubEvent) + Send + Sync>,
 }
 
@@ -570,12 +602,14 @@ impl Hub {
                 ..Default::default()
             }),
             room: Condvar::new(),
+            room_waiters: AtomicUsize::new(0),
             waker: Waker::new()?,
             stop: AtomicBool::new(false),
             next_buffer_id: AtomicU64::new(1),
             limits,
             pending: PendingQueries::default(),
             files: register_files.then(FileRegistry::default),
+            release_grace_us: AtomicU64::new(RELEASE_GRACE.as_micros() as u64),
             on_event: Box::new(on_event),
         }))
     }
@@ -620,11 +654,93 @@ impl Hub {
     }
 
     /// Waits on `room` (releases, removals, Prerolled packets, flushing) for at most `wait`.
-    fn wait_room<'a>(&self, inner: MutexGuard<'a, Inner>, wait: Duration) -> MutexGuard<'a, Inner> {
-        self.room
+    fn wait_room<'a>(
+        &self,
+        mut inner: MutexGuard<'a, Inner>,
+        wait: Duration,
+    ) -> MutexGuard<'a, Inner> {
+        if inner.grace_from.is_some() {
+            // Whatever this thread waits for may be a release: the control thread must
+            // watch the sockets again. What has come already is read here, and the caller
+            // looks again before it waits.
+            self.end_grace(&mut inner);
+            return inner;
+        }
+        // Counted while the lock is held: a thread that changes what waiters wait for takes
+        // the lock, so when it reads the count afterwards (`notify_room`) it sees this one.
+        self.room_waiters.fetch_add(1, Ordering::SeqCst);
+        let inner = self
+            .room
             .wait_timeout(inner, wait)
             .unwrap_or_else(|e| e.into_inner())
-            .0
+            .0;
+        self.room_waiters.fetch_sub(1, Ordering::SeqCst);
+        inner
+    }
+
+    fn release_grace(&self) -> Duration {
+        Duration::from_micros(self.release_grace_us.load(Ordering::Relaxed))
+    }
+
+    #[cfg(test)]
+    fn set_release_grace(&self, grace: Duration) {
+        self.release_grace_us
+            .store(grace.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Ends the release grace: reads what the consumers sent meanwhile, and wakes the
+    /// control thread so that it watches their sockets again.
+    fn end_grace(&self, inner: &mut Inner) {
+        inner.grace_from = None;
+        let mut removed = Vec::new();
+        self.read_consumers_here(inner, &mut removed);
+        self.waker.wake();
+    }
+
+    /// The streaming thread's share of the control thread's reading, during a release
+    /// grace: reads everything each ready consumer sent. Releases are done here; requests
+    /// (events, queries, messages) go to the control thread, which serves them outside the
+    /// streaming thread (a flushing seek waits for it). Consumers that failed are removed.
+    fn read_consumers_here(&self, inner: &mut Inner, removed: &mut Vec<(u64, Removal)>) {
+        let mut list = std::mem::take(&mut inner.drain_list);
+        list.extend(
+            inner
+                .consumers
+                .iter()
+                .filter(|c| c.phase == Phase::Ready)
+                .map(|c| (c.id, c.conn.clone())),
+        );
+        let mut buf = std::mem::take(&mut inner.drain_buf);
+        buf.resize(MAX_PACKET_SIZE, 0);
+        let mut requests = std::mem::take(&mut inner.requests);
+        let had_requests = requests.len();
+        let mut released = 0;
+        for (id, conn) in &list {
+            if let Err(reason) =
+                self.read_consumer(inner, (*id, conn), &mut buf, &mut released, &mut requests)
+            {
+                self.remove_consumer(inner, *id, reason.clone());
+                removed.push((*id, reason));
+            }
+        }
+        list.clear();
+        inner.drain_list = list;
+        inner.drain_buf = buf;
+        if requests.len() > had_requests {
+            self.waker.wake();
+        }
+        inner.requests = requests;
+        if released > 0 || !removed.is_empty() {
+            self.notify_room();
+        }
+    }
+
+    /// Wakes the threads waiting on `room`, if any. Call it after the change they wait for
+    /// was made under the lock (with the lock held or after it was released).
+    fn notify_room(&self) {
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_all();
+        }
     }
 
     pub fn stats(&self) -> (HubStats, u32, u32) {
@@ -666,14 +782,14 @@ impl Hub {
 
     pub fn set_flushing(&self, flushing: bool) {
         self.lock().flushing = flushing;
-        self.room.notify_all();
+        self.notify_room();
     }
 
     /// Stores a control packet (caps or event) for late joiners and sends it to every ready
     /// consumer, in stream order behind anything already queued for it.
     pub fn send_control(&self, bytes: Vec<u8>, sticky: StickyKind, is_caps: bool) {
         let mut removed = Vec::new();
-        {
+        let events = {
             let mut inner = self.lock();
             // Retires go first: a consumer's files close as soon as the stream says anything.
             self.retire_files(&mut inner, &mut removed);
@@ -705,6 +821,7 @@ impl Hub {
             }
             // A flush or a new stream: the buffers of the backlog no longer lead anywhere.
             if matches!(sticky, StickyKind::FlushStop | StickyKind::StreamStart) {
+                inner.frames_without_grace = 0;
                 clear_backlog(&mut inner);
                 clear_preroll_frame(&mut inner);
             }
@@ -722,8 +839,9 @@ impl Hub {
             for (id, reason) in &removed {
                 self.remove_consumer(&mut inner, *id, reason.clone());
             }
-        }
-        self.after_removals(removed);
+            std::mem::take(&mut inner.deferred)
+        };
+        self.after_removals(removed, events);
     }
 
     /// Sends a query (`encode` builds its packet from the id) to every ready consumer that is
@@ -736,7 +854,11 @@ impl Hub {
     ) -> Vec<QueryReplyPacket> {
         let mut asked = Vec::new();
         {
-            let inner = self.lock();
+            let mut inner = self.lock();
+            if inner.grace_from.is_some() {
+                // The replies must be read now, not when the grace runs out.
+                self.end_grace(&mut inner);
+            }
             for c in inner
                 .consumers
                 .iter()
@@ -769,7 +891,7 @@ impl Hub {
             if inner.consumers.iter().any(|c| c.phase == Phase::Ready) {
                 return true;
             }
-            inner = self.room.wait(inner).unwrap_or_else(|e| e.into_inner());
+            inner = self.wait_room(inner, Duration::from_millis(500));
         }
     }
 
@@ -922,9 +1044,13 @@ impl Hub {
         let mut wants_copy = Vec::new();
         let mut holders = 0u32;
         let mut queued = false;
+        let events;
         {
             let mut guard = self.lock();
             let inner = &mut *guard;
+            if inner.grace_from.is_some() {
+                self.read_consumers_here(inner, &mut removed);
+            }
             self.retire_files(inner, &mut removed);
             if only.is_none() {
                 inner.stats.frames_in += 1;
@@ -995,8 +1121,17 @@ impl Hub {
             for (id, reason) in &removed {
                 self.remove_consumer(inner, *id, reason.clone());
             }
+            if f.reads_releases && !self.release_grace().is_zero() {
+                if inner.frames_without_grace > 0 {
+                    inner.frames_without_grace -= 1;
+                } else if inner.grace_from.replace(now).is_none() {
+                    // The control thread polls the consumers' sockets: tell it to stop.
+                    self.waker.wake();
+                }
+            }
+            events = std::mem::take(&mut inner.deferred);
         }
-        self.after_removals(removed);
+        self.after_removals(removed, events);
         if queued {
             // The control thread sends queued packets when their sockets have room.
             self.waker.wake();
@@ -1150,17 +1285,20 @@ impl Hub {
         });
     }
 
-    fn after_removals(&self, removed: Vec<(u64, Removal)>) {
+    /// After the lock was released: wakes the waiters if consumers were removed, and reports
+    /// `events` (taken from `Inner::deferred` under that lock).
+    fn after_removals(&self, removed: Vec<(u64, Removal)>, events: Vec<HubEvent>) {
         if !removed.is_empty() {
-            self.room.notify_all();
+            self.notify_room();
         }
-        self.emit_deferred();
+        self.emit(events);
     }
 
     /// Reports what happened under the lock, now that it is not held (the element emits
-    /// signals whose handlers may call back into it).
-    fn emit_deferred(&self) {
-        let events = std::mem::take(&mut self.lock().deferred);
+    /// signals whose handlers may call back into it). The events are taken from
+    /// `Inner::deferred` in the same locked section that made them: taking the lock again
+    /// only for them would be one more meeting with the other thread per frame.
+    fn emit(&self, events: Vec<HubEvent>) {
         for e in events {
             (self.on_event)(e);
         }
@@ -1168,7 +1306,7 @@ impl Hub {
 
     /// Removes a consumer on the application's request. False when there is no such consumer.
     pub fn remove(&self, id: u64) -> bool {
-        let found = {
+        let (found, events) = {
             let mut inner = self.lock();
             let found = inner
                 .consumers
@@ -1177,13 +1315,13 @@ impl Hub {
             if found {
                 self.remove_consumer(&mut inner, id, Removal::Removed);
             }
-            found
+            (found, std::mem::take(&mut inner.deferred))
         };
         if found {
-            self.room.notify_all();
+            self.notify_room();
             self.waker.wake();
         }
-        self.emit_deferred();
+        self.emit(events);
         found
     }
 
@@ -1247,16 +1385,17 @@ impl Hub {
         if let Some(conn) = inherited {
             self.adopt(conn, &our_hello);
         }
-        // Kept across rounds (cleared, not freed), so a round allocates nothing.
+        // The consumers to watch and whether each has packets queued (POLLOUT). Kept across
+        // rounds (cleared, not freed), so a round allocates nothing. Each round refreshes it
+        // at the end of its one locked section, so that a round takes the lock once: every
+        // extra time is one more chance to meet the streaming thread on it. A packet queued
+        // after that wakes `waker`, and the round it starts refreshes the list again.
         let mut conns: Vec<(u64, Arc<Connection>, bool)> = Vec::new();
+        watch_list(&self.lock(), &mut conns, false);
+        // While the streaming thread reads the releases (RELEASE_GRACE), until when.
+        let mut aside_until: Option<Instant> = None;
         let mut watch = PollSet::default();
         while !self.stop.load(Ordering::SeqCst) {
-            conns.extend(
-                self.lock()
-                    .consumers
-                    .iter()
-                    .map(|c| (c.id, c.conn.clone(), !c.queue.is_empty())),
-            );
             watch.clear();
             let waker = watch.push(self.waker.as_fd(), PollFlags::POLLIN);
             let accept = listener.map(|l| watch.push(l.as_fd(), PollFlags::POLLIN));
@@ -1268,10 +1407,14 @@ impl Hub {
                 }
                 watch.push(conn.as_fd(), ev);
             }
-            if let Err(e) = watch.poll(Some(Duration::from_millis(500))) {
+            let timeout = aside_until.map_or(Duration::from_millis(500), |end| {
+                end.saturating_duration_since(Instant::now())
+            });
+            if let Err(e) = watch.poll(Some(timeout)) {
                 (self.on_event)(HubEvent::Warning(format!("poll failed: {e}")));
-                conns.clear();
                 std::thread::sleep(Duration::from_millis(50));
+                watch_list(&self.lock(), &mut conns, false);
+                aside_until = None;
                 continue;
             }
             if watch.revents(waker).contains(PollFlags::POLLIN) {
@@ -1286,7 +1429,7 @@ impl Hub {
             let mut flushed = false;
             let mut removed = Vec::new();
             let mut requests = Vec::new();
-            {
+            let events = {
                 let mut inner = self.lock();
                 for (i, (id, conn, _)) in conns.iter().enumerate() {
                     let ev = watch.revents(first_consumer + i);
@@ -1322,17 +1465,43 @@ impl Hub {
                 for (id, reason) in &removed {
                     self.remove_consumer(&mut inner, *id, reason.clone());
                 }
-            }
-            // Connections of consumers removed this round close here, not a round later.
-            conns.clear();
+                requests.append(&mut inner.requests);
+                aside_until = self.grace_end(&mut inner);
+                inner.control_aside = aside_until.is_some();
+                // Connections of consumers removed this round close here, not a round later.
+                watch_list(&inner, &mut conns, aside_until.is_some());
+                std::mem::take(&mut inner.deferred)
+            };
             if released > 0 || !removed.is_empty() || flushed {
-                self.room.notify_all();
+                self.notify_room();
             }
-            self.emit_deferred();
+            self.emit(events);
             for event in requests {
                 (self.on_event)(event);
             }
         }
+    }
+
+    /// When the running release grace ends, or None when there is none or it just ran out.
+    /// A grace that runs out while consumers hold buffers may have kept a release from a
+    /// streaming thread waiting for it in upstream's pool (one smaller than max-held plus
+    /// one: fdlinksink's own waits end the grace at once). That cost it up to the grace, so
+    /// the next GRACE_BACKOFF_FRAMES frames go without: at most one such wait per that many.
+    /// A stream that merely paused loses nothing but those graces.
+    fn grace_end(&self, inner: &mut Inner) -> Option<Instant> {
+        let end = inner.grace_from? + self.release_grace();
+        if Instant::now() < end {
+            return Some(end);
+        }
+        inner.grace_from = None;
+        if inner
+            .consumers
+            .iter()
+            .any(|c| c.phase == Phase::Ready && !c.held.is_empty())
+        {
+            inner.frames_without_grace = GRACE_BACKOFF_FRAMES;
+        }
+        None
     }
 
     fn accept_all(&self, listener: &Listener, our_hello: &[u8]) {
@@ -1418,7 +1587,7 @@ impl Hub {
                 inner.stats.consumers_total += 1;
                 let pid = inner.consumers[pos].pid;
                 inner.deferred.push(HubEvent::ConsumerAdded { id, pid });
-                self.room.notify_all();
+                self.notify_room();
                 continue;
             }
             inner.consumers[pos].last_activity = Instant::now();
@@ -1479,7 +1648,7 @@ impl Hub {
                         buffer_id,
                         barriers,
                     });
-                    self.room.notify_all();
+                    self.notify_room();
                 }
                 Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
                 Ok(_) => {
@@ -1551,6 +1720,20 @@ impl Hub {
             request,
         }
     }
+}
+
+/// The control thread's watch list: the consumers' connections, and whether each has packets
+/// queued for room in its socket. `aside` (a release grace): without the ready consumers that
+/// have nothing queued, whose releases the streaming thread reads.
+fn watch_list(inner: &Inner, conns: &mut Vec<(u64, Arc<Connection>, bool)>, aside: bool) {
+    conns.clear();
+    conns.extend(
+        inner
+            .consumers
+            .iter()
+            .filter(|c| !aside || c.phase != Phase::Ready || !c.queue.is_empty())
+            .map(|c| (c.id, c.conn.clone(), !c.queue.is_empty())),
+    );
 }
 
 fn release_one(inner: &mut Inner, buffer_id: u64) {
@@ -1728,4 +1911,300 @@ fn flush_queue(c: &mut Consumer) -> Result<bool, Removal> {
         }
     }
     Ok(sent_buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{EventPacket, Role};
+    use std::sync::mpsc;
+
+    /// A hub whose control thread serves one consumer over a socket pair; the test is the
+    /// consumer (`consumer`) and the streaming thread (calls on `hub`).
+    struct Rig {
+        hub: Arc<Hub>,
+        consumer: Connection,
+        events: mpsc::Receiver<HubEvent>,
+        control: Option<std::thread::JoinHandle<()>>,
+        buf: Vec<u8>,
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+    const WAIT: Duration = Duration::from_secs(5);
+
+    impl Rig {
+        fn new(grace: Duration, max_held: u32) -> Rig {
+            gst::init().unwrap();
+            let (consumer, producer) = Connection::pair().unwrap();
+            let (tx, events) = mpsc::channel();
+            let tx = Mutex::new(tx);
+            let limits = Limits {
+                max_held,
+                max_held_total: 0,
+                max_queued: 4,
+                policy: SlowPolicy::Block,
+                sync_method: SyncMethod::Latest,
+                slow_wait: Duration::from_secs(1),
+            };
+            let hub = Hub::new(limits, true, move |ev| {
+                let _ = tx.lock().unwrap().send(ev);
+            })
+            .unwrap();
+            hub.set_release_grace(grace);
+            let control = {
+                let hub = hub.clone();
+                std::thread::spawn(move || hub.run_control(None, Some(producer)))
+            };
+            let mut rig = Rig {
+                hub,
+                consumer,
+                events,
+                control: Some(control),
+                buf: vec![0; MAX_PACKET_SIZE],
+            };
+            let got = rig.consumer.recv_wait(&mut rig.buf, None, Some(WAIT));
+            assert!(matches!(got, Ok(Some(_))), "the producer's hello");
+            let hello = protocol::encode_hello(&Hello::new(Role::Consumer, std::process::id()));
+            rig.consumer.try_send(&hello, &[]).unwrap();
+            match rig.events.recv_timeout(WAIT).unwrap() {
+                HubEvent::ConsumerAdded { .. } => {}
+                _ => panic!("expected the consumer to be added"),
+            }
+            rig
+        }
+
+        fn recv(&mut self) -> Option<Packet<OwnedFd>> {
+            let got = self
+                .consumer
+                .recv_wait(&mut self.buf, None, Some(WAIT))
+                .ok()??;
+            Packet::decode(&self.buf[..got.len], got.fds).ok()
+        }
+
+        /// Offers frame `id` as the streaming thread does, non-live (`reads_releases`) or live.
+        fn offer(&self, id: u64, reads_releases: bool) {
+            // One memfd page: a buffer packet describes at least one memory.
+            let memfd = crate::memory::create_sealed_memfd("hub-test", 4096).unwrap();
+            let mut header = BufferHeader {
+                buffer_id: id,
+                ..Default::default()
+            };
+            header.memories.push(protocol::MemoryDesc {
+                kind: protocol::MemoryKind::Memfd,
+                fd_index: 0,
+                file_id: 0,
+                offset: 0,
+                size: 4096,
+            });
+            let frame = Frame {
+                id,
+                header: &header,
+                fds: &[memfd.as_fd()],
+                size: 4096,
+                keyframe: true,
+                slow_copy: false,
+                preroll: false,
+                reads_releases,
+            };
+            let sent = self
+                .hub
+                .send_buffer(&frame, gst::Buffer::new(), None)
+                .sent_to;
+            if sent != 1 {
+                while let Ok(ev) = self.events.try_recv() {
+                    if let HubEvent::ConsumerRemoved { reason, .. } = ev {
+                        panic!("consumer removed: {reason}");
+                    }
+                }
+            }
+            assert_eq!(sent, 1);
+        }
+
+        /// Takes the buffer packet of frame `id` off the socket and releases it.
+        fn take_and_release(&mut self, id: u64) {
+            match self.recv().expect("a buffer packet") {
+                Packet::Buffer(header, _) => assert_eq!(header.buffer_id, id),
+                _ => panic!("expected buffer {id}"),
+            }
+            self.consumer
+                .try_send(&protocol::encode_release(id), &[])
+                .unwrap();
+        }
+
+        fn releases(&self) -> u64 {
+            self.hub.stats().0.releases
+        }
+
+        fn grace_running(&self) -> bool {
+            self.hub.lock().grace_from.is_some()
+        }
+
+        /// Waits until the control thread has stood aside for the running grace.
+        fn wait_control_aside(&self) {
+            let deadline = Instant::now() + WAIT;
+            while !self.hub.lock().control_aside {
+                assert!(
+                    Instant::now() < deadline,
+                    "the control thread did not stand aside"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            self.hub.shutdown();
+            if let Some(control) = self.control.take() {
+                control.join().unwrap();
+            }
+            self.hub.clear();
+        }
+    }
+
+    #[test]
+    fn within_the_grace_the_streaming_thread_reads_the_releases() {
+        let mut rig = Rig::new(LONG, 8);
+        rig.offer(1, true);
+        assert!(rig.grace_running());
+        rig.wait_control_aside();
+        rig.take_and_release(1);
+        // The control thread stands aside: the release waits in the socket.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(rig.releases(), 0);
+        // The next frame reads it first.
+        rig.offer(2, true);
+        assert_eq!(rig.releases(), 1);
+        let (_, _, held) = rig.hub.stats();
+        assert_eq!(held, 1, "only frame 2 is held");
+    }
+
+    #[test]
+    fn a_live_stream_has_no_grace() {
+        let mut rig = Rig::new(LONG, 8);
+        rig.offer(1, false);
+        assert!(!rig.grace_running());
+        rig.take_and_release(1);
+        let deadline = Instant::now() + WAIT;
+        while rig.releases() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(rig.releases(), 1, "the control thread read the release");
+    }
+
+    #[test]
+    fn a_streaming_thread_that_waits_ends_the_grace() {
+        let mut rig = Rig::new(LONG, 1);
+        rig.offer(1, true);
+        let hub = rig.hub.clone();
+        let waiter = std::thread::spawn(move || {
+            let start = Instant::now();
+            assert!(hub.wait_for_room(false));
+            start.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        rig.take_and_release(1);
+        let waited = waiter.join().unwrap();
+        assert!(waited < WAIT, "waited {waited:?} for a release");
+        assert_eq!(rig.releases(), 1);
+        assert!(!rig.grace_running());
+    }
+
+    #[test]
+    fn requests_read_in_a_grace_go_to_the_control_thread() {
+        let mut rig = Rig::new(LONG, 8);
+        rig.offer(1, true);
+        rig.wait_control_aside();
+        let event = Packet::<BorrowedFd<'_>>::UpstreamEvent(EventPacket {
+            event_type: glib::translate::IntoGlib::into_glib(gst::EventType::CustomUpstream) as u32,
+            seqnum: 7,
+            structure: "test-request".into(),
+        });
+        rig.consumer.send_packet(&event, None).unwrap();
+        rig.take_and_release(1);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            rig.events.try_recv().is_err(),
+            "nothing read during the grace"
+        );
+        rig.offer(2, true);
+        match rig.events.recv_timeout(WAIT).expect("the request") {
+            HubEvent::Request {
+                request: Request::UpstreamEvent(ev),
+                ..
+            } => assert_eq!(ev.seqnum, 7),
+            _ => panic!("expected the upstream event"),
+        }
+        assert_eq!(rig.releases(), 1);
+    }
+
+    #[test]
+    fn a_query_to_the_consumers_ends_the_grace() {
+        let mut rig = Rig::new(LONG, 8);
+        rig.offer(1, true);
+        rig.wait_control_aside();
+        let hub = rig.hub.clone();
+        let asking = std::thread::spawn(move || {
+            let query = crate::protocol::QueryPacket {
+                id: 0,
+                query_type: 0,
+                structure: "test-query".into(),
+            };
+            hub.ask_consumers(
+                |id| {
+                    let mut bytes = Vec::new();
+                    Packet::<BorrowedFd<'_>>::Query(crate::protocol::QueryPacket {
+                        id,
+                        ..query.clone()
+                    })
+                    .encode(&mut bytes)
+                    .ok()?;
+                    Some(bytes)
+                },
+                WAIT,
+            )
+        });
+        rig.take_and_release(1);
+        let id = match rig.recv().expect("the query") {
+            Packet::Query(q) => q.id,
+            _ => panic!("expected the query"),
+        };
+        let reply = Packet::<BorrowedFd<'_>>::QueryReply(crate::protocol::QueryReplyPacket {
+            id,
+            answered: true,
+            structure: "test-reply".into(),
+        });
+        rig.consumer.send_packet(&reply, None).unwrap();
+        let replies = asking.join().unwrap();
+        assert_eq!(replies.len(), 1, "the reply was read before the timeout");
+        assert!(!rig.grace_running());
+    }
+
+    #[test]
+    fn a_grace_that_runs_out_with_buffers_held_backs_off() {
+        let mut rig = Rig::new(Duration::from_millis(20), 8);
+        rig.offer(1, true);
+        // Not released: the grace runs out with frame 1 held, and the control thread takes
+        // over the socket.
+        let deadline = Instant::now() + WAIT;
+        while rig.grace_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!rig.grace_running());
+        assert_eq!(rig.hub.lock().frames_without_grace, GRACE_BACKOFF_FRAMES);
+        rig.offer(2, true);
+        assert!(!rig.grace_running());
+        assert_eq!(
+            rig.hub.lock().frames_without_grace,
+            GRACE_BACKOFF_FRAMES - 1
+        );
+        // The control thread reads the releases at once again.
+        rig.take_and_release(1);
+        rig.take_and_release(2);
+        let deadline = Instant::now() + WAIT;
+        while rig.releases() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(rig.releases(), 2);
+    }
 }

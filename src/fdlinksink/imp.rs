@@ -354,9 +354,15 @@ impl FdlinkSink {
         slow_copy_for: Option<&[u64]>,
         sending: Sending,
     ) -> Result<(u64, Vec<u64>), gst::FlowError> {
-        let State::Started { memories, .. } = state else {
+        let State::Started {
+            memories,
+            upstream_live,
+            ..
+        } = state
+        else {
             return Err(gst::FlowError::Flushing);
         };
+        let live = upstream_live.unwrap_or(true);
         let buffer_id = hub.next_buffer_id();
         let time = |t: Option<gst::ClockTime>| t.map_or(TIME_NONE, |t| t.nseconds());
         let header = BufferHeader {
@@ -386,6 +392,7 @@ impl FdlinkSink {
             keyframe: !meta_src.flags().contains(gst::BufferFlags::DELTA_UNIT),
             slow_copy: slow_copy_for.is_some(),
             preroll: sending == Sending::Preroll,
+            reads_releases: !live && sending == Sending::Playing,
         };
         let wants_copy = if let Some(consumers) = slow_copy_for {
             hub.send_copy(consumers, &frame, out.wire.clone());
