@@ -843,6 +843,9 @@ struct Row {
     roundtrip: Acc,
     throughput: Acc,
     notes: Vec<String>,
+    /// fdlinksink's `frames-copied` and `copy-time-us` (the copy fallback's own copies).
+    copies: u64,
+    copy_us: u64,
 }
 
 static SUMMARY: Mutex<BTreeMap<(String, Kind, usize), Row>> = Mutex::new(BTreeMap::new());
@@ -1261,6 +1264,8 @@ impl Drop for ElementProducer {
         let _ = self.pipeline.set_state(gst::State::Null);
         let mut row = std::mem::take(&mut self.row);
         row.notes.push(note);
+        row.copies = g("frames-copied");
+        row.copy_us = g("copy-time-us");
         let k = self.children.procs.len();
         with_row(&self.group, self.kind, k, |r| merge(r, row));
     }
@@ -1280,6 +1285,8 @@ fn merge(into: &mut Row, from: Row) {
         a.allocs_child += b.allocs_child;
     }
     into.notes.extend(from.notes);
+    into.copies += from.copies;
+    into.copy_us += from.copy_us;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1411,20 +1418,24 @@ fn ratio(a: f64, b: f64) -> String {
 /// fallback is compared with, measured in the same run. The copies cycle through as many
 /// distinct sources and destinations as the copy path does (its ring of 2 frames into a pool of
 /// WINDOW + 1), all written once beforehand, so they are as cold in the caches as that path's;
-/// copying one warm pair again and again would measure the caches instead.
+/// copying one warm pair again and again would measure the caches instead. At least 0.2 s of
+/// copies (and 4 rounds of the buffers), so that one disturbed moment does not make the figure.
 fn memcpy_us(size: usize) -> f64 {
     let sources: Vec<Vec<u8>> = (0..2).map(|i| vec![0x80 + i as u8; size]).collect();
     let mut dests: Vec<Vec<u8>> = (0..WINDOW as usize + 1).map(|_| vec![1u8; size]).collect();
     let k = dests.len();
-    let mut times: Vec<u64> = (0..4 * k)
-        .map(|i| {
-            let dst = &mut dests[i % k];
-            let t = Instant::now();
-            dst.copy_from_slice(std::hint::black_box(&sources[i % 2]));
-            std::hint::black_box(&dst);
-            t.elapsed().as_nanos() as u64
-        })
-        .collect();
+    let start = Instant::now();
+    let mut times: Vec<u64> = Vec::new();
+    while times.len() < 4 * k
+        || (start.elapsed() < Duration::from_millis(200) && times.len() < 20_000)
+    {
+        let i = times.len();
+        let dst = &mut dests[i % k];
+        let t = Instant::now();
+        dst.copy_from_slice(std::hint::black_box(&sources[i % 2]));
+        std::hint::black_box(&dst);
+        times.push(t.elapsed().as_nanos() as u64);
+    }
     times.sort_unstable();
     times[times.len() / 2] as f64 / 1000.0
 }
@@ -1527,7 +1538,7 @@ fn summary() -> String {
     }
     let _ = writeln!(
         out,
-        "\n| copy fallback | frame MB | memcpy us (as many buffers as the path, same run) | producer CPU us/frame (fps) | share of memcpy bandwidth |\n|---|---|---|---|---|"
+        "\n| copy fallback | frame MB | memcpy us (as many buffers as the path, same run) | the path's copy us/frame (copy-time-us) | its share of memcpy bandwidth | producer CPU us/frame (fps) | share of memcpy bandwidth (whole frame) |\n|---|---|---|---|---|---|---|"
     );
     for (label, w, h) in SIZES {
         let Some(row) = s.get(&(label.to_string(), Kind::Copy, 1)) else {
@@ -1536,10 +1547,17 @@ fn summary() -> String {
         let size = (w * h * 3 / 2) as usize;
         let copy = uncounted(|| memcpy_us(size));
         let cpu = per_frame(row.throughput.cpu_self_ns, row.throughput.frames) / 1000.0;
+        let in_path = per_frame(row.copy_us, row.copies);
         let _ = writeln!(
             out,
-            "| {label} | {:.1} | {copy:.0} | {cpu:.0} | {:.0}% |",
+            "| {label} | {:.1} | {copy:.0} | {} | {} | {cpu:.0} | {:.0}% |",
             size as f64 / 1e6,
+            cell(in_path, 0),
+            if in_path > 0.0 {
+                format!("{:.0}%", 100.0 * copy / in_path)
+            } else {
+                "-".into()
+            },
             100.0 * copy / cpu
         );
     }

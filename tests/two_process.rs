@@ -77,6 +77,7 @@ fn frames_cross_zero_copy_in_order_byte_identical_same_file() {
     assert_eq!(field(&ps, "frames-zero-copy"), n as u64);
     assert_eq!(field(&ps, "frames-copied"), 0);
     assert_eq!(field(&ps, "bytes-copied"), 0);
+    assert_eq!(field(&ps, "copy-time-us"), 0);
     assert_eq!(field(&cs, "frames-received"), n as u64);
 }
 
@@ -100,6 +101,8 @@ fn system_memory_is_copied_exactly_once_per_frame() {
     }
     assert_eq!(field(&ps, "frames-copied"), n as u64);
     assert_eq!(field(&ps, "bytes-copied"), n as u64 * 1920 * 1080 * 3 / 2);
+    // Timed around each copy (what the copy's bandwidth is reckoned from).
+    assert!(field(&ps, "copy-time-us") > 0);
     assert_eq!(field(&ps, "frames-zero-copy"), 0);
 }
 

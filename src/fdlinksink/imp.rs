@@ -1,6 +1,6 @@
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -248,6 +248,9 @@ pub struct FdlinkSink {
     awaiting_preroll: AtomicBool,
     /// Runs consumers' upstream events and queries.
     requests: RequestPool,
+    /// Nanoseconds spent making the fallback copies (those `bytes-copied` counts) since
+    /// start: with it the stats tell the copy's bandwidth.
+    copy_ns: AtomicU64,
 }
 
 /// Why a frame goes out.
@@ -296,6 +299,7 @@ impl FdlinkSink {
             .field("frames-zero-copy", stats.frames_zero_copy)
             .field("frames-copied", stats.frames_copied)
             .field("bytes-copied", stats.bytes_copied)
+            .field("copy-time-us", self.copy_ns.load(Ordering::Relaxed) / 1000)
             .field("frames-dropped", stats.frames_dropped)
             .field("slow-copies", stats.slow_copies)
             .field("frames-without-consumer", stats.frames_without_consumer)
@@ -442,7 +446,12 @@ impl FdlinkSink {
         for_slow_consumer: bool,
     ) -> Result<Outgoing<'a>, gst::FlowError> {
         let pool = self.copy_pool(state, buffer.size())?;
+        let started = std::time::Instant::now();
         let copy = copy.insert(memory::copy_into(buffer, &pool)?);
+        if !for_slow_consumer {
+            self.copy_ns
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
         let mut fds = FdList::new();
         if let Err(r) = memory::describe_buffer(copy, registry, &mut memories, &mut fds) {
             gst::element_imp_error!(
@@ -1025,7 +1034,7 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, frames-dropped, slow-copies, frames-without-consumer, releases, consumers, consumers-total, buffers-held, fds-sent (fds sent with buffer packets, all consumers), files-registered (files registered with a consumer, one per file and consumer), files-retired, and clients: one structure per consumer (id, pid, frames-sent, frames-dropped, frames-copied, buffers-held, buffers-queued, releases, bytes-sent, idle-ms, release-avg-us: mean time from send to release, fds-sent, files-registered: files it keeps registered now)")
+                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, copy-time-us (time spent making those copies: bytes-copied / copy-time-us is the copy's bandwidth), frames-dropped, slow-copies, frames-without-consumer, releases, consumers, consumers-total, buffers-held, fds-sent (fds sent with buffer packets, all consumers), files-registered (files registered with a consumer, one per file and consumer), files-retired, and clients: one structure per consumer (id, pid, frames-sent, frames-dropped, frames-copied, buffers-held, buffers-queued, releases, bytes-sent, idle-ms, release-avg-us: mean time from send to release, fds-sent, files-registered: files it keeps registered now)")
                     .read_only()
                     .build(),
             ]
@@ -1161,6 +1170,8 @@ impl ElementImpl for FdlinkSink {
 impl BaseSinkImpl for FdlinkSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
+        // The stats start again with the hub made below.
+        self.copy_ns.store(0, Ordering::Relaxed);
         let (listener, inherited, endpoint) = if settings.fd >= 0 {
             let conn = crate::transport::Connection::inherit(settings.fd).map_err(|e| {
                 gst::error_msg!(
