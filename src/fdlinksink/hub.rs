@@ -1431,6 +1431,10 @@ impl Hub {
             let mut requests = Vec::new();
             let events = {
                 let mut inner = self.lock();
+                // What the streaming thread read in a grace came before anything read below
+                // (both read under this lock): served first, so each consumer's requests run
+                // in the order it sent them.
+                requests.append(&mut inner.requests);
                 for (i, (id, conn, _)) in conns.iter().enumerate() {
                     let ev = watch.revents(first_consumer + i);
                     if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
@@ -1465,7 +1469,6 @@ impl Hub {
                 for (id, reason) in &removed {
                     self.remove_consumer(&mut inner, *id, reason.clone());
                 }
-                requests.append(&mut inner.requests);
                 aside_until = self.grace_end(&mut inner);
                 inner.control_aside = aside_until.is_some();
                 // Connections of consumers removed this round close here, not a round later.
