@@ -87,6 +87,11 @@ def summarize(reps):
     out["fps_range"] = (min(fpss), max(fpss)) if len(fpss) > 1 else None
     out["p50"] = med([c.get("lat_p50_us") for c in ok_cons])
     out["p99"] = med([c.get("lat_p99_us") for c in ok_cons])
+    maxes = [c.get("lat_max_us") for c in ok_cons if c.get("lat_max_us") is not None]
+    out["max"] = max(maxes) if maxes else None
+    # Older result files have no steal_ms: None, shown as "-".
+    steals = [c.get("steal_ms") for c in ok_cons if c.get("steal_ms") is not None]
+    out["steal"] = sum(steals) if steals else None
     out["cpu_p"] = med([p.get("cpu_us_per_frame") for p in ok_prod])
     out["cpu_c"] = med([c.get("cpu_us_per_frame") for c in ok_cons])
     recv = sum(c.get("frames", 0) for c in ok_cons)
@@ -223,21 +228,28 @@ def main():
                    if r[0] != LABEL["raw"]]
         table(tp_header, pf_rows)
 
-    print(f"**One-way latency** (separate run: live source at 30 fps, {a.lat_frames} frames, "
+    print(f"**One-way latency** (separate runs: live source at 30 fps, {a.lat_frames} frames, "
           f"first 10 left out; producer probe before the sink to consumer probe after the "
-          f"source, CLOCK_MONOTONIC). Ratios: this row's p50 / the reference's p50 "
-          f"(lower is better). CPU per frame here includes what a process spends while "
-          f"idle between frames.")
+          f"source, CLOCK_MONOTONIC; p50 and p99 are medians of {a.reps} run(s), except "
+          f"\"no transport\", one run). Ratios: this row's p50 (p99) / the reference's p50 "
+          f"(p99) (lower is better). \"worst\" is the slowest frame of all runs. \"steal\" is "
+          f"the time the hypervisor ran something else on this machine's CPUs during the "
+          f"runs, all runs and CPUs together (`/proc/stat`, 10 ms ticks): a vCPU taken away "
+          f"for a millisecond makes a tail no transport caused. CPU per frame here includes "
+          f"what a process spends while idle between frames.")
     print()
 
     def lat_cells(s, size, env, t):
         rs = [ratio(s["p50"], ref("latency", size, rk, "p50")) for _, rk in REFS]
-        return [num(s["p50"]), num(s["p99"])] + rs + [
-            num(s["cpu_p"], 1), num(s["cpu_c"], 1), s["check"], s["path"]]
+        p99_raw = ratio(s["p99"], ref("latency", size, REFS[0][1], "p99"))
+        steal = "-" if s.get("steal") is None else f"{s['steal']:.0f}"
+        return [num(s["p50"]), num(s["p99"]), num(s.get("max")), rs[0], p99_raw] + rs[1:] + [
+            steal, num(s["cpu_p"], 1), num(s["cpu_c"], 1), s["check"], s["path"]]
 
-    table(["transport", "GStreamer", "size", "p50 µs", "p99 µs", "p50 ×raw", "×shm",
-           "×ipcpipeline", "×unixfd", "producer CPU µs/frame", "consumer CPU µs/frame",
-           "frames received/sent", "path check"],
+    table(["transport", "GStreamer", "size", "p50 µs", "p99 µs", "worst µs", "p50 ×raw",
+           "p99 ×raw", "p50 ×shm", "p50 ×ipcpipeline", "p50 ×unixfd", "steal ms",
+           "producer CPU µs/frame", "consumer CPU µs/frame", "frames received/sent",
+           "path check"],
           list(rows("latency", lat_cells)))
 
 

@@ -6,6 +6,8 @@
 //!   local (producer only: `videotestsrc ! fakesink`, what the source alone costs)
 //!   width= height= frames= rate= (0: unthrottled) path= (socket or fifo base) go= done=
 //!   timeout= (seconds, whole run) source= (videotestsrc, the default, or prefilled)
+//!   samples= (consumer: a file for every frame's sequence number, send and receive time
+//!   on CLOCK_MONOTONIC and latency, to line a latency tail up with a scheduler trace)
 //! ```
 //!
 //! `source=prefilled` replaces videotestsrc with [`prefilled_src`]: frames from the pool the
@@ -51,6 +53,22 @@ fn mono_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
+/// Time the hypervisor ran something else on this machine's CPUs, all CPUs together, in ms
+/// (`/proc/stat` counts it in clock ticks, 10 ms here). A vCPU taken away for a millisecond
+/// shows up as a latency tail that no transport caused; each run reports it to tell them apart.
+fn steal_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .and_then(|cpu| cpu.split_whitespace().nth(8))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1000 / hz
+}
+
 /// User + system CPU of the whole process (all threads), in microseconds.
 fn cpu_us() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
@@ -71,6 +89,8 @@ struct Args {
     done: PathBuf,
     timeout: Duration,
     source: String,
+    /// Where the consumer writes every frame's latency, to line a tail up with a trace.
+    samples: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -89,6 +109,7 @@ fn parse_args() -> Args {
         done: "/tmp/fdlink-compare.done".into(),
         timeout: Duration::from_secs(120),
         source: "videotestsrc".into(),
+        samples: None,
     };
     for kv in it {
         let (k, v) = kv.split_once('=').expect("key=value");
@@ -102,6 +123,7 @@ fn parse_args() -> Args {
             "done" => a.done = v.into(),
             "timeout" => a.timeout = Duration::from_secs(v.parse().unwrap()),
             "source" if v == "videotestsrc" || v == "prefilled" => a.source = v.into(),
+            "samples" => a.samples = Some(v.into()),
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -135,6 +157,10 @@ struct Record {
     gaps: u64,
     bad: u64,
     lat_ns: Vec<u64>,
+    /// `steal_ms()` when the count started.
+    first_steal_ms: u64,
+    /// (sequence number, sent at, received at), CLOCK_MONOTONIC ns, for samples=.
+    arrivals: Vec<(u64, u64, u64)>,
     started: bool,
 }
 
@@ -144,6 +170,7 @@ impl Record {
         self.started = true;
         self.first_ns = mono_ns();
         self.first_cpu = cpu_us();
+        self.first_steal_ms = steal_ms();
     }
 
     fn mark(&mut self) {
@@ -151,6 +178,7 @@ impl Record {
         if self.frames == 0 && !self.started {
             self.first_ns = now;
             self.first_cpu = cpu_us();
+            self.first_steal_ms = steal_ms();
         }
         self.last_ns = now;
         self.last_cpu = cpu_us();
@@ -168,6 +196,7 @@ impl Record {
                 self.next_seq = seq + 1;
                 if seq >= WARMUP_FRAMES && now >= ts {
                     self.lat_ns.push(now - ts);
+                    self.arrivals.push((seq, ts, now));
                 }
             }
             None => self.bad += 1,
@@ -176,6 +205,20 @@ impl Record {
     }
 
     fn json(&mut self, a: &Args, extra: &str) -> String {
+        if let Some(path) = &a.samples {
+            let mut text = String::from("# seq sent_ns received_ns latency_us\n");
+            for (seq, sent, received) in &self.arrivals {
+                let us = (received - sent) as f64 / 1000.0;
+                text.push_str(&format!("{seq} {sent} {received} {us:.1}\n"));
+            }
+            std::fs::write(path, text).expect("samples file");
+        }
+        // Read before anything else here; 0 when no frame came.
+        let steal = if self.frames > 0 || self.started {
+            steal_ms().saturating_sub(self.first_steal_ms)
+        } else {
+            0
+        };
         self.lat_ns.sort_unstable();
         let pct = |p: usize| -> String {
             if self.lat_ns.is_empty() {
@@ -203,7 +246,7 @@ impl Record {
             "null".into()
         };
         format!(
-            "{{\"role\":\"{}\",\"transport\":\"{}\",\"width\":{},\"height\":{},\"rate\":{},\"expected\":{},\"frames\":{},\"gaps\":{},\"bad\":{},\"fps\":{},\"cpu_us_per_frame\":{},\"lat_samples\":{},\"lat_p50_us\":{},\"lat_p99_us\":{}{}}}",
+            "{{\"role\":\"{}\",\"transport\":\"{}\",\"width\":{},\"height\":{},\"rate\":{},\"expected\":{},\"frames\":{},\"gaps\":{},\"bad\":{},\"fps\":{},\"cpu_us_per_frame\":{},\"lat_samples\":{},\"lat_p50_us\":{},\"lat_p99_us\":{},\"lat_max_us\":{},\"steal_ms\":{}{}}}",
             a.role,
             a.transport,
             a.width,
@@ -218,6 +261,10 @@ impl Record {
             self.lat_ns.len(),
             pct(50),
             pct(99),
+            self.lat_ns
+                .last()
+                .map_or("null".into(), |v| format!("{:.1}", *v as f64 / 1000.0)),
+            steal,
             extra
         )
     }

@@ -446,8 +446,10 @@ impl FdlinkSink {
         for_slow_consumer: bool,
     ) -> Result<Outgoing<'a>, gst::FlowError> {
         let pool = self.copy_pool(state, buffer.size())?;
+        // May wait until a consumer releases a pool buffer: not part of the copy's time.
+        let dst = pool.acquire_buffer(None)?;
         let started = std::time::Instant::now();
-        let copy = copy.insert(memory::copy_into(buffer, &pool)?);
+        let copy = copy.insert(memory::copy_into(buffer, dst)?);
         if !for_slow_consumer {
             self.copy_ns
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -1034,7 +1036,7 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, copy-time-us (time spent making those copies: bytes-copied / copy-time-us is the copy's bandwidth), frames-dropped, slow-copies, frames-without-consumer, releases, consumers, consumers-total, buffers-held, fds-sent (fds sent with buffer packets, all consumers), files-registered (files registered with a consumer, one per file and consumer), files-retired, and clients: one structure per consumer (id, pid, frames-sent, frames-dropped, frames-copied, buffers-held, buffers-queued, releases, bytes-sent, idle-ms, release-avg-us: mean time from send to release, fds-sent, files-registered: files it keeps registered now)")
+                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, copy-time-us (time spent copying those frames, not counting a wait for a free pool buffer: bytes-copied / copy-time-us is the copy's bandwidth), frames-dropped, slow-copies, frames-without-consumer, releases, consumers, consumers-total, buffers-held, fds-sent (fds sent with buffer packets, all consumers), files-registered (files registered with a consumer, one per file and consumer), files-retired, and clients: one structure per consumer (id, pid, frames-sent, frames-dropped, frames-copied, buffers-held, buffers-queued, releases, bytes-sent, idle-ms, release-avg-us: mean time from send to release, fds-sent, files-registered: files it keeps registered now)")
                     .read_only()
                     .build(),
             ]

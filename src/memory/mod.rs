@@ -165,14 +165,13 @@ pub fn describe_buffer<'a>(
     Ok(())
 }
 
-/// Copies the bytes of `src` (all memories, in order, so VideoMeta offsets stay valid) into a
-/// buffer from `pool`, and returns it.
+/// Copies the bytes of `src` (all memories, in order, so VideoMeta offsets stay valid) into
+/// `dst`, a buffer from the memfd pool, and returns it. Taking `dst` from the pool is the
+/// caller's, so that the time of the copy alone can be told from a wait for a free buffer.
 pub fn copy_into(
     src: &gst::BufferRef,
-    pool: &MemfdBufferPool,
+    mut dst: gst::Buffer,
 ) -> Result<gst::Buffer, gst::FlowError> {
-    use gst::prelude::*;
-    let mut dst = pool.acquire_buffer(None)?;
     {
         let dst = dst.get_mut().ok_or(gst::FlowError::Error)?;
         let total = src.size();
@@ -918,7 +917,7 @@ mod tests {
             describe_buffer(&sys, None, &mut descs, &mut fds),
             Err(CopyReason::NotFdMemory)
         );
-        let copy = copy_into(&sys, &pool).unwrap();
+        let copy = copy_into(&sys, pool.acquire_buffer(None).unwrap()).unwrap();
         assert_eq!(
             copy.map_readable().unwrap().as_slice(),
             &vec![5u8; 64 * 48 * 3 / 2][..]
