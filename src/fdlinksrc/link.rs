@@ -11,7 +11,9 @@
 //! latency of a 30 fps stream). The socket goes back to the reader as `next()` returns, before
 //! the frame goes downstream, where the streaming thread may block for a long time; the reader
 //! takes it up only after [`READER_GRACE`], so a streaming thread that is back by then (the
-//! next frame of a flowing stream) finds it free without waking anybody.
+//! next frame of a flowing stream) finds it free without waking anybody. The parked reader is
+//! not woken by that return either: it looks on a timer of its own (5-40 ms, longer while the
+//! streaming thread stays in one wait), so no futex wake lies on a frame's way downstream.
 //!
 //! The inbox holds at most `max-queued` buffer packets (frames whose producer buffers this
 //! consumer pins); what happens to one more is the `leaky` policy (see [`Leaky`]).
@@ -44,6 +46,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// `leaky=none`: `oldest` and `copy` act on frames as they arrive, which needs the reader
 /// thread to keep the socket drained whenever the streaming thread is away, however briefly.
 const READER_GRACE: Duration = Duration::from_millis(5);
+
+/// The longest a parked reader thread waits before it looks whether the streaming thread
+/// left the socket (see `Link::wait_for_socket`): it may take the socket up this much later
+/// than READER_GRACE after the streaming thread left.
+const PARKED_PERIOD_MAX: Duration = Duration::from_millis(40);
 
 /// Tells the producer this consumer is done with `buffer_id` (counted in `releases` once
 /// sent). The packet is encoded on the stack: one goes out per frame.
@@ -158,9 +165,13 @@ struct Inbox {
     reading_ended: bool,
     /// Threads waiting on `arrived` / `room` now: a notify with nobody waiting is a futex
     /// call for nothing, and the per-frame ones are skipped then. The reader thread's timed
-    /// wait through `READER_GRACE` is not counted: it needs no signal.
+    /// waits (parked, and through `READER_GRACE`) are not counted: they need no signal.
     arrived_waiters: usize,
     room_waiters: usize,
+    /// Signals `signal_room` sent, and the times a parked reader thread woke to look at the
+    /// socket's owner: what the tests count.
+    room_signals: u64,
+    parked_looks: u64,
 }
 
 impl Inbox {
@@ -367,6 +378,9 @@ impl Link {
         // The grace running now: the streaming thread's visits when it began (another visit
         // starts a new one) and its end.
         let mut grace: Option<(u64, Instant)> = None;
+        // While parked: the streaming thread's visits at the last look, and the wait since.
+        let mut parked_at: Option<u64> = None;
+        let mut period = Duration::ZERO;
         loop {
             if inbox.stopping || inbox.reading_ended {
                 return false;
@@ -378,6 +392,26 @@ impl Link {
                     self.arrived.notify_all();
                 }
                 grace = None;
+                if self.limit.leaky == Leaky::None {
+                    // A timed wait, not counted in `room_waiters`: the streaming thread
+                    // leaves the socket without a futex wake on every frame's way downstream
+                    // (about 20 µs of a 30 fps frame's latency on the test VM); this thread
+                    // looks again after `period` instead. The period doubles while the
+                    // streaming thread stays in one wait (an idle stream), so an idle
+                    // consumer wakes rarely. With a leaky policy the reader must read again
+                    // as soon as the streaming thread leaves, so it waits for the signal.
+                    let visits = inbox.streaming_visits;
+                    period = match parked_at {
+                        Some(v) if v == visits => (period * 2).min(PARKED_PERIOD_MAX),
+                        _ => inbox
+                            .reader_grace
+                            .clamp(Duration::from_millis(1), PARKED_PERIOD_MAX),
+                    };
+                    parked_at = Some(visits);
+                    inbox = self.room.wait_timeout(inbox, period).unwrap().0;
+                    inbox.parked_looks += 1;
+                    continue;
+                }
             } else {
                 if inbox.reader_parked
                     && inbox.awaiting_replies == 0
@@ -526,8 +560,11 @@ impl Link {
     }
 
     /// Signals `room`, if anybody waits on it, once `inbox` is unlocked.
-    fn signal_room(&self, inbox: MutexGuard<'_, Inbox>) {
+    fn signal_room(&self, mut inbox: MutexGuard<'_, Inbox>) {
         let waiting = inbox.room_waiters > 0;
+        if waiting {
+            inbox.room_signals += 1;
+        }
         drop(inbox);
         if waiting {
             self.room.notify_all();
@@ -694,7 +731,7 @@ impl Link {
         };
         // The socket goes back to the reader thread before the frame goes downstream (it
         // takes it after READER_GRACE), and a frame taken leaves room in the inbox: either
-        // may let the reader read on. A reader in its grace needs no signal.
+        // may let the reader read on. A reader parked or in its grace needs no signal.
         inbox.streaming_reads = false;
         self.signal_room(inbox);
         next
@@ -759,6 +796,12 @@ impl Link {
 
     fn set_reader_grace(&self, grace: Duration) {
         self.inbox.lock().unwrap().reader_grace = grace;
+    }
+
+    /// (`room` signals sent, looks of the parked reader thread) so far.
+    fn reader_wakes(&self) -> (u64, u64) {
+        let inbox = self.inbox.lock().unwrap();
+        (inbox.room_signals, inbox.parked_looks)
     }
 }
 
@@ -897,6 +940,58 @@ mod tests {
         let started = Instant::now();
         link.shutdown();
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn leaving_streaming_thread_wakes_nobody_and_the_reader_still_takes_over() {
+        let (link, producer, threads) = start();
+        let streaming_id = first_read_on_a_streaming_thread(&link, &producer, &threads);
+        // Once more on this thread, now that the reader is parked; the packet comes after
+        // the reader's grace, so the reader is back to its parked wait meanwhile. next()
+        // returns (the frame would go downstream now) without signalling the reader thread.
+        let (signals_before, _) = link.reader_wakes();
+        let producer = Arc::new(producer);
+        let sender = producer.clone();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(READER_GRACE * 10);
+            sender.send_packet(&PLAYING, None).unwrap();
+        });
+        assert!(is_playing(
+            link.next(Some(Instant::now() + Duration::from_secs(10)))
+        ));
+        late.join().unwrap();
+        assert_eq!(threads.recv().unwrap(), std::thread::current().id());
+        assert_eq!(
+            link.reader_wakes().0,
+            signals_before,
+            "next() woke the parked reader thread on its way out"
+        );
+        // The reader looks on its own timer and takes the socket back after the grace.
+        producer.send_packet(&PLAYING, None).unwrap();
+        let reader_id = threads.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_ne!(reader_id, streaming_id);
+        assert_ne!(reader_id, std::thread::current().id());
+        link.shutdown();
+    }
+
+    #[test]
+    fn parked_reader_looks_less_often_while_the_streaming_thread_waits() {
+        let (link, _producer, _threads) = start();
+        let waiter = link.clone();
+        let streaming = std::thread::spawn(move || {
+            waiter.next(Some(Instant::now() + Duration::from_millis(600)))
+        });
+        wait_parked(&link);
+        let (_, looks_before) = link.reader_wakes();
+        assert!(matches!(streaming.join().unwrap(), Some(Inbound::TimedOut)));
+        // Nothing came for up to 600 ms: the parked reader's waits went 5, 10, 20, 40, 40 ...
+        // ms, about 18 looks; every READER_GRACE would have been about 120.
+        let looks = link.reader_wakes().1 - looks_before;
+        assert!(
+            looks <= 25,
+            "the parked reader looked {looks} times in 600 ms"
+        );
+        link.shutdown();
     }
 
     #[test]
