@@ -156,10 +156,10 @@ struct Record {
     next_seq: u64,
     gaps: u64,
     bad: u64,
-    lat_ns: Vec<u64>,
     /// `steal_ms()` when the count started.
     first_steal_ms: u64,
-    /// (sequence number, sent at, received at), CLOCK_MONOTONIC ns, for samples=.
+    /// (sequence number, sent at, received at), CLOCK_MONOTONIC ns, of each frame after the
+    /// warm-up: the latencies, and samples=.
     arrivals: Vec<(u64, u64, u64)>,
     started: bool,
 }
@@ -195,7 +195,6 @@ impl Record {
                 }
                 self.next_seq = seq + 1;
                 if seq >= WARMUP_FRAMES && now >= ts {
-                    self.lat_ns.push(now - ts);
                     self.arrivals.push((seq, ts, now));
                 }
             }
@@ -204,7 +203,13 @@ impl Record {
         self.mark();
     }
 
-    fn json(&mut self, a: &Args, extra: &str) -> String {
+    fn json(&self, a: &Args, extra: &str) -> String {
+        // Read before anything else here; 0 when no frame came.
+        let steal = if self.frames > 0 || self.started {
+            steal_ms().saturating_sub(self.first_steal_ms)
+        } else {
+            0
+        };
         if let Some(path) = &a.samples {
             let mut text = String::from("# seq sent_ns received_ns latency_us\n");
             for (seq, sent, received) in &self.arrivals {
@@ -213,19 +218,14 @@ impl Record {
             }
             std::fs::write(path, text).expect("samples file");
         }
-        // Read before anything else here; 0 when no frame came.
-        let steal = if self.frames > 0 || self.started {
-            steal_ms().saturating_sub(self.first_steal_ms)
-        } else {
-            0
-        };
-        self.lat_ns.sort_unstable();
+        let mut lat_ns: Vec<u64> = self.arrivals.iter().map(|(_, s, r)| r - s).collect();
+        lat_ns.sort_unstable();
         let pct = |p: usize| -> String {
-            if self.lat_ns.is_empty() {
+            if lat_ns.is_empty() {
                 "null".into()
             } else {
-                let i = (self.lat_ns.len() * p / 100).min(self.lat_ns.len() - 1);
-                format!("{:.1}", self.lat_ns[i] as f64 / 1000.0)
+                let i = (lat_ns.len() * p / 100).min(lat_ns.len() - 1);
+                format!("{:.1}", lat_ns[i] as f64 / 1000.0)
             }
         };
         let span_ns = self.last_ns.saturating_sub(self.first_ns);
@@ -258,10 +258,10 @@ impl Record {
             self.bad,
             fps,
             cpu,
-            self.lat_ns.len(),
+            lat_ns.len(),
             pct(50),
             pct(99),
-            self.lat_ns
+            lat_ns
                 .last()
                 .map_or("null".into(), |v| format!("{:.1}", *v as f64 / 1000.0)),
             steal,

@@ -379,7 +379,7 @@ impl Link {
         // starts a new one) and its end.
         let mut grace: Option<(u64, Instant)> = None;
         // While parked: the streaming thread's visits at the last look, and the wait since.
-        let mut parked_at: Option<u64> = None;
+        let mut visits_at_last_look: Option<u64> = None;
         let mut period = Duration::ZERO;
         loop {
             if inbox.stopping || inbox.reading_ended {
@@ -401,13 +401,13 @@ impl Link {
                     // consumer wakes rarely. With a leaky policy the reader must read again
                     // as soon as the streaming thread leaves, so it waits for the signal.
                     let visits = inbox.streaming_visits;
-                    period = match parked_at {
+                    period = match visits_at_last_look {
                         Some(v) if v == visits => (period * 2).min(PARKED_PERIOD_MAX),
                         _ => inbox
                             .reader_grace
                             .clamp(Duration::from_millis(1), PARKED_PERIOD_MAX),
                     };
-                    parked_at = Some(visits);
+                    visits_at_last_look = Some(visits);
                     inbox = self.room.wait_timeout(inbox, period).unwrap().0;
                     inbox.parked_looks += 1;
                     continue;
@@ -866,6 +866,22 @@ mod tests {
         matches!(next, Some(Inbound::Packet(Packet::State(st))) if st.state == StatePacket::PLAYING)
     }
 
+    /// Sends a State packet and asserts that the reader thread takes it off the socket (within
+    /// 5 s): neither `streaming_id` nor this thread. `why` names the failure.
+    fn reader_reads_next(
+        producer: &Connection,
+        threads: &mpsc::Receiver<ThreadId>,
+        streaming_id: ThreadId,
+        why: &str,
+    ) {
+        producer.send_packet(&PLAYING, None).unwrap();
+        let reader_id = threads
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{why}"));
+        assert_ne!(reader_id, streaming_id);
+        assert_ne!(reader_id, std::thread::current().id());
+    }
+
     #[test]
     fn waiting_streaming_thread_reads_the_socket_itself() {
         let (link, producer, threads) = start();
@@ -888,10 +904,12 @@ mod tests {
 
         // Outside `next()` the reader thread has the socket again, once READER_GRACE has
         // passed without the streaming thread coming back.
-        producer.send_packet(&PLAYING, None).unwrap();
-        let reader_id = threads.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_ne!(reader_id, streaming_id);
-        assert_ne!(reader_id, std::thread::current().id());
+        reader_reads_next(
+            &producer,
+            &threads,
+            streaming_id,
+            "the reader never took the socket back",
+        );
         assert!(is_playing(link.next(Some(Instant::now()))));
         link.shutdown();
     }
@@ -967,10 +985,12 @@ mod tests {
             "next() woke the parked reader thread on its way out"
         );
         // The reader looks on its own timer and takes the socket back after the grace.
-        producer.send_packet(&PLAYING, None).unwrap();
-        let reader_id = threads.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_ne!(reader_id, streaming_id);
-        assert_ne!(reader_id, std::thread::current().id());
+        reader_reads_next(
+            &producer,
+            &threads,
+            streaming_id,
+            "the parked reader never took the socket back",
+        );
         link.shutdown();
     }
 
@@ -1002,12 +1022,12 @@ mod tests {
             let streaming_id = first_read_on_a_streaming_thread(&link, &producer, &threads);
             // Frames must meet the policy as they arrive, not when the streaming thread
             // comes back: the reader thread reads again at once.
-            producer.send_packet(&PLAYING, None).unwrap();
-            let reader_id = threads
-                .recv_timeout(Duration::from_secs(5))
-                .unwrap_or_else(|_| panic!("leaky={leaky:?}: the reader thread waited"));
-            assert_ne!(reader_id, streaming_id);
-            assert_ne!(reader_id, std::thread::current().id());
+            reader_reads_next(
+                &producer,
+                &threads,
+                streaming_id,
+                &format!("leaky={leaky:?}: the reader thread waited"),
+            );
             link.shutdown();
         }
     }
@@ -1020,10 +1040,12 @@ mod tests {
         // A query waits for its reply while the streaming thread is away (downstream): the
         // reader thread reads again now, not after the grace.
         let awaiting = link.awaiting_reply();
-        producer.send_packet(&PLAYING, None).unwrap();
-        let reader_id = threads.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_ne!(reader_id, streaming_id);
-        assert_ne!(reader_id, std::thread::current().id());
+        reader_reads_next(
+            &producer,
+            &threads,
+            streaming_id,
+            "the reader waited out its grace with a reply awaited",
+        );
         drop(awaiting);
         link.shutdown();
     }
