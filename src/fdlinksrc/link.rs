@@ -910,7 +910,10 @@ mod tests {
             streaming_id,
             "the reader never took the socket back",
         );
-        assert!(is_playing(link.next(Some(Instant::now()))));
+        // The reader reports the State packet before it queues it: wait for the queue.
+        assert!(is_playing(
+            link.next(Some(Instant::now() + Duration::from_secs(5)))
+        ));
         link.shutdown();
     }
 
