@@ -243,7 +243,7 @@ fn leaky_copy_returns_the_pool_and_keeps_every_frame() {
     assert_eq!(field(&cs, "frames-copied"), copied_frames);
     assert!(
         waits.longest < Duration::from_millis(POOL_TEST_HOLD_MS / 2),
-        "the producer waited {:?} for its pool: for downstream, not for the reader",
+        "the producer waited {:?} for its pool, as long as for downstream's hold",
         waits.longest
     );
 }
