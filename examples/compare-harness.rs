@@ -168,7 +168,12 @@ impl Record {
     /// Producer: counts time and CPU from now, not from the first frame.
     fn start(&mut self) {
         self.started = true;
-        self.first_ns = mono_ns();
+        self.count_from(mono_ns());
+    }
+
+    /// The origin of the time, CPU and steal counts.
+    fn count_from(&mut self, now: u64) {
+        self.first_ns = now;
         self.first_cpu = cpu_us();
         self.first_steal_ms = steal_ms();
     }
@@ -176,9 +181,7 @@ impl Record {
     fn mark(&mut self) {
         let now = mono_ns();
         if self.frames == 0 && !self.started {
-            self.first_ns = now;
-            self.first_cpu = cpu_us();
-            self.first_steal_ms = steal_ms();
+            self.count_from(now);
         }
         self.last_ns = now;
         self.last_cpu = cpu_us();

@@ -135,14 +135,6 @@ fn leaky_none_stops_reading_and_the_producer_skips() {
 /// How long the slow consumer's downstream holds each frame in the pool tests.
 const POOL_TEST_HOLD_MS: u64 = 200;
 
-/// What the producer of `pool_producer_and_slow_consumer` saw of its pool.
-struct PoolWaits {
-    /// Acquires that waited over 5 ms for a buffer to come back.
-    count: u64,
-    /// The longest of them.
-    longest: Duration,
-}
-
 /// A `produce-pattern` producer with a pool of 14 buffers pushes 15 frames as fast as it may
 /// into a consumer with `max-queued=6` whose downstream holds each frame `POOL_TEST_HOLD_MS`.
 /// Returns the producer's pool waits, its stats, and the consumer.
@@ -190,23 +182,7 @@ fn pool_producer_and_slow_consumer(
     ]);
     producer.wait_success(T, "producer");
     consumer.wait_success(T, "consumer");
-    // "pool-waits N longest-us US"
-    let line = producer
-        .lines()
-        .iter()
-        .find_map(|l| l.strip_prefix("pool-waits ").map(String::from))
-        .expect("a pool-waits line");
-    let numbers: Vec<u64> = line
-        .split(' ')
-        .filter_map(|word| word.parse().ok())
-        .collect();
-    let [count, longest_us] = numbers[..] else {
-        panic!("a malformed pool-waits line: {line}");
-    };
-    let waits = PoolWaits {
-        count,
-        longest: Duration::from_micros(longest_us),
-    };
+    let waits = producer.pool_waits();
     (waits, all_stats(&producer), consumer)
 }
 

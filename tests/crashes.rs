@@ -277,19 +277,13 @@ fn a_hundred_killed_consumers_neither_stall_nor_leak() {
     std::fs::write(&eos_file, b"").unwrap();
     producer.wait_success(T, "producer");
     assert_no_leaked_fds(&producer, "the producer");
-    let waits = producer
-        .lines()
-        .into_iter()
-        .find_map(|l| l.strip_prefix("pool-waits ").map(String::from))
-        .expect("pool-waits line");
-    println!("producer: pool-waits {waits}");
-    let (n, longest) = waits
-        .split_once(" longest-us ")
-        .map(|(n, l)| (n.parse::<u64>().unwrap(), l.parse::<u64>().unwrap()))
-        .expect("pool-waits N longest-us U");
+    let waits = producer.pool_waits();
+    println!("producer: {waits:?}");
     assert!(
-        n == 0 || longest < MAX_STALL_US,
-        "the producer waited {longest} us for a pool buffer ({n} waits) over its run"
+        waits.count == 0 || waits.longest < Duration::from_micros(MAX_STALL_US),
+        "the producer waited {:?} for a pool buffer ({} waits) over its run",
+        waits.longest,
+        waits.count
     );
     for (i, c) in healthy.iter_mut().enumerate() {
         c.wait_success(T, &format!("healthy consumer {i}"));

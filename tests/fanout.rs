@@ -49,15 +49,8 @@ fn assert_kept_rate_and_pool(producer: &Peer, produced: f64, window: f64) {
         produced >= 25.0 * (window - 0.5),
         "producer made {produced} frames in {window:.1} s with a consumer stopped"
     );
-    let lines = producer.lines();
-    let waits = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("pool-waits "))
-        .expect("pool-waits line");
-    assert!(
-        waits.starts_with("0 "),
-        "the pool ran dry: pool-waits {waits}"
-    );
+    let waits = producer.pool_waits();
+    assert_eq!(waits.count, 0, "the pool ran dry: {waits:?}");
 }
 
 /// Eight consumers of 1080p frames from a pool of 8 buffers; one is SIGSTOPped for 5 s. With

@@ -115,6 +115,23 @@ impl Peer {
         wait_for_line(&self.stderr, timeout, Duration::from_millis(2), pred)
     }
 
+    /// The `pool-waits N longest-us US` line a `produce-pattern` producer prints as it ends.
+    pub fn pool_waits(&self) -> PoolWaits {
+        let line = self
+            .lines()
+            .into_iter()
+            .find_map(|l| l.strip_prefix("pool-waits ").map(String::from))
+            .expect("a pool-waits line");
+        let (count, longest_us) = line
+            .split_once(" longest-us ")
+            .and_then(|(n, us)| Some((n.parse().ok()?, us.parse().ok()?)))
+            .unwrap_or_else(|| panic!("a malformed pool-waits line: {line}"));
+        PoolWaits {
+            count,
+            longest: Duration::from_micros(longest_us),
+        }
+    }
+
     /// The newest `stats` line seen after `after` lines, parsed.
     pub fn latest_stats(&self) -> Option<gst::Structure> {
         self.stdout
@@ -214,6 +231,15 @@ pub fn wait_for_path(p: &str, timeout: Duration) {
         assert!(Instant::now() < deadline, "{p} never appeared");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// What a `produce-pattern` producer saw of its pool (`Peer::pool_waits`).
+#[derive(Debug)]
+pub struct PoolWaits {
+    /// Acquires that waited over 5 ms for a buffer to come back.
+    pub count: u64,
+    /// The longest of them.
+    pub longest: Duration,
 }
 
 /// A `u64` or `u32` stats field as u64.
