@@ -24,7 +24,7 @@
 # written by the CPU: the transport's own cost, not the drawing, sets the pace); and
 # "latency" (live videotestsrc at 30 fps; one-way latency from a stamp written just before
 # the sink to a probe just after the source). How each figure is taken:
-# examples/compare-harness.rs. The Markdown tables go to stdout and to --out (default:
+# tools/src/compare-harness.rs. The Markdown tables go to stdout and to --out (default:
 # benches/compare-peers.last.md); raw results sit beside it.
 set -euo pipefail
 
@@ -74,10 +74,10 @@ log() { echo "[compare-peers] $*" >&2; }
 
 # ---------------------------------------------------------------- build
 log "building plugin and harness in $TARGET"
-(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --locked --lib \
-    --example compare-harness >&2)
+(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --locked -p gst-plugin-fdlink --lib \
+    -p fdlink-tools --bin compare-harness >&2)
 PLUGIN_DIR=$TARGET/release
-HARNESS=$TARGET/release/examples/compare-harness
+HARNESS=$TARGET/release/compare-harness
 
 # ---------------------------------------------------------------- forky chroot
 FORKY_ROOT=$FORKY/root

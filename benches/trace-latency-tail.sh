@@ -38,9 +38,9 @@ while [ $# -gt 0 ]; do
 done
 command -v perf >/dev/null || { echo "perf not found (Debian: apt-get install linux-perf)" >&2; exit 1; }
 
-(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --locked --lib \
-    --example compare-harness >&2)
-HARNESS=$TARGET/release/examples/compare-harness
+(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --locked -p gst-plugin-fdlink --lib \
+    -p fdlink-tools --bin compare-harness >&2)
+HARNESS=$TARGET/release/compare-harness
 WORK=${KEEP:-$(mktemp -d)}
 mkdir -p "$WORK"
 W=${SIZE%x*}

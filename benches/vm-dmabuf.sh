@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 FILTER=${1:-'^(handoff|throughput)-[^/]+/(raw-scm-rights|memfd|dmabuf-standin|dmabuf-heap|dmabuf-udmabuf)(/|$)'}
 OUT=target/criterion/fdlink-crossprocess-vm.md
 
-exe=$(cargo bench --locked --bench crossprocess --no-run --message-format=json 2>/dev/null |
+exe=$(cargo bench --locked -p fdlink-tools --bench crossprocess --no-run --message-format=json 2>/dev/null |
   python3 -c '
 import json, sys
 for line in sys.stdin:

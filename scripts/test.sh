@@ -8,12 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 export RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
-cargo fmt --check
-cargo clippy --locked --all-targets -q -- -D warnings
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -q -- -D warnings
 # The plugin .so (cdylib) first: `cargo test` builds only the rlib, and the launcher test runs
 # gst-launch-1.0 processes that load the plugin.
-cargo build --locked -q
-cargo test --locked
+cargo build --locked --workspace -q
+cargo test --locked --workspace
 
 if [ "${FDLINK_SKIP_VM:-0}" = 1 ]; then
   echo "test.sh: FDLINK_SKIP_VM=1: the hardware matrix (VM) was NOT run"

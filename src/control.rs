@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use glib::translate::{FromGlib, FromGlibPtrFull, IntoGlib, IntoGlibPtr};
 use gst::prelude::*;
 
-use crate::protocol::{EventPacket, MessagePacket, QueryPacket, QueryReplyPacket};
 use crate::wire_event::serializable_structure;
+use fdlink::protocol::{EventPacket, MessagePacket, QueryPacket, QueryReplyPacket};
+use gst::glib;
 
 /// Queries sent to the other side, waiting for their reply.
 #[derive(Debug, Default)]

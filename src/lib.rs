@@ -4,8 +4,8 @@
 //! process receives it. Frames cross as file descriptors (dmabuf, memfd) with SCM_RIGHTS beside
 //! small control packets; system memory is copied once into a sealed memfd pool.
 //!
-//! Layers: [`protocol`] (bytes only), [`transport`] (the only socket I/O), [`memory`] (the only
-//! fd <-> gst::Memory code), and the two elements on top.
+//! Layers: the `fdlink` core crate below (wire protocol, socket transport, fd checks: no
+//! GStreamer), [`memory`] (the only fd <-> gst::Memory code), and the two elements on top.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod clock;
@@ -14,9 +14,7 @@ pub mod drm_format;
 mod fdlinksink;
 mod fdlinksrc;
 pub mod memory;
-pub mod protocol;
 pub mod session;
-pub mod transport;
 pub mod wire_event;
 
 pub use fdlinksink::FdlinkSink;

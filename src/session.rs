@@ -9,7 +9,7 @@ use gst::glib;
 use gst::prelude::*;
 
 use crate::control;
-use crate::protocol::{MessagePacket, StatePacket};
+use fdlink::protocol::{MessagePacket, StatePacket};
 
 /// Whose state a pipeline follows.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]

@@ -3,7 +3,8 @@
 
 use gst::prelude::*;
 
-use crate::protocol::EventPacket;
+use fdlink::protocol::EventPacket;
+use gst::glib;
 
 /// The wire code of an event type: its GstEventType value, stable across GStreamer versions.
 pub fn event_type_code(t: gst::EventType) -> u32 {

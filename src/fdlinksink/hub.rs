@@ -16,11 +16,11 @@ use nix::poll::PollFlags;
 
 use crate::control::PendingQueries;
 use crate::memory::{FdList, FileRegistry};
-use crate::protocol::{
+use fdlink::protocol::{
     self, BufferHeader, FileSend, Hello, MAX_PACKET_SIZE, MAX_REGISTERED_FILES, Packet,
     QueryReplyPacket, Role,
 };
-use crate::transport::{Connection, Listener, PollSet, TransportError, Waker};
+use fdlink::transport::{Connection, Listener, PollSet, TransportError, Waker};
 
 /// A consumer that has not completed the hello by then is dropped.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1919,7 +1919,7 @@ fn flush_queue(c: &mut Consumer) -> Result<bool, Removal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{EventPacket, Role};
+    use fdlink::protocol::{EventPacket, Role};
     use std::sync::mpsc;
 
     /// A hub whose control thread serves one consumer over a socket pair; the test is the
@@ -2119,7 +2119,8 @@ mod tests {
         rig.offer(1, true);
         rig.wait_control_aside();
         let event = Packet::<BorrowedFd<'_>>::UpstreamEvent(EventPacket {
-            event_type: glib::translate::IntoGlib::into_glib(gst::EventType::CustomUpstream) as u32,
+            event_type: gst::glib::translate::IntoGlib::into_glib(gst::EventType::CustomUpstream)
+                as u32,
             seqnum: 7,
             structure: "test-request".into(),
         });
@@ -2148,7 +2149,7 @@ mod tests {
         rig.wait_control_aside();
         let hub = rig.hub.clone();
         let asking = std::thread::spawn(move || {
-            let query = crate::protocol::QueryPacket {
+            let query = fdlink::protocol::QueryPacket {
                 id: 0,
                 query_type: 0,
                 structure: "test-query".into(),
@@ -2156,7 +2157,7 @@ mod tests {
             hub.ask_consumers(
                 |id| {
                     let mut bytes = Vec::new();
-                    Packet::<BorrowedFd<'_>>::Query(crate::protocol::QueryPacket {
+                    Packet::<BorrowedFd<'_>>::Query(fdlink::protocol::QueryPacket {
                         id,
                         ..query.clone()
                     })
@@ -2172,7 +2173,7 @@ mod tests {
             Packet::Query(q) => q.id,
             _ => panic!("expected the query"),
         };
-        let reply = Packet::<BorrowedFd<'_>>::QueryReply(crate::protocol::QueryReplyPacket {
+        let reply = Packet::<BorrowedFd<'_>>::QueryReply(fdlink::protocol::QueryReplyPacket {
             id,
             answered: true,
             structure: "test-reply".into(),

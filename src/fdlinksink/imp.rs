@@ -19,9 +19,9 @@ use super::requests::RequestPool;
 use crate::clock;
 use crate::control;
 use crate::memory::{self, FdList, MemfdBufferPool};
-use crate::protocol::{BufferHeader, MemoryList, Packet, TIME_NONE};
 use crate::session::{self, BusWatch, Mode, Reposted};
-use crate::transport::Listener;
+use fdlink::protocol::{BufferHeader, MemoryList, Packet, TIME_NONE};
+use fdlink::transport::Listener;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -776,7 +776,7 @@ impl FdlinkSink {
         &self,
         id: u64,
         pid: Option<i32>,
-        conn: Arc<crate::transport::Connection>,
+        conn: Arc<fdlink::transport::Connection>,
         request: Request,
     ) {
         let obj = self.obj().clone();
@@ -863,12 +863,12 @@ impl FdlinkSink {
 
 /// Answers a consumer's query (`answered` false: this pipeline could not).
 fn send_query_reply(
-    conn: &crate::transport::Connection,
+    conn: &fdlink::transport::Connection,
     id: u32,
     answered: bool,
     structure: String,
 ) {
-    let reply = Packet::QueryReply(crate::protocol::QueryReplyPacket {
+    let reply = Packet::QueryReply(fdlink::protocol::QueryReplyPacket {
         id,
         answered,
         structure,
@@ -1175,7 +1175,7 @@ impl BaseSinkImpl for FdlinkSink {
         // The stats start again with the hub made below.
         self.copy_ns.store(0, Ordering::Relaxed);
         let (listener, inherited, endpoint) = if settings.fd >= 0 {
-            let conn = crate::transport::Connection::inherit(settings.fd).map_err(|e| {
+            let conn = fdlink::transport::Connection::inherit(settings.fd).map_err(|e| {
                 gst::error_msg!(
                     gst::ResourceError::OpenReadWrite,
                     ("fd {}: {e}", settings.fd)

@@ -15,10 +15,10 @@ use crate::control;
 
 use super::link::{Inbound, Leaky, Link, LinkPeer, QueueCounters, QueueLimit};
 use crate::memory::Importer;
-use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role, TIME_NONE};
 use crate::session::{self, BusWatch, Mode, Reposted};
-use crate::transport::{Connection, TransportError, Waker};
 use crate::wire_event::{self, WireEvent};
+use fdlink::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role, TIME_NONE};
+use fdlink::transport::{Connection, TransportError, Waker};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -303,7 +303,7 @@ impl FdlinkSrc {
                             )
                         )));
                     }
-                    if crate::transport::wait_fd(
+                    if fdlink::transport::wait_fd(
                         std::os::fd::AsFd::as_fd(waker),
                         nix::poll::PollFlags::POLLIN,
                         CONNECT_RETRY,
@@ -574,7 +574,7 @@ impl FdlinkSrc {
     }
 
     fn is_woken(&self, waker: &Waker) -> bool {
-        crate::transport::poll_many(
+        fdlink::transport::poll_many(
             &[(
                 std::os::fd::AsFd::as_fd(waker),
                 nix::poll::PollFlags::POLLIN,
@@ -969,7 +969,7 @@ impl FdlinkSrc {
 
     /// Waits until `wait` passed; true when `unlock()` woke us first.
     fn sleep_unless_woken(&self, waker: &Waker, wait: Duration) -> bool {
-        crate::transport::wait_fd(
+        fdlink::transport::wait_fd(
             std::os::fd::AsFd::as_fd(waker),
             nix::poll::PollFlags::POLLIN,
             wait,

@@ -28,11 +28,11 @@ use gst::glib;
 
 use crate::control::PendingQueries;
 use crate::memory::{FileTable, FrameFile, Importer, ReleaseTokens};
-use crate::protocol::{
+use fdlink::protocol::{
     self, BufferHeader, MAX_PACKET_SIZE, MessagePacket, Packet, QueryPacket, QueryReplyPacket,
     StatePacket,
 };
-use crate::transport::{Connection, Received, TransportError, Waker};
+use fdlink::transport::{Connection, Received, TransportError, Waker};
 
 /// How long a reply, a release or an error packet may wait for room in the socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);

@@ -20,8 +20,9 @@ use glib::translate::IntoGlib;
 
 use super::ImportError;
 use super::views::{FileFd, ViewPool};
-pub use crate::protocol::MAX_REGISTERED_FILES;
-use crate::protocol::MemoryKind;
+pub use fdlink::protocol::MAX_REGISTERED_FILES;
+use fdlink::protocol::MemoryKind;
+use gst::glib;
 
 // ---------------------------------------------------------------------------------------------
 // Producer
@@ -123,7 +124,7 @@ impl FileRegistry {
         fd: BorrowedFd<'_>,
         kind: MemoryKind,
     ) -> std::io::Result<u32> {
-        let key = crate::transport::file_identity(fd)?;
+        let key = fdlink::fdkind::file_identity(fd)?;
         let id = {
             let mut r = self.inner.lock().unwrap();
             let r = &mut *r;
@@ -257,8 +258,8 @@ mod tests {
     use super::super::tests::{desc, header, unsealed_memfd};
     use super::super::{FdList, Importer, ReleaseTokens, create_sealed_memfd, describe_buffer};
     use super::*;
-    use crate::protocol::{FD_REGISTERED, MemoryDesc, MemoryList, PacketFds};
     use crate::test_support::{fd_lock, open_fds};
+    use fdlink::protocol::{FD_REGISTERED, MemoryDesc, MemoryList, PacketFds};
     use std::sync::Mutex;
 
     fn nv12_pool(min: u32, max: u32) -> super::super::MemfdBufferPool {
@@ -367,7 +368,7 @@ mod tests {
         let mut table = FileTable::default();
         let fd = create_sealed_memfd("r", 8192).unwrap();
         nix::sys::uio::pwrite(&fd, b"abcdefgh", 4096).unwrap();
-        let ident = crate::transport::file_identity(fd.as_fd()).unwrap();
+        let ident = fdlink::fdkind::file_identity(fd.as_fd()).unwrap();
 
         // The packet that registers file 5 (its fd comes along).
         let mut h = header(vec![mem(0, 5, 4096, 4)]);
@@ -391,7 +392,7 @@ mod tests {
         assert_eq!(fd_of(&first), fd_of(&second), "one fd for the file");
         // SAFETY: `second` keeps the memory and its fd alive for this borrow.
         let got = unsafe { BorrowedFd::borrow_raw(fd_of(&second)) };
-        assert_eq!(crate::transport::file_identity(got).unwrap(), ident);
+        assert_eq!(fdlink::fdkind::file_identity(got).unwrap(), ident);
         assert_eq!(open_fds(), before + 1, "one fd for the registered file");
 
         // Retired while buffers still use it: the fd stays until they go.

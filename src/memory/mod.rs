@@ -16,57 +16,19 @@ pub mod views;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
+pub use fdlink::fdkind::{ImportError, create_sealed_memfd};
+use fdlink::fdkind::{check_fd, check_windows, is_regular_file, is_sealed_against_shrink};
 use gst_allocators::prelude::*;
-use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 
 pub use files::{FileRegistry, FileTable, FrameFile, RegisteredFile};
 pub use pool::MemfdBufferPool;
 pub use release::{ReleaseToken, ReleaseTokens};
 
-use crate::protocol::{
+use fdlink::protocol::{
     BufferHeader, FD_REGISTERED, MAX_FDS, MAX_PLANES, MemoryDesc, MemoryKind, MemoryList,
     PacketFds, VideoLayout,
 };
-
-/// Creates a memfd of `size` bytes sealed against shrinking and growing (its contents stay
-/// writable for the producer; receivers can rely on its size).
-pub fn create_sealed_memfd(name: &str, size: usize) -> std::io::Result<OwnedFd> {
-    let mfd = memfd::MemfdOptions::default()
-        .allow_sealing(true)
-        .close_on_exec(true)
-        .create(name)
-        .map_err(std::io::Error::other)?;
-    mfd.as_file().set_len(size as u64)?;
-    // SEAL_SEAL last: a consumer holding the fd must not add seals (F_SEAL_FUTURE_WRITE would
-    // stop the producer's own new mappings).
-    mfd.add_seals(&[
-        memfd::FileSeal::SealShrink,
-        memfd::FileSeal::SealGrow,
-        memfd::FileSeal::SealSeal,
-    ])
-    .map_err(std::io::Error::other)?;
-    Ok(OwnedFd::from(mfd.into_file()))
-}
-
-fn is_sealed_against_shrink(fd: BorrowedFd<'_>) -> bool {
-    fcntl(fd, FcntlArg::F_GET_SEALS)
-        .is_ok_and(|s| SealFlag::from_bits_truncate(s).contains(SealFlag::F_SEAL_SHRINK))
-}
-
-/// f_type of the dmabuf pseudo file system (DMA_BUF_MAGIC, "DMAB").
-const DMA_BUF_MAGIC: i64 = 0x444d_4142;
-
-/// Whether `fd` is a dmabuf: its file lives on the dmabuf pseudo file system.
-fn is_dmabuf(fd: BorrowedFd<'_>) -> bool {
-    // f_type is i64 on 64-bit targets and i32 on 32-bit ones.
-    #[allow(clippy::unnecessary_cast)]
-    nix::sys::statfs::fstatfs(fd).is_ok_and(|s| s.filesystem_type().0 as i64 == DMA_BUF_MAGIC)
-}
-
-fn is_regular_file(fd: BorrowedFd<'_>) -> bool {
-    nix::sys::stat::fstat(fd).is_ok_and(|st| (st.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFREG)
-}
+use gst::glib;
 
 // ---------------------------------------------------------------------------------------------
 // Sending
@@ -100,7 +62,7 @@ pub fn describe_buffer<'a>(
 ) -> Result<(), CopyReason> {
     descs.clear();
     fds.clear();
-    if buffer.n_memory() > crate::protocol::MAX_MEMORIES {
+    if buffer.n_memory() > fdlink::protocol::MAX_MEMORIES {
         return Err(CopyReason::TooManyMemories);
     }
     for mem in buffer.iter_memories() {
@@ -238,50 +200,6 @@ pub fn video_layout(buffer: &gst::BufferRef) -> Option<VideoLayout> {
 // ---------------------------------------------------------------------------------------------
 // Receiving
 
-/// Why received fds could not become memories. Each names the fd and the problem.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ImportError {
-    #[error("fd {index} is sent as memfd but is not a regular file")]
-    NotAFile { index: usize },
-    #[error("fd {index} is sent as dmabuf but is not one (not on the dmabuf file system)")]
-    NotADmabuf { index: usize },
-    #[error(
-        "memfd {index} is not sealed against shrinking (F_SEAL_SHRINK); the producer could truncate it under us"
-    )]
-    NotSealed { index: usize },
-    #[error("memory window {offset}+{size} overruns fd {index} of {file_size} bytes")]
-    WindowOutOfBounds {
-        index: usize,
-        offset: u64,
-        size: u64,
-        file_size: u64,
-    },
-    #[error("fd {index} is used as both memfd and dmabuf")]
-    MixedKinds { index: usize },
-    #[error("cannot inspect fd {index}: {errno}")]
-    Sys { index: usize, errno: Errno },
-    #[error("video meta: {0}")]
-    VideoMeta(String),
-    #[error("video layout {0}")]
-    BadVideoLayout(String),
-    #[error("GStreamer allocator refused fd {index}")]
-    Alloc { index: usize },
-    #[error("file id {id} is not registered")]
-    UnknownFile { id: u32 },
-    #[error("file id {id} registered twice without being retired")]
-    RegisteredTwice { id: u32 },
-    #[error("more than {max} files registered")]
-    TooManyFiles { max: usize },
-    #[error("retire of file id {id}, which is not registered")]
-    RetiredUnknown { id: u32 },
-    #[error("file id {id} is registered as {registered:?} but sent as {sent:?}")]
-    RegisteredKind {
-        id: u32,
-        registered: MemoryKind,
-        sent: MemoryKind,
-    },
-}
-
 fn set_readonly(mem: &mut gst::MemoryRef) {
     // SAFETY: `mem` is valid and exclusively ours; setting a flag bit on a fresh memory is
     // what GST_MINI_OBJECT_FLAG_SET does.
@@ -310,54 +228,6 @@ impl Default for Importer {
             fd_allocator: gst_allocators::FdAllocator::new(),
             dmabuf_allocator: gst_allocators::DmaBufAllocator::new(),
         }
-    }
-}
-
-/// Checks one received fd against the memories that use it; returns its size in bytes.
-fn check_fd(
-    index: usize,
-    fd: BorrowedFd<'_>,
-    kind: MemoryKind,
-    windows: impl Iterator<Item = (u64, u64)>,
-) -> Result<u64, ImportError> {
-    let st = nix::sys::stat::fstat(fd).map_err(|errno| ImportError::Sys { index, errno })?;
-    let is_file = (st.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFREG;
-    let file_size = match kind {
-        MemoryKind::Memfd => {
-            if !is_file {
-                return Err(ImportError::NotAFile { index });
-            }
-            if !is_sealed_against_shrink(fd) {
-                return Err(ImportError::NotSealed { index });
-            }
-            st.st_size as u64
-        }
-        MemoryKind::DmaBuf => {
-            if is_file || !is_dmabuf(fd) {
-                return Err(ImportError::NotADmabuf { index });
-            }
-            // dmabufs report their size through lseek(SEEK_END).
-            nix::unistd::lseek(fd, 0, nix::unistd::Whence::SeekEnd)
-                .map_err(|errno| ImportError::Sys { index, errno })? as u64
-        }
-    };
-    check_windows(index, file_size, windows)?;
-    Ok(file_size)
-}
-
-fn check_windows(
-    index: usize,
-    file_size: u64,
-    mut windows: impl Iterator<Item = (u64, u64)>,
-) -> Result<(), ImportError> {
-    match windows.find(|(offset, size)| offset + size > file_size) {
-        Some((offset, size)) => Err(ImportError::WindowOutOfBounds {
-            index,
-            offset,
-            size,
-            file_size,
-        }),
-        None => Ok(()),
     }
 }
 
@@ -723,7 +593,7 @@ mod tests {
         let before = open_fds();
         let fd = create_sealed_memfd("t", 8192).unwrap();
         nix::sys::uio::pwrite(&fd, b"abcdefgh", 4096).unwrap();
-        let ident = crate::transport::file_identity(fd.as_fd()).unwrap();
+        let ident = fdlink::fdkind::file_identity(fd.as_fd()).unwrap();
         let released = Arc::new(AtomicUsize::new(0));
         let r = released.clone();
         let tokens = ReleaseTokens::new(move |_| {
@@ -747,7 +617,7 @@ mod tests {
             .fd();
         // SAFETY: the buffer keeps the memory and so the fd alive for this borrow.
         let got = unsafe { BorrowedFd::borrow_raw(raw) };
-        assert_eq!(crate::transport::file_identity(got).unwrap(), ident);
+        assert_eq!(fdlink::fdkind::file_identity(got).unwrap(), ident);
         for (i, want) in [b"abcd", b"efgh"].iter().enumerate() {
             let mem = buf.peek_memory(i);
             assert!(mem.flags().contains(gst::MemoryFlags::READONLY));

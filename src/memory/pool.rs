@@ -10,6 +10,7 @@ use gst_video::prelude::*;
 use std::sync::LazyLock;
 
 use super::create_sealed_memfd;
+use gst::glib;
 
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(

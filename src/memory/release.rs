@@ -7,6 +7,7 @@
 //! runs the release for the frame's buffer id and puts the slot back on a spare list, which
 //! the next frame takes it from.
 
+use gst::glib;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use std::sync::{Arc, LazyLock, Mutex};

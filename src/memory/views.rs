@@ -20,6 +20,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use glib::translate::IntoGlib;
 
 use super::release::{ReleaseToken, Slot};
+use gst::glib;
 
 /// A registered file's fd, closed when the file is retired and no view uses it any more.
 #[derive(Debug)]

@@ -172,12 +172,6 @@ fn file_identity_of_path(path: &Path) -> Result<(u64, u64), Errno> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// (st_dev, st_ino) of an open file: the identity of the kernel object behind an fd.
-pub fn file_identity(fd: BorrowedFd<'_>) -> Result<(u64, u64), Errno> {
-    let st = nix::sys::stat::fstat(fd)?;
-    Ok((st.st_dev, st.st_ino))
-}
-
 fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), TransportError> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(sys("fcntl", "F_GETFL"))?;
@@ -670,8 +664,8 @@ mod tests {
         assert_eq!(got.fds.len(), 2);
         for (sent, recv) in [&f1, &f2].iter().zip(&got.fds) {
             assert_eq!(
-                file_identity(sent.as_fd()).unwrap(),
-                file_identity(recv.as_fd()).unwrap()
+                crate::fdkind::file_identity(sent.as_fd()).unwrap(),
+                crate::fdkind::file_identity(recv.as_fd()).unwrap()
             );
             let fl = nix::fcntl::fcntl(recv, nix::fcntl::FcntlArg::F_GETFD).unwrap();
             assert!(

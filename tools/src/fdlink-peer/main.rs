@@ -297,7 +297,7 @@ fn buffer_files(buffer: &gst::BufferRef) -> String {
         if let Some(f) = mem.downcast_memory_ref::<gst_allocators::FdMemory>() {
             // SAFETY: the buffer (borrowed here) keeps the memory and its fd open.
             let fd = unsafe { BorrowedFd::borrow_raw(f.fd()) };
-            if let Ok((dev, ino)) = gstfdlink::transport::file_identity(fd) {
+            if let Ok((dev, ino)) = fdlink::fdkind::file_identity(fd) {
                 let exp = dmabuf_sources::exporter(f.fd()).unwrap_or_else(|| "file".into());
                 files.push(format!("{dev}:{ino}:{exp}"));
             }

@@ -94,7 +94,7 @@ impl Allocator {
         match self.source {
             Source::Udmabuf => {
                 let size = page_align(size);
-                let memfd = gstfdlink::memory::create_sealed_memfd("fdlink-udmabuf", size)?;
+                let memfd = fdlink::fdkind::create_sealed_memfd("fdlink-udmabuf", size)?;
                 let arg = UdmabufCreate {
                     memfd: memfd.as_raw_fd() as u32,
                     flags: UDMABUF_FLAGS_CLOEXEC,

@@ -59,11 +59,11 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use fdlink::protocol::{BufferHeader, MAX_FDS, MAX_PACKET_SIZE, MemoryDesc, MemoryKind};
+use fdlink::protocol::{Packet, VideoLayout};
 use gst::glib;
 use gst::prelude::*;
 use gstfdlink::clock::monotonic_now;
-use gstfdlink::protocol::{BufferHeader, MAX_FDS, MAX_PACKET_SIZE, MemoryDesc, MemoryKind};
-use gstfdlink::protocol::{Packet, VideoLayout};
 use nix::sys::socket::{self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
 use nix::sys::socket::{ControlMessageOwned, UnixAddr};
 use nix::time::{ClockId, clock_gettime};
@@ -74,7 +74,7 @@ mod uring;
 // The kernel dmabuf allocators of the hardware tests (udmabuf, dma-heap, vgem); the bench uses
 // the first two, which exist in the project's test VM (benches/vm-dmabuf.sh).
 #[allow(dead_code)]
-#[path = "../src/bin/fdlink-peer/dmabuf_sources.rs"]
+#[path = "../src/fdlink-peer/dmabuf_sources.rs"]
 mod dmabuf_sources;
 
 // ---------------------------------------------------------------------------------------------
@@ -631,7 +631,7 @@ mod dmabuf_pool {
                 let fd = match &*self.allocator.lock().unwrap() {
                     Some(allocator) => allocator.alloc(info.size()).map(|(fd, _)| fd),
                     None => {
-                        gstfdlink::memory::create_sealed_memfd("bench-dmabuf-standin", info.size())
+                        fdlink::fdkind::create_sealed_memfd("bench-dmabuf-standin", info.size())
                     }
                 }
                 .map_err(|_| gst::FlowError::Error)?;
@@ -940,7 +940,7 @@ impl RawProducer {
         let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, w, h)
             .build()
             .unwrap();
-        let frame = gstfdlink::memory::create_sealed_memfd("bench-raw", info.size()).unwrap();
+        let frame = fdlink::fdkind::create_sealed_memfd("bench-raw", info.size()).unwrap();
         let packet = buffer_packet(&info, &frame);
         let path = socket_path(spec.group, spec.kind, k);
         let _ = std::fs::remove_file(&path);

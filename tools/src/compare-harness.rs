@@ -805,6 +805,7 @@ fn consume_raw(a: &Args) -> String {
 /// A source whose frames the CPU writes once per pool buffer, not once per frame (see the
 /// module docs).
 mod prefilled_src {
+    use gst::glib;
     use gst::prelude::*;
     use gst::subclass::prelude::*;
     use gst_base::prelude::*;

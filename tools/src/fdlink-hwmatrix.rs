@@ -254,7 +254,7 @@ fn peer_path() -> PathBuf {
 }
 
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
 /// A running peer whose stdout lines are collected; stderr goes to a string too.

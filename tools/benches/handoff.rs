@@ -8,8 +8,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gstfdlink::protocol::{BufferHeader, MemoryDesc, MemoryKind, Packet, VideoLayout};
-use gstfdlink::transport::Connection;
+use fdlink::protocol::{BufferHeader, MemoryDesc, MemoryKind, Packet, VideoLayout};
+use fdlink::transport::Connection;
 use nix::sys::socket::{self, ControlMessage, MsgFlags, UnixAddr};
 
 fn header() -> BufferHeader {
@@ -55,7 +55,7 @@ fn protocol(c: &mut Criterion) {
 }
 
 fn memfd() -> OwnedFd {
-    gstfdlink::memory::create_sealed_memfd("bench", 4096).unwrap()
+    fdlink::fdkind::create_sealed_memfd("bench", 4096).unwrap()
 }
 
 fn roundtrip(c: &mut Criterion) {
@@ -71,7 +71,7 @@ fn roundtrip(c: &mut Criterion) {
 
     // fdlink's transport: buffer packet + fd out, decode, release back.
     let (producer, consumer) = Connection::pair().unwrap();
-    let mut buf = vec![0u8; gstfdlink::protocol::MAX_PACKET_SIZE];
+    let mut buf = vec![0u8; fdlink::protocol::MAX_PACKET_SIZE];
     c.bench_function("transport/buffer packet + fd, release back", |b| {
         b.iter(|| {
             producer.try_send(&packet, &[frame.as_fd()]).unwrap();

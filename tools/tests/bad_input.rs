@@ -9,10 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use gstfdlink::protocol::{
+use fdlink::protocol::{
     self, BufferHeader, Hello, MAX_PACKET_SIZE, MemoryDesc, MemoryKind, Packet, Role,
 };
-use gstfdlink::transport::{Connection, Listener};
+use fdlink::transport::{Connection, Listener};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -96,7 +96,7 @@ fn buffer_packet(size: u64, n_fds_declared: Option<u16>) -> Vec<u8> {
         .collect(),
         ..Default::default()
     };
-    let fd = gstfdlink::memory::create_sealed_memfd("x", 1).unwrap();
+    let fd = fdlink::fdkind::create_sealed_memfd("x", 1).unwrap();
     let mut out = Vec::new();
     Packet::Buffer(header, [fd.as_fd()].into_iter().collect())
         .encode(&mut out)
@@ -201,7 +201,7 @@ fn fd_count_mismatch_is_a_protocol_error() {
         c.try_send(&encode(&Packet::Caps("video/x-raw".into())), &[])
             .unwrap();
         let bytes = buffer_packet(1, Some(2));
-        let fd = gstfdlink::memory::create_sealed_memfd("x", 1).unwrap();
+        let fd = fdlink::fdkind::create_sealed_memfd("x", 1).unwrap();
         c.try_send(&bytes, &[fd.as_fd()]).unwrap();
     });
     expect_consumer_error(consumer(&sock), &["declares 2 fds but 1 arrived"]);
@@ -227,7 +227,7 @@ fn unsealed_memfd_and_out_of_bounds_windows_are_refused() {
                 f.set_len(4096).unwrap();
                 f.into()
             } else {
-                gstfdlink::memory::create_sealed_memfd("s", 100).unwrap()
+                fdlink::fdkind::create_sealed_memfd("s", 100).unwrap()
             };
             c.try_send(&buffer_packet(4096, None), &[fd.as_fd()])
                 .unwrap();

@@ -1,0 +1,30 @@
+//! fdlink's core, without GStreamer: the wire protocol, the socket transport and the checks
+//! every received fd passes. The GStreamer plugin (`gst-plugin-fdlink`) and applications that
+//! are not pipelines build on it and speak the same protocol.
+//!
+//! Layers, each using only those above it in this list: [`protocol`] (bytes only: packet
+//! types, encode and decode), [`fdkind`] (memfd and dmabuf checks), [`transport`] (the only
+//! socket I/O).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod drm_format;
+pub mod fdkind;
+pub mod protocol;
+pub mod transport;
+
+/// Helpers for unit tests: fd counts are per process and tests run on parallel threads, so
+/// every test that opens fds holds this lock while it counts.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::{Mutex, MutexGuard};
+
+    static FD_LOCK: Mutex<()> = Mutex::new(());
+
+    pub fn fd_lock() -> MutexGuard<'static, ()> {
+        FD_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+}
