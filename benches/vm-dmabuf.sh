@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The crossprocess bench's real-dmabuf rows, run where real dmabufs exist: inside the project's
 # test VM (hw-tests/vm, qemu TCG, the host's build over 9p). This host exports no dmabufs, so
-# `cargo bench` here runs only the labelled stand-in. In the guest the bench finds
-# /dev/dma_heap/system and /dev/udmabuf and adds the rows `dmabuf-heap` and `dmabuf-udmabuf`.
+# `cargo bench -p fdlink-tools` here runs only the labelled stand-in. In the guest the bench
+# finds /dev/dma_heap/system and /dev/udmabuf and adds the rows `dmabuf-heap` and
+# `dmabuf-udmabuf`.
 # They run with the raw baseline, the memfd path and the stand-in of the same run, so every
 # figure reads as a ratio to the limit measured in the same guest.
 #
@@ -13,7 +14,8 @@
 #   FDLINK_BENCH_QUICK defaults to 1 here (criterion's short warm-up and measurement).
 #
 # TCG emulates every guest instruction: absolute times are several times the host's, and only
-# ratios within the run mean anything (docs/performance-benches.md, "Real dmabufs in the VM").
+# ratios within the run mean anything (docs/performance-benches.md, "Real dmabufs in the test
+# VM").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh

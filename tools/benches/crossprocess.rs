@@ -2,8 +2,8 @@
 //! more consumers in child processes, against a raw SCM_RIGHTS baseline measured in the same
 //! groups so every element figure reads as a ratio to the limit.
 //!
-//! `cargo bench --bench crossprocess`; `FDLINK_BENCH_QUICK=1 cargo bench --bench crossprocess`
-//! (about 1 min 45 s). See docs/performance-benches.md for what is timed exactly.
+//! `cargo bench -p fdlink-tools --bench crossprocess`; with `FDLINK_BENCH_QUICK=1` about
+//! 1 min 45 s. See docs/performance-benches.md for what is timed exactly.
 //!
 //! # Processes
 //! - Producer (this process): a standalone source pad, linked to `fdlinksink sync=false`, on

@@ -2,7 +2,7 @@
 //! a real SEQPACKET socketpair and back (the release), through fdlink's transport and through
 //! raw sendmsg/recvmsg with the same sizes (the limit).
 //!
-//! `cargo bench --bench handoff`; the element-level benches build on these.
+//! `cargo bench -p fdlink-tools --bench handoff`; the element-level benches build on these.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
