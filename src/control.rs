@@ -1,5 +1,6 @@
 //! The control plane between the two pipelines: queries, upstream events and bus messages to
-//! and from their packets, and the table of queries waiting for a reply.
+//! and from their packets. (The table of queries waiting for a reply is the core's
+//! `fdlink::pending::PendingQueries`.)
 //!
 //! Queries and events cross as their GstQueryType / GstEventType value plus their structure as
 //! a string; the receiving side rebuilds them with `gst_query_new_custom` /
@@ -7,73 +8,13 @@
 //! ipcpipeline elements do the same). Fields that do not survive a string round trip are
 //! dropped (see `wire_event::serializable_structure`).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
-
 use glib::translate::{FromGlib, FromGlibPtrFull, IntoGlib, IntoGlibPtr};
 use gst::prelude::*;
 
 use crate::wire_event::serializable_structure;
+pub use fdlink::pending::PendingQueries;
 use fdlink::protocol::{EventPacket, MessagePacket, QueryPacket, QueryReplyPacket};
 use gst::glib;
-
-/// Queries sent to the other side, waiting for their reply.
-#[derive(Debug, Default)]
-pub struct PendingQueries {
-    next_id: AtomicU32,
-    replies: Mutex<HashMap<u32, Option<QueryReplyPacket>>>,
-    arrived: Condvar,
-    closed: std::sync::atomic::AtomicBool,
-}
-
-impl PendingQueries {
-    /// A fresh id for a query about to be sent.
-    pub fn register(&self) -> u32 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.replies.lock().unwrap().insert(id, None);
-        id
-    }
-
-    /// Drops a query that was never sent.
-    pub fn forget(&self, id: u32) {
-        self.replies.lock().unwrap().remove(&id);
-    }
-
-    /// Files a reply; replies nobody waits for (timed out) are dropped.
-    pub fn deliver(&self, reply: QueryReplyPacket) {
-        let mut replies = self.replies.lock().unwrap();
-        if let Some(slot) = replies.get_mut(&reply.id) {
-            *slot = Some(reply);
-            self.arrived.notify_all();
-        }
-    }
-
-    /// Waits for the reply to `id`; None on timeout or when the link closed.
-    pub fn wait(&self, id: u32, timeout: Duration) -> Option<QueryReplyPacket> {
-        let deadline = Instant::now() + timeout;
-        let mut replies = self.replies.lock().unwrap();
-        loop {
-            if let Some(Some(_)) = replies.get(&id) {
-                return replies.remove(&id).flatten();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.closed.load(Ordering::SeqCst) {
-                replies.remove(&id);
-                return None;
-            }
-            replies = self.arrived.wait_timeout(replies, left).unwrap().0;
-        }
-    }
-
-    /// The link is gone: every waiter returns None at once.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let _guard = self.replies.lock().unwrap();
-        self.arrived.notify_all();
-    }
-}
 
 /// A query as a packet.
 pub fn query_to_packet(id: u32, query: &gst::QueryRef) -> QueryPacket {
@@ -422,12 +363,5 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let mut pending = PendingQueries::default();
-        let id = pending.register();
-        assert!(pending.wait(id, Duration::from_millis(10)).is_none());
-        pending.close();
-        let id = pending.register();
-        assert!(pending.wait(id, Duration::from_secs(5)).is_none());
-        let _ = &mut pending;
     }
 }

@@ -9,7 +9,8 @@
 //! read-only with GstFdAllocator or GstDmaBufAllocator, attaches the video meta, and ties a
 //! [`ReleaseToken`] to the memories so the producer is told when the last reference goes.
 
-pub mod files;
+pub mod file_registry;
+pub mod file_table;
 pub mod pool;
 pub mod release;
 pub mod views;
@@ -20,7 +21,8 @@ pub use fdlink::fdkind::{ImportError, create_sealed_memfd};
 use fdlink::fdkind::{check_fd, check_windows, is_regular_file, is_sealed_against_shrink};
 use gst_allocators::prelude::*;
 
-pub use files::{FileRegistry, FileTable, FrameFile, RegisteredFile};
+pub use file_registry::FileRegistry;
+pub use file_table::{FileTable, FrameFile, RegisteredFile};
 pub use pool::MemfdBufferPool;
 pub use release::{ReleaseToken, ReleaseTokens};
 

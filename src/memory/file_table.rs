@@ -1,181 +1,14 @@
-//! Register-once fds: each file behind a producer's memories crosses as an fd once per
-//! consumer, then by a small id (PipeWire does the same with its buffer pools).
-//!
-//! Producer side, [`FileRegistry`]: gives each file (a dmabuf or memfd, told apart by its
-//! device and inode) an id, and remembers it on the memories that wrap it (GstMiniObject
-//! qdata), so a pooled memory costs no syscall after its first frame. When the last memory
-//! wrapping a file is freed (its pool was flushed or replaced at a caps change), the id is
-//! retired: the producer tells its consumers to close the file.
-//!
-//! Consumer side, [`FileTable`]: the files a producer registered, each checked once when it
-//! arrives and kept wrapped as one base memory (memfds stay mapped), which every buffer
-//! packet naming it shares.
+//! The consumer's register-once files: the files a producer registered, each checked once
+//! when it arrives and kept with a pool of recycled memories (views, see [`super::views`]),
+//! which every buffer packet naming it shares.
 
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-
-use glib::translate::IntoGlib;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use super::ImportError;
 use super::views::{FileFd, ViewPool};
-pub use fdlink::protocol::MAX_REGISTERED_FILES;
-use fdlink::protocol::MemoryKind;
-use gst::glib;
-
-// ---------------------------------------------------------------------------------------------
-// Producer
-
-/// A file's identity while it is open: (st_dev, st_ino).
-type FileKey = (u64, u64);
-
-#[derive(Default)]
-struct Registered {
-    by_file: HashMap<FileKey, RegisteredEntry>,
-    next_id: u32,
-    /// Ids whose last memory was freed, for the hub to retire with its consumers.
-    retired: Vec<u32>,
-}
-
-struct RegisteredEntry {
-    id: u32,
-    /// Live memories tagged with this file.
-    memories: usize,
-}
-
-/// The producer's ids for the files behind its memories (see the module docs).
-pub struct FileRegistry {
-    /// Per registry, so two fdlinksinks in one process tag a shared memory independently.
-    quark: glib::Quark,
-    inner: Arc<Mutex<Registered>>,
-}
-
-/// What a memory's qdata keeps: its file's id and how it crosses, so the next frame needs
-/// neither fstat nor F_GET_SEALS (a file's kind and its seals cannot change).
-struct MemoryTag {
-    id: u32,
-    kind: MemoryKind,
-    key: FileKey,
-    registry: Weak<Mutex<Registered>>,
-}
-
-impl Drop for MemoryTag {
-    fn drop(&mut self) {
-        // The memory is being freed, on whatever thread: the registry lock is a leaf lock.
-        let Some(registry) = self.registry.upgrade() else {
-            return;
-        };
-        let mut r = registry.lock().unwrap();
-        if let Some(e) = r.by_file.get_mut(&self.key) {
-            e.memories -= 1;
-            if e.memories == 0 {
-                r.by_file.remove(&self.key);
-                r.retired.push(self.id);
-            }
-        }
-    }
-}
-
-unsafe extern "C" fn drop_memory_tag(data: glib::ffi::gpointer) {
-    // SAFETY: `data` is the Box<MemoryTag> leaked in FileRegistry::file_id; GStreamer calls
-    // this destroy notify once, when the memory is freed or the qdata replaced.
-    drop(unsafe { Box::from_raw(data as *mut MemoryTag) });
-}
-
-/// The memory that owns the fd: a share's parent, or the memory itself.
-fn root_memory(mem: &gst::MemoryRef) -> *mut gst::ffi::GstMemory {
-    let ptr = mem.as_ptr() as *mut gst::ffi::GstMemory;
-    // SAFETY: `mem` is a valid memory; its parent, when set, is kept alive by it.
-    let parent = unsafe { (*ptr).parent };
-    if parent.is_null() { ptr } else { parent }
-}
-
-impl Default for FileRegistry {
-    fn default() -> Self {
-        static SERIAL: AtomicU32 = AtomicU32::new(0);
-        let n = SERIAL.fetch_add(1, Ordering::Relaxed);
-        FileRegistry {
-            quark: glib::Quark::from_str(format!("fdlink-file-id-{n}")),
-            inner: Arc::default(),
-        }
-    }
-}
-
-impl FileRegistry {
-    /// The file id and kind `mem` was tagged with, if it was.
-    pub fn tagged(&self, mem: &gst::MemoryRef) -> Option<(u32, MemoryKind)> {
-        // SAFETY: the root memory is valid while `mem` is; the qdata, if set, is a MemoryTag
-        // we set under this registry's own quark and stays valid while the memory lives.
-        unsafe {
-            let data = gst::ffi::gst_mini_object_get_qdata(
-                root_memory(mem) as *mut gst::ffi::GstMiniObject,
-                self.quark.into_glib(),
-            ) as *const MemoryTag;
-            data.as_ref().map(|t| (t.id, t.kind))
-        }
-    }
-
-    /// Gives the file behind `mem` (its fd `fd`, checked to cross as `kind`) an id, tags the
-    /// memory with it and returns it.
-    pub fn file_id(
-        &self,
-        mem: &gst::MemoryRef,
-        fd: BorrowedFd<'_>,
-        kind: MemoryKind,
-    ) -> std::io::Result<u32> {
-        let key = fdlink::fdkind::file_identity(fd)?;
-        let id = {
-            let mut r = self.inner.lock().unwrap();
-            let r = &mut *r;
-            let next_id = &mut r.next_id;
-            let e = r.by_file.entry(key).or_insert_with(|| {
-                // 0 means "not registered" on the wire.
-                *next_id = next_id.checked_add(1).unwrap_or(1);
-                RegisteredEntry {
-                    id: *next_id,
-                    memories: 0,
-                }
-            });
-            e.memories += 1;
-            e.id
-        };
-        let tag = Box::new(MemoryTag {
-            id,
-            kind,
-            key,
-            registry: Arc::downgrade(&self.inner),
-        });
-        // SAFETY: the root memory is valid; qdata takes ownership of the tag and frees it
-        // through drop_memory_tag when the memory is freed.
-        unsafe {
-            gst::ffi::gst_mini_object_set_qdata(
-                root_memory(mem) as *mut gst::ffi::GstMiniObject,
-                self.quark.into_glib(),
-                Box::into_raw(tag) as glib::ffi::gpointer,
-                Some(drop_memory_tag),
-            );
-        }
-        Ok(id)
-    }
-
-    /// Ids whose files no memory wraps any more, since the last call.
-    pub fn take_retired(&self) -> Vec<u32> {
-        std::mem::take(&mut self.inner.lock().unwrap().retired)
-    }
-
-    /// Files with an id now.
-    pub fn len(&self) -> usize {
-        self.inner.lock().unwrap().by_file.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Consumer
+use fdlink::protocol::{MAX_REGISTERED_FILES, MemoryKind};
 
 /// A file the producer registered: checked once, its memories recycled (see
 /// [`super::views`]).
@@ -251,106 +84,14 @@ impl Drop for FileTable {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsFd;
-
-    use gst::prelude::*;
+    use std::os::fd::{AsFd, BorrowedFd};
 
     use super::super::tests::{desc, header, unsealed_memfd};
-    use super::super::{FdList, Importer, ReleaseTokens, create_sealed_memfd, describe_buffer};
+    use super::super::{Importer, ReleaseTokens, create_sealed_memfd};
     use super::*;
     use crate::test_support::{fd_lock, open_fds};
-    use fdlink::protocol::{FD_REGISTERED, MemoryDesc, MemoryList, PacketFds};
+    use fdlink::protocol::{FD_REGISTERED, MemoryDesc, PacketFds};
     use std::sync::Mutex;
-
-    fn nv12_pool(min: u32, max: u32) -> super::super::MemfdBufferPool {
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "NV12")
-            .field("width", 64)
-            .field("height", 48)
-            .field("framerate", gst::Fraction::new(30, 1))
-            .build();
-        super::super::MemfdBufferPool::new_configured(&caps, 0, min, max, true).unwrap()
-    }
-
-    fn file_ids(registry: &FileRegistry, buf: &gst::BufferRef) -> Vec<u32> {
-        let mut descs = MemoryList::new();
-        let mut fds = FdList::new();
-        describe_buffer(buf, Some(registry), &mut descs, &mut fds).unwrap();
-        descs.iter().map(|m| m.file_id).collect()
-    }
-
-    #[test]
-    fn pooled_memories_keep_their_file_id_until_the_pool_goes() {
-        let _fds = fd_lock();
-        gst::init().unwrap();
-        let registry = FileRegistry::default();
-        let pool = nv12_pool(2, 2);
-        let a = pool.acquire_buffer(None).unwrap();
-        let b = pool.acquire_buffer(None).unwrap();
-        let (ida, idb) = (file_ids(&registry, &a)[0], file_ids(&registry, &b)[0]);
-        assert!(ida != 0 && idb != 0 && ida != idb, "{ida} {idb}");
-        let ptr_a = a.as_ptr();
-        drop(a);
-        // The pool hands the same buffer back: same memory, same id, from its tag.
-        let again = pool.acquire_buffer(None).unwrap();
-        assert_eq!(again.as_ptr(), ptr_a);
-        assert_eq!(
-            registry.tagged(again.peek_memory(0)).map(|t| t.0),
-            Some(ida)
-        );
-        assert_eq!(file_ids(&registry, &again), [ida]);
-        assert_eq!(registry.len(), 2);
-        assert!(registry.take_retired().is_empty());
-        // A second memory object wrapping the same file (a duplicated fd) is the same file.
-        let raw = again
-            .peek_memory(0)
-            .downcast_memory_ref::<gst_allocators::FdMemory>()
-            .unwrap()
-            .fd();
-        // SAFETY: `again` keeps the memory and its fd alive for this borrow.
-        let dup = unsafe { BorrowedFd::borrow_raw(raw) }
-            .try_clone_to_owned()
-            .unwrap();
-        let size = again.size() as u64;
-        let other = Importer::default()
-            .wrap(dup, MemoryKind::Memfd, size)
-            .unwrap();
-        // In one buffer beside the pool's own memory of that file: one fd slot, one id.
-        let mut wrapped = gst::Buffer::new();
-        wrapped
-            .get_mut()
-            .unwrap()
-            .append_memory(again.memory(0).unwrap());
-        wrapped.get_mut().unwrap().append_memory(other);
-        let mut descs = MemoryList::new();
-        let mut fds = FdList::new();
-        describe_buffer(&wrapped, Some(&registry), &mut descs, &mut fds).unwrap();
-        assert_eq!(fds.len(), 1, "one fd for one file");
-        assert_eq!(
-            descs
-                .iter()
-                .map(|m| (m.fd_index, m.file_id))
-                .collect::<Vec<_>>(),
-            [(0, ida), (0, ida)]
-        );
-        drop(fds);
-        drop(wrapped);
-        assert!(
-            registry.take_retired().is_empty(),
-            "the pool's memory still wraps the file"
-        );
-        // The pool goes (caps change, flush): both files are retired, once.
-        drop((again, b));
-        pool.set_active(false).unwrap();
-        drop(pool);
-        let mut retired = registry.take_retired();
-        retired.sort_unstable();
-        let mut want = vec![ida, idb];
-        want.sort_unstable();
-        assert_eq!(retired, want);
-        assert!(registry.is_empty());
-        assert!(registry.take_retired().is_empty());
-    }
 
     fn mem(fd_index: u8, file_id: u32, offset: u64, size: u64) -> MemoryDesc {
         MemoryDesc {

@@ -1,0 +1,295 @@
+//! The control thread (`run_control`): accepts consumers, runs the hello, reads what they send
+//! (releases, query replies, requests for the producer's pipeline) and writes out their queues
+//! as their sockets get room.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::poll::PollFlags;
+
+use super::consumer::{Consumer, Phase};
+use super::{Hub, HubEvent, Inner, Removal, Request, RetiredFiles};
+use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role};
+use crate::transport::{Connection, Listener, PollSet, TransportError};
+
+/// A consumer that has not completed the hello by then is dropped.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
+    /// The control thread: accepts consumers, runs the hello, reads releases.
+    /// `listener` is None for an inherited, already-connected socket (`inherited`).
+    pub fn run_control(&self, listener: Option<&Listener>, inherited: Option<Connection>) {
+        let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        let our_hello = protocol::encode_hello(&Hello::new(Role::Producer, std::process::id()));
+        if let Some(conn) = inherited {
+            self.adopt(conn, &our_hello);
+        }
+        // The consumers to watch and whether each has packets queued (POLLOUT). Kept across
+        // rounds (cleared, not freed), so a round allocates nothing. Each round refreshes it
+        // at the end of its one locked section, so that a round takes the lock once: every
+        // extra time is one more chance to meet the streaming thread on it. A packet queued
+        // after that wakes `waker`, and the round it starts refreshes the list again.
+        let mut conns: Vec<(u64, Arc<Connection>, bool)> = Vec::new();
+        watch_list(&self.lock(), &mut conns, false);
+        // While the streaming thread reads the releases (the release grace), until when.
+        let mut aside_until: Option<Instant> = None;
+        let mut watch = PollSet::default();
+        while !self.stop.load(Ordering::SeqCst) {
+            watch.clear();
+            let waker = watch.push(self.waker.as_fd(), PollFlags::POLLIN);
+            let accept = listener.map(|l| watch.push(l.as_fd(), PollFlags::POLLIN));
+            let first_consumer = waker + 1 + usize::from(accept.is_some());
+            for (_, conn, want_out) in &conns {
+                let mut ev = PollFlags::POLLIN;
+                if *want_out {
+                    ev |= PollFlags::POLLOUT;
+                }
+                watch.push(conn.as_fd(), ev);
+            }
+            let timeout = aside_until.map_or(Duration::from_millis(500), |end| {
+                end.saturating_duration_since(Instant::now())
+            });
+            if let Err(e) = watch.poll(Some(timeout)) {
+                (self.on_event)(HubEvent::Warning(format!("poll failed: {e}")));
+                std::thread::sleep(Duration::from_millis(50));
+                watch_list(&self.lock(), &mut conns, false);
+                aside_until = None;
+                continue;
+            }
+            if watch.revents(waker).contains(PollFlags::POLLIN) {
+                self.waker.reset();
+            }
+            if let (Some(l), Some(i)) = (listener, accept)
+                && watch.revents(i).contains(PollFlags::POLLIN)
+            {
+                self.accept_all(l, &our_hello);
+            }
+            let mut released = 0usize;
+            let mut flushed = false;
+            let mut removed = Vec::new();
+            let mut requests = Vec::new();
+            let events = {
+                let mut inner = self.lock();
+                // What the streaming thread read in a grace came before anything read below
+                // (both read under this lock): served first, so each consumer's requests run
+                // in the order it sent them.
+                requests.append(&mut inner.grace.requests);
+                for (i, (id, conn, _)) in conns.iter().enumerate() {
+                    let ev = watch.revents(first_consumer + i);
+                    if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                        && let Err(reason) = self.read_consumer(
+                            &mut inner,
+                            (*id, conn),
+                            &mut buf,
+                            &mut released,
+                            &mut requests,
+                        )
+                    {
+                        removed.push((*id, reason));
+                        continue;
+                    }
+                    if ev.contains(PollFlags::POLLOUT)
+                        && let Some(c) = inner.consumers.iter_mut().find(|c| c.id == *id)
+                    {
+                        match c.flush_queue() {
+                            Ok(sent_buffer) => flushed |= sent_buffer,
+                            Err(reason) => removed.push((*id, reason)),
+                        }
+                    }
+                }
+                let now = Instant::now();
+                for c in &inner.consumers {
+                    if let Phase::AwaitingHello { since } = c.phase
+                        && now.duration_since(since) > HELLO_TIMEOUT
+                    {
+                        removed.push((c.id, Removal::Protocol("no hello within 5 s".into())));
+                    }
+                }
+                for (id, reason) in &removed {
+                    self.remove_consumer(&mut inner, *id, reason.clone());
+                }
+                aside_until = self.grace_end(&mut inner);
+                // Connections of consumers removed this round close here, not a round later.
+                watch_list(&inner, &mut conns, aside_until.is_some());
+                std::mem::take(&mut inner.deferred)
+            };
+            if released > 0 || !removed.is_empty() || flushed {
+                self.notify_room();
+            }
+            self.emit(events);
+            for event in requests {
+                (self.on_event)(event);
+            }
+        }
+    }
+
+    fn accept_all(&self, listener: &Listener, our_hello: &[u8]) {
+        loop {
+            match listener.accept() {
+                Ok(Some(conn)) => self.adopt(conn, our_hello),
+                Ok(None) => return,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on a readable listener.
+                    (self.on_event)(HubEvent::Warning(format!("accept failed: {e}")));
+                    std::thread::sleep(Duration::from_millis(100));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Greets a new connection and waits for its hello (in the control loop).
+    fn adopt(&self, conn: Connection, our_hello: &[u8]) {
+        // The hello is the first datagram on a fresh socket: it always fits.
+        if let Err(e) = conn.try_send(our_hello, &[]) {
+            (self.on_event)(HubEvent::Warning(format!(
+                "could not greet new connection: {e}"
+            )));
+            return;
+        }
+        let mut inner = self.lock();
+        let id = inner.next_consumer_id;
+        inner.next_consumer_id += 1;
+        inner.consumers.push(Consumer::new(id, conn));
+    }
+
+    /// Reads everything pending from one consumer. An error means: drop it, for this reason.
+    pub(super) fn read_consumer(
+        &self,
+        inner: &mut Inner<H>,
+        (id, conn): (u64, &Arc<Connection>),
+        buf: &mut [u8],
+        released: &mut usize,
+        requests: &mut Vec<HubEvent>,
+    ) -> Result<(), Removal> {
+        let refuse = |msg: String| {
+            conn.send_error(&format!("protocol error: {msg}"));
+            Removal::Protocol(msg)
+        };
+        loop {
+            let got = match conn.try_recv(buf) {
+                Ok(got) => got,
+                Err(TransportError::WouldBlock) => return Ok(()),
+                Err(TransportError::Closed) => return Err(Removal::Closed),
+                Err(e) => return Err(refuse(e.to_string())),
+            };
+            let Some(pos) = inner.consumers.iter().position(|c| c.id == id) else {
+                return Ok(());
+            };
+            let bytes = &buf[..got.len];
+            if let Phase::AwaitingHello { .. } = inner.consumers[pos].phase {
+                if !got.fds.is_empty() {
+                    let msg = "hello carried file descriptors";
+                    conn.send_error(msg);
+                    return Err(Removal::Protocol(msg.into()));
+                }
+                let hello = protocol::decode_hello(bytes).map_err(|e| {
+                    let msg = format!("bad hello: {e}");
+                    conn.send_error(&msg);
+                    Removal::Protocol(msg)
+                })?;
+                if hello.role != Role::Consumer {
+                    let msg = "peer is not a consumer (two fdlinksinks on one socket?)";
+                    conn.send_error(msg);
+                    return Err(Removal::Protocol(msg.into()));
+                }
+                self.welcome(inner, pos, hello.capabilities & protocol::CAP_FOLLOWS != 0)?;
+                inner.stats.consumers_total += 1;
+                let pid = inner.consumers[pos].pid;
+                inner.deferred.push(HubEvent::ConsumerAdded { id, pid });
+                self.notify_room();
+                continue;
+            }
+            inner.consumers[pos].last_activity = Instant::now();
+            match Packet::decode(bytes, got.fds) {
+                Ok(Packet::Release { buffer_id }) => {
+                    let c = &mut inner.consumers[pos];
+                    if c.has_queued(buffer_id) {
+                        return Err(refuse(format!(
+                            "release of buffer {buffer_id} it has not been sent yet"
+                        )));
+                    }
+                    let Some(held) = c.unhold(buffer_id) else {
+                        return Err(refuse(format!(
+                            "release of buffer {buffer_id} it does not hold"
+                        )));
+                    };
+                    c.releases += 1;
+                    c.release_wait += held.since.elapsed();
+                    c.stalled = false;
+                    inner.release_one(buffer_id);
+                    inner.stats.releases += 1;
+                    *released += 1;
+                }
+                Ok(Packet::Error(msg)) => {
+                    return Err(Removal::Error(format!("consumer reported: {msg}")));
+                }
+                Ok(Packet::UpstreamEvent(ev)) => {
+                    requests.push(request(inner, pos, conn, Request::UpstreamEvent(ev)))
+                }
+                Ok(Packet::Query(q)) => requests.push(request(inner, pos, conn, Request::Query(q))),
+                Ok(Packet::Message(m)) => {
+                    requests.push(request(inner, pos, conn, Request::Message(m)))
+                }
+                Ok(Packet::State(st)) => {
+                    inner.consumers[pos].follows = st.sender_follows;
+                    requests.push(request(inner, pos, conn, Request::State(st)))
+                }
+                Ok(Packet::Prerolled {
+                    buffer_id,
+                    barriers,
+                }) => {
+                    let c = &mut inner.consumers[pos];
+                    if barriers > c.barriers_sent {
+                        return Err(refuse(format!(
+                            "prerolled after {barriers} preroll barriers, but it was sent {}",
+                            c.barriers_sent
+                        )));
+                    }
+                    c.barriers_prerolled = barriers;
+                    inner.deferred.push(HubEvent::Prerolled {
+                        id,
+                        buffer_id,
+                        barriers,
+                    });
+                    self.notify_room();
+                }
+                Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
+                Ok(_) => {
+                    return Err(refuse(
+                        "consumer sent a producer-only packet (caps, event, buffer or retire)"
+                            .into(),
+                    ));
+                }
+                Err(e) => return Err(refuse(e.to_string())),
+            }
+        }
+    }
+}
+
+/// A consumer's request, for the element to serve outside the hub's lock.
+fn request<H>(inner: &Inner<H>, pos: usize, conn: &Arc<Connection>, request: Request) -> HubEvent {
+    let c = &inner.consumers[pos];
+    HubEvent::Request {
+        id: c.id,
+        pid: c.pid,
+        conn: conn.clone(),
+        request,
+    }
+}
+
+/// The control thread's watch list: the consumers' connections, and whether each has packets
+/// queued for room in its socket. `aside` (a release grace): without the ready consumers that
+/// have nothing queued, whose releases the streaming thread reads.
+fn watch_list<H>(inner: &Inner<H>, conns: &mut Vec<(u64, Arc<Connection>, bool)>, aside: bool) {
+    conns.clear();
+    conns.extend(
+        inner
+            .consumers
+            .iter()
+            .filter(|c| !aside || !c.is_ready() || !c.queue.is_empty())
+            .map(|c| (c.id, c.conn.clone(), !c.queue.is_empty())),
+    );
+}

@@ -1,0 +1,291 @@
+//! Limits and the slow-consumer policy: what one consumer's share of a frame is, and the
+//! streaming thread's waits for room (`max-held`, `max-held-total`, `max-queued`) and for the
+//! following consumers' prerolls.
+
+use std::time::{Duration, Instant};
+
+use super::consumer::{Consumer, HoldKind, WaitingFrame};
+use super::{Frame, Hub, Inner, Removal, RetiredFiles};
+
+/// What the producer does with a consumer that is at `max-held` or whose socket is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowPolicy {
+    /// Live upstream: Drop. Otherwise: Block, but a consumer still full after a bounded wait
+    /// is skipped until it releases something.
+    Auto,
+    /// Skip the frame for that consumer.
+    Drop,
+    /// Wait until every consumer has room (lossless; one stuck consumer stops the producer).
+    Block,
+    /// Remove that consumer.
+    Disconnect,
+    /// A consumer at `max-held` gets the frame as a copy in the memfd pool, so it loses
+    /// nothing while upstream's pool loses at most `max-held` buffers to it.
+    Copy,
+}
+
+/// Where a new consumer's stream starts (multisocketsink's sync-method).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMethod {
+    /// The next buffer, whatever it is.
+    Latest,
+    /// The next keyframe (a buffer without DELTA_UNIT); delta units before it are skipped.
+    NextKeyframe,
+    /// The latest keyframe and the buffers after it, sent at once from a backlog; the next
+    /// keyframe when there is no backlog yet.
+    LatestKeyframe,
+}
+
+/// Limits and policies for consumers.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Buffers of upstream's memory one consumer may hold.
+    pub max_held: u32,
+    /// Buffers of upstream's memory all consumers together may hold (0: no limit).
+    pub max_held_total: u32,
+    /// Buffers queued in the producer for one consumer whose socket is full.
+    pub max_queued: u32,
+    pub policy: SlowPolicy,
+    pub sync_method: SyncMethod,
+    /// How long Auto waits for a full consumer before skipping it.
+    pub slow_wait: Duration,
+}
+
+/// What became of a frame for one consumer.
+pub(super) enum Offer {
+    Sent,
+    /// Waits in its queue for room in its socket.
+    Queued,
+    /// Skipped per the slow policy.
+    Dropped,
+    /// sync-method: it waits for a keyframe.
+    NotYet,
+    /// slow-policy=copy: it is at max-held and gets a copy instead.
+    WantsCopy,
+}
+
+/// What a prerolling producer does with its next frame (`wait_pass_through`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum PassThrough {
+    /// Send it on: a following consumer still prerolls.
+    Send,
+    /// Preroll on it: every following consumer prerolled.
+    Preroll,
+    /// Preroll on it: this following consumer stayed at max-held, not prerolled, through
+    /// the whole wait.
+    GaveUp(u64),
+    Flushing,
+}
+
+/// How waiting for the following consumers to preroll ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PrerollWait {
+    /// Every following consumer given the frame prerolled on it (or later), or let it go.
+    Done,
+    /// These consumers had not prerolled when the time ran out.
+    TimedOut(Vec<u64>),
+    Flushing,
+}
+
+impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
+    /// One consumer's share of `offer_frame`. Buffers of the queue that the policy dropped
+    /// go to `dropped_queued`, for the caller to release.
+    pub(super) fn offer(
+        &self,
+        c: &mut Consumer,
+        f: &Frame<'_>,
+        over_total: bool,
+        now: Instant,
+        dropped_queued: &mut Vec<u64>,
+    ) -> Result<Offer, Removal> {
+        if c.awaiting_keyframe {
+            if !f.keyframe {
+                return Ok(Offer::NotYet);
+            }
+            c.awaiting_keyframe = false;
+        }
+        let max_held = self.limits.max_held as usize;
+        let max_queued = self.limits.max_queued as usize;
+        let policy = self.limits.policy;
+        let at_limit = if f.slow_copy {
+            c.copies_held() >= max_held + max_queued
+        } else if f.preroll && c.follows {
+            false
+        } else {
+            c.originals_held >= max_held || over_total
+        };
+        if at_limit {
+            return match policy {
+                SlowPolicy::Disconnect if c.originals_held >= max_held => Err(Removal::Slow(
+                    format!("holds {} buffers (max-held {max_held})", c.originals_held),
+                )),
+                SlowPolicy::Copy if !f.slow_copy => Ok(Offer::WantsCopy),
+                _ => {
+                    c.frames_dropped += 1;
+                    Ok(Offer::Dropped)
+                }
+            };
+        }
+        // What waits for its socket goes first, so the stream stays in order.
+        c.flush_queue()?;
+        if c.queue.is_empty() && c.try_send_frame(f.header, f.fds)? {
+            c.hold(f.id, now, HoldKind::of(f));
+            c.sent(f.size);
+            return Ok(Offer::Sent);
+        }
+        // Its socket is full: the frame waits in its queue, within max-queued (Block queues
+        // regardless and then waits for the queue to shrink).
+        if policy != SlowPolicy::Block && c.queued_buffers >= max_queued {
+            if policy == SlowPolicy::Disconnect {
+                return Err(Removal::Slow(format!(
+                    "its socket is full and {} buffers wait for it (max-queued {max_queued})",
+                    c.queued_buffers
+                )));
+            }
+            // The oldest queued frame makes way (fresher frames for a consumer that is
+            // behind); with no queue at all, this frame is the one skipped.
+            match c.drop_oldest_queued() {
+                Some(id) => dropped_queued.push(id),
+                None => {
+                    c.frames_dropped += 1;
+                    return Ok(Offer::Dropped);
+                }
+            }
+        }
+        c.enqueue(f.id, WaitingFrame::new(f)?, f.size, HoldKind::of(f), now);
+        Ok(Offer::Queued)
+    }
+
+    /// Whether all consumers together hold `max-held-total` buffers of upstream's memory.
+    pub(super) fn over_total(&self, inner: &Inner<H>) -> bool {
+        let max = self.limits.max_held_total as usize;
+        max > 0 && inner.originals_held >= max
+    }
+
+    /// Waits until a consumer is ready. Returns false when flushing.
+    pub fn wait_for_consumer(&self) -> bool {
+        let mut inner = self.lock();
+        loop {
+            if inner.flushing {
+                return false;
+            }
+            if inner.has_ready_consumer() {
+                return true;
+            }
+            inner = self.wait_room(inner, Duration::from_millis(500));
+        }
+    }
+
+    /// Before a frame, under the Block policy (and Auto with a non-live upstream): waits until
+    /// every ready consumer has room under `max-held` and all together under
+    /// `max-held-total`. Auto waits at most `slow_wait`, then marks the consumers still full
+    /// as stalled and does not wait for them again until they release something.
+    /// Returns false when flushing.
+    pub fn wait_for_room(&self, live: bool) -> bool {
+        let bounded = match self.limits.policy {
+            SlowPolicy::Block => false,
+            SlowPolicy::Auto if !live => true,
+            _ => return true,
+        };
+        let deadline = Instant::now() + self.limits.slow_wait;
+        let max = self.limits.max_held as usize;
+        let mut inner = self.lock();
+        loop {
+            if inner.flushing {
+                return false;
+            }
+            let full = inner
+                .consumers
+                .iter()
+                .any(|c| c.is_ready() && !c.stalled && c.originals_held >= max)
+                || self.over_total(&inner);
+            if !full {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if bounded && left.is_zero() {
+                for c in inner.consumers.iter_mut() {
+                    if c.is_ready() && c.originals_held >= max {
+                        c.stalled = true;
+                    }
+                }
+                return true;
+            }
+            let wait = if bounded {
+                left
+            } else {
+                Duration::from_millis(100)
+            };
+            inner = self.wait_room(inner, wait);
+        }
+    }
+
+    /// Block: waits until no consumer has more than max-queued buffers queued (the control
+    /// thread sends them as their sockets get room).
+    pub(super) fn wait_for_queues(&self) {
+        let max = self.limits.max_queued as usize;
+        let mut inner = self.lock();
+        while !inner.flushing && inner.consumers.iter().any(|c| c.queued_buffers > max) {
+            inner = self.wait_room(inner, Duration::from_millis(100));
+        }
+    }
+
+    /// Waits up to `timeout` until every following consumer (mode=follow) has prerolled
+    /// after the last preroll barrier it was sent (this producer pausing, or flushing), so
+    /// this producer's preroll completes with theirs.
+    pub fn wait_prerolled(&self, timeout: Duration) -> PrerollWait {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            if inner.flushing {
+                return PrerollWait::Flushing;
+            }
+            let waiting: Vec<u64> = inner
+                .consumers
+                .iter()
+                .filter(|c| c.preroll_pending())
+                .map(|c| c.id)
+                .collect();
+            if waiting.is_empty() {
+                return PrerollWait::Done;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return PrerollWait::TimedOut(waiting);
+            }
+            inner = self.wait_room(inner, left.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// While this producer prerolls: whether the next frame passes straight through to the
+    /// consumers, because a following consumer has not prerolled since the last preroll
+    /// barrier it was sent (its decoder may need more frames before its sink has one).
+    /// Waits while such a consumer is at `max-held` (it releases nothing until its sinks
+    /// preroll), up to `timeout`, after which this producer prerolls without it.
+    pub fn wait_pass_through(&self, timeout: Duration) -> PassThrough {
+        let deadline = Instant::now() + timeout;
+        let max = self.limits.max_held as usize;
+        let mut inner = self.lock();
+        loop {
+            if inner.flushing {
+                return PassThrough::Flushing;
+            }
+            if !inner.consumers.iter().any(Consumer::preroll_pending) {
+                return PassThrough::Preroll;
+            }
+            let full = inner
+                .consumers
+                .iter()
+                .find(|c| c.preroll_pending() && c.originals_held >= max)
+                .map(|c| c.id);
+            let Some(full) = full else {
+                return PassThrough::Send;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return PassThrough::GaveUp(full);
+            }
+            inner = self.wait_room(inner, left.min(Duration::from_millis(100)));
+        }
+    }
+}
