@@ -6,17 +6,13 @@
 //! that `create()` takes from.
 //!
 //! While the streaming thread waits in [`Link::next`] with nothing in the inbox, it reads the
-//! socket itself and the reader thread stands aside: a frame then wakes one thread, not a
-//! reader that wakes the streaming thread in turn (that second wake-up was half the one-way
-//! latency of a 30 fps stream). The socket goes back to the reader as `next()` returns, before
-//! the frame goes downstream, where the streaming thread may block for a long time; the reader
-//! takes it up only after [`READER_GRACE`], so a streaming thread that is back by then (the
-//! next frame of a flowing stream) finds it free without waking anybody. The parked reader is
-//! not woken by that return either: it looks on a timer of its own (5-40 ms, longer while the
-//! streaming thread stays in one wait), so no futex wake lies on a frame's way downstream.
+//! socket itself and the reader thread stands aside, so a frame wakes one thread; how the
+//! socket passes between them, and what that buys, is `reader_handoff`.
 //!
 //! The inbox holds at most `max-queued` buffer packets (frames whose producer buffers this
 //! consumer pins); what happens to one more is the `leaky` policy (see [`Leaky`]).
+
+mod reader_handoff;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -26,31 +22,17 @@ use std::time::{Duration, Instant};
 
 use gst::glib;
 
-use crate::control::PendingQueries;
 use crate::memory::{FileTable, FrameFile, Importer, ReleaseTokens};
+use fdlink::pending::PendingQueries;
 use fdlink::protocol::{
     self, BufferHeader, MAX_PACKET_SIZE, MessagePacket, Packet, QueryPacket, QueryReplyPacket,
     StatePacket,
 };
 use fdlink::transport::{Connection, Received, TransportError, Waker};
+use reader_handoff::{Handoff, ReaderStep, ReaderWait, StreamingStep};
 
 /// How long a reply, a release or an error packet may wait for room in the socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How long the reader thread stays aside after the streaming thread left `next()`. A
-/// streaming thread back within it (the next frame of a stream that flows) finds the socket
-/// still its own: no wake-up on either side, where handing the socket back and forth cost
-/// each frame an eventfd write and read and two futex wake-ups. Past it, the reader reads
-/// again, so control packets wait at most this long while the streaming thread is blocked
-/// downstream (a query reply waits not at all: see `wait_for_socket()`). Only with
-/// `leaky=none`: `oldest` and `copy` act on frames as they arrive, which needs the reader
-/// thread to keep the socket drained whenever the streaming thread is away, however briefly.
-const READER_GRACE: Duration = Duration::from_millis(5);
-
-/// The longest a parked reader thread waits before it looks whether the streaming thread
-/// left the socket (see `Link::wait_for_socket`): it may take the socket up this much later
-/// than READER_GRACE after the streaming thread left.
-const PARKED_PERIOD_MAX: Duration = Duration::from_millis(40);
 
 /// Tells the producer this consumer is done with `buffer_id` (counted in `releases` once
 /// sent). The packet is encoded on the stack: one goes out per frame.
@@ -149,29 +131,17 @@ struct Inbox {
     /// socket, so a full inbox does not stop the reader meanwhile.
     awaiting_replies: usize,
     stopping: bool,
-    /// The streaming thread waits in `next()` with nothing queued and wants the socket.
-    streaming_reads: bool,
-    /// The reader thread has stood aside: while this and `streaming_reads` hold, only the
-    /// streaming thread touches the socket.
-    reader_parked: bool,
-    /// The reader thread was asked (through its waker) to stand aside and has not yet.
-    reader_asked: bool,
-    /// Times the streaming thread came to read the socket: the reader thread, standing aside
-    /// through its grace, sees from it whether the streaming thread came back meanwhile.
-    streaming_visits: u64,
-    /// `READER_GRACE` (tests set other values).
-    reader_grace: Duration,
+    /// Who reads the socket: the reader thread or the waiting streaming thread.
+    handoff: Handoff,
     /// No more packets will be read: the end is in `end`, or the link is stopping.
     reading_ended: bool,
     /// Threads waiting on `arrived` / `room` now: a notify with nobody waiting is a futex
     /// call for nothing, and the per-frame ones are skipped then. The reader thread's timed
-    /// waits (parked, and through `READER_GRACE`) are not counted: they need no signal.
+    /// waits (see `reader_handoff`) are not counted: they need no signal.
     arrived_waiters: usize,
     room_waiters: usize,
-    /// Signals `signal_room` sent, and the times a parked reader thread woke to look at the
-    /// socket's owner: what the tests count.
+    /// Signals `signal_room` sent: what the tests count.
     room_signals: u64,
-    parked_looks: u64,
 }
 
 impl Inbox {
@@ -300,7 +270,7 @@ impl Link {
             pending: PendingQueries::default(),
             inbox: Mutex::new(Inbox {
                 streaming: true,
-                reader_grace: READER_GRACE,
+                handoff: Handoff::new(limit.leaky == Leaky::None),
                 ..Inbox::default()
             }),
             socket_reader: Mutex::new(SocketReader {
@@ -371,72 +341,35 @@ impl Link {
     }
 
     /// Waits until the reader thread may read: not while the inbox is full, nor while the
-    /// streaming thread reads, nor within `READER_GRACE` of its leaving (with `leaky=none`,
-    /// and unless a query reply is awaited); false once reading has ended.
+    /// streaming thread reads or stays within its grace (see `reader_handoff`); false once
+    /// reading has ended.
     fn wait_for_socket(&self) -> bool {
         let mut inbox = self.inbox.lock().unwrap();
-        // The grace running now: the streaming thread's visits when it began (another visit
-        // starts a new one) and its end.
-        let mut grace: Option<(u64, Instant)> = None;
-        // While parked: the streaming thread's visits at the last look, and the wait since.
-        let mut visits_at_last_look: Option<u64> = None;
-        let mut period = Duration::ZERO;
+        let mut wait = ReaderWait::default();
         loop {
             if inbox.stopping || inbox.reading_ended {
                 return false;
             }
-            if inbox.streaming_reads {
-                if !inbox.reader_parked {
-                    inbox.reader_parked = true;
-                    inbox.reader_asked = false;
-                    self.arrived.notify_all();
-                }
-                grace = None;
-                if self.limit.leaky == Leaky::None {
-                    // A timed wait, not counted in `room_waiters`: the streaming thread
-                    // leaves the socket without a futex wake on every frame's way downstream
-                    // (about 20 µs of a 30 fps frame's latency on the test VM); this thread
-                    // looks again after `period` instead. The period doubles while the
-                    // streaming thread stays in one wait (an idle stream), so an idle
-                    // consumer wakes rarely. With a leaky policy the reader must read again
-                    // as soon as the streaming thread leaves, so it waits for the signal.
-                    let visits = inbox.streaming_visits;
-                    period = match visits_at_last_look {
-                        Some(v) if v == visits => (period * 2).min(PARKED_PERIOD_MAX),
-                        _ => inbox
-                            .reader_grace
-                            .clamp(Duration::from_millis(1), PARKED_PERIOD_MAX),
-                    };
-                    visits_at_last_look = Some(visits);
+            let awaiting_replies = inbox.awaiting_replies;
+            let (step, parked_now) = inbox.handoff.reader_step(&mut wait, awaiting_replies);
+            if parked_now {
+                self.arrived.notify_all();
+            }
+            match step {
+                ReaderStep::Parked(period) => {
                     inbox = self.room.wait_timeout(inbox, period).unwrap().0;
-                    inbox.parked_looks += 1;
+                    inbox.handoff.parked_look();
                     continue;
                 }
-            } else {
-                if inbox.reader_parked
-                    && inbox.awaiting_replies == 0
-                    && self.limit.leaky == Leaky::None
-                {
-                    let visits = inbox.streaming_visits;
-                    let end = match grace {
-                        Some((v, end)) if v == visits => end,
-                        _ => {
-                            grace
-                                .insert((visits, Instant::now() + inbox.reader_grace))
-                                .1
-                        }
-                    };
-                    let left = end.saturating_duration_since(Instant::now());
-                    if !left.is_zero() {
-                        inbox = self.room.wait_timeout(inbox, left).unwrap().0;
-                        continue;
-                    }
+                ReaderStep::Grace(left) => {
+                    inbox = self.room.wait_timeout(inbox, left).unwrap().0;
+                    continue;
                 }
-                if !inbox.full(self.limit) {
-                    inbox.reader_parked = false;
-                    inbox.reader_asked = false;
+                ReaderStep::Free if !inbox.full(self.limit) => {
+                    inbox.handoff.reader_reads();
                     return true;
                 }
+                ReaderStep::Free | ReaderStep::AwaitSignal => {}
             }
             inbox.room_waiters += 1;
             inbox = self.room.wait(inbox).unwrap();
@@ -700,22 +633,18 @@ impl Link {
                 break Some(end);
             }
             if !inbox.stopping && !inbox.reading_ended {
-                if !inbox.streaming_reads {
-                    inbox.streaming_visits += 1;
-                }
-                inbox.streaming_reads = true;
-                if inbox.reader_parked {
-                    drop(inbox);
-                    let timed_out = self.read_on_streaming_thread(deadline);
-                    inbox = self.inbox.lock().unwrap();
-                    if timed_out {
-                        break Some(Inbound::TimedOut);
+                match inbox.handoff.streaming_wants() {
+                    StreamingStep::Read => {
+                        drop(inbox);
+                        let timed_out = self.read_on_streaming_thread(deadline);
+                        inbox = self.inbox.lock().unwrap();
+                        if timed_out {
+                            break Some(Inbound::TimedOut);
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                if !inbox.reader_asked {
-                    inbox.reader_asked = true;
-                    self.reader_waker.wake();
+                    StreamingStep::AskReader => self.reader_waker.wake(),
+                    StreamingStep::Wait => {}
                 }
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -730,9 +659,9 @@ impl Link {
             inbox.arrived_waiters -= 1;
         };
         // The socket goes back to the reader thread before the frame goes downstream (it
-        // takes it after READER_GRACE), and a frame taken leaves room in the inbox: either
-        // may let the reader read on. A reader parked or in its grace needs no signal.
-        inbox.streaming_reads = false;
+        // takes it after its grace), and a frame taken leaves room in the inbox: either may
+        // let the reader read on. A reader parked or in its grace needs no signal.
+        inbox.handoff.streaming_leaves();
         self.signal_room(inbox);
         next
     }
@@ -778,316 +707,5 @@ impl Link {
         }
         self.pending.close();
         self.set_flushing(true);
-    }
-}
-
-#[cfg(test)]
-impl Link {
-    /// The reader thread stands aside for the streaming thread now.
-    fn reader_parked(&self) -> bool {
-        self.inbox.lock().unwrap().reader_parked
-    }
-
-    /// The streaming thread asked the reader thread (through its waker) to stand aside, and
-    /// it has not stood aside since.
-    fn reader_asked(&self) -> bool {
-        self.inbox.lock().unwrap().reader_asked
-    }
-
-    fn set_reader_grace(&self, grace: Duration) {
-        self.inbox.lock().unwrap().reader_grace = grace;
-    }
-
-    /// (`room` signals sent, looks of the parked reader thread) so far.
-    fn reader_wakes(&self) -> (u64, u64) {
-        let inbox = self.inbox.lock().unwrap();
-        (inbox.room_signals, inbox.parked_looks)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::mpsc;
-    use std::thread::ThreadId;
-
-    /// Records which thread took each State packet off the socket.
-    struct StateThreads(mpsc::Sender<ThreadId>);
-
-    impl LinkPeer for StateThreads {
-        fn answer(&self, query: &QueryPacket) -> QueryReplyPacket {
-            QueryReplyPacket {
-                id: query.id,
-                answered: false,
-                structure: String::new(),
-            }
-        }
-        fn state(&self, _state: StatePacket) {
-            let _ = self.0.send(std::thread::current().id());
-        }
-        fn message(&self, _message: MessagePacket) {}
-    }
-
-    const PLAYING: Packet<std::os::fd::BorrowedFd<'static>> = Packet::State(StatePacket {
-        state: StatePacket::PLAYING,
-        sender_follows: false,
-    });
-
-    fn start() -> (Arc<Link>, Connection, mpsc::Receiver<ThreadId>) {
-        start_leaky(Leaky::None)
-    }
-
-    fn start_leaky(leaky: Leaky) -> (Arc<Link>, Connection, mpsc::Receiver<ThreadId>) {
-        gst::init().unwrap();
-        let (consumer, producer) = Connection::pair().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let limit = QueueLimit {
-            max_queued: 4,
-            leaky,
-        };
-        let link =
-            Link::start(Arc::new(consumer), StateThreads(tx), limit, Arc::default()).unwrap();
-        (link, producer, rx)
-    }
-
-    /// Waits (up to 5 s) until the streaming thread, inside `next()`, has the socket.
-    fn wait_parked(link: &Link) {
-        let until = Instant::now() + Duration::from_secs(5);
-        while !link.reader_parked() {
-            assert!(
-                Instant::now() < until,
-                "the reader thread never stood aside"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn is_playing(next: Option<Inbound>) -> bool {
-        matches!(next, Some(Inbound::Packet(Packet::State(st))) if st.state == StatePacket::PLAYING)
-    }
-
-    /// Sends a State packet and asserts that the reader thread takes it off the socket (within
-    /// 5 s): neither `streaming_id` nor this thread. `why` names the failure.
-    fn reader_reads_next(
-        producer: &Connection,
-        threads: &mpsc::Receiver<ThreadId>,
-        streaming_id: ThreadId,
-        why: &str,
-    ) {
-        producer.send_packet(&PLAYING, None).unwrap();
-        let reader_id = threads
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap_or_else(|_| panic!("{why}"));
-        assert_ne!(reader_id, streaming_id);
-        assert_ne!(reader_id, std::thread::current().id());
-    }
-
-    #[test]
-    fn waiting_streaming_thread_reads_the_socket_itself() {
-        let (link, producer, threads) = start();
-        let waiter = link.clone();
-        let streaming = std::thread::spawn(move || {
-            (
-                std::thread::current().id(),
-                waiter.next(Some(Instant::now() + Duration::from_secs(10))),
-            )
-        });
-        wait_parked(&link);
-        producer.send_packet(&PLAYING, None).unwrap();
-        let (streaming_id, next) = streaming.join().unwrap();
-        assert!(is_playing(next));
-        assert_eq!(
-            threads.recv().unwrap(),
-            streaming_id,
-            "read on the streaming thread"
-        );
-
-        // Outside `next()` the reader thread has the socket again, once READER_GRACE has
-        // passed without the streaming thread coming back.
-        reader_reads_next(
-            &producer,
-            &threads,
-            streaming_id,
-            "the reader never took the socket back",
-        );
-        // The reader reports the State packet before it queues it: wait for the queue.
-        assert!(is_playing(
-            link.next(Some(Instant::now() + Duration::from_secs(5)))
-        ));
-        link.shutdown();
-    }
-
-    /// The streaming thread takes one packet itself, on a thread of its own, so the reader
-    /// thread has stood aside once; returns that thread's id.
-    fn first_read_on_a_streaming_thread(
-        link: &Arc<Link>,
-        producer: &Connection,
-        threads: &mpsc::Receiver<ThreadId>,
-    ) -> ThreadId {
-        let waiter = link.clone();
-        let streaming = std::thread::spawn(move || {
-            (
-                std::thread::current().id(),
-                waiter.next(Some(Instant::now() + Duration::from_secs(10))),
-            )
-        });
-        wait_parked(link);
-        producer.send_packet(&PLAYING, None).unwrap();
-        let (streaming_id, next) = streaming.join().unwrap();
-        assert!(is_playing(next));
-        assert_eq!(threads.recv().unwrap(), streaming_id);
-        streaming_id
-    }
-
-    #[test]
-    fn streaming_thread_back_within_the_grace_finds_the_socket_free() {
-        let (link, producer, threads) = start();
-        link.set_reader_grace(Duration::from_secs(60));
-        first_read_on_a_streaming_thread(&link, &producer, &threads);
-        for _ in 0..3 {
-            // The reader thread stayed aside: this thread reads, and never had to ask.
-            assert!(link.reader_parked());
-            producer.send_packet(&PLAYING, None).unwrap();
-            assert!(is_playing(
-                link.next(Some(Instant::now() + Duration::from_secs(10)))
-            ));
-            assert_eq!(threads.recv().unwrap(), std::thread::current().id());
-            assert!(
-                !link.reader_asked(),
-                "the reader thread was woken to stand aside"
-            );
-        }
-        // Stopping does not wait for the grace to end.
-        let started = Instant::now();
-        link.shutdown();
-        assert!(started.elapsed() < Duration::from_secs(5));
-    }
-
-    #[test]
-    fn leaving_streaming_thread_wakes_nobody_and_the_reader_still_takes_over() {
-        let (link, producer, threads) = start();
-        let streaming_id = first_read_on_a_streaming_thread(&link, &producer, &threads);
-        // Once more on this thread, now that the reader is parked; the packet comes after
-        // the reader's grace, so the reader is back to its parked wait meanwhile. next()
-        // returns (the frame would go downstream now) without signalling the reader thread.
-        let (signals_before, _) = link.reader_wakes();
-        let producer = Arc::new(producer);
-        let sender = producer.clone();
-        let late = std::thread::spawn(move || {
-            std::thread::sleep(READER_GRACE * 10);
-            sender.send_packet(&PLAYING, None).unwrap();
-        });
-        assert!(is_playing(
-            link.next(Some(Instant::now() + Duration::from_secs(10)))
-        ));
-        late.join().unwrap();
-        assert_eq!(threads.recv().unwrap(), std::thread::current().id());
-        assert_eq!(
-            link.reader_wakes().0,
-            signals_before,
-            "next() woke the parked reader thread on its way out"
-        );
-        // The reader looks on its own timer and takes the socket back after the grace.
-        reader_reads_next(
-            &producer,
-            &threads,
-            streaming_id,
-            "the parked reader never took the socket back",
-        );
-        link.shutdown();
-    }
-
-    #[test]
-    fn parked_reader_looks_less_often_while_the_streaming_thread_waits() {
-        let (link, _producer, _threads) = start();
-        let waiter = link.clone();
-        let streaming = std::thread::spawn(move || {
-            waiter.next(Some(Instant::now() + Duration::from_millis(600)))
-        });
-        wait_parked(&link);
-        let (_, looks_before) = link.reader_wakes();
-        assert!(matches!(streaming.join().unwrap(), Some(Inbound::TimedOut)));
-        // Nothing came for up to 600 ms: the parked reader's waits went 5, 10, 20, 40, 40 ...
-        // ms, about 18 looks; every READER_GRACE would have been about 120.
-        let looks = link.reader_wakes().1 - looks_before;
-        assert!(
-            looks <= 25,
-            "the parked reader looked {looks} times in 600 ms"
-        );
-        link.shutdown();
-    }
-
-    #[test]
-    fn leaky_policies_have_no_grace() {
-        for leaky in [Leaky::Oldest, Leaky::Copy] {
-            let (link, producer, threads) = start_leaky(leaky);
-            link.set_reader_grace(Duration::from_secs(60));
-            let streaming_id = first_read_on_a_streaming_thread(&link, &producer, &threads);
-            // Frames must meet the policy as they arrive, not when the streaming thread
-            // comes back: the reader thread reads again at once.
-            reader_reads_next(
-                &producer,
-                &threads,
-                streaming_id,
-                &format!("leaky={leaky:?}: the reader thread waited"),
-            );
-            link.shutdown();
-        }
-    }
-
-    #[test]
-    fn awaited_query_reply_ends_the_grace_at_once() {
-        let (link, producer, threads) = start();
-        link.set_reader_grace(Duration::from_secs(60));
-        let streaming_id = first_read_on_a_streaming_thread(&link, &producer, &threads);
-        // A query waits for its reply while the streaming thread is away (downstream): the
-        // reader thread reads again now, not after the grace.
-        let awaiting = link.awaiting_reply();
-        reader_reads_next(
-            &producer,
-            &threads,
-            streaming_id,
-            "the reader waited out its grace with a reply awaited",
-        );
-        drop(awaiting);
-        link.shutdown();
-    }
-
-    #[test]
-    fn flushing_and_deadline_end_a_read_on_the_streaming_thread() {
-        let (link, producer, _threads) = start();
-        let started = Instant::now();
-        let next = link.next(Some(started + Duration::from_millis(100)));
-        assert!(matches!(next, Some(Inbound::TimedOut)));
-        assert!(started.elapsed() >= Duration::from_millis(100));
-
-        let waiter = link.clone();
-        let streaming = std::thread::spawn(move || waiter.next(None));
-        wait_parked(&link);
-        link.set_flushing(true);
-        assert!(streaming.join().unwrap().is_none(), "flushing returns None");
-
-        // After the flush, reading goes on where it stopped.
-        link.set_flushing(false);
-        producer.send_packet(&PLAYING, None).unwrap();
-        assert!(is_playing(
-            link.next(Some(Instant::now() + Duration::from_secs(10)))
-        ));
-        link.shutdown();
-    }
-
-    #[test]
-    fn producer_closing_ends_a_read_on_the_streaming_thread() {
-        let (link, producer, _threads) = start();
-        let waiter = link.clone();
-        let streaming = std::thread::spawn(move || waiter.next(None));
-        wait_parked(&link);
-        drop(producer);
-        assert!(matches!(streaming.join().unwrap(), Some(Inbound::Closed)));
-        // The end stays, and the reader thread has ended: shutdown() does not wait.
-        assert!(matches!(link.next(None), Some(Inbound::Closed)));
-        let started = Instant::now();
-        link.shutdown();
-        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

@@ -19,8 +19,13 @@
 //! gst-launch-1.0 fdlinksrc socket-path=/tmp/fdlink.sock ! videoconvert ! autovideosink
 //! ```
 
+mod connection;
 mod imp;
 mod link;
+mod peer;
+mod stats;
+mod stream;
+mod timeline;
 
 use gst::glib;
 use gst::prelude::*;
@@ -31,6 +36,8 @@ glib::wrapper! {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    link::Leaky::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    crate::session::Mode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "fdlinksrc",

@@ -1,0 +1,130 @@
+//! fdlinksrc's `stats`: frames, reconnects and the latency from the producer's send to the
+//! frame leaving `create()`.
+
+use std::sync::atomic::Ordering;
+
+use super::link::QueueCounters;
+use crate::clock;
+
+/// Latency samples kept for the percentiles.
+const LATENCY_WINDOW: usize = 1024;
+
+/// What the element counts itself; the link's queue counts the rest (`QueueCounters`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub frames: u64,
+    pub reconnects: u64,
+    latencies_us: Vec<u32>,
+    next_sample: usize,
+    last_us: u32,
+    max_us: u32,
+    sum_us: u64,
+}
+
+/// Microseconds from `sent_at` (CLOCK_MONOTONIC ns, the producer's send) to now.
+pub fn latency_us(sent_at: u64) -> u32 {
+    (clock::monotonic_now().saturating_sub(sent_at) / 1000).min(u32::MAX as u64) as u32
+}
+
+impl Stats {
+    /// One frame out, `us` after the producer sent it.
+    pub fn record_frame(&mut self, us: u32) {
+        self.frames += 1;
+        self.last_us = us;
+        self.max_us = self.max_us.max(us);
+        self.sum_us += us as u64;
+        if self.latencies_us.len() < LATENCY_WINDOW {
+            self.latencies_us.push(us);
+        } else {
+            self.latencies_us[self.next_sample] = us;
+        }
+        self.next_sample = (self.next_sample + 1) % LATENCY_WINDOW;
+    }
+
+    /// The `stats` property: these counts, the queue's, and what the link holds now (`queued`
+    /// frames, `files_registered`).
+    pub fn structure(
+        &self,
+        counters: &QueueCounters,
+        queued: u64,
+        files_registered: u32,
+    ) -> gst::Structure {
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        let pct = |p: usize| -> u32 {
+            if sorted.is_empty() {
+                0
+            } else {
+                sorted[(sorted.len() - 1) * p / 100]
+            }
+        };
+        gst::Structure::builder("application/x-fdlinksrc-stats")
+            .field("frames-received", self.frames)
+            .field("releases-sent", counters.releases.load(Ordering::Relaxed))
+            .field("reconnects", self.reconnects)
+            .field("frames-dropped", counters.dropped.load(Ordering::Relaxed))
+            .field("frames-copied", counters.copied.load(Ordering::Relaxed))
+            .field("frames-queued", queued)
+            .field("files-registered", files_registered)
+            .field("latency-last-us", self.last_us)
+            .field(
+                "latency-avg-us",
+                self.sum_us.checked_div(self.frames).unwrap_or(0),
+            )
+            .field("latency-p50-us", pct(50))
+            .field("latency-p99-us", pct(99))
+            .field("latency-max-us", self.max_us)
+            .build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field<'a, T: gst::glib::value::FromValue<'a> + 'static>(
+        s: &'a gst::StructureRef,
+        name: &str,
+    ) -> T {
+        s.get::<T>(name).unwrap()
+    }
+
+    #[test]
+    fn latencies_over_the_last_window() {
+        gst::init().unwrap();
+        let counters = QueueCounters::default();
+        let empty = Stats::default().structure(&counters, 0, 0);
+        assert_eq!(field::<u64>(&empty, "latency-avg-us"), 0);
+        assert_eq!(field::<u32>(&empty, "latency-p99-us"), 0);
+
+        let mut stats = Stats::default();
+        // An old slow frame, then a full window of 1..=1024 µs that pushes it out.
+        stats.record_frame(1_000_000);
+        for us in 1..=LATENCY_WINDOW as u32 {
+            stats.record_frame(us);
+        }
+        counters.releases.fetch_add(3, Ordering::Relaxed);
+        let s = stats.structure(&counters, 2, 5);
+        assert_eq!(field::<u64>(&s, "frames-received"), 1025);
+        assert_eq!(field::<u64>(&s, "releases-sent"), 3);
+        assert_eq!(field::<u64>(&s, "frames-queued"), 2);
+        assert_eq!(field::<u32>(&s, "files-registered"), 5);
+        assert_eq!(field::<u32>(&s, "latency-last-us"), 1024);
+        assert_eq!(field::<u32>(&s, "latency-max-us"), 1_000_000);
+        assert_eq!(field::<u32>(&s, "latency-p50-us"), 512);
+        assert_eq!(field::<u32>(&s, "latency-p99-us"), 1013);
+        assert_eq!(
+            field::<u64>(&s, "latency-avg-us"),
+            (1_000_000 + 1024 * 1025 / 2) / 1025
+        );
+    }
+
+    #[test]
+    fn latency_is_counted_from_the_send() {
+        let sent_at = clock::monotonic_now() - 3_000_000;
+        let us = latency_us(sent_at);
+        assert!((3_000..1_000_000).contains(&us), "{us}");
+        // A send stamped in the future (another clock domain) is not negative.
+        assert_eq!(latency_us(u64::MAX), 0);
+    }
+}

@@ -1,0 +1,466 @@
+//! The streaming thread's work in `create()`: the packets the link's inbox hands it, in
+//! order, become caps, events and buffers downstream. The producer's segment goes out shifted
+//! onto this pipeline's running time (see `timeline.rs`) ahead of the buffer or gap that says
+//! where the producer is, with the serialized events that came between held until then.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+
+use super::connection::Connector;
+use super::imp::{CAT, FdlinkSrc, Stop, protocol_error};
+use super::link::{Inbound, Link, QueueLimit};
+use super::stats;
+use super::timeline::{OurClock, Timeline};
+use crate::clock;
+use crate::control;
+use crate::memory::Importer;
+use crate::wire_event::{self, WireEvent};
+use fdlink::protocol::{self, Packet, TIME_NONE};
+use fdlink::transport::Waker;
+
+/// The connection and what the streaming thread knows about the producer's stream.
+pub struct Stream {
+    pub connector: Connector,
+    /// A new producer took over: its first buffer is DISCONT and its caps go downstream even
+    /// if they equal the old ones.
+    pub new_producer: bool,
+    pub queue_limit: QueueLimit,
+    pub link: Option<Arc<Link>>,
+    importer: Importer,
+    eos: bool,
+    timeline: Timeline,
+    /// Caps downstream refused, and when this source asked the producer to renegotiate.
+    refused_caps: Option<(gst::Caps, Instant)>,
+    /// Serialized events (tags, custom, ...) that came after the producer's segment but
+    /// before anything said where the producer is: they go downstream after that segment,
+    /// shifted by the next buffer or gap.
+    held_events: Vec<gst::Event>,
+}
+
+impl Stream {
+    pub fn new(connector: Connector, queue_limit: QueueLimit) -> Stream {
+        Stream {
+            connector,
+            new_producer: false,
+            queue_limit,
+            link: None,
+            importer: Importer::default(),
+            eos: false,
+            timeline: Timeline::default(),
+            refused_caps: None,
+            held_events: Vec::new(),
+        }
+    }
+
+    /// The producer went away: what the next one says replaces all it said.
+    pub fn forget_producer(&mut self) {
+        self.timeline.reset();
+        self.refused_caps = None;
+        self.held_events.clear();
+    }
+}
+
+impl FdlinkSrc {
+    /// The next buffer; a producer that went away is reconnected to (reconnect=true) or is an
+    /// error.
+    pub(super) fn receive(&self, stream: &mut Stream, waker: &Waker) -> Result<gst::Buffer, Stop> {
+        loop {
+            match self.receive_from_producer(stream, waker) {
+                Err(Stop::Lost(why)) => self.producer_lost(stream, why)?,
+                other => return other,
+            }
+        }
+    }
+
+    fn receive_from_producer(
+        &self,
+        stream: &mut Stream,
+        waker: &Waker,
+    ) -> Result<gst::Buffer, Stop> {
+        let link = match &stream.link {
+            Some(l) => l.clone(),
+            None => self.open_link(stream, waker)?,
+        };
+        let conn = link.conn.clone();
+        loop {
+            // While downstream refuses the producer's caps, waiting ends at ack-timeout even
+            // if the producer sends nothing more.
+            let deadline = stream
+                .refused_caps
+                .as_ref()
+                .map(|(_, since)| *since + self.ack_timeout() + Duration::from_millis(1));
+            let packet = match link.next(deadline) {
+                None => return Err(Stop::Flushing),
+                Some(Inbound::TimedOut) => {
+                    self.check_refused_caps(stream)?;
+                    continue;
+                }
+                Some(Inbound::Packet(p)) => p,
+                Some(Inbound::Copied(header, buffer)) => {
+                    if let Some(buffer) = self.output_buffer(stream, &header, buffer)? {
+                        return Ok(buffer);
+                    }
+                    continue;
+                }
+                Some(Inbound::Closed) if stream.eos => return Err(Stop::Eos),
+                Some(Inbound::Closed) => return Err(Stop::Lost("connection closed".into())),
+                Some(Inbound::Lost(why)) => return Err(Stop::Lost(why)),
+                Some(Inbound::Failed(why)) => {
+                    return Err(protocol_error(&stream.connector.path, why));
+                }
+            };
+            match packet {
+                Packet::Caps(s) => {
+                    let caps = s.parse::<gst::Caps>().map_err(|_| {
+                        let msg = format!("unparsable caps {s:?}");
+                        conn.send_error(&msg);
+                        protocol_error(&stream.connector.path, msg)
+                    })?;
+                    self.take_caps(stream, caps)?;
+                }
+                Packet::Event {
+                    event: ev,
+                    base_time,
+                } => {
+                    if let Some(stop) = self.handle_event(stream, &ev, base_time) {
+                        return Err(stop);
+                    }
+                }
+                Packet::Buffer(header, fds) => {
+                    let buffer_id = header.buffer_id;
+                    let token = link.release_tokens.issue(buffer_id);
+                    let buffer = match stream.importer.import(&header, fds, Some(&token)) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let msg = format!("invalid buffer {buffer_id}: {e}");
+                            conn.send_error(&msg);
+                            return Err(protocol_error(&stream.connector.path, msg));
+                        }
+                    };
+                    drop(token);
+                    if let Some(buffer) = self.output_buffer(stream, &header, buffer)? {
+                        return Ok(buffer);
+                    }
+                }
+                Packet::Error(msg) => {
+                    return Err(Stop::Error(gst::error_msg!(
+                        gst::ResourceError::Read,
+                        (
+                            "producer at {} reported an error: {msg}",
+                            stream.connector.path.display()
+                        )
+                    )));
+                }
+                Packet::State(st) => self.pause_with_producer(&st, &link, waker)?,
+                Packet::QueryReply(_)
+                | Packet::Query(_)
+                | Packet::Message(_)
+                | Packet::Retire { .. } => {
+                    unreachable!("the link's reader takes queries, replies, messages and retires")
+                }
+                Packet::Release { .. } | Packet::UpstreamEvent(_) | Packet::Prerolled { .. } => {
+                    let msg = "producer sent a consumer-only packet (release, upstream event or prerolled)"
+                        .to_string();
+                    conn.send_error(&msg);
+                    return Err(protocol_error(&stream.connector.path, msg));
+                }
+            }
+        }
+    }
+
+    /// A received frame (imported, or copied by the reader) with the producer's timestamps,
+    /// after the segment it needs; None when it is dropped because downstream refused the
+    /// caps.
+    fn output_buffer(
+        &self,
+        stream: &mut Stream,
+        header: &protocol::BufferHeader,
+        mut buffer: gst::Buffer,
+    ) -> Result<Option<gst::Buffer>, Stop> {
+        self.stats
+            .lock()
+            .unwrap()
+            .record_frame(stats::latency_us(header.sent_at));
+        if stream.refused_caps.is_some() {
+            // Dropped (and so released): downstream cannot take it.
+            self.check_refused_caps(stream)?;
+            return Ok(None);
+        }
+        self.last_output_id
+            .store(header.buffer_id, Ordering::Relaxed);
+        let time = |t: u64| (t != TIME_NONE).then(|| gst::ClockTime::from_nseconds(t));
+        {
+            let b = buffer.get_mut().expect("fresh buffer");
+            b.set_pts(time(header.pts));
+            b.set_dts(time(header.dts));
+            b.set_duration(time(header.duration));
+            if stream.new_producer {
+                // Another producer's stream: nothing continues from the last one. (BaseSrc
+                // marks the buffer after a new segment DISCONT too, but no segment goes out
+                // when the pipeline has no clock.)
+                b.set_flags(gst::BufferFlags::DISCONT);
+                stream.new_producer = false;
+            }
+        }
+        if let Some(delta) = self.running_time_delta(stream, header.base_time, header.pts)
+            && stream.timeline.needs_segment(delta)
+        {
+            if stream.held_events.is_empty() {
+                // BaseSrc pushes it ahead of this buffer.
+                self.set_segment(stream, delta);
+            } else {
+                // Held events go between the segment and this buffer.
+                self.push_segment_now(stream, delta);
+            }
+        }
+        self.release_held_events(stream);
+        Ok(Some(buffer))
+    }
+
+    /// The shift for a frame (or gap) with the producer's `base_time` and `pts`: see
+    /// `Timeline::delta`.
+    fn running_time_delta(&self, stream: &Stream, base_time: u64, pts: u64) -> Option<i128> {
+        let obj = self.obj();
+        let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
+            return stream.timeline.delta(None, base_time, pts, || 0);
+        };
+        let later = if obj.is_live() {
+            0
+        } else {
+            self.settings.lock().unwrap().link_latency as i128
+        };
+        let ours = OurClock {
+            base_mono: base.nseconds() as i128 + clock::clock_to_monotonic_offset(&clock),
+            later,
+        };
+        stream.timeline.delta(Some(ours), base_time, pts, || {
+            clock.time().nseconds() as i128 - base.nseconds() as i128
+        })
+    }
+
+    /// The producer's segment shifted by `delta`, as BaseSrc's segment: it goes downstream
+    /// ahead of the next buffer.
+    fn set_segment(&self, stream: &mut Stream, delta: i128) {
+        let segment = stream.timeline.shift(delta);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "segment {segment:?} (running time shift {delta} ns)"
+        );
+        if let Err(e) = self.obj().new_segment(&segment) {
+            gst::warning!(CAT, imp = self, "cannot set segment: {e}");
+        }
+        self.running_time_shift.store(
+            delta.clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Events that must follow a segment before any buffer (held ones at EOS, a gap whose
+    /// time says nothing): push one now, with the last known shift.
+    fn ensure_segment(&self, stream: &mut Stream) {
+        if !stream.timeline.segment_sent() {
+            let delta = stream.timeline.last_delta().unwrap_or(0);
+            self.push_segment_now(stream, delta);
+        }
+    }
+
+    /// Sets the segment shifted by `delta` and pushes it at once, ahead of events that must
+    /// follow it; BaseSrc's own push of it before the next buffer is then dropped by the pad
+    /// probe.
+    fn push_segment_now(&self, stream: &mut Stream, delta: i128) {
+        self.set_segment(stream, delta);
+        // Never drop this push itself, even if it equals an earlier one.
+        self.pushed_segment.lock().unwrap().take();
+        let segment = self.obj().segment();
+        self.obj()
+            .src_pad()
+            .push_event(gst::event::Segment::new(&segment));
+        *self.pushed_segment.lock().unwrap() = Some(segment);
+    }
+
+    /// Pushes the events held for want of a shift, after the segment they follow (shifted by
+    /// the last shift used if nothing set one since).
+    fn release_held_events(&self, stream: &mut Stream) {
+        if stream.held_events.is_empty() {
+            return;
+        }
+        self.ensure_segment(stream);
+        let obj = self.obj();
+        let pad = obj.src_pad();
+        for event in stream.held_events.drain(..) {
+            pad.push_event(event);
+        }
+    }
+
+    /// Fails once caps downstream refused have waited `ack-timeout` for the producer to offer
+    /// others.
+    fn check_refused_caps(&self, stream: &Stream) -> Result<(), Stop> {
+        let Some((refused, since)) = &stream.refused_caps else {
+            return Ok(());
+        };
+        let waited = since.elapsed();
+        if waited <= self.ack_timeout() {
+            return Ok(());
+        }
+        Err(Stop::Error(gst::error_msg!(
+            gst::CoreError::Negotiation,
+            (
+                "downstream does not accept the producer's caps {refused}, and the producer offered no other caps within {} ms of being asked to renegotiate",
+                waited.as_millis()
+            )
+        )))
+    }
+
+    /// New caps from the producer: downstream takes them, or the producer is asked to
+    /// renegotiate (it asks us for our caps), and frames are dropped until caps we can take
+    /// arrive or `ack-timeout` runs out.
+    fn take_caps(&self, stream: &mut Stream, caps: gst::Caps) -> Result<(), Stop> {
+        if self.caps.lock().unwrap().as_ref() == Some(&caps)
+            && stream.refused_caps.is_none()
+            && !stream.new_producer
+        {
+            return Ok(());
+        }
+        gst::info!(CAT, imp = self, "caps from producer: {caps}");
+        let drm = crate::drm_format::describe_caps(&caps);
+        if !drm.is_empty() {
+            gst::info!(CAT, imp = self, "DMA_DRM format: {drm}");
+        }
+        let pad = self.obj().src_pad().clone();
+        if pad.is_linked() && !pad.peer_query_accept_caps(&caps) {
+            if let Some((_, since)) = stream.refused_caps {
+                stream.refused_caps = Some((caps, since));
+                self.check_refused_caps(stream)?;
+            } else {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "downstream does not accept {caps}: asking the producer to renegotiate"
+                );
+                stream.refused_caps = Some((caps, Instant::now()));
+                self.tell_producer(&gst::event::Reconfigure::new());
+            }
+            return Ok(());
+        }
+        stream.refused_caps = None;
+        *self.caps.lock().unwrap() = Some(caps.clone());
+        if stream.new_producer && pad.current_caps().as_ref() == Some(&caps) {
+            // BaseSrc skips caps equal to the current ones; after the new producer's
+            // stream-start, downstream still gets its caps event.
+            if !pad.push_event(gst::event::Caps::new(&caps)) {
+                return Err(Stop::Error(gst::error_msg!(
+                    gst::CoreError::Negotiation,
+                    ("downstream does not accept the new producer's caps {caps}")
+                )));
+            }
+            return Ok(());
+        }
+        if self.obj().set_caps(&caps).is_err() {
+            return Err(Stop::Error(gst::error_msg!(
+                gst::CoreError::Negotiation,
+                ("downstream does not accept the producer's caps {caps}")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Acts on one event packet. Returns Some(stop) when the stream ends here.
+    fn handle_event(
+        &self,
+        stream: &mut Stream,
+        p: &protocol::EventPacket,
+        base_time: u64,
+    ) -> Option<Stop> {
+        let ev = match wire_event::decode(p) {
+            Ok(ev) => ev,
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "ignoring event: {e}");
+                return None;
+            }
+        };
+        gst::debug!(CAT, imp = self, "event from producer: {ev:?}");
+        let obj = self.obj();
+        let pad = obj.src_pad();
+        match ev {
+            WireEvent::Segment(segment) => {
+                // Shifted onto our timeline when the next buffer tells where the producer is.
+                stream.timeline.set_producer_segment(segment);
+            }
+            WireEvent::Eos => {
+                if let Some((refused, _)) = &stream.refused_caps {
+                    return Some(Stop::Error(gst::error_msg!(
+                        gst::CoreError::Negotiation,
+                        ("downstream does not accept the producer's caps {refused}, and the stream ended before the producer offered others")
+                    )));
+                }
+                // Held events still go out, before BaseSrc's EOS.
+                self.release_held_events(stream);
+                stream.eos = true;
+                return Some(Stop::Eos);
+            }
+            WireEvent::FlushStart => {
+                // Events held before the flush: sticky ones (tags) stay on the pad across a
+                // flush, so they still go out after the next segment; the others are
+                // flushed away.
+                stream.held_events.retain(|ev| ev.is_sticky());
+                let mut flush_start = gst::event::FlushStart::new();
+                control::set_seqnum(&mut flush_start, p.seqnum);
+                pad.push_event(flush_start);
+            }
+            WireEvent::FlushStop => {
+                // Our running time stays continuous: the new segment's shift takes the
+                // producer's reset into account.
+                let mut flush_stop = gst::event::FlushStop::new(false);
+                control::set_seqnum(&mut flush_stop, p.seqnum);
+                pad.push_event(flush_stop);
+                stream.timeline.flush_stop();
+                // After a flush, downstream needs the next segment, even if it equals the
+                // one this source pushed itself before.
+                self.pushed_segment.lock().unwrap().take();
+            }
+            WireEvent::Other(ty) => {
+                // Everything else is rebuilt as it was sent: stream-start, tags, gaps,
+                // protection, custom, stream-group-done, instant-rate-change, ...
+                let Some(event) = control::event_from_packet(p) else {
+                    gst::debug!(CAT, imp = self, "dropping unreadable {ty:?} event");
+                    return None;
+                };
+                if ty == gst::EventType::StreamStart {
+                    self.pushing_producer_stream_start
+                        .store(true, Ordering::Release);
+                    pad.push_event(event);
+                    self.pushing_producer_stream_start
+                        .store(false, Ordering::Release);
+                    return None;
+                }
+                if !event.is_serialized() || stream.timeline.segment_sent() {
+                    pad.push_event(event);
+                    return None;
+                }
+                // After the producer's segment, before anything said where the producer is.
+                let gst::EventView::Gap(gap) = event.view() else {
+                    // Tags and the like: they wait for the shift the next buffer gives.
+                    stream.held_events.push(event);
+                    return None;
+                };
+                // A gap says where the producer is itself, as a buffer's PTS would, and must
+                // not wait for a buffer (it is what lets downstream preroll without one).
+                let (timestamp, _) = gap.get();
+                let delta = self
+                    .running_time_delta(stream, base_time, timestamp.nseconds())
+                    .or(stream.timeline.last_delta())
+                    .unwrap_or(0);
+                self.push_segment_now(stream, delta);
+                self.release_held_events(stream);
+                pad.push_event(event);
+            }
+        }
+        None
+    }
+}
