@@ -1,4 +1,3 @@
-use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -11,97 +10,22 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::hub::{
-    Frame, Hub, HubEvent, Limits, PassThrough, PrerollWait, Request, SlowPolicy, StickyKind,
-    SyncMethod,
-};
-use super::requests::RequestPool;
-use crate::clock;
+use super::base_sink_preroll::{self, PrerollSent};
+use super::hub::{Hub, HubEvent, Limits, PassThrough, PrerollWait, StickyKind};
+use super::negotiation;
+use super::send::{Sender, Sending};
+use super::serve::{Server, Serving};
+use super::stats;
+use super::to_consumers;
+use super::{CAT, SlowPolicyProp, SyncMethodProp};
 use crate::control;
-use crate::memory::{self, FdList, MemfdBufferPool};
-use crate::session::{self, BusWatch, Mode, Reposted};
-use fdlink::protocol::{BufferHeader, MemoryList, Packet, TIME_NONE};
-use fdlink::transport::Listener;
-
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "fdlinksink",
-        gst::DebugColorFlags::empty(),
-        Some("fdlink producer: serves buffers to other processes"),
-    )
-});
+use crate::session::{self, BusWatch, Mode};
+use fdlink::protocol::Packet;
+use fdlink::transport::{Connection, Listener};
 
 const DEFAULT_MAX_HELD: u32 = 8;
 const DEFAULT_MAX_QUEUED: u32 = 8;
 
-/// The `slow-policy` property.
-#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstFdlinkSlowPolicy")]
-pub enum SlowPolicyProp {
-    #[default]
-    #[enum_value(
-        name = "Auto: drop when upstream is live; otherwise wait up to 1 s, then skip that consumer until it releases",
-        nick = "auto"
-    )]
-    Auto = 0,
-    #[enum_value(name = "Drop: skip frames for that consumer", nick = "drop")]
-    Drop = 1,
-    #[enum_value(
-        name = "Block: wait until every consumer has room (lossless, for recording)",
-        nick = "block"
-    )]
-    Block = 2,
-    #[enum_value(name = "Disconnect: remove that consumer", nick = "disconnect")]
-    Disconnect = 3,
-    #[enum_value(
-        name = "Copy: send that consumer a copy in the memfd pool, so upstream's pool keeps its buffers",
-        nick = "copy"
-    )]
-    Copy = 4,
-}
-
-/// The `sync-method` property.
-#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstFdlinkSyncMethod")]
-pub enum SyncMethodProp {
-    #[default]
-    #[enum_value(name = "Latest: start with the next buffer", nick = "latest")]
-    Latest = 0,
-    #[enum_value(
-        name = "Next keyframe: skip delta units until the next keyframe",
-        nick = "next-keyframe"
-    )]
-    NextKeyframe = 1,
-    #[enum_value(
-        name = "Latest keyframe: start with the latest keyframe and the buffers since",
-        nick = "latest-keyframe"
-    )]
-    LatestKeyframe = 2,
-}
-
-impl From<SyncMethodProp> for SyncMethod {
-    fn from(p: SyncMethodProp) -> Self {
-        match p {
-            SyncMethodProp::Latest => SyncMethod::Latest,
-            SyncMethodProp::NextKeyframe => SyncMethod::NextKeyframe,
-            SyncMethodProp::LatestKeyframe => SyncMethod::LatestKeyframe,
-        }
-    }
-}
-
-impl From<SlowPolicyProp> for SlowPolicy {
-    fn from(p: SlowPolicyProp) -> Self {
-        match p {
-            SlowPolicyProp::Auto => SlowPolicy::Auto,
-            SlowPolicyProp::Drop => SlowPolicy::Drop,
-            SlowPolicyProp::Block => SlowPolicy::Block,
-            SlowPolicyProp::Disconnect => SlowPolicy::Disconnect,
-            SlowPolicyProp::Copy => SlowPolicy::Copy,
-        }
-    }
-}
 /// Default `ack-timeout`: caps queries wait this long for consumers, so it stays short.
 const DEFAULT_ACK_TIMEOUT_MS: u32 = 1_000;
 /// How long a frame waits for a consumer at its `max-held` limit before that consumer skips it.
@@ -112,40 +36,6 @@ const SLOW_CONSUMER_WAIT: Duration = Duration::from_secs(1);
 const EOS_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Buffers the proposed memfd pool keeps at least.
 const POOL_MIN_BUFFERS: u32 = 2;
-/// Memory kinds that cross as fds. Anything else (VAMemory, GLMemory, ...) would be copied, so
-/// the caps query does not offer it: a VA decoder then picks DMABuf output.
-const SHAREABLE_FEATURES: [&str; 2] = ["memory:SystemMemory", "memory:DMABuf"];
-
-/// The sticky slot an event fills on the hub (replayed to consumers that join), or None.
-fn sticky_kind(event: &gst::EventRef) -> StickyKind {
-    match event.view() {
-        gst::EventView::StreamStart(_) => StickyKind::StreamStart,
-        gst::EventView::Segment(_) => StickyKind::Segment,
-        gst::EventView::Tag(_) => StickyKind::Tags,
-        gst::EventView::Eos(_) => StickyKind::Eos,
-        gst::EventView::FlushStop(_) => StickyKind::FlushStop,
-        _ => StickyKind::None,
-    }
-}
-
-/// `caps` without the structures whose memory cannot cross as an fd.
-fn shareable_caps(caps: &gst::CapsRef) -> gst::Caps {
-    if caps.is_any() {
-        return caps.to_owned();
-    }
-    let mut out = gst::Caps::new_empty();
-    let out_mut = out.get_mut().expect("new caps");
-    for (s, features) in caps.iter_with_features() {
-        let ok = features.is_any()
-            || features
-                .iter()
-                .all(|f| SHAREABLE_FEATURES.contains(&f.as_str()) || f.starts_with("meta:"));
-        if ok {
-            out_mut.append_structure_full(s.to_owned(), Some(features.to_owned()));
-        }
-    }
-    out
-}
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -192,45 +82,11 @@ enum State {
     Stopped,
     Started {
         control: JoinHandle<()>,
-        copy_pool: Option<MemfdBufferPool>,
-        /// The per-frame memory list, reused so that a frame allocates nothing.
-        memories: MemoryList,
-        /// Whether upstream is live, asked once per stream: a live stream never waits for a
-        /// slow consumer (that consumer skips frames instead).
-        upstream_live: Option<bool>,
-        /// `yield-after-send`, as set when the stream started.
-        yield_after_send: bool,
-        /// The buffer sent from `preroll()`, which `render()` then gets again and must not
-        /// send twice.
-        prerolled: Option<PrerolledBuffer>,
+        sender: Sender,
+        /// The buffer BaseSink prerolled on went out from `prepare`: its `render` must not
+        /// send it again.
+        preroll_sent: Option<PrerollSent>,
     },
-}
-
-/// Which buffer went out as the preroll frame. Pool buffers come back with the same address,
-/// so the timestamp tells a recycled buffer from the prerolled one.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct PrerolledBuffer {
-    address: usize,
-    pts: Option<gst::ClockTime>,
-}
-
-impl PrerolledBuffer {
-    fn of(buffer: &gst::BufferRef) -> PrerolledBuffer {
-        PrerolledBuffer {
-            address: buffer.as_ptr() as usize,
-            pts: buffer.pts(),
-        }
-    }
-}
-
-/// A frame ready to go out: the buffer whose memories cross (the upstream buffer, or its
-/// memfd copy) described as fd windows.
-struct Outgoing<'a> {
-    wire: &'a gst::Buffer,
-    memories: MemoryList,
-    fds: FdList<'a>,
-    /// Bytes copied to make this frame shareable; None when it crosses zero-copy.
-    copied_bytes: Option<usize>,
 }
 
 #[derive(Default)]
@@ -241,27 +97,14 @@ pub struct FdlinkSink {
     hub: Mutex<Option<Arc<Hub>>>,
     /// Forwards this pipeline's messages to the consumers while started.
     bus_watch: Mutex<Option<BusWatch>>,
-    /// Consumers' messages this element posted: not sent back to them.
-    reposted: Arc<Reposted>,
+    /// Runs consumers' requests.
+    server: Server,
     /// Set at a preroll barrier (going to PAUSED, a flush), cleared when BaseSink prerolls:
     /// meanwhile frames pass straight through while followers have not prerolled.
     awaiting_preroll: AtomicBool,
-    /// Runs consumers' upstream events and queries.
-    requests: RequestPool,
     /// Nanoseconds spent making the fallback copies (those `bytes-copied` counts) since
     /// start: with it the stats tell the copy's bandwidth.
     copy_ns: AtomicU64,
-}
-
-/// Why a frame goes out.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Sending {
-    /// Rendered in PLAYING.
-    Playing,
-    /// The frame this pipeline prerolls on (kept for consumers that join while paused).
-    Preroll,
-    /// Passed through, not prerolled on, while following consumers preroll.
-    PassThrough,
 }
 
 impl FdlinkSink {
@@ -287,326 +130,34 @@ impl FdlinkSink {
         }
     }
 
-    fn stats_structure(&self) -> gst::Structure {
-        let mut s = gst::Structure::builder("application/x-fdlinksink-stats");
-        let (stats, consumers, held) = match self.hub() {
-            Some(hub) => hub.stats(),
-            None => Default::default(),
-        };
-        s = s
-            .field("frames-in", stats.frames_in)
-            .field("frames-sent", stats.frames_sent)
-            .field("frames-zero-copy", stats.frames_zero_copy)
-            .field("frames-copied", stats.frames_copied)
-            .field("bytes-copied", stats.bytes_copied)
-            .field("copy-time-us", self.copy_ns.load(Ordering::Relaxed) / 1000)
-            .field("frames-dropped", stats.frames_dropped)
-            .field("slow-copies", stats.slow_copies)
-            .field("frames-without-consumer", stats.frames_without_consumer)
-            .field("releases", stats.releases)
-            .field("consumers", consumers)
-            .field("consumers-total", stats.consumers_total)
-            .field("buffers-held", held)
-            .field("fds-sent", stats.fds_sent)
-            .field("files-registered", stats.files_registered)
-            .field("files-retired", stats.files_retired);
-        let clients = self.hub().map(|h| h.consumer_stats()).unwrap_or_default();
-        let clients: Vec<glib::SendValue> = clients
-            .into_iter()
-            .map(|c| {
-                gst::Structure::builder("client")
-                    .field("id", c.id)
-                    .field("pid", c.pid)
-                    .field("frames-sent", c.frames_sent)
-                    .field("frames-dropped", c.frames_dropped)
-                    .field("frames-copied", c.frames_copied)
-                    .field("buffers-held", c.held)
-                    .field("buffers-queued", c.queued)
-                    .field("releases", c.releases)
-                    .field("bytes-sent", c.bytes_sent)
-                    .field("idle-ms", c.idle_ms)
-                    .field("release-avg-us", c.release_avg_us)
-                    .field("fds-sent", c.fds_sent)
-                    .field("files-registered", c.files_registered)
-                    .build()
-                    .to_send_value()
-            })
-            .collect();
-        s = s.field("clients", gst::Array::from_values(clients));
-        s.build()
-    }
-
-    /// This pipeline's base time on CLOCK_MONOTONIC: where its running time 0 is on the clock
-    /// both processes share (one clock sample per call).
-    fn base_time_monotonic(&self) -> u64 {
-        let obj = self.obj();
-        let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
-            return TIME_NONE;
-        };
-        let offset = clock::clock_to_monotonic_offset(&clock);
-        clock::running_to_monotonic(gst::ClockTime::ZERO, base, offset).unwrap_or(TIME_NONE)
-    }
-
-    /// Encodes a buffer packet for `wire` (timestamps, flags and layout from `meta_src`) into
-    /// the state's packet buffer and offers it to the consumers.
-    fn send_frame(
+    /// Sends a buffer to the consumers; returns its buffer id, None when it went nowhere.
+    fn send(
         &self,
         hub: &Hub,
-        state: &mut State,
-        meta_src: &gst::BufferRef,
-        out: Outgoing<'_>,
-        slow_copy_for: Option<&[u64]>,
+        buffer: &gst::Buffer,
         sending: Sending,
-    ) -> Result<(u64, Vec<u64>), gst::FlowError> {
-        let State::Started {
-            memories,
-            upstream_live,
-            ..
-        } = state
-        else {
-            return Err(gst::FlowError::Flushing);
-        };
-        let live = upstream_live.unwrap_or(true);
-        let buffer_id = hub.next_buffer_id();
-        let time = |t: Option<gst::ClockTime>| t.map_or(TIME_NONE, |t| t.nseconds());
-        let header = BufferHeader {
-            buffer_id,
-            pts: time(meta_src.pts()),
-            dts: time(meta_src.dts()),
-            duration: time(meta_src.duration()),
-            offset: meta_src.offset(),
-            offset_end: meta_src.offset_end(),
-            flags: meta_src.flags().bits(),
-            sent_at: clock::monotonic_now(),
-            // Prerolling, the pipeline has no base time yet (it gets one when it plays): the
-            // consumer shows the frame as it arrives.
-            base_time: if sending != Sending::Playing {
-                TIME_NONE
-            } else {
-                self.base_time_monotonic()
-            },
-            memories: out.memories,
-            video: memory::video_layout(meta_src),
-        };
-        let frame = Frame {
-            id: buffer_id,
-            header: &header,
-            fds: &out.fds,
-            size: out.wire.size() as u64,
-            keyframe: !meta_src.flags().contains(gst::BufferFlags::DELTA_UNIT),
-            slow_copy: slow_copy_for.is_some(),
-            preroll: sending == Sending::Preroll,
-            reads_releases: !live && sending == Sending::Playing,
-        };
-        let wants_copy = if let Some(consumers) = slow_copy_for {
-            hub.send_copy(consumers, &frame, out.wire.clone());
-            gst::trace!(
-                CAT,
-                imp = self,
-                "buffer {buffer_id}: copy for {consumers:?}"
-            );
-            Vec::new()
-        } else {
-            let sent = hub.send_buffer(&frame, out.wire.clone(), out.copied_bytes);
-            gst::trace!(
-                CAT,
-                imp = self,
-                "buffer {buffer_id} sent to {} consumers",
-                sent.sent_to
-            );
-            sent.wants_copy
-        };
-        // The memory list goes back for the next frame.
-        *memories = header.memories;
-        Ok((buffer_id, wants_copy))
-    }
-
-    /// The reused memory list of the state (empty, with its capacity).
-    fn take_memories(&self, state: &mut State) -> MemoryList {
-        match state {
-            State::Started { memories, .. } => {
-                let mut m = std::mem::take(memories);
-                m.clear();
-                m
-            }
-            State::Stopped => MemoryList::new(),
-        }
-    }
-
-    /// Copies `buffer` into the memfd pool: it is not shareable as it is, or slow-policy=copy
-    /// wants a copy. `copied_bytes` of the result says which. The copy is described in
-    /// `memories` (the state's reused list).
-    fn copy_out<'a>(
-        &self,
-        state: &mut State,
-        registry: Option<&memory::FileRegistry>,
-        buffer: &gst::BufferRef,
-        mut memories: MemoryList,
-        copy: &'a mut Option<gst::Buffer>,
-        for_slow_consumer: bool,
-    ) -> Result<Outgoing<'a>, gst::FlowError> {
-        let pool = self.copy_pool(state, buffer.size())?;
-        // May wait until a consumer releases a pool buffer: not part of the copy's time.
-        let dst = pool.acquire_buffer(None)?;
-        let started = std::time::Instant::now();
-        let copy = copy.insert(memory::copy_into(buffer, dst)?);
-        if !for_slow_consumer {
-            self.copy_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        }
-        let mut fds = FdList::new();
-        if let Err(r) = memory::describe_buffer(copy, registry, &mut memories, &mut fds) {
-            gst::element_imp_error!(
-                self,
-                gst::ResourceError::Failed,
-                ("memfd copy is not shareable: {r:?}")
-            );
-            return Err(gst::FlowError::Error);
-        }
-        Ok(Outgoing {
-            wire: copy,
-            memories,
-            fds,
-            copied_bytes: (!for_slow_consumer).then_some(buffer.size()),
-        })
-    }
-
-    fn copy_pool(&self, state: &mut State, size: usize) -> Result<MemfdBufferPool, gst::FlowError> {
-        let State::Started { copy_pool, .. } = state else {
-            return Err(gst::FlowError::Flushing);
-        };
-        if let Some(pool) = copy_pool
-            && pool
-                .config()
-                .params()
-                .is_some_and(|(_, s, _, _)| s as usize >= size)
+    ) -> Result<Option<u64>, gst::FlowError> {
+        // latest-keyframe: the frame goes into the backlog for consumers to come; the
+        // preroll frame is kept for consumers that join while this pipeline is paused.
+        if !hub.has_ready_consumer()
+            && !self.wait_for_first_consumer(hub)?
+            && !hub.keeps_backlog()
+            && sending != Sending::Preroll
         {
-            return Ok(pool.clone());
+            hub.count_frame_without_consumer();
+            return Ok(None);
         }
-        if let Some(old) = copy_pool.take() {
-            let _ = old.set_active(false);
-        }
-        let caps = gst::Caps::new_empty_simple("application/x-fdlink-copy");
-        let pool =
-            MemfdBufferPool::new_configured(&caps, size as u32, 2, 0, false).map_err(|e| {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::NoSpaceLeft,
-                    ("cannot create memfd copy pool of {size}-byte buffers: {e}")
-                );
-                gst::FlowError::Error
-            })?;
-        *copy_pool = Some(pool.clone());
-        Ok(pool)
-    }
-
-    fn forward_event(&self, event: &gst::Event) {
-        let Some(hub) = self.hub() else { return };
-        let sticky = sticky_kind(event);
-        let p = control::event_to_packet(event, |field| {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "{:?} event: dropping field {field}, it has no string form",
-                event.type_()
-            );
-        });
-        let base_time = self.base_time_monotonic();
-        self.send_to_consumers(
-            &hub,
-            Packet::Event {
-                event: p,
-                base_time,
-            },
-            sticky,
-        );
-    }
-
-    /// Encodes a control packet and sends it to every consumer, in stream order.
-    fn send_to_consumers(&self, hub: &Hub, packet: Packet<BorrowedFd<'_>>, sticky: StickyKind) {
-        let mut bytes = Vec::new();
-        match packet.encode(&mut bytes) {
-            Ok(()) => hub.send_control(bytes, sticky, false),
-            Err(e) => gst::warning!(CAT, imp = self, "not sending {packet:?}: {e}"),
-        }
-    }
-
-    /// Sends this pipeline's error, warning, info and element messages to the consumers.
-    fn watch_bus(&self) {
-        let weak = self.obj().downgrade();
-        let reposted = self.reposted.clone();
-        let watch = BusWatch::new(self.obj().upcast_ref(), move |message| {
-            let Some(p) =
-                session::crossing_packet(message, &reposted, control::forwards_to_consumers)
-            else {
-                return;
-            };
-            let Some(obj) = weak.upgrade() else { return };
-            let imp = obj.imp();
-            if let Some(hub) = imp.hub() {
-                imp.send_to_consumers(&hub, Packet::Message(p), StickyKind::None);
-            }
-        });
-        *self.bus_watch.lock().unwrap() = watch;
-    }
-
-    /// The caps every consumer's pipeline can take, intersected with `caps`. A consumer whose
-    /// answer would leave nothing is left out (it fails on its own when the caps come), so one
-    /// consumer cannot make the producer fail to negotiate.
-    fn consumers_caps(&self, hub: &Hub, caps: gst::Caps) -> gst::Caps {
-        let timeout = self.ack_timeout();
-        let query = gst::query::Caps::new(Some(&caps));
-        let replies = hub.ask_consumers(
-            |id| {
-                let mut bytes = Vec::new();
-                Packet::<BorrowedFd<'_>>::Query(control::query_to_packet(id, &query))
-                    .encode(&mut bytes)
-                    .ok()
-                    .map(|()| bytes)
-            },
-            timeout,
-        );
-        let mut result = caps;
-        for reply in replies {
-            let mut q = gst::query::Caps::new(None);
-            if !control::apply_reply(&mut q, &reply) {
-                continue;
-            }
-            let Some(theirs) = q.result() else { continue };
-            let both = result.intersect_with_mode(theirs, gst::CapsIntersectMode::First);
-            if both.is_empty() {
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "a consumer takes only {theirs}, nothing of {result}: leaving it out"
-                );
-            } else {
-                result = both;
-            }
-        }
-        result
-    }
-}
-
-impl FdlinkSink {
-    /// Tells the consumers the state this pipeline reached (or, PLAYING → PAUSED, is going
-    /// to).
-    fn send_state(&self, state: gst::State) {
-        let Some(hub) = self.hub() else { return };
-        let mode = self.settings.lock().unwrap().mode;
-        let p = Packet::State(session::state_packet(state, mode));
-        // PAUSED is a preroll barrier: a follower that prerolls after it lets this
-        // pipeline's own preroll complete (wait_prerolled).
-        let kind = if state == gst::State::Paused {
-            StickyKind::PausedState
-        } else {
-            StickyKind::State
+        let mut state = self.state.lock().unwrap();
+        let State::Started { sender, .. } = &mut *state else {
+            return Err(gst::FlowError::Flushing);
         };
-        self.send_to_consumers(&hub, p, kind);
+        let sent = sender.send(self.obj().upcast_ref(), hub, &self.copy_ns, buffer, sending)?;
+        drop(state);
+        Ok(Some(sent.finish()))
     }
 
-    /// BaseSink's `preroll` (which gstreamer-rs does not wrap, see `class_init`): the
-    /// first buffer of a paused pipeline, and of every preroll after a flush.
+    /// The frame BaseSink prerolls on, from `prepare`: the first buffer of a paused pipeline,
+    /// and of every preroll after a flush or a pause.
     fn preroll(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let Some(hub) = self.hub() else {
             return Err(gst::FlowError::Flushing);
@@ -615,8 +166,9 @@ impl FdlinkSink {
         // stands, and consumers that join while it is paused get this frame too.
         self.awaiting_preroll.store(false, Ordering::SeqCst);
         let sent = self.send(&hub, buffer, Sending::Preroll)?;
-        if let State::Started { prerolled, .. } = &mut *self.state.lock().unwrap() {
-            *prerolled = Some(PrerolledBuffer::of(buffer));
+        let marker = PrerollSent::now(self.obj().upcast_ref());
+        if let State::Started { preroll_sent, .. } = &mut *self.state.lock().unwrap() {
+            *preroll_sent = Some(marker);
         }
         let Some(buffer_id) = sent else {
             return Ok(gst::FlowSuccess::Ok);
@@ -688,192 +240,80 @@ impl FdlinkSink {
         gst::PadProbeReturn::Handled
     }
 
-    /// Sends a buffer to the consumers; returns its buffer id, None when it went nowhere.
-    fn send(
-        &self,
-        hub: &Hub,
-        buffer: &gst::Buffer,
-        sending: Sending,
-    ) -> Result<Option<u64>, gst::FlowError> {
-        // latest-keyframe: the frame goes into the backlog for consumers to come; the
-        // preroll frame is kept for consumers that join while this pipeline is paused.
-        if !hub.has_ready_consumer()
-            && !self.wait_for_first_consumer(hub)?
-            && !hub.keeps_backlog()
-            && sending != Sending::Preroll
-        {
-            hub.count_frame_without_consumer();
-            return Ok(None);
-        }
-        let mut state = self.state.lock().unwrap();
-        let (live, yield_after_send) = match &mut *state {
-            State::Started {
-                upstream_live,
-                yield_after_send,
-                ..
-            } => (
-                *upstream_live.get_or_insert_with(|| {
-                    let mut q = gst::query::Latency::new();
-                    let live = self.obj().sink_pad().peer_query(&mut q) && q.result().0;
-                    gst::debug!(CAT, imp = self, "upstream is live: {live}");
-                    live
-                }),
-                *yield_after_send,
-            ),
-            State::Stopped => return Err(gst::FlowError::Flushing),
-        };
-        // Passing through, wait_pass_through waited for the followers' room; the preroll
-        // frame goes to followers past max-held (Frame::preroll). The others skip what they
-        // have no room for: a paused pipeline has nothing to wait for.
-        if sending == Sending::Playing && !hub.wait_for_room(live) {
-            return Err(gst::FlowError::Flushing);
-        }
-        let mut descs = self.take_memories(&mut state);
-        let mut fds = FdList::new();
-        let registry = hub.file_registry();
-        let (buffer_id, wants_copy) =
-            match memory::describe_buffer(buffer, registry, &mut descs, &mut fds) {
-                Ok(()) => {
-                    let out = Outgoing {
-                        wire: buffer,
-                        memories: descs,
-                        fds,
-                        copied_bytes: None,
-                    };
-                    self.send_frame(hub, &mut state, buffer, out, None, sending)?
-                }
-                Err(reason) => {
-                    drop(fds);
-                    gst::trace!(CAT, imp = self, "copying buffer: {reason:?}");
-                    let mut copy = None;
-                    let out =
-                        self.copy_out(&mut state, registry, buffer, descs, &mut copy, false)?;
-                    self.send_frame(hub, &mut state, buffer, out, None, sending)?
-                }
+    /// Sends this pipeline's error, warning, info and element messages to the consumers.
+    fn watch_bus(&self) {
+        let weak = self.obj().downgrade();
+        let reposted = self.server.reposted().clone();
+        let watch = BusWatch::new(self.obj().upcast_ref(), move |message| {
+            let Some(p) =
+                session::crossing_packet(message, &reposted, control::forwards_to_consumers)
+            else {
+                return;
             };
-        if !wants_copy.is_empty() {
-            // slow-policy=copy: consumers at max-held get the frame in the memfd pool.
-            let mut copy = None;
-            let memories = self.take_memories(&mut state);
-            let out = self.copy_out(&mut state, registry, buffer, memories, &mut copy, true)?;
-            self.send_frame(hub, &mut state, buffer, out, Some(&wants_copy), sending)?;
-        }
-        drop(state);
-        if live && yield_after_send && sending == Sending::Playing {
-            // A unix socket wakes its reader "synchronously": the kernel may put the
-            // consumer on this CPU, expecting the sender to sleep now. A live source does
-            // not sleep but makes its next frame first (videotestsrc, a software decoder),
-            // and the consumer would wait for that; yielding lets it take the frame now.
-            std::thread::yield_now();
-        }
-        Ok(Some(buffer_id))
-    }
-
-    /// Runs a consumer's request against this pipeline. Events and queries go upstream from
-    /// the request threads (see `requests`): they may wait on the streaming thread (a
-    /// flushing seek), which may wait on releases that only the control thread reads.
-    fn serve(
-        &self,
-        id: u64,
-        pid: Option<i32>,
-        conn: Arc<fdlink::transport::Connection>,
-        request: Request,
-    ) {
-        let obj = self.obj().clone();
-        match request {
-            Request::Message(m) => {
-                if !self.settings.lock().unwrap().forward_messages {
-                    return;
-                }
-                let who = format!("consumer {id} (pid {})", pid.unwrap_or(0));
-                if !self.reposted.post(obj.upcast_ref(), &m, &who) {
-                    gst::debug!(CAT, imp = self, "dropping unreadable message from {who}");
-                }
-            }
-            Request::UpstreamEvent(p) => {
-                let Some(event) = control::event_from_packet(&p) else {
-                    gst::debug!(
-                        CAT,
-                        imp = self,
-                        "dropping unreadable event from consumer {id}"
-                    );
-                    return;
-                };
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "consumer {id} sends {:?} upstream",
-                    event.type_()
+            let Some(obj) = weak.upgrade() else { return };
+            if let Some(hub) = obj.imp().hub() {
+                to_consumers::send_packet(
+                    obj.upcast_ref(),
+                    &hub,
+                    Packet::Message(p),
+                    StickyKind::None,
                 );
-                let ty = event.type_();
-                if let Err(e) = self.requests.submit(id, move || {
-                    obj.sink_pad().push_event(event);
-                }) {
-                    gst::warning!(
-                        CAT,
-                        imp = self,
-                        "dropping consumer {id}'s {ty:?} event: {e}"
-                    );
-                }
             }
-            Request::State(st) => {
-                let mode = self.settings.lock().unwrap().mode;
-                if !session::follow_peer(obj.upcast_ref(), mode, &st) {
-                    gst::element_imp_error!(
-                        self,
-                        gst::CoreError::StateChange,
-                        ("fdlinksink mode=follow and consumer {id}'s fdlinksrc mode=follow: each would follow the other; set one of them to mode=independent")
-                    );
-                }
+        });
+        *self.bus_watch.lock().unwrap() = watch;
+    }
+
+    /// Tells the consumers the state this pipeline reached (or, PLAYING → PAUSED, is going
+    /// to).
+    fn send_state(&self, state: gst::State) {
+        let Some(hub) = self.hub() else { return };
+        let mode = self.settings.lock().unwrap().mode;
+        to_consumers::send_state(self.obj().upcast_ref(), &hub, state, mode);
+    }
+
+    /// What the hub reports, on the control thread (or the streaming thread for removals
+    /// found while sending), outside the hub's lock.
+    fn on_hub_event(&self, event: HubEvent) {
+        let obj = self.obj();
+        match event {
+            HubEvent::ConsumerAdded { id, pid } => {
+                gst::info!(CAT, imp = self, "consumer {id} connected (pid {pid:?})");
+                obj.notify("num-clients");
+                obj.emit_by_name::<()>("client-added", &[&id, &pid.unwrap_or(0)]);
             }
-            Request::Query(p) => {
-                let (query_id, refused_conn) = (p.id, conn.clone());
-                let submitted = self.requests.submit(id, move || {
-                    let (answered, structure) = match control::query_from_packet(&p) {
-                        Some(mut q) => {
-                            let answered = obj.sink_pad().peer_query(q.get_mut().unwrap());
-                            if answered
-                                && let gst::QueryViewMut::Latency(l) =
-                                    q.get_mut().unwrap().view_mut()
-                            {
-                                // The latency this pipeline renders with, which may exceed
-                                // what its upstream alone needs.
-                                let (live, min, max) = l.result();
-                                l.set(live, min.max(obj.latency()), max);
-                            }
-                            (
-                                answered,
-                                q.structure().map_or_else(String::new, |s| s.to_string()),
-                            )
-                        }
-                        None => (false, String::new()),
-                    };
-                    send_query_reply(&conn, p.id, answered, structure);
-                });
-                if let Err(e) = submitted {
-                    // Answered at once, so the consumer's query fails now, not at its
-                    // ack-timeout.
-                    gst::warning!(CAT, imp = self, "refusing consumer {id}'s query: {e}");
-                    send_query_reply(&refused_conn, query_id, false, String::new());
-                }
+            HubEvent::ConsumerRemoved { id, reason } => {
+                gst::info!(CAT, imp = self, "consumer {id} removed: {reason}");
+                obj.notify("num-clients");
+                obj.emit_by_name::<()>("client-removed", &[&id, &reason.kind()]);
+            }
+            HubEvent::Warning(msg) => gst::warning!(CAT, imp = self, "{msg}"),
+            HubEvent::Prerolled {
+                id,
+                buffer_id,
+                barriers,
+            } => gst::debug!(
+                CAT,
+                imp = self,
+                "consumer {id} prerolled at buffer {buffer_id}, after {barriers} preroll barriers"
+            ),
+            HubEvent::Request {
+                id,
+                pid,
+                conn,
+                request,
+            } => {
+                let serving = {
+                    let s = self.settings.lock().unwrap();
+                    Serving {
+                        forward_messages: s.forward_messages,
+                        mode: s.mode,
+                    }
+                };
+                self.server
+                    .serve(obj.upcast_ref(), serving, id, pid, conn, request);
             }
         }
     }
-}
-
-/// Answers a consumer's query (`answered` false: this pipeline could not).
-fn send_query_reply(
-    conn: &fdlink::transport::Connection,
-    id: u32,
-    answered: bool,
-    structure: String,
-) {
-    let reply = Packet::QueryReply(fdlink::protocol::QueryReplyPacket {
-        id,
-        answered,
-        structure,
-    });
-    let _ = conn.send_packet(&reply, Some(Duration::from_secs(1)));
 }
 
 #[glib::object_subclass]
@@ -881,31 +321,6 @@ impl ObjectSubclass for FdlinkSink {
     const NAME: &'static str = "GstFdlinkSink";
     type Type = super::FdlinkSink;
     type ParentType = gst_base::BaseSink;
-
-    fn class_init(klass: &mut Self::Class) {
-        // SAFETY: the class struct of a BaseSink subclass starts with GstBaseSinkClass
-        // (glib's ClassStruct is repr(C) with the parent class first), and class_init runs
-        // once, before any instance exists.
-        let base =
-            unsafe { &mut *(klass as *mut Self::Class as *mut gst_base::ffi::GstBaseSinkClass) };
-        base.preroll = Some(preroll_trampoline);
-    }
-}
-
-/// BaseSink's `preroll` virtual method, calling `FdlinkSink::preroll`.
-unsafe extern "C" fn preroll_trampoline(
-    sink: *mut gst_base::ffi::GstBaseSink,
-    buffer: *mut gst::ffi::GstBuffer,
-) -> gst::ffi::GstFlowReturn {
-    use glib::translate::IntoGlib;
-    // SAFETY: BaseSink calls this on an instance of our type (the only class it is set on)
-    // with a buffer it holds a reference to for the duration of the call.
-    let (imp, buffer) = unsafe {
-        let instance = &*(sink as *mut <FdlinkSink as ObjectSubclass>::Instance);
-        (instance.imp(), gst::Buffer::from_glib_borrow(buffer))
-    };
-    let ret: gst::FlowReturn = imp.preroll(&buffer).into();
-    ret.into_glib()
 }
 
 impl ObjectImpl for FdlinkSink {
@@ -951,19 +366,19 @@ impl ObjectImpl for FdlinkSink {
             vec![
                 glib::ParamSpecString::builder("socket-path")
                     .nick("Socket path")
-                    .blurb("Path of the AF_UNIX socket consumers connect to (a stale file left by a dead producer is replaced; one a live process listens on is not)")
+                    .blurb("Path of the AF_UNIX socket consumers connect to; a stale socket file left by a dead producer is replaced")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecInt::builder("fd")
                     .nick("Inherited socket")
-                    .blurb("An already-connected AF_UNIX SOCK_SEQPACKET socket (e.g. one end of a socketpair a launcher made before dropping privileges) to serve one consumer on, instead of socket-path; -1: listen on socket-path. The element works on a duplicate; the fd stays the caller's")
+                    .blurb("An already-connected AF_UNIX SOCK_SEQPACKET socket to serve one consumer on instead of socket-path (-1: listen on socket-path). The element uses a duplicate")
                     .minimum(-1)
                     .default_value(-1)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("max-held")
                     .nick("Max held buffers per consumer")
-                    .blurb("Buffers one consumer may hold unreleased. At the limit, a live stream skips the frame for that consumer; a non-live one first waits up to 1 s for a release. Upstream is asked for pools of at least max-held + 1 buffers")
+                    .blurb("Buffers one consumer may hold unreleased; what happens at the limit is slow-policy. Upstream is asked for pools of at least max-held + 1 buffers")
                     .minimum(1)
                     .maximum(1024)
                     .default_value(DEFAULT_MAX_HELD)
@@ -971,60 +386,60 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecUInt::builder("max-held-total")
                     .nick("Max held buffers, all consumers")
-                    .blurb("Buffers all consumers together may hold unreleased (0 = no limit). At the limit frames are skipped for everyone (block: the producer waits), so upstream's pool never runs dry because of consumers. When set, upstream is asked for pools of at least max-held-total + 1 buffers")
+                    .blurb("Buffers all consumers together may hold unreleased (0 = no limit); at the limit frames are skipped for every consumer (block: the producer waits)")
                     .maximum(65536)
                     .default_value(0)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder::<SlowPolicyProp>("slow-policy")
                     .nick("Slow consumer policy")
-                    .blurb("What to do with a consumer at max-held, or with max-queued buffers waiting for its socket: auto (drop for live upstream, otherwise wait up to 1 s then skip it until it releases), drop (skip the frame; a full queue drops its oldest), block (lossless: the producer waits), disconnect, or copy (at max-held it gets the frame copied into the memfd pool, so upstream's pool keeps its buffers and the consumer loses nothing until max-held + max-queued copies)")
+                    .blurb("What happens to a consumer at max-held, or with max-queued buffers waiting for its socket")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("max-queued")
                     .nick("Max queued buffers per consumer")
-                    .blurb("Buffers that may wait in the producer for room in one consumer's socket (beyond the kernel's own queue of net.unix.max_dgram_qlen datagrams); past it slow-policy applies (drop: the oldest queued is dropped). Queued buffers count as held")
+                    .blurb("Buffers that may wait in the producer for room in one consumer's socket before slow-policy applies; they count as held")
                     .maximum(4096)
                     .default_value(DEFAULT_MAX_QUEUED)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder::<SyncMethodProp>("sync-method")
                     .nick("Sync method")
-                    .blurb("Where a new consumer starts, for encoded streams: latest (next buffer), next-keyframe (skip delta units until a keyframe), latest-keyframe (the latest keyframe and the buffers since, at once, from a backlog of up to 256 buffers that the producer keeps)")
+                    .blurb("Where a consumer that joins starts, for encoded streams")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("register-fds")
                     .nick("Register fds once")
-                    .blurb("Send each memfd or dmabuf to a consumer once, then name it by an id (register-once fds, as PipeWire does): pooled buffers cross without SCM_RIGHTS and the consumer keeps them mapped. A file is retired when upstream frees its last memory of it. false: every buffer packet carries its fds")
+                    .blurb("Send each memfd or dmabuf to a consumer once, then name it by an id (false: every buffer packet carries its fds)")
                     .default_value(true)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("yield-after-send")
                     .nick("Yield after send")
-                    .blurb("With a live upstream, give up the CPU (sched_yield) after sending each frame, so that a consumer the kernel woke on this CPU (a unix socket wakes its reader there, expecting the sender to sleep) takes the frame at once rather than after upstream has made its next one. One syscall per frame; never with a non-live upstream, whose throughput comes first")
+                    .blurb("With a live upstream, give up the CPU (sched_yield) after sending each frame, so that a consumer woken on this CPU takes the frame at once")
                     .default_value(true)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("wait-for-connection")
                     .nick("Wait for connection")
-                    .blurb("Without any consumer, wait for one (true) or drop frames (false); once consumers came and went, frames are dropped again until the next one")
+                    .blurb("Until the first consumer connects, wait for it (true) or drop frames (false)")
                     .default_value(false)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecBoolean::builder("forward-messages")
                     .nick("Forward consumer messages")
-                    .blurb("Post the errors, warnings, infos and element messages of consumer pipelines on this pipeline's bus, naming the consumer and the original source")
+                    .blurb("Post consumers' errors, warnings, infos and element messages on this pipeline's bus, naming the consumer")
                     .default_value(true)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecEnum::builder::<Mode>("mode")
                     .nick("State mode")
-                    .blurb("independent: this pipeline runs its own state; follow: this (producer) pipeline goes to the PAUSED/PLAYING state of the consumer pipelines (the latest change of any consumer wins)")
+                    .blurb("independent: this pipeline runs its own state; follow: it goes to the PAUSED/PLAYING states of its consumers' pipelines")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("ack-timeout")
                     .nick("Ack timeout (ms)")
-                    .blurb("How long a query this producer asks its consumers (caps, accept-caps) waits for their replies; a consumer that does not answer in time is left out of the answer")
+                    .blurb("How long, in ms, a caps or accept-caps query waits for the consumers' answers; a consumer that does not answer in time is left out")
                     .minimum(1)
                     .default_value(DEFAULT_ACK_TIMEOUT_MS)
                     .mutable_playing()
@@ -1036,7 +451,7 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in, frames-sent, frames-zero-copy, frames-copied, bytes-copied, copy-time-us (time spent copying those frames, not counting a wait for a free pool buffer: bytes-copied / copy-time-us is the copy's bandwidth), frames-dropped, slow-copies, frames-without-consumer, releases, consumers, consumers-total, buffers-held, fds-sent (fds sent with buffer packets, all consumers), files-registered (files registered with a consumer, one per file and consumer), files-retired, and clients: one structure per consumer (id, pid, frames-sent, frames-dropped, frames-copied, buffers-held, buffers-queued, releases, bytes-sent, idle-ms, release-avg-us: mean time from send to release, fds-sent, files-registered: files it keeps registered now)")
+                    .blurb("Frame, copy, release and fd counters, and one structure per consumer in clients (see the README)")
                     .read_only()
                     .build(),
             ]
@@ -1088,7 +503,10 @@ impl ObjectImpl for FdlinkSink {
             "register-fds" => self.settings.lock().unwrap().register_fds.to_value(),
             "yield-after-send" => self.settings.lock().unwrap().yield_after_send.to_value(),
             "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
-            "stats" => self.stats_structure().to_value(),
+            "stats" => {
+                let copy_ns = self.copy_ns.load(Ordering::Relaxed);
+                stats::structure(self.hub().as_deref(), copy_ns).to_value()
+            }
             _ => unimplemented!(),
         }
     }
@@ -1134,9 +552,7 @@ impl ElementImpl for FdlinkSink {
         // The pipeline configured a new latency: consumers ask for it again.
         if latency && let Some(hub) = self.hub() {
             let m = gst::message::Latency::builder().src(&*self.obj()).build();
-            if let Some(p) = control::message_to_packet(&m) {
-                self.send_to_consumers(&hub, Packet::Message(p), StickyKind::None);
-            }
+            to_consumers::send_message(self.obj().upcast_ref(), &hub, &m);
         }
         handled
     }
@@ -1175,7 +591,7 @@ impl BaseSinkImpl for FdlinkSink {
         // The stats start again with the hub made below.
         self.copy_ns.store(0, Ordering::Relaxed);
         let (listener, inherited, endpoint) = if settings.fd >= 0 {
-            let conn = fdlink::transport::Connection::inherit(settings.fd).map_err(|e| {
+            let conn = Connection::inherit(settings.fd).map_err(|e| {
                 gst::error_msg!(
                     gst::ResourceError::OpenReadWrite,
                     ("fd {}: {e}", settings.fd)
@@ -1207,34 +623,8 @@ impl BaseSinkImpl for FdlinkSink {
             slow_wait: SLOW_CONSUMER_WAIT,
         };
         let hub = Hub::new(limits, settings.register_fds, move |ev| {
-            let Some(obj) = obj.upgrade() else { return };
-            match ev {
-                HubEvent::ConsumerAdded { id, pid } => {
-                    gst::info!(CAT, obj = obj, "consumer {id} connected (pid {pid:?})");
-                    obj.notify("num-clients");
-                    obj.emit_by_name::<()>("client-added", &[&id, &pid.unwrap_or(0)]);
-                }
-                HubEvent::ConsumerRemoved { id, reason } => {
-                    gst::info!(CAT, obj = obj, "consumer {id} removed: {reason}");
-                    obj.notify("num-clients");
-                    obj.emit_by_name::<()>("client-removed", &[&id, &reason.kind()]);
-                }
-                HubEvent::Warning(msg) => gst::warning!(CAT, obj = obj, "{msg}"),
-                HubEvent::Prerolled {
-                    id,
-                    buffer_id,
-                    barriers,
-                } => gst::debug!(
-                    CAT,
-                    obj = obj,
-                    "consumer {id} prerolled at buffer {buffer_id}, after {barriers} preroll barriers"
-                ),
-                HubEvent::Request {
-                    id,
-                    pid,
-                    conn,
-                    request,
-                } => obj.imp().serve(id, pid, conn, request),
+            if let Some(obj) = obj.upgrade() {
+                obj.imp().on_hub_event(ev);
             }
         })
         .map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ("{e}")))?;
@@ -1252,11 +642,8 @@ impl BaseSinkImpl for FdlinkSink {
         *self.hub.lock().unwrap() = Some(hub);
         *self.state.lock().unwrap() = State::Started {
             control,
-            copy_pool: None,
-            memories: MemoryList::new(),
-            upstream_live: None,
-            yield_after_send: settings.yield_after_send,
-            prerolled: None,
+            sender: Sender::new(settings.yield_after_send),
+            preroll_sent: None,
         };
         Ok(())
     }
@@ -1268,13 +655,11 @@ impl BaseSinkImpl for FdlinkSink {
             hub.shutdown();
         }
         if let State::Started {
-            control, copy_pool, ..
+            control, sender, ..
         } = state
         {
             let _ = control.join();
-            if let Some(pool) = copy_pool {
-                let _ = pool.set_active(false);
-            }
+            sender.stop();
         }
         if let Some(hub) = hub {
             hub.clear();
@@ -1287,17 +672,12 @@ impl BaseSinkImpl for FdlinkSink {
         let Some(hub) = self.hub() else {
             return Err(gst::loggable_error!(CAT, "caps before start"));
         };
-        let mut bytes = Vec::new();
-        Packet::<BorrowedFd<'_>>::Caps(caps.to_string())
-            .encode(&mut bytes)
-            .map_err(|e| gst::loggable_error!(CAT, "caps do not fit a packet: {e}"))?;
         gst::debug!(CAT, imp = self, "caps {caps}");
         let drm = crate::drm_format::describe_caps(caps);
         if !drm.is_empty() {
             gst::info!(CAT, imp = self, "DMA_DRM format: {drm}");
         }
-        hub.send_control(bytes, StickyKind::None, true);
-        Ok(())
+        to_consumers::send_caps(&hub, caps)
     }
 
     fn event(&self, event: gst::Event) -> bool {
@@ -1308,20 +688,22 @@ impl BaseSinkImpl for FdlinkSink {
         // consumer cannot hang on it.
         if event.is_serialized()
             && event.type_() != gst::EventType::Caps
-            && sticky_kind(&event) == StickyKind::None
+            && to_consumers::sticky_kind(&event) == StickyKind::None
             && let Some(hub) = self.hub()
             && self.wait_for_first_consumer(&hub).is_err()
         {
             return false;
         }
-        if event.type_() != gst::EventType::Caps {
-            self.forward_event(&event);
+        if event.type_() != gst::EventType::Caps
+            && let Some(hub) = self.hub()
+        {
+            to_consumers::send_event(self.obj().upcast_ref(), &hub, &event);
         }
         if event.type_() == gst::EventType::FlushStop
-            && let State::Started { prerolled, .. } = &mut *self.state.lock().unwrap()
+            && let State::Started { preroll_sent, .. } = &mut *self.state.lock().unwrap()
         {
             // The prerolled buffer was flushed away; the hub let go of it with the flush.
-            *prerolled = None;
+            *preroll_sent = None;
             // A preroll barrier: BaseSink prerolls again after a flush.
             self.awaiting_preroll.store(true, Ordering::SeqCst);
         }
@@ -1337,9 +719,11 @@ impl BaseSinkImpl for FdlinkSink {
             Some(f) => f.intersect_with_mode(&template, gst::CapsIntersectMode::First),
             None => template,
         };
-        let caps = shareable_caps(&caps);
+        let caps = negotiation::shareable_caps(&caps);
         let caps = match self.hub() {
-            Some(hub) if hub.num_consumers() > 0 => self.consumers_caps(&hub, caps),
+            Some(hub) if hub.num_consumers() > 0 => {
+                negotiation::consumers_caps(self.obj().upcast_ref(), &hub, caps, self.ack_timeout())
+            }
             _ => caps,
         };
         gst::debug!(CAT, imp = self, "caps query (filter {filter:?}): {caps}");
@@ -1374,45 +758,32 @@ impl BaseSinkImpl for FdlinkSink {
             };
             (held + 1).max(POOL_MIN_BUFFERS)
         };
-        let (caps, need_pool) = query.get_owned();
-        if let Some(caps) = &caps
-            && let Ok(info) = gst_video::VideoInfo::from_caps(caps)
-        {
-            let size = info.size() as u32;
-            if need_pool {
-                match MemfdBufferPool::new_configured(caps, size, min, 0, true) {
-                    Ok(pool) => {
-                        // Hand it over inactive: upstream configures and activates it.
-                        let _ = pool.set_active(false);
-                        query.add_allocation_pool(Some(&pool), size, min, 0);
-                        gst::debug!(
-                            CAT,
-                            imp = self,
-                            "proposing memfd pool of {size}-byte buffers, at least {min}"
-                        );
-                    }
-                    Err(e) => gst::warning!(CAT, imp = self, "cannot make memfd pool: {e}"),
-                }
-            } else {
-                query.add_allocation_pool(None::<&gst::BufferPool>, size, min, 0);
-            }
-        }
-        query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        negotiation::propose_allocation(self.obj().upcast_ref(), query, min);
         Ok(())
+    }
+
+    fn prepare(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        // SAFETY: this is prepare, which BaseSink calls (itself, or through prepare_list's
+        // default) with its PREROLL_LOCK held.
+        if unsafe { base_sink_preroll::prerolls(self.obj().upcast_ref()) } {
+            self.preroll(buffer)
+        } else {
+            Ok(gst::FlowSuccess::Ok)
+        }
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let Some(hub) = self.hub() else {
             return Err(gst::FlowError::Flushing);
         };
-        let prerolled = match &mut *self.state.lock().unwrap() {
-            State::Started { prerolled, .. } => prerolled.take(),
+        let preroll_sent = match &mut *self.state.lock().unwrap() {
+            State::Started { preroll_sent, .. } => preroll_sent.take(),
             State::Stopped => return Err(gst::FlowError::Flushing),
         };
-        if let Some(p) = prerolled {
+        if let Some(sent) = preroll_sent {
             // Playing from here: joiners no longer get the preroll frame.
             hub.end_preroll();
-            if p == PrerolledBuffer::of(buffer) {
+            if sent.is_rendered_now(self.obj().upcast_ref()) {
                 return Ok(gst::FlowSuccess::Ok);
             }
         }

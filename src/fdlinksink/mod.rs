@@ -10,12 +10,99 @@
 //! gst-launch-1.0 videotestsrc ! video/x-raw,format=NV12 ! fdlinksink socket-path=/tmp/fdlink.sock
 //! ```
 
+mod base_sink_preroll;
 mod hub;
 mod imp;
+mod negotiation;
 mod requests;
+mod send;
+mod serve;
+mod stats;
+mod to_consumers;
+
+use std::sync::LazyLock;
 
 use gst::glib;
 use gst::prelude::*;
+
+use hub::{SlowPolicy, SyncMethod};
+
+/// The `slow-policy` property.
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstFdlinkSlowPolicy")]
+pub enum SlowPolicyProp {
+    #[default]
+    #[enum_value(
+        name = "Auto: drop when upstream is live; otherwise wait up to 1 s, then skip that consumer until it releases",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(name = "Drop: skip frames for that consumer", nick = "drop")]
+    Drop = 1,
+    #[enum_value(
+        name = "Block: wait until every consumer has room (lossless, for recording)",
+        nick = "block"
+    )]
+    Block = 2,
+    #[enum_value(name = "Disconnect: remove that consumer", nick = "disconnect")]
+    Disconnect = 3,
+    #[enum_value(
+        name = "Copy: send that consumer a copy in the memfd pool, so upstream's pool keeps its buffers",
+        nick = "copy"
+    )]
+    Copy = 4,
+}
+
+/// The `sync-method` property.
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstFdlinkSyncMethod")]
+pub enum SyncMethodProp {
+    #[default]
+    #[enum_value(name = "Latest: start with the next buffer", nick = "latest")]
+    Latest = 0,
+    #[enum_value(
+        name = "Next keyframe: skip delta units until the next keyframe",
+        nick = "next-keyframe"
+    )]
+    NextKeyframe = 1,
+    #[enum_value(
+        name = "Latest keyframe: start with the latest keyframe and the buffers since",
+        nick = "latest-keyframe"
+    )]
+    LatestKeyframe = 2,
+}
+
+impl From<SyncMethodProp> for SyncMethod {
+    fn from(p: SyncMethodProp) -> Self {
+        match p {
+            SyncMethodProp::Latest => SyncMethod::Latest,
+            SyncMethodProp::NextKeyframe => SyncMethod::NextKeyframe,
+            SyncMethodProp::LatestKeyframe => SyncMethod::LatestKeyframe,
+        }
+    }
+}
+
+impl From<SlowPolicyProp> for SlowPolicy {
+    fn from(p: SlowPolicyProp) -> Self {
+        match p {
+            SlowPolicyProp::Auto => SlowPolicy::Auto,
+            SlowPolicyProp::Drop => SlowPolicy::Drop,
+            SlowPolicyProp::Block => SlowPolicy::Block,
+            SlowPolicyProp::Disconnect => SlowPolicy::Disconnect,
+            SlowPolicyProp::Copy => SlowPolicy::Copy,
+        }
+    }
+}
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "fdlinksink",
+        gst::DebugColorFlags::empty(),
+        Some("fdlink producer: serves buffers to other processes"),
+    )
+});
 
 glib::wrapper! {
     pub struct FdlinkSink(ObjectSubclass<imp::FdlinkSink>)
@@ -24,8 +111,8 @@ glib::wrapper! {
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // Property enums, so documentation tools list their values.
-    imp::SlowPolicyProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
-    imp::SyncMethodProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    SlowPolicyProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    SyncMethodProp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "fdlinksink",

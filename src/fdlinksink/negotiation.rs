@@ -1,0 +1,110 @@
+//! What fdlinksink offers upstream: caps of memory that crosses as an fd and that its
+//! consumers' pipelines take, and in the ALLOCATION query a memfd pool with VideoMeta.
+
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use gst::prelude::*;
+
+use super::CAT;
+use super::hub::Hub;
+use crate::control;
+use crate::memory::MemfdBufferPool;
+use fdlink::protocol::Packet;
+
+/// Memory kinds that cross as fds. Anything else (VAMemory, GLMemory, ...) would be copied, so
+/// the caps query does not offer it: a VA decoder then picks DMABuf output.
+const SHAREABLE_FEATURES: [&str; 2] = ["memory:SystemMemory", "memory:DMABuf"];
+
+/// `caps` without the structures whose memory cannot cross as an fd.
+pub(super) fn shareable_caps(caps: &gst::CapsRef) -> gst::Caps {
+    if caps.is_any() {
+        return caps.to_owned();
+    }
+    let mut out = gst::Caps::new_empty();
+    let out_mut = out.get_mut().expect("new caps");
+    for (s, features) in caps.iter_with_features() {
+        let ok = features.is_any()
+            || features
+                .iter()
+                .all(|f| SHAREABLE_FEATURES.contains(&f.as_str()) || f.starts_with("meta:"));
+        if ok {
+            out_mut.append_structure_full(s.to_owned(), Some(features.to_owned()));
+        }
+    }
+    out
+}
+
+/// The caps every consumer's pipeline can take, intersected with `caps`; each consumer has
+/// `timeout` to answer. A consumer whose answer would leave nothing is left out (it fails on
+/// its own when the caps come), so one consumer cannot make the producer fail to negotiate.
+pub(super) fn consumers_caps(
+    element: &gst::Element,
+    hub: &Hub,
+    caps: gst::Caps,
+    timeout: Duration,
+) -> gst::Caps {
+    let query = gst::query::Caps::new(Some(&caps));
+    let replies = hub.ask_consumers(
+        |id| {
+            let mut bytes = Vec::new();
+            Packet::<BorrowedFd<'_>>::Query(control::query_to_packet(id, &query))
+                .encode(&mut bytes)
+                .ok()
+                .map(|()| bytes)
+        },
+        timeout,
+    );
+    let mut result = caps;
+    for reply in replies {
+        let mut q = gst::query::Caps::new(None);
+        if !control::apply_reply(&mut q, &reply) {
+            continue;
+        }
+        let Some(theirs) = q.result() else { continue };
+        let both = result.intersect_with_mode(theirs, gst::CapsIntersectMode::First);
+        if both.is_empty() {
+            gst::warning!(
+                CAT,
+                obj = element,
+                "a consumer takes only {theirs}, nothing of {result}: leaving it out"
+            );
+        } else {
+            result = both;
+        }
+    }
+    result
+}
+
+/// Answers upstream's ALLOCATION query: for video caps, a memfd pool (if upstream wants one)
+/// of at least `min_buffers` buffers, or only that minimum; VideoMeta in any case.
+pub(super) fn propose_allocation(
+    element: &gst::Element,
+    query: &mut gst::query::Allocation,
+    min_buffers: u32,
+) {
+    let (caps, need_pool) = query.get_owned();
+    if let Some(caps) = &caps
+        && let Ok(info) = gst_video::VideoInfo::from_caps(caps)
+    {
+        let size = info.size() as u32;
+        if need_pool {
+            match MemfdBufferPool::new_configured(caps, size, min_buffers, 0, true) {
+                Ok(pool) => {
+                    // Hand it over inactive: upstream configures and activates it.
+                    let _ = pool.set_active(false);
+                    query.add_allocation_pool(Some(&pool), size, min_buffers, 0);
+                    gst::debug!(
+                        CAT,
+                        obj = element,
+                        "proposing memfd pool of {size}-byte buffers, at least {min_buffers}"
+                    );
+                }
+                Err(e) => gst::warning!(CAT, obj = element, "cannot make memfd pool: {e}"),
+            }
+        } else {
+            query.add_allocation_pool(None::<&gst::BufferPool>, size, min_buffers, 0);
+        }
+    }
+    query.add_allocation_meta::<gst_video::VideoMeta>(None);
+}

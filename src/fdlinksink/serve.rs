@@ -1,0 +1,147 @@
+//! Consumers' requests to fdlinksink: upstream events and queries run against this pipeline,
+//! bus messages posted on its bus, State packets followed (mode=follow).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gst::prelude::*;
+use gst_base::prelude::*;
+
+use super::CAT;
+use super::hub::Request;
+use super::requests::RequestPool;
+use crate::control;
+use crate::session::{self, Mode, Reposted};
+use fdlink::protocol::{Packet, QueryReplyPacket};
+use fdlink::transport::Connection;
+
+/// How long a query thread waits for room in the consumer's socket to send its reply.
+const QUERY_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The settings a request is served with, read when it arrives.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Serving {
+    /// `forward-messages`.
+    pub forward_messages: bool,
+    /// `mode`.
+    pub mode: Mode,
+}
+
+/// Runs consumers' requests for one fdlinksink.
+#[derive(Default)]
+pub(super) struct Server {
+    /// Runs upstream events and queries.
+    requests: RequestPool,
+    /// Consumers' messages posted here: the bus watch does not send them back.
+    reposted: Arc<Reposted>,
+}
+
+impl Server {
+    pub(super) fn reposted(&self) -> &Arc<Reposted> {
+        &self.reposted
+    }
+
+    /// Runs consumer `id`'s request against `element`'s pipeline. Events and queries go
+    /// upstream from the request threads (see `requests`): they may wait on the streaming
+    /// thread (a flushing seek), which may wait on releases that only the control thread, the
+    /// one calling this, reads.
+    pub(super) fn serve(
+        &self,
+        element: &gst_base::BaseSink,
+        serving: Serving,
+        id: u64,
+        pid: Option<i32>,
+        conn: Arc<Connection>,
+        request: Request,
+    ) {
+        match request {
+            Request::Message(m) => {
+                if !serving.forward_messages {
+                    return;
+                }
+                let who = format!("consumer {id} (pid {})", pid.unwrap_or(0));
+                if !self.reposted.post(element.upcast_ref(), &m, &who) {
+                    gst::debug!(CAT, obj = element, "dropping unreadable message from {who}");
+                }
+            }
+            Request::UpstreamEvent(p) => {
+                let Some(event) = control::event_from_packet(&p) else {
+                    gst::debug!(
+                        CAT,
+                        obj = element,
+                        "dropping unreadable event from consumer {id}"
+                    );
+                    return;
+                };
+                gst::debug!(
+                    CAT,
+                    obj = element,
+                    "consumer {id} sends {:?} upstream",
+                    event.type_()
+                );
+                let ty = event.type_();
+                let sink = element.clone();
+                if let Err(e) = self.requests.submit(id, move || {
+                    sink.sink_pad().push_event(event);
+                }) {
+                    gst::warning!(
+                        CAT,
+                        obj = element,
+                        "dropping consumer {id}'s {ty:?} event: {e}"
+                    );
+                }
+            }
+            Request::State(st) => {
+                if !session::follow_peer(element.upcast_ref(), serving.mode, &st) {
+                    gst::element_error!(
+                        element,
+                        gst::CoreError::StateChange,
+                        ("fdlinksink mode=follow and consumer {id}'s fdlinksrc mode=follow: each would follow the other; set one of them to mode=independent")
+                    );
+                }
+            }
+            Request::Query(p) => {
+                let (query_id, refused_conn) = (p.id, conn.clone());
+                let sink = element.clone();
+                let submitted = self.requests.submit(id, move || {
+                    let (answered, structure) = match control::query_from_packet(&p) {
+                        Some(mut q) => {
+                            let answered = sink.sink_pad().peer_query(q.get_mut().unwrap());
+                            if answered
+                                && let gst::QueryViewMut::Latency(l) =
+                                    q.get_mut().unwrap().view_mut()
+                            {
+                                // The latency this pipeline renders with, which may exceed
+                                // what its upstream alone needs.
+                                let (live, min, max) = l.result();
+                                l.set(live, min.max(sink.latency()), max);
+                            }
+                            (
+                                answered,
+                                q.structure().map_or_else(String::new, |s| s.to_string()),
+                            )
+                        }
+                        None => (false, String::new()),
+                    };
+                    send_query_reply(&conn, p.id, answered, structure);
+                });
+                if let Err(e) = submitted {
+                    // Answered at once, so the consumer's query fails now, not at its
+                    // ack-timeout.
+                    gst::warning!(CAT, obj = element, "refusing consumer {id}'s query: {e}");
+                    send_query_reply(&refused_conn, query_id, false, String::new());
+                }
+            }
+        }
+    }
+}
+
+/// Answers a consumer's query (`answered` false: this pipeline could not).
+fn send_query_reply(conn: &Connection, id: u32, answered: bool, structure: String) {
+    let reply = Packet::QueryReply(QueryReplyPacket {
+        id,
+        answered,
+        structure,
+    });
+    let _ = conn.send_packet(&reply, Some(QUERY_REPLY_TIMEOUT));
+}
