@@ -65,6 +65,7 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// What the peer is told, in an error packet, before the connection closes: only when its
     /// hello was at fault.
+    /// What the peer is told, for the errors that are its fault (None for the others).
     fn reply(&self) -> Option<String> {
         match self {
             HandshakeError::WrongRole { .. }
@@ -73,6 +74,11 @@ impl HandshakeError {
             HandshakeError::VersionMismatch { .. } => Some(format!("bad hello: {self}")),
             _ => None,
         }
+    }
+
+    /// Why the peer is dropped, in the words it was told when it was told.
+    pub fn reason(&self) -> String {
+        self.reply().unwrap_or_else(|| self.to_string())
     }
 
     fn from_transport(e: TransportError) -> HandshakeError {

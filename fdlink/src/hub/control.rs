@@ -11,7 +11,8 @@ use nix::poll::PollFlags;
 
 use super::consumer::{Consumer, Phase};
 use super::{Hub, HubEvent, Inner, Removal, Request, RetiredFiles};
-use crate::protocol::{self, Hello, MAX_PACKET_SIZE, Packet, Role};
+use crate::endpoint;
+use crate::protocol::{self, MAX_PACKET_SIZE, Packet};
 use crate::transport::{Connection, Listener, PollSet, TransportError};
 
 /// A consumer that has not completed the hello by then is dropped.
@@ -22,9 +23,8 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
     /// `listener` is None for an inherited, already-connected socket (`inherited`).
     pub fn run_control(&self, listener: Option<&Listener>, inherited: Option<Connection>) {
         let mut buf = vec![0u8; MAX_PACKET_SIZE];
-        let our_hello = protocol::encode_hello(&Hello::new(Role::Producer, std::process::id()));
         if let Some(conn) = inherited {
-            self.adopt(conn, &our_hello);
+            self.adopt(conn);
         }
         // The consumers to watch and whether each has packets queued (POLLOUT). Kept across
         // rounds (cleared, not freed), so a round allocates nothing. Each round refreshes it
@@ -64,7 +64,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             if let (Some(l), Some(i)) = (listener, accept)
                 && watch.revents(i).contains(PollFlags::POLLIN)
             {
-                self.accept_all(l, &our_hello);
+                self.accept_all(l);
             }
             let mut released = 0usize;
             let mut flushed = false;
@@ -125,10 +125,10 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         }
     }
 
-    fn accept_all(&self, listener: &Listener, our_hello: &[u8]) {
+    fn accept_all(&self, listener: &Listener) {
         loop {
             match listener.accept() {
-                Ok(Some(conn)) => self.adopt(conn, our_hello),
+                Ok(Some(conn)) => self.adopt(conn),
                 Ok(None) => return,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on a readable listener.
@@ -141,9 +141,9 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
     }
 
     /// Greets a new connection and waits for its hello (in the control loop).
-    fn adopt(&self, conn: Connection, our_hello: &[u8]) {
+    fn adopt(&self, conn: Connection) {
         // The hello is the first datagram on a fresh socket: it always fits.
-        if let Err(e) = conn.try_send(our_hello, &[]) {
+        if let Err(e) = endpoint::greet_consumer(&conn) {
             (self.on_event)(HubEvent::Warning(format!(
                 "could not greet new connection: {e}"
             )));
@@ -180,21 +180,8 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             };
             let bytes = &buf[..got.len];
             if let Phase::AwaitingHello { .. } = inner.consumers[pos].phase {
-                if !got.fds.is_empty() {
-                    let msg = "hello carried file descriptors";
-                    conn.send_error(msg);
-                    return Err(Removal::Protocol(msg.into()));
-                }
-                let hello = protocol::decode_hello(bytes).map_err(|e| {
-                    let msg = format!("bad hello: {e}");
-                    conn.send_error(&msg);
-                    Removal::Protocol(msg)
-                })?;
-                if hello.role != Role::Consumer {
-                    let msg = "peer is not a consumer (two fdlinksinks on one socket?)";
-                    conn.send_error(msg);
-                    return Err(Removal::Protocol(msg.into()));
-                }
+                let hello = endpoint::check_consumer_hello(conn, bytes, got.fds.len())
+                    .map_err(|e| Removal::Protocol(e.reason()))?;
                 self.welcome(inner, pos, hello.capabilities & protocol::CAP_FOLLOWS != 0)?;
                 inner.stats.consumers_total += 1;
                 let pid = inner.consumers[pos].pid;

@@ -5,19 +5,18 @@
 //! What it buys. A release wakes the thread that polls for it. Without the grace a fast stream
 //! wakes the control thread once per frame; it takes the hub's lock while the streaming thread
 //! sends and, on a shared CPU, preempts it (on the copy path in the middle of its copy).
-//! Measured on the 2-vCPU bench machine, criterion quick bench, same binary with grace 0
-//! against 2 ms, three alternating runs each (docs/performance-benches.md):
-//! - memfd throughput: 480p 36-79 k → 91-106 k fps, 1080p 41-46 k → 79-99 k, 4K 20-63 k →
-//!   73-79 k, 8K 47-68 k → 77-106 k; CPU per frame, producer 9.4-25.8 → 9.0-12.2 µs,
-//!   consumer 8.5-21.9 → 7.0-9.0 µs;
-//! - copy fallback at 480p: 24-27 k → 32-37 k fps, producer CPU 36-39 → 27-31 µs per frame
-//!   (the copy itself 20 → 11 µs; 10 µs alone in a loop);
-//! - `strace -f -c`, 600 frames of 1080p memfd: producer futex calls per frame 2.7-3.9 →
-//!   0.75-1.2.
+//! Measured in a real pipeline, the comparison harness (`tools/src/compare-harness.rs`: a
+//! prefilled source standing for a hardware decoder, `fdlinksink` into `fdlinksrc ! fakesink`,
+//! two processes, unthrottled), same build with and without the grace
+//! (`FDLINK_RELEASE_GRACE=0`), three alternating runs each on the 2-vCPU machine:
+//! - 640x480: 83-100 k fps with it, 52-89 k without; producer CPU 8.2-10.0 against
+//!   11.8-16.5 µs per frame;
+//! - 1920x1080: 100-123 k fps against 63-85 k; producer CPU 8.1-9.2 against 12.3-16.2 µs;
+//! - a source-bound stream (videotestsrc 1080p, the copy path at 480p) moves within noise.
 //!
-//! The handoff and fan-out rows (one frame in flight) do not move. All of this is the
-//! microbench and strace, not a real pipeline: `FDLINK_RELEASE_GRACE=0` in the producer's
-//! environment switches the grace off, to measure one with and without it.
+//! The criterion bench agrees (docs/performance-benches.md: memfd throughput 1.3-3x, producer
+//! futex calls per frame under `strace` 2.7-3.9 → 0.75-1.2). `FDLINK_RELEASE_GRACE=0` in the
+//! producer's environment switches the grace off, to measure with and without it.
 //!
 //! The rules that keep it safe:
 //! - Releases are done on the streaming thread; requests (events, queries, messages, State
