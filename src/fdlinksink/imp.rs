@@ -296,12 +296,8 @@ impl FdlinkSink {
                 imp = self,
                 "consumer {id} prerolled at buffer {buffer_id}, after {barriers} preroll barriers"
             ),
-            HubEvent::Request {
-                id,
-                pid,
-                conn,
-                request,
-            } => {
+            HubEvent::Request { id, pid, request } => {
+                let Some(hub) = self.hub() else { return };
                 let serving = {
                     let s = self.settings.lock().unwrap();
                     Serving {
@@ -310,7 +306,7 @@ impl FdlinkSink {
                     }
                 };
                 self.server
-                    .serve(obj.upcast_ref(), serving, id, pid, conn, request);
+                    .serve(obj.upcast_ref(), serving, id, pid, hub, request);
             }
         }
     }

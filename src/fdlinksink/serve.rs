@@ -2,21 +2,16 @@
 //! bus messages posted on its bus, State packets followed (mode=follow).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use gst::prelude::*;
 use gst_base::prelude::*;
 
 use super::CAT;
-use super::hub::Request;
+use super::hub::{Hub, Request};
 use super::requests::RequestPool;
 use crate::control;
 use crate::session::{self, Mode, Reposted};
 use fdlink::protocol::{Packet, QueryReplyPacket};
-use fdlink::transport::Connection;
-
-/// How long a query thread waits for room in the consumer's socket to send its reply.
-const QUERY_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The settings a request is served with, read when it arrives.
 #[derive(Clone, Copy, Debug)]
@@ -51,7 +46,7 @@ impl Server {
         serving: Serving,
         id: u64,
         pid: Option<i32>,
-        conn: Arc<Connection>,
+        hub: Arc<Hub>,
         request: Request,
     ) {
         match request {
@@ -101,7 +96,7 @@ impl Server {
                 }
             }
             Request::Query(p) => {
-                let (query_id, refused_conn) = (p.id, conn.clone());
+                let (query_id, refused_hub) = (p.id, hub.clone());
                 let sink = element.clone();
                 let submitted = self.requests.submit(id, move || {
                     let (answered, structure) = match control::query_from_packet(&p) {
@@ -123,25 +118,25 @@ impl Server {
                         }
                         None => (false, String::new()),
                     };
-                    send_query_reply(&conn, p.id, answered, structure);
+                    send_query_reply(&hub, id, p.id, answered, structure);
                 });
                 if let Err(e) = submitted {
                     // Answered at once, so the consumer's query fails now, not at its
                     // ack-timeout.
                     gst::warning!(CAT, obj = element, "refusing consumer {id}'s query: {e}");
-                    send_query_reply(&refused_conn, query_id, false, String::new());
+                    send_query_reply(&refused_hub, id, query_id, false, String::new());
                 }
             }
         }
     }
 }
 
-/// Answers a consumer's query (`answered` false: this pipeline could not).
-fn send_query_reply(conn: &Connection, id: u32, answered: bool, structure: String) {
+/// Answers consumer `consumer`'s query `id` (`answered` false: this pipeline could not).
+fn send_query_reply(hub: &Hub, consumer: u64, id: u32, answered: bool, structure: String) {
     let reply = Packet::QueryReply(QueryReplyPacket {
         id,
         answered,
         structure,
     });
-    let _ = conn.send_packet(&reply, Some(QUERY_REPLY_TIMEOUT));
+    hub.reply(consumer, &reply);
 }

@@ -214,15 +214,13 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                     return Err(Removal::Error(format!("consumer reported: {msg}")));
                 }
                 Ok(Packet::UpstreamEvent(ev)) => {
-                    requests.push(request(inner, pos, conn, Request::UpstreamEvent(ev)))
+                    requests.push(request(inner, pos, Request::UpstreamEvent(ev)))
                 }
-                Ok(Packet::Query(q)) => requests.push(request(inner, pos, conn, Request::Query(q))),
-                Ok(Packet::Message(m)) => {
-                    requests.push(request(inner, pos, conn, Request::Message(m)))
-                }
+                Ok(Packet::Query(q)) => requests.push(request(inner, pos, Request::Query(q))),
+                Ok(Packet::Message(m)) => requests.push(request(inner, pos, Request::Message(m))),
                 Ok(Packet::State(st)) => {
                     inner.consumers[pos].follows = st.sender_follows;
-                    requests.push(request(inner, pos, conn, Request::State(st)))
+                    requests.push(request(inner, pos, Request::State(st)))
                 }
                 Ok(Packet::Prerolled {
                     buffer_id,
@@ -257,12 +255,11 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
 }
 
 /// A consumer's request, for the element to serve outside the hub's lock.
-fn request<H>(inner: &Inner<H>, pos: usize, conn: &Arc<Connection>, request: Request) -> HubEvent {
+fn request<H>(inner: &Inner<H>, pos: usize, request: Request) -> HubEvent {
     let c = &inner.consumers[pos];
     HubEvent::Request {
         id: c.id,
         pid: c.pid,
-        conn: conn.clone(),
         request,
     }
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crate::file_ids::FileIds;
 use crate::pending::PendingQueries;
 use crate::protocol::{self, BufferHeader, Packet, QueryReplyPacket};
-use crate::transport::{Connection, TransportError, Waker};
+use crate::transport::{TransportError, Waker};
 use backlog::{BacklogEntry, Sticky};
 use consumer::{Consumer, Phase};
 use policy::Offer;
@@ -61,11 +61,10 @@ pub enum HubEvent {
         barriers: u32,
     },
     /// A consumer's upstream event, query or bus message, for the producer's pipeline. Sent
-    /// outside the hub's lock; replies go out on `conn`.
+    /// outside the hub's lock; a query's answer goes back through [`Hub::reply`].
     Request {
         id: u64,
         pid: Option<i32>,
-        conn: Arc<Connection>,
         request: Request,
     },
 }
@@ -392,6 +391,35 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             std::mem::take(&mut inner.deferred)
         };
         self.after_removals(removed, events);
+    }
+
+    /// Sends consumer `id` the answer to one of its requests (a QueryReply), in order behind
+    /// what already waits for it; nothing when that consumer is gone.
+    pub fn reply(&self, id: u64, packet: &Packet<BorrowedFd<'_>>) {
+        let mut bytes = Vec::with_capacity(64);
+        if packet.encode(&mut bytes).is_err() {
+            return;
+        }
+        let mut removed = Vec::new();
+        let mut queued = false;
+        let events = {
+            let mut inner = self.lock();
+            if let Some(c) = inner.consumers.iter_mut().find(|c| c.id == id) {
+                match c.queue_or_send(&bytes) {
+                    Ok(()) => queued = !c.queue.is_empty(),
+                    Err(reason) => removed.push((id, reason)),
+                }
+            }
+            for (id, reason) in &removed {
+                self.remove_consumer(&mut inner, *id, reason.clone());
+            }
+            std::mem::take(&mut inner.deferred)
+        };
+        self.after_removals(removed, events);
+        if queued {
+            // The control thread sends queued packets when their sockets have room.
+            self.waker.wake();
+        }
     }
 
     /// Sends a query (`encode` builds its packet from the id) to every ready consumer that is
