@@ -24,7 +24,7 @@
 # written by the CPU: the transport's own cost, not the drawing, sets the pace); and
 # "latency" (live videotestsrc at 30 fps; one-way latency from a stamp written just before
 # the sink to a probe just after the source). How each figure is taken:
-# tools/src/compare-harness.rs. The Markdown tables go to stdout and to --out (default:
+# tools/src/compare-harness/. The Markdown tables go to stdout and to --out (default:
 # benches/compare-peers.last.md); raw results sit beside it.
 set -euo pipefail
 

@@ -5,7 +5,7 @@
 //! What it buys. A release wakes the thread that polls for it. Without the grace a fast stream
 //! wakes the control thread once per frame; it takes the hub's lock while the streaming thread
 //! sends and, on a shared CPU, preempts it (on the copy path in the middle of its copy).
-//! Measured in a real pipeline, the comparison harness (`tools/src/compare-harness.rs`: a
+//! Measured in a real pipeline, the comparison harness (`tools/src/compare-harness/`: a
 //! prefilled source standing for a hardware decoder, `fdlinksink` into `fdlinksrc ! fakesink`,
 //! two processes, unthrottled), same build with and without the grace
 //! (`FDLINK_RELEASE_GRACE=0`), three alternating runs each on the 2-vCPU machine:

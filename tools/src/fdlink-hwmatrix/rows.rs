@@ -1,0 +1,257 @@
+//! The rows of the matrix, and the checks for what this machine has.
+
+use std::process::Command;
+
+/// One row of the matrix.
+pub(crate) struct Row {
+    pub(crate) name: &'static str,
+    /// The consumer holds frames in a queue and takes 40 ms each, checking each frame did not
+    /// change while it held it: the decoder must neither deadlock nor reuse a held surface.
+    pub(crate) slow_consumer: bool,
+    /// The message a decoder logs when its driver ends the stream before draining every frame
+    /// (vicodec: "eos sent too early"). Either run may then miss frames (vicodec under TCG
+    /// misses some of the first ones): when the shorter run logged it, the missing frames are
+    /// the driver's loss, not the link's, and the frames both runs have must still match.
+    pub(crate) eos_bug: Option<&'static str>,
+    /// Elements that must exist, and device nodes (resolved below) that must too.
+    pub(crate) needs_elements: &'static [&'static str],
+    pub(crate) source: Source,
+}
+
+pub(crate) enum Source {
+    /// `fdlink-peer produce-dmabuf --source S --layout L`.
+    Dmabuf {
+        source: &'static str,
+        layout: &'static str,
+    },
+    /// A gst-launch fragment ending before the sink; `{dev}` is the device found by `device`.
+    Pipeline {
+        fragment: &'static str,
+        device: Device,
+        fixture: Option<&'static str>,
+    },
+    /// Hardware this harness has no fixture or device for here.
+    External,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Device {
+    None,
+    /// A vivid capture node whose vb2 allocator is `vmalloc` or `dma-contig`.
+    Vivid(&'static str),
+}
+
+pub(crate) fn rows() -> Vec<Row> {
+    use Source::*;
+    let pipe = |fragment, fixture| Pipeline {
+        fragment,
+        device: Device::None,
+        fixture,
+    };
+    vec![
+        Row {
+            name: "udmabuf",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &[],
+            source: Dmabuf {
+                source: "udmabuf",
+                layout: "offsets",
+            },
+        },
+        Row {
+            name: "dma-heap",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &[],
+            source: Dmabuf {
+                source: "dma-heap",
+                layout: "planes",
+            },
+        },
+        Row {
+            name: "vgem",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &[],
+            source: Dmabuf {
+                source: "vgem",
+                layout: "single",
+            },
+        },
+        Row {
+            name: "v4l2src-vivid-vmalloc",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["v4l2src"],
+            source: Pipeline {
+                fragment: "v4l2src device={dev} io-mode=dmabuf num-buffers=30 ! video/x-raw,format=NV12,width=640,height=480",
+                device: Device::Vivid("vmalloc"),
+                fixture: None,
+            },
+        },
+        Row {
+            name: "v4l2src-vivid-dma-contig",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["v4l2src"],
+            source: Pipeline {
+                fragment: "v4l2src device={dev} io-mode=dmabuf num-buffers=30 ! video/x-raw,format=NV12,width=640,height=480",
+                device: Device::Vivid("dma-contig"),
+                fixture: None,
+            },
+        },
+        Row {
+            name: "v4l2fwhtdec",
+            slow_consumer: false,
+            eos_bug: Some("left undrained after CMD_STOP"),
+            needs_elements: &["v4l2fwhtdec", "gdpdepay"],
+            source: pipe(
+                "filesrc location={fixture} ! gdpdepay ! v4l2fwhtdec capture-io-mode=dmabuf ! video/x-raw,format=NV12",
+                Some("fwht-640x360.gdp"),
+            ),
+        },
+        Row {
+            name: "v4l2slh264dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["v4l2slh264dec"],
+            source: pipe(
+                "filesrc location={fixture} ! h264parse ! v4l2slh264dec",
+                Some("h264-320x240.h264"),
+            ),
+        },
+        Row {
+            name: "v4l2slh264dec-slow-consumer",
+            slow_consumer: true,
+            eos_bug: None,
+            needs_elements: &["v4l2slh264dec"],
+            source: pipe(
+                "filesrc location={fixture} ! h264parse ! v4l2slh264dec",
+                Some("h264-320x240.h264"),
+            ),
+        },
+        Row {
+            name: "v4l2slvp8dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["v4l2slvp8dec"],
+            source: pipe(
+                "filesrc location={fixture} ! matroskademux ! v4l2slvp8dec",
+                Some("vp8-320x240.webm"),
+            ),
+        },
+        Row {
+            name: "v4l2slh265dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["v4l2slh265dec"],
+            source: pipe(
+                "filesrc location={fixture} ! h265parse ! v4l2slh265dec",
+                Some("h265-320x240.h265"),
+            ),
+        },
+        Row {
+            name: "v4l2slvp9dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["v4l2slvp9dec"],
+            source: pipe(
+                "filesrc location={fixture} ! matroskademux ! v4l2slvp9dec",
+                Some("vp9-320x240.webm"),
+            ),
+        },
+        Row {
+            name: "v4l2h264dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["v4l2h264dec"],
+            source: pipe(
+                "filesrc location={fixture} ! h264parse ! v4l2h264dec capture-io-mode=dmabuf",
+                Some("h264-320x240.h264"),
+            ),
+        },
+        Row {
+            name: "v4l2h265dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["v4l2h265dec"],
+            source: External,
+        },
+        Row {
+            name: "vah264dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["vah264dec"],
+            source: pipe(
+                "filesrc location={fixture} ! h264parse ! vah264dec ! video/x-raw(memory:DMABuf)",
+                Some("h264-320x240.h264"),
+            ),
+        },
+        Row {
+            name: "vah265dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["vah265dec"],
+            source: External,
+        },
+        Row {
+            name: "vavp9dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["vavp9dec"],
+            source: External,
+        },
+        Row {
+            name: "vaav1dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["vaav1dec"],
+            source: External,
+        },
+        Row {
+            name: "vaapih264dec",
+            slow_consumer: false,
+            eos_bug: None,
+            needs_elements: &["vaapih264dec"],
+            source: pipe(
+                "filesrc location={fixture} ! h264parse ! vaapih264dec",
+                Some("h264-320x240.h264"),
+            ),
+        },
+    ]
+}
+
+/// The vivid capture node using vb2 allocator `kind`: vivid is loaded with two instances,
+/// allocators=0,1 (vmalloc, dma-contig); node N belongs to instance N in load order.
+pub(crate) fn vivid_node(kind: &str) -> Option<String> {
+    let mut nodes: Vec<(u32, String)> = std::fs::read_dir("/sys/class/video4linux")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let num: u32 = name.strip_prefix("video")?.parse().ok()?;
+            let card = std::fs::read_to_string(e.path().join("name")).ok()?;
+            // vivid names its capture nodes "vivid-00-vid-cap", "vivid-01-vid-cap", ...
+            card.contains("vid-cap")
+                .then_some((num, card.trim().to_string()))
+        })
+        .collect();
+    nodes.sort();
+    let want = if kind == "vmalloc" {
+        "vivid-000"
+    } else {
+        "vivid-001"
+    };
+    nodes
+        .into_iter()
+        .find(|(_, card)| card.starts_with(want))
+        .map(|(n, _)| format!("/dev/video{n}"))
+}
+
+pub(crate) fn element_exists(name: &str) -> bool {
+    Command::new("gst-inspect-1.0")
+        .args(["--exists", name])
+        .status()
+        .is_ok_and(|s| s.success())
+}
