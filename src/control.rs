@@ -12,7 +12,6 @@ use glib::translate::{FromGlib, FromGlibPtrFull, IntoGlib, IntoGlibPtr};
 use gst::prelude::*;
 
 use crate::wire_event::serializable_structure;
-pub use fdlink::pending::PendingQueries;
 use fdlink::protocol::{EventPacket, MessagePacket, QueryPacket, QueryReplyPacket};
 use gst::glib;
 

@@ -243,11 +243,11 @@ mod tests {
         rig.offer(1, true);
         assert!(!rig.grace_running());
         rig.take_and_release(1);
-        let deadline = Instant::now() + WAIT;
-        while rig.releases() == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(rig.releases(), 1, "the control thread read the release");
+        assert_eq!(
+            rig.wait_releases(1),
+            1,
+            "the control thread read the release"
+        );
     }
 
     #[test]
@@ -273,11 +273,11 @@ mod tests {
         rig.offer(1, false);
         assert!(!rig.grace_running());
         rig.take_and_release(1);
-        let deadline = Instant::now() + WAIT;
-        while rig.releases() == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(rig.releases(), 1, "the control thread read the release");
+        assert_eq!(
+            rig.wait_releases(1),
+            1,
+            "the control thread read the release"
+        );
     }
 
     #[test]
@@ -388,10 +388,6 @@ mod tests {
         // The control thread reads the releases at once again.
         rig.take_and_release(1);
         rig.take_and_release(2);
-        let deadline = Instant::now() + WAIT;
-        while rig.releases() < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(rig.releases(), 2);
+        assert_eq!(rig.wait_releases(2), 2);
     }
 }

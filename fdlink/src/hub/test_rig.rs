@@ -126,6 +126,15 @@ impl Rig {
     pub(super) fn releases(&self) -> u64 {
         self.hub.stats().0.releases
     }
+
+    /// The releases the hub has read once `n` arrived or [`WAIT`] passed.
+    pub(super) fn wait_releases(&self, n: u64) -> u64 {
+        let deadline = std::time::Instant::now() + WAIT;
+        while self.releases() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.releases()
+    }
 }
 
 impl Drop for Rig {
