@@ -148,10 +148,36 @@ impl Reposted {
         let Some(msg) = control::message_from_packet(p, element, peer) else {
             return false;
         };
-        self.remember(msg.seqnum());
-        let _ = element.post_message(msg);
+        self.post_message(element, msg);
         true
     }
+
+    /// Posts a message made for the peer (see [`error_as_warning`]) and remembers it.
+    pub fn post_message(&self, element: &gst::Element, msg: gst::Message) {
+        self.remember(msg.seqnum());
+        let _ = element.post_message(msg);
+    }
+}
+
+/// The peer's error message as a warning for the bus of `element`: the error stopped the
+/// peer's pipeline only, and an error here would stop this one too (gst-launch-1.0 and most
+/// applications stop on any). `peer` names the peer and says what became of it; the text is
+/// "PEER SOURCE: TEXT", with the error's own domain and code. None when `p` is not an error
+/// or does not make a message.
+pub fn error_as_warning(
+    p: &MessagePacket,
+    element: &gst::Element,
+    peer: &str,
+) -> Option<gst::Message> {
+    if p.message_type != gst::ffi::GST_MESSAGE_ERROR {
+        return None;
+    }
+    let warning = MessagePacket {
+        message_type: gst::ffi::GST_MESSAGE_WARNING,
+        source: p.source.clone(),
+        structure: p.structure.clone(),
+    };
+    control::message_from_packet(&warning, element, peer)
 }
 
 /// The packet for a bus message that `crosses` to the peer, unless `reposted` says the peer
@@ -211,6 +237,31 @@ impl Drop for BusWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_error_becomes_a_warning_naming_it() {
+        gst::init().unwrap();
+        let sink = gst::ElementFactory::make("fakesink").build().unwrap();
+        let error = gst::message::Error::builder(gst::StreamError::Decode, "bad bitstream")
+            .debug("details")
+            .src(&sink)
+            .build();
+        let p = control::message_to_packet(&error).unwrap();
+        let msg = error_as_warning(&p, &sink, "consumer 3 (pid 7) is disconnected").unwrap();
+        let gst::MessageView::Warning(w) = msg.view() else {
+            panic!("not a warning: {msg:?}");
+        };
+        let text = w.error().message().to_string();
+        assert!(
+            text.starts_with("consumer 3 (pid 7) is disconnected")
+                && text.ends_with("bad bitstream"),
+            "{text}"
+        );
+        assert!(w.error().matches(gst::StreamError::Decode));
+        // Anything else is not an error to turn into a warning.
+        let warning = control::message_to_packet(&msg).unwrap();
+        assert!(error_as_warning(&warning, &sink, "consumer 3").is_none());
+    }
 
     #[test]
     fn follow_decisions() {

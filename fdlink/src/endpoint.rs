@@ -210,27 +210,30 @@ pub fn consumer_hello(
     exchange_hellos(conn, &ours, waker, timeout)
 }
 
+/// The producer's hello, announcing `hold_limit` (its `max-held`, 0: none).
+fn producer_hello_packet(hold_limit: u32) -> Hello {
+    let mut hello = Hello::new(Role::Producer, std::process::id());
+    hello.hold_limit = hold_limit;
+    hello
+}
+
 /// The producer's side of the hello for a caller that may block on one connection: sends
 /// ours, then waits up to `timeout` for the consumer's. Returns the consumer's hello (its
 /// capabilities say, for one, whether it follows the producer's state).
 pub fn producer_hello(
     conn: &Connection,
+    hold_limit: u32,
     waker: Option<&Waker>,
     timeout: Duration,
 ) -> Result<Hello, HandshakeError> {
-    exchange_hellos(
-        conn,
-        &Hello::new(Role::Producer, std::process::id()),
-        waker,
-        timeout,
-    )
+    exchange_hellos(conn, &producer_hello_packet(hold_limit), waker, timeout)
 }
 
 /// The producer's side of the hello in a poll loop that serves many consumers, first step:
-/// sends our hello at accept without waiting (it is the first datagram on a fresh socket, so
-/// it always fits).
-pub fn greet_consumer(conn: &Connection) -> Result<(), HandshakeError> {
-    send_hello(conn, &Hello::new(Role::Producer, std::process::id()), None)
+/// sends our hello, announcing `hold_limit`, at accept without waiting (it is the first
+/// datagram on a fresh socket, so it always fits).
+pub fn greet_consumer(conn: &Connection, hold_limit: u32) -> Result<(), HandshakeError> {
+    send_hello(conn, &producer_hello_packet(hold_limit), None)
 }
 
 /// Second step of [`greet_consumer`]: the consumer's first datagram, once it arrived, must be
@@ -478,10 +481,11 @@ mod tests {
     fn consumer_and_producer_exchange_hellos() {
         let _fds = fd_lock();
         let (consumer, producer) = Connection::pair().unwrap();
-        let producer_side = std::thread::spawn(move || producer_hello(&producer, None, T));
+        let producer_side = std::thread::spawn(move || producer_hello(&producer, 8, None, T));
         let theirs = consumer_hello(&consumer, CAP_FOLLOWS, None, T).unwrap();
         assert_eq!(theirs.role, Role::Producer);
         assert_eq!(theirs.pid, std::process::id());
+        assert_eq!(theirs.hold_limit, 8);
         let consumers = producer_side.join().unwrap().unwrap();
         assert_eq!(consumers.role, Role::Consumer);
         assert_eq!(consumers.capabilities, CAP_FOLLOWS);
@@ -491,10 +495,11 @@ mod tests {
     fn producer_in_two_steps_never_waits() {
         let _fds = fd_lock();
         let (consumer, producer) = Connection::pair().unwrap();
-        greet_consumer(&producer).unwrap();
+        greet_consumer(&producer, 3).unwrap();
         // The producer's hello waits in the socket: the consumer finishes at once.
         let theirs = consumer_hello(&consumer, 0, None, T).unwrap();
         assert_eq!(theirs.role, Role::Producer);
+        assert_eq!(theirs.hold_limit, 3);
         let mut buf = vec![0u8; MAX_PACKET_SIZE];
         let got = producer.try_recv(&mut buf).unwrap();
         let hello = check_consumer_hello(&producer, &buf[..got.len], got.fds.len()).unwrap();
@@ -621,7 +626,7 @@ mod tests {
             let mut buf = vec![0u8; MAX_PACKET_SIZE];
             b.recv_wait(&mut buf, None, Some(T)).unwrap();
         });
-        let e = producer_hello(&a, None, T).unwrap_err();
+        let e = producer_hello(&a, 8, None, T).unwrap_err();
         closer.join().unwrap();
         assert!(matches!(e, HandshakeError::PeerClosed), "{e:?}");
     }

@@ -424,7 +424,7 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecBoolean::builder("forward-messages")
                     .nick("Forward consumer messages")
-                    .blurb("Post consumers' errors, warnings, infos and element messages on this pipeline's bus, naming the consumer")
+                    .blurb("Post consumers' warnings, infos and element messages on this pipeline's bus, naming the consumer; an independent consumer's error comes as a warning and that consumer is disconnected")
                     .default_value(true)
                     .mutable_playing()
                     .build(),
@@ -716,11 +716,17 @@ impl BaseSinkImpl for FdlinkSink {
             None => template,
         };
         let caps = negotiation::shareable_caps(&caps);
+        let wait_first = self.settings.lock().unwrap().wait_for_connection
+            && self.obj().sink_pad().current_caps().is_none();
         let caps = match self.hub() {
-            Some(hub) if hub.num_consumers() > 0 => {
-                negotiation::consumers_caps(self.obj().upcast_ref(), &hub, caps, self.ack_timeout())
-            }
-            _ => caps,
+            Some(hub) => negotiation::consumers_caps(
+                self.obj().upcast_ref(),
+                &hub,
+                caps,
+                self.ack_timeout(),
+                wait_first,
+            ),
+            None => caps,
         };
         gst::debug!(CAT, imp = self, "caps query (filter {filter:?}): {caps}");
         Some(caps)

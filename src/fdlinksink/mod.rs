@@ -17,6 +17,7 @@ mod negotiation;
 mod requests;
 mod send;
 mod serve;
+mod skips;
 mod stats;
 mod to_consumers;
 

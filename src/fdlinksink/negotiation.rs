@@ -38,12 +38,31 @@ pub(super) fn shareable_caps(caps: &gst::CapsRef) -> gst::Caps {
 /// The caps every consumer's pipeline can take, intersected with `caps`; each consumer has
 /// `timeout` to answer. A consumer whose answer would leave nothing is left out (it fails on
 /// its own when the caps come), so one consumer cannot make the producer fail to negotiate.
+///
+/// `wait_first` (wait-for-connection, and no caps set yet): while no consumer has ever
+/// connected, this waits for the first one (or a flush) and asks it. The stream then starts
+/// in caps the first consumer takes, rather than in caps picked alone that it would refuse,
+/// dropping frames until the producer renegotiates (by then a non-live stream may be over).
 pub(super) fn consumers_caps(
     element: &gst::Element,
     hub: &Hub,
     caps: gst::Caps,
     timeout: Duration,
+    wait_first: bool,
 ) -> gst::Caps {
+    if wait_first && hub.stats().0.consumers_total == 0 {
+        gst::debug!(
+            CAT,
+            obj = element,
+            "wait-for-connection: the first caps wait for the first consumer"
+        );
+        if !hub.wait_for_consumer() {
+            return caps;
+        }
+    }
+    if hub.num_consumers() == 0 {
+        return caps;
+    }
     let query = gst::query::Caps::new(Some(&caps));
     let replies = hub.ask_consumers(
         |id| {

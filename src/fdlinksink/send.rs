@@ -8,6 +8,7 @@ use gst_base::prelude::*;
 
 use super::CAT;
 use super::hub::{Frame, Hub};
+use super::skips::Skips;
 use crate::clock;
 use crate::memory::{self, FdList, MemfdBufferPool};
 use fdlink::protocol::{BufferHeader, MemoryList, TIME_NONE};
@@ -33,6 +34,8 @@ pub(super) struct Sender {
     upstream_live: Option<bool>,
     /// `yield-after-send`, as set when the stream started.
     yield_after_send: bool,
+    /// Frames skipped for consumers, announced.
+    skips: Skips,
 }
 
 /// A frame that went out.
@@ -75,6 +78,7 @@ impl Sender {
             memories: MemoryList::new(),
             upstream_live: None,
             yield_after_send,
+            skips: Skips::default(),
         }
     }
 
@@ -111,7 +115,7 @@ impl Sender {
         let mut descs = self.take_memories();
         let mut fds = FdList::new();
         let registry = hub.file_registry();
-        let (buffer_id, wants_copy) =
+        let (buffer_id, wants_copy, mut skipped) =
             match memory::describe_buffer(buffer, registry, &mut descs, &mut fds) {
                 Ok(()) => {
                     let out = Outgoing {
@@ -138,8 +142,11 @@ impl Sender {
             let mut out = self.copy_out(element, registry, buffer, memories, &mut copy)?;
             // Not an unshareable buffer: bytes-copied and copy-time-us leave it out.
             out.frame.copied_bytes = None;
-            self.send_frame(element, hub, buffer, out.frame, Some(&wants_copy), sending)?;
+            let (_, _, more) =
+                self.send_frame(element, hub, buffer, out.frame, Some(&wants_copy), sending)?;
+            skipped += more;
         }
+        self.skips.count(element, buffer, skipped, live);
         Ok(Sent {
             buffer_id,
             yield_cpu: live && self.yield_after_send && sending == Sending::Playing,
@@ -156,7 +163,7 @@ impl Sender {
         out: Outgoing<'_>,
         slow_copy_for: Option<&[u64]>,
         sending: Sending,
-    ) -> Result<(u64, Vec<u64>), gst::FlowError> {
+    ) -> Result<(u64, Vec<u64>, u64), gst::FlowError> {
         let live = self.upstream_live.unwrap_or(true);
         let buffer_id = hub.next_buffer_id();
         let time = |t: Option<gst::ClockTime>| t.map_or(TIME_NONE, |t| t.nseconds());
@@ -189,14 +196,14 @@ impl Sender {
             preroll: sending == Sending::Preroll,
             reads_releases: !live && sending == Sending::Playing,
         };
-        let wants_copy = if let Some(consumers) = slow_copy_for {
-            hub.send_copy(consumers, &frame, out.wire.clone());
+        let sent = if let Some(consumers) = slow_copy_for {
+            let sent = hub.send_copy(consumers, &frame, out.wire.clone());
             gst::trace!(
                 CAT,
                 obj = element,
                 "buffer {buffer_id}: copy for {consumers:?}"
             );
-            Vec::new()
+            sent
         } else {
             let sent = hub.send_buffer(&frame, out.wire.clone(), out.copied_bytes);
             gst::trace!(
@@ -205,11 +212,11 @@ impl Sender {
                 "buffer {buffer_id} sent to {} consumers",
                 sent.sent_to
             );
-            sent.wants_copy
+            sent
         };
         // The memory list goes back for the next frame.
         self.memories = header.memories;
-        Ok((buffer_id, wants_copy))
+        Ok((buffer_id, sent.wants_copy, sent.skipped))
     }
 
     /// The reused memory list (empty, with its capacity).

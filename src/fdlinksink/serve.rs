@@ -1,7 +1,9 @@
 //! Consumers' requests to fdlinksink: upstream events and queries run against this pipeline,
-//! bus messages posted on its bus, State packets followed (mode=follow).
+//! bus messages posted on its bus (an independent consumer's error as a warning, and that
+//! consumer dropped), State packets followed (mode=follow).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
 use gst_base::prelude::*;
@@ -11,7 +13,11 @@ use super::hub::{Hub, Request};
 use super::requests::RequestPool;
 use crate::control;
 use crate::session::{self, Mode, Reposted};
-use fdlink::protocol::{Packet, QueryReplyPacket};
+use fdlink::hub::Removal;
+use fdlink::protocol::{MessagePacket, Packet, QueryReplyPacket};
+
+/// How many failed consumers [`Server`] remembers (a consumer's errors come together).
+const FAILED_KEEP: usize = 64;
 
 /// The settings a request is served with, read when it arrives.
 #[derive(Clone, Copy, Debug)]
@@ -22,6 +28,15 @@ pub(super) struct Serving {
     pub mode: Mode,
 }
 
+impl Serving {
+    /// Whether a consumer's error stops this pipeline: only when the two pipelines run as one
+    /// session, either following the other's state (the consumer's fdlinksrc or this
+    /// fdlinksink in mode=follow). Otherwise the error is that consumer's alone.
+    fn shares_errors(&self, from_follower: bool) -> bool {
+        from_follower || self.mode == Mode::Follow
+    }
+}
+
 /// Runs consumers' requests for one fdlinksink.
 #[derive(Default)]
 pub(super) struct Server {
@@ -29,11 +44,54 @@ pub(super) struct Server {
     requests: RequestPool,
     /// Consumers' messages posted here: the bus watch does not send them back.
     reposted: Arc<Reposted>,
+    /// The latest consumers dropped for their error: the errors that follow from the first
+    /// (a source's "Internal data stream error") are not posted again.
+    failed: Mutex<VecDeque<u64>>,
 }
 
 impl Server {
     pub(super) fn reposted(&self) -> &Arc<Reposted> {
         &self.reposted
+    }
+
+    /// An independent consumer's pipeline failed: its first error goes on this bus as a
+    /// warning naming it (with forward-messages), and the consumer is dropped, its held
+    /// buffers released. This pipeline and the other consumers carry on.
+    fn drop_failed(
+        &self,
+        element: &gst_base::BaseSink,
+        serving: Serving,
+        (id, who): (u64, &str),
+        hub: &Hub,
+        packet: &MessagePacket,
+    ) {
+        {
+            let mut failed = self.failed.lock().unwrap();
+            if failed.contains(&id) {
+                gst::debug!(CAT, obj = element, "{who} failed again: {packet:?}");
+                return;
+            }
+            if failed.len() == FAILED_KEEP {
+                failed.pop_front();
+            }
+            failed.push_back(id);
+        }
+        let fate = format!("{who} is disconnected: its pipeline failed in");
+        match session::error_as_warning(packet, element.upcast_ref(), &fate) {
+            Some(warning) => {
+                if let gst::MessageView::Warning(w) = warning.view() {
+                    gst::warning!(CAT, obj = element, "{}", w.error());
+                }
+                if serving.forward_messages {
+                    self.reposted.post_message(element.upcast_ref(), warning);
+                }
+            }
+            None => gst::warning!(CAT, obj = element, "{fate} (an unreadable error)"),
+        }
+        let reason = Removal::Error("its pipeline posted an error".into());
+        if !hub.disconnect(id, reason) {
+            gst::debug!(CAT, obj = element, "{who} had already gone");
+        }
     }
 
     /// Runs consumer `id`'s request against `element`'s pipeline. Events and queries go
@@ -50,12 +108,21 @@ impl Server {
         request: Request,
     ) {
         match request {
-            Request::Message(m) => {
+            Request::Message {
+                packet,
+                from_follower,
+            } => {
+                let who = format!("consumer {id} (pid {})", pid.unwrap_or(0));
+                if packet.message_type == gst::ffi::GST_MESSAGE_ERROR
+                    && !serving.shares_errors(from_follower)
+                {
+                    self.drop_failed(element, serving, (id, &who), &hub, &packet);
+                    return;
+                }
                 if !serving.forward_messages {
                     return;
                 }
-                let who = format!("consumer {id} (pid {})", pid.unwrap_or(0));
-                if !self.reposted.post(element.upcast_ref(), &m, &who) {
+                if !self.reposted.post(element.upcast_ref(), &packet, &who) {
                     gst::debug!(CAT, obj = element, "dropping unreadable message from {who}");
                 }
             }

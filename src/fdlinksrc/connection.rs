@@ -13,12 +13,12 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::imp::{CAT, FdlinkSrc, Stop, protocol_error};
-use super::link::Link;
+use super::link::{Link, QueueLimit};
 use super::peer::ProducerPeer;
 use super::stream::Stream;
 use crate::session::Mode;
 use fdlink::endpoint::{self, ConnectError, HELLO_TIMEOUT, HandshakeError, Reconnect};
-use fdlink::protocol;
+use fdlink::protocol::{self, Hello};
 use fdlink::transport::{Connection, TransportError, Waker};
 
 /// Where and how to connect, and the reconnect under way.
@@ -69,13 +69,13 @@ impl Connector {
     }
 
     /// Connects (the first time, or again after the producer went away) and runs the hello;
-    /// returns the connection with the producer's pid.
+    /// returns the connection with the producer's hello.
     fn connect(
         &mut self,
         imp: &FdlinkSrc,
         capabilities: u32,
         waker: &Waker,
-    ) -> Result<(Arc<Connection>, u32), Stop> {
+    ) -> Result<(Arc<Connection>, Hello), Stop> {
         let conn = match (&mut self.lost, self.inherited_fd) {
             (Some(lost), _) => match lost.attempts.connect(&self.path, waker) {
                 Ok(conn) => conn,
@@ -106,7 +106,7 @@ impl Connector {
             producer.pid,
             self.path.display()
         );
-        Ok((Arc::new(conn), producer.pid))
+        Ok((Arc::new(conn), producer))
     }
 
     fn hello_error(&self, e: HandshakeError) -> Stop {
@@ -213,12 +213,16 @@ impl FdlinkSrc {
         } else {
             0
         };
-        let (conn, producer_pid) = stream.connector.connect(self, capabilities, waker)?;
+        let (conn, producer) = stream.connector.connect(self, capabilities, waker)?;
         let peer = ProducerPeer {
             obj: self.obj().downgrade(),
-            producer_pid,
+            producer_pid: producer.pid,
         };
-        let link = Link::start(conn, peer, stream.queue_limit, self.counters.clone())
+        let limit = QueueLimit {
+            hold_limit: producer.hold_limit as usize,
+            ..stream.queue_limit
+        };
+        let link = Link::start(conn, peer, limit, self.counters.clone())
             .map_err(|e| stream.connector.link_error("starting the reader", e))?;
         stream.link = Some(link.clone());
         if let Some(lost) = stream.connector.lost.take() {
@@ -234,7 +238,8 @@ impl FdlinkSrc {
             gst::info!(
                 CAT,
                 imp = self,
-                "reconnected to producer pid {producer_pid} at {path} after {attempts} attempts, {} ms",
+                "reconnected to producer pid {} at {path} after {attempts} attempts, {} ms",
+                producer.pid,
                 down.as_millis()
             );
             let s = gst::Structure::builder("fdlink-reconnected")
@@ -242,7 +247,7 @@ impl FdlinkSrc {
                 .field("attempts", attempts)
                 .field("downtime-ms", down.as_millis() as u64)
                 .field("reconnects", reconnects)
-                .field("producer-pid", producer_pid)
+                .field("producer-pid", producer.pid)
                 .build();
             self.post_local_message(s);
         }

@@ -116,6 +116,7 @@ pub struct FdlinkSrc {
 /// What ends `create()` early.
 pub(super) enum Stop {
     Flushing,
+    /// The producer closed after EOS (which went downstream when it came).
     Eos,
     Error(gst::ErrorMessage),
     /// The producer went away without EOS (the connection closed or its socket failed); the
@@ -443,6 +444,8 @@ impl BaseSrcImpl for FdlinkSrc {
         let queue_limit = QueueLimit {
             max_queued: settings.max_queued as usize,
             leaky: settings.leaky,
+            // The producer's, from its hello.
+            hold_limit: 0,
         };
         *self.state.lock().unwrap() = State::Started(Box::new(Stream::new(connector, queue_limit)));
         Ok(())
@@ -564,7 +567,7 @@ impl PushSrcImpl for FdlinkSrc {
             }
             Err(stop) => {
                 if matches!(stop, Stop::Eos) {
-                    gst::info!(CAT, imp = self, "producer sent EOS");
+                    gst::info!(CAT, imp = self, "producer closed after EOS");
                 }
                 Err(stop.into())
             }

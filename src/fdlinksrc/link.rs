@@ -77,6 +77,20 @@ pub struct QueueLimit {
     /// copies are held up to the same number besides.
     pub max_queued: usize,
     pub leaky: Leaky,
+    /// The producer's `max-held` for this consumer, from its hello (0: no limit).
+    pub hold_limit: usize,
+}
+
+impl QueueLimit {
+    /// Producer buffers this consumer pins (queued here and held downstream): half the
+    /// producer's limit, so that frames still in the socket and releases on their way fit
+    /// under it too. Past it, the reader waits for the streaming thread to take what is
+    /// queued (a slow downstream), and the streaming thread copies frames out while
+    /// downstream holds that many (a downstream that keeps buffers: see
+    /// [`Link::copy_if_held_downstream`]).
+    fn hold_budget(&self) -> Option<usize> {
+        (self.hold_limit > 0).then(|| self.hold_limit.div_ceil(2))
+    }
 }
 
 /// Counters that outlive a connection (reconnects keep counting).
@@ -145,13 +159,21 @@ struct Inbox {
 }
 
 impl Inbox {
-    /// The reader must not take another packet off the socket now.
-    fn full(&self, limit: QueueLimit) -> bool {
+    /// The reader must not take another packet off the socket now; `held_downstream`: the
+    /// producer's buffers downstream holds.
+    fn full(&self, limit: QueueLimit, held_downstream: usize) -> bool {
         if !self.streaming || self.awaiting_replies > 0 {
             return false;
         }
         match limit.leaky {
-            Leaky::None => self.originals >= limit.max_queued,
+            // Past the hold budget the reader waits for the streaming thread to take the
+            // frames queued (and copy those downstream would hold beyond it).
+            Leaky::None => {
+                self.originals >= limit.max_queued
+                    || limit.hold_budget().is_some_and(|budget| {
+                        self.originals > 0 && self.originals + held_downstream >= budget
+                    })
+            }
             Leaky::Oldest => false,
             Leaky::Copy => self.originals >= limit.max_queued && self.copies >= limit.max_queued,
         }
@@ -365,7 +387,7 @@ impl Link {
                     inbox = self.room.wait_timeout(inbox, left).unwrap().0;
                     continue;
                 }
-                ReaderStep::Free if !inbox.full(self.limit) => {
+                ReaderStep::Free if !inbox.full(self.limit, self.release_tokens.outstanding()) => {
                     inbox.handoff.reader_reads();
                     return true;
                 }
@@ -573,6 +595,26 @@ impl Link {
                 self.conn.send_error(&msg);
                 Queued::Invalid(msg)
             }
+        }
+    }
+
+    /// `buffer`, an imported frame, or its copy in system memory when downstream already
+    /// holds this consumer's share of the producer's buffers (a filesink that writes 64 KiB
+    /// at a time, an encoder's lookahead, a queue): downstream must not pin more of them, or
+    /// the producer would reach its limit and stall or skip frames while downstream waits for
+    /// more. The original is released as it goes.
+    pub fn copy_if_held_downstream(&self, buffer: gst::Buffer) -> gst::Buffer {
+        // This frame's own token counts: downstream holds the others.
+        let held = self.release_tokens.outstanding().saturating_sub(1);
+        if self.limit.hold_budget().is_none_or(|budget| held < budget) {
+            return buffer;
+        }
+        match buffer.copy_deep() {
+            Ok(copy) => {
+                self.counters.copied.fetch_add(1, Ordering::Relaxed);
+                copy
+            }
+            Err(_) => buffer,
         }
     }
 

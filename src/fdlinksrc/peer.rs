@@ -252,7 +252,15 @@ impl LinkPeer for ProducerPeer {
                 .upgrade()
                 .zip(control::query_from_packet(q))
                 .map(|(obj, mut query)| {
-                    let answered = obj.src_pad().peer_query(query.get_mut().unwrap());
+                    let pad = obj.src_pad();
+                    if let gst::QueryView::Caps(c) = query.view()
+                        && let Some(filter) = c.filter()
+                    {
+                        // Before the producer picks caps, a request pad downstream picked
+                        // for another media type moves to one for this.
+                        obj.imp().relink_request_pad(pad, filter);
+                    }
+                    let answered = pad.peer_query(query.get_mut().unwrap());
                     (answered, query)
                 });
         match answer {

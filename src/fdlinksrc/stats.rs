@@ -1,5 +1,12 @@
 //! fdlinksrc's `stats`: frames, reconnects and the latency from the producer's send to the
 //! frame leaving `create()`.
+//!
+//! Every frame the producer sent is either taken by `create()` (`frames-received`) or dropped
+//! from the link's queue (`leaky=oldest`); of those `create()` takes, the ones in caps
+//! downstream refused are dropped there. `frames-dropped` counts both kinds of drop, and
+//! `frames-dropped-caps` the second: frames pushed downstream = `frames-received` -
+//! `frames-dropped-caps`, and frames sent = `frames-received` + `frames-dropped` -
+//! `frames-dropped-caps`.
 
 use std::sync::atomic::Ordering;
 
@@ -13,6 +20,8 @@ const LATENCY_WINDOW: usize = 1024;
 #[derive(Debug, Default)]
 pub struct Stats {
     pub frames: u64,
+    /// Frames `create()` took but dropped because downstream refused their caps.
+    dropped_for_caps: u64,
     pub reconnects: u64,
     latencies_us: Vec<u32>,
     next_sample: usize,
@@ -41,6 +50,11 @@ impl Stats {
         self.next_sample = (self.next_sample + 1) % LATENCY_WINDOW;
     }
 
+    /// One frame of `record_frame` dropped: downstream refused its caps.
+    pub fn record_dropped_for_caps(&mut self) {
+        self.dropped_for_caps += 1;
+    }
+
     /// The `stats` property: these counts, the queue's, and what the link holds now (`queued`
     /// frames, `files_registered`).
     pub fn structure(
@@ -62,7 +76,11 @@ impl Stats {
             .field("frames-received", self.frames)
             .field("releases-sent", counters.releases.load(Ordering::Relaxed))
             .field("reconnects", self.reconnects)
-            .field("frames-dropped", counters.dropped.load(Ordering::Relaxed))
+            .field(
+                "frames-dropped",
+                counters.dropped.load(Ordering::Relaxed) + self.dropped_for_caps,
+            )
+            .field("frames-dropped-caps", self.dropped_for_caps)
             .field("frames-copied", counters.copied.load(Ordering::Relaxed))
             .field("frames-queued", queued)
             .field("files-registered", files_registered)
@@ -104,8 +122,13 @@ mod tests {
             stats.record_frame(us);
         }
         counters.releases.fetch_add(3, Ordering::Relaxed);
+        counters.dropped.fetch_add(4, Ordering::Relaxed);
+        stats.record_dropped_for_caps();
         let s = stats.structure(&counters, 2, 5);
         assert_eq!(field::<u64>(&s, "frames-received"), 1025);
+        // Dropped from the queue and for refused caps, the second also on its own.
+        assert_eq!(field::<u64>(&s, "frames-dropped"), 5);
+        assert_eq!(field::<u64>(&s, "frames-dropped-caps"), 1);
         assert_eq!(field::<u64>(&s, "releases-sent"), 3);
         assert_eq!(field::<u64>(&s, "frames-queued"), 2);
         assert_eq!(field::<u32>(&s, "files-registered"), 5);

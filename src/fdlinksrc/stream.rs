@@ -3,8 +3,8 @@
 //! onto this pipeline's running time (see `timeline.rs`) ahead of the buffer or gap that says
 //! where the producer is, with the serialized events that came between held until then.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -36,6 +36,9 @@ pub struct Stream {
     timeline: Timeline,
     /// Caps downstream refused, and when this source asked the producer to renegotiate.
     refused_caps: Option<(gst::Caps, Instant)>,
+    /// The producer's caps, not yet set because the pad was flushing when they came: they
+    /// are set before anything else goes downstream once it streams again.
+    unset_caps: Option<gst::Caps>,
     /// Serialized events (tags, custom, ...) that came after the producer's segment but
     /// before anything said where the producer is: they go downstream after that segment,
     /// shifted by the next buffer or gap.
@@ -53,6 +56,7 @@ impl Stream {
             eos: false,
             timeline: Timeline::default(),
             refused_caps: None,
+            unset_caps: None,
             held_events: Vec::new(),
         }
     }
@@ -61,6 +65,7 @@ impl Stream {
     pub fn forget_producer(&mut self) {
         self.timeline.reset();
         self.refused_caps = None;
+        self.unset_caps = None;
         self.held_events.clear();
     }
 }
@@ -87,6 +92,9 @@ impl FdlinkSrc {
             None => self.open_link(stream, waker)?,
         };
         let conn = link.conn.clone();
+        if let Some(caps) = stream.unset_caps.take() {
+            self.take_caps(stream, caps)?;
+        }
         loop {
             // While downstream refuses the producer's caps, waiting ends at ack-timeout even
             // if the producer sends nothing more.
@@ -107,7 +115,9 @@ impl FdlinkSrc {
                     }
                     continue;
                 }
-                Some(Inbound::Closed) if stream.eos => return Err(Stop::Eos),
+                // The stream ended and its EOS went downstream already: however the
+                // connection ends now, BaseSrc just ends its task.
+                Some(Inbound::Closed | Inbound::Lost(_)) if stream.eos => return Err(Stop::Eos),
                 Some(Inbound::Closed) => return Err(Stop::Lost("connection closed".into())),
                 Some(Inbound::Lost(why)) => return Err(Stop::Lost(why)),
                 Some(Inbound::Failed(why)) => {
@@ -143,6 +153,7 @@ impl FdlinkSrc {
                         }
                     };
                     drop(token);
+                    let buffer = link.copy_if_held_downstream(buffer);
                     if let Some(buffer) = self.output_buffer(stream, &header, buffer)? {
                         return Ok(buffer);
                     }
@@ -174,8 +185,8 @@ impl FdlinkSrc {
     }
 
     /// A received frame (imported, or copied by the reader) with the producer's timestamps,
-    /// after the segment it needs; None when it is dropped because downstream refused the
-    /// caps.
+    /// after the segment it needs; None when it is dropped (counted in `stats`) because
+    /// downstream refused the caps.
     fn output_buffer(
         &self,
         stream: &mut Stream,
@@ -188,6 +199,7 @@ impl FdlinkSrc {
             .record_frame(stats::latency_us(header.sent_at));
         if stream.refused_caps.is_some() {
             // Dropped (and so released): downstream cannot take it.
+            self.stats.lock().unwrap().record_dropped_for_caps();
             self.check_refused_caps(stream)?;
             return Ok(None);
         }
@@ -319,7 +331,8 @@ impl FdlinkSrc {
 
     /// New caps from the producer: downstream takes them, or the producer is asked to
     /// renegotiate (it asks us for our caps), and frames are dropped until caps we can take
-    /// arrive or `ack-timeout` runs out.
+    /// arrive or `ack-timeout` runs out. A flushing pad (a flush, or the element going down)
+    /// refuses nothing: the caps wait in `unset_caps` and `create()` stops with FLUSHING.
     fn take_caps(&self, stream: &mut Stream, caps: gst::Caps) -> Result<(), Stop> {
         if self.caps.lock().unwrap().as_ref() == Some(&caps)
             && stream.refused_caps.is_none()
@@ -333,7 +346,10 @@ impl FdlinkSrc {
             gst::info!(CAT, imp = self, "DMA_DRM format: {drm}");
         }
         let pad = self.obj().src_pad().clone();
-        if pad.is_linked() && !pad.peer_query_accept_caps(&caps) {
+        if pad.is_linked() && !self.downstream_accepts(&pad, &caps) {
+            if is_flushing(&pad) {
+                return self.caps_when_streaming(stream, caps);
+            }
             if let Some((_, since)) = stream.refused_caps {
                 stream.refused_caps = Some((caps, since));
                 self.check_refused_caps(stream)?;
@@ -349,25 +365,116 @@ impl FdlinkSrc {
             return Ok(());
         }
         stream.refused_caps = None;
-        *self.caps.lock().unwrap() = Some(caps.clone());
-        if stream.new_producer && pad.current_caps().as_ref() == Some(&caps) {
+        let previous = self.caps.lock().unwrap().replace(caps.clone());
+        // A sticky event's push fails only when this pad is flushing or has seen EOS:
+        // whether downstream takes the caps shows in the data flow, as in any pipeline.
+        let set = if stream.new_producer && pad.current_caps().as_ref() == Some(&caps) {
             // BaseSrc skips caps equal to the current ones; after the new producer's
             // stream-start, downstream still gets its caps event.
-            if !pad.push_event(gst::event::Caps::new(&caps)) {
-                return Err(Stop::Error(gst::error_msg!(
-                    gst::CoreError::Negotiation,
-                    ("downstream does not accept the new producer's caps {caps}")
-                )));
-            }
+            pad.push_event(gst::event::Caps::new(&caps))
+        } else {
+            self.obj().set_caps(&caps).is_ok()
+        };
+        if set {
             return Ok(());
         }
-        if self.obj().set_caps(&caps).is_err() {
-            return Err(Stop::Error(gst::error_msg!(
-                gst::CoreError::Negotiation,
-                ("downstream does not accept the producer's caps {caps}")
-            )));
+        *self.caps.lock().unwrap() = previous;
+        if is_flushing(&pad) {
+            return self.caps_when_streaming(stream, caps);
         }
-        Ok(())
+        Err(Stop::Error(gst::error_msg!(
+            gst::CoreError::Negotiation,
+            (
+                "cannot set the producer's caps {caps} on {}: the pad is past EOS",
+                pad.path_string()
+            )
+        )))
+    }
+
+    /// Caps that came while the pad was flushing: set before anything else goes downstream
+    /// once it streams again (the next `create()`), or forgotten if the element stops.
+    fn caps_when_streaming(&self, stream: &mut Stream, caps: gst::Caps) -> Result<(), Stop> {
+        gst::debug!(
+            CAT,
+            imp = self,
+            "pad flushing: caps {caps} wait until it streams again"
+        );
+        stream.unset_caps = Some(caps);
+        Err(Stop::Flushing)
+    }
+
+    /// Whether downstream accepts `caps`, after moving the link to another request pad of
+    /// the same element if the linked one is for another media type (see
+    /// `relink_request_pad`).
+    fn downstream_accepts(&self, pad: &gst::Pad, caps: &gst::Caps) -> bool {
+        pad.peer_query_accept_caps(caps)
+            || (self.relink_request_pad(pad, caps) && pad.peer_query_accept_caps(caps))
+    }
+
+    /// A request pad downstream was picked before any caps were known: gst-launch links
+    /// `fdlinksrc ! avimux` when this pad's caps are still ANY, and so gets the first request
+    /// template that takes ANY (avimux's `audio_%u`), where in one process the source's caps
+    /// would have picked `video_%u`. When the linked request pad's template has none of the
+    /// media types of `caps` (the producer's caps, or the filter of its caps query), this
+    /// links a pad of a request template of the same element that has one (a template that
+    /// takes `caps` as they are first) and releases the old pad. The caps may still need the
+    /// producer to renegotiate for the new pad (H.264 in avc for a pad that takes
+    /// byte-stream). True if it relinked.
+    pub(super) fn relink_request_pad(&self, pad: &gst::Pad, caps: &gst::CapsRef) -> bool {
+        if caps.is_any() || caps.is_empty() {
+            return false;
+        }
+        let has_media = |c: &gst::CapsRef| {
+            c.is_any()
+                || c.iter()
+                    .any(|s| caps.iter().any(|ours| ours.name() == s.name()))
+        };
+        // The streaming thread (new caps) and the reader (a caps query) may both get here.
+        let _one_at_a_time = RELINKING.lock().unwrap();
+        let Some(peer) = pad.peer() else {
+            return false;
+        };
+        let Some(element) = peer.parent_element() else {
+            return false;
+        };
+        match peer.pad_template() {
+            Some(t) if t.presence() == gst::PadPresence::Request && !has_media(t.caps()) => {}
+            _ => return false,
+        }
+        let mut candidates: Vec<gst::PadTemplate> = element
+            .pad_template_list()
+            .into_iter()
+            .filter(|t| {
+                t.direction() == gst::PadDirection::Sink
+                    && t.presence() == gst::PadPresence::Request
+                    && has_media(t.caps())
+            })
+            .collect();
+        candidates.sort_by_key(|t| !t.caps().can_intersect(caps));
+        let name = |p: &gst::Pad| format!("{}:{}", element.name(), p.name());
+        for template in candidates {
+            let Some(new_peer) = element.request_pad(&template, None, Some(&caps.to_owned()))
+            else {
+                continue;
+            };
+            let _ = pad.unlink(&peer);
+            element.release_request_pad(&peer);
+            if let Err(e) = pad.link(&new_peer) {
+                gst::warning!(CAT, imp = self, "cannot link to {}: {e:?}", name(&new_peer));
+                element.release_request_pad(&new_peer);
+                return false;
+            }
+            gst::info!(
+                CAT,
+                imp = self,
+                "{} takes none of {caps}: linked to {} instead",
+                name(&peer),
+                name(&new_peer)
+            );
+            forget_released_pad(&element);
+            return true;
+        }
+        false
     }
 
     /// Acts on one event packet. Returns Some(stop) when the stream ends here.
@@ -399,10 +506,17 @@ impl FdlinkSrc {
                         ("downstream does not accept the producer's caps {refused}, and the stream ended before the producer offered others")
                     )));
                 }
-                // Held events still go out, before BaseSrc's EOS.
+                // Held events still go out, before the EOS.
                 self.release_held_events(stream);
                 stream.eos = true;
-                return Some(Stop::Eos);
+                // Pushed here rather than returned to BaseSrc, which would pause its task
+                // for good: the producer may still flush (a seek after EOS) and stream on,
+                // and only this streaming thread takes its packets. At the producer's
+                // close BaseSrc's own EOS follows, refused by the pad already at EOS.
+                gst::info!(CAT, imp = self, "producer sent EOS");
+                let mut eos = gst::event::Eos::new();
+                control::set_seqnum(&mut eos, p.seqnum);
+                pad.push_event(eos);
             }
             WireEvent::FlushStart => {
                 // Events held before the flush: sticky ones (tags) stay on the pad across a
@@ -419,6 +533,8 @@ impl FdlinkSrc {
                 let mut flush_stop = gst::event::FlushStop::new(false);
                 control::set_seqnum(&mut flush_stop, p.seqnum);
                 pad.push_event(flush_stop);
+                // An EOS before the flush is flushed away: the producer has more to send.
+                stream.eos = false;
                 stream.timeline.flush_stop();
                 // After a flush, downstream needs the next segment, even if it equals the
                 // one this source pushed itself before.
@@ -463,4 +579,27 @@ impl FdlinkSrc {
         }
         None
     }
+}
+
+/// qtmux and its kin (mp4mux, ...) add a track for each pad they give out and drop a released
+/// pad's track only when they stop, so the released pad would leave an empty track that makes
+/// the file unreadable. Nothing has reached such a muxer yet (it refused our caps), so it is
+/// taken through READY, which rebuilds its tracks from the pads it has, and back.
+fn forget_released_pad(element: &gst::Element) {
+    let Some(qtmux) = gst::glib::Type::from_name("GstBaseQTMux") else {
+        return;
+    };
+    if !element.type_().is_a(qtmux) {
+        return;
+    }
+    let _ = element.set_state(gst::State::Ready);
+    let _ = element.sync_state_with_parent();
+}
+
+/// Held while a request pad downstream is swapped (`relink_request_pad`).
+static RELINKING: Mutex<()> = Mutex::new(());
+
+/// The pad is flushing: a flush, or its element going down (a deactivated pad flushes).
+fn is_flushing(pad: &gst::Pad) -> bool {
+    pad.pad_flags().contains(gst::PadFlags::FLUSHING)
 }

@@ -24,6 +24,8 @@ pub struct ReleaseTokens {
 struct Issuer {
     /// Runs on whatever thread frees a frame's last memory, with the frame's buffer id.
     release: Box<dyn Fn(u64) + Send + Sync>,
+    /// Frames issued a token and not released yet: the producer's buffers this consumer pins.
+    outstanding: AtomicUsize,
     /// Slots whose frames are released; never grows past its initial capacity. Boxed: a slot
     /// in use is reached through a raw pointer, so it keeps its address.
     #[allow(clippy::vec_box)]
@@ -46,6 +48,7 @@ impl ReleaseTokens {
         ReleaseTokens {
             inner: Arc::new(Issuer {
                 release: Box::new(release),
+                outstanding: AtomicUsize::new(0),
                 spare: Mutex::new(Vec::with_capacity(SPARE_SLOTS)),
             }),
         }
@@ -69,10 +72,16 @@ impl ReleaseTokens {
         });
         *slot.refs.get_mut() = 1;
         slot.buffer_id = buffer_id;
+        self.inner.outstanding.fetch_add(1, Ordering::Relaxed);
         slot.issuer = Some(self.inner.clone());
         ReleaseToken {
             slot: NonNull::from(Box::leak(slot)),
         }
+    }
+
+    /// Frames issued a token whose release has not run yet.
+    pub fn outstanding(&self) -> usize {
+        self.inner.outstanding.load(Ordering::Relaxed)
     }
 
     /// Slots on the spare list (tests).
@@ -161,6 +170,7 @@ unsafe fn unref(slot: *mut Slot) {
     // ours again.
     let mut slot = unsafe { Box::from_raw(slot) };
     let issuer = slot.issuer.take().expect("a slot in use knows its issuer");
+    issuer.outstanding.fetch_sub(1, Ordering::Relaxed);
     (issuer.release)(slot.buffer_id);
     let mut spare = issuer.spare.lock().unwrap_or_else(|e| e.into_inner());
     if spare.len() < spare.capacity() {
@@ -200,12 +210,15 @@ mod tests {
         token.attach(b.get_mut().unwrap());
         drop(token);
         assert!(released.lock().unwrap().is_empty());
+        assert_eq!(tokens.outstanding(), 1);
         let a2 = a.clone();
         drop(a);
         drop(b);
         assert!(released.lock().unwrap().is_empty(), "a2 still holds it");
+        assert_eq!(tokens.outstanding(), 1);
         drop(a2);
         assert_eq!(*released.lock().unwrap(), vec![7]);
+        assert_eq!(tokens.outstanding(), 0);
         assert_eq!(tokens.spare_slots(), 1);
     }
 

@@ -26,11 +26,11 @@ fn max_of(stats: &[gst::Structure], name: &str) -> u64 {
 /// A live 320x240 producer at 30 fps for 2.5 s that lets a consumer hold 16 buffers and
 /// skips frames for a consumer that has no room (`slow-policy=drop`), and a consumer with
 /// `max-queued=2` whose downstream takes 100 ms per frame. Returns the producer's and the
-/// consumer's stats lines.
+/// consumer's stats lines, and the producer's other lines (its messages and upstream events).
 fn slow_consumer_of_live_producer(
     tag: &str,
     leaky: &str,
-) -> (Vec<gst::Structure>, Vec<gst::Structure>) {
+) -> (Vec<gst::Structure>, Vec<gst::Structure>, Vec<String>) {
     init_gst();
     let dir = TempDir::new(tag);
     let sock = dir.socket();
@@ -38,6 +38,8 @@ fn slow_consumer_of_live_producer(
         "produce",
         "--stats-every",
         "10",
+        "--messages-log",
+        "--events-log",
         "--seconds",
         "2.5",
         &format!(
@@ -57,7 +59,8 @@ fn slow_consumer_of_live_producer(
     ]);
     producer.wait_success(T, "producer");
     consumer.wait_success(T, "consumer");
-    (all_stats(&producer), all_stats(&consumer))
+    let lines = producer.lines();
+    (all_stats(&producer), all_stats(&consumer), lines)
 }
 
 /// leaky=oldest: the consumer drops the oldest queued frame and releases it at once, so the
@@ -66,7 +69,7 @@ fn slow_consumer_of_live_producer(
 /// dropped by the consumer.
 #[test]
 fn leaky_oldest_drops_and_bounds_what_the_producer_holds() {
-    let (ps, cs) = slow_consumer_of_live_producer("oldest", "oldest");
+    let (ps, cs, _) = slow_consumer_of_live_producer("oldest", "oldest");
     let (p, c) = (ps.last().unwrap(), cs.last().unwrap());
     let held = max_of(&ps, "buffers-held");
     let queued = max_of(&cs, "frames-queued");
@@ -99,7 +102,7 @@ fn leaky_oldest_drops_and_bounds_what_the_producer_holds() {
 /// every frame it was sent.
 #[test]
 fn leaky_none_stops_reading_and_the_producer_skips() {
-    let (ps, cs) = slow_consumer_of_live_producer("none", "none");
+    let (ps, cs, lines) = slow_consumer_of_live_producer("none", "none");
     let (p, c) = (ps.last().unwrap(), cs.last().unwrap());
     let held = max_of(&ps, "buffers-held");
     // While a query of the consumer waits for the producer's reply, the reader reads on past
@@ -130,6 +133,22 @@ fn leaky_none_stops_reading_and_the_producer_skips() {
     );
     assert_eq!(field(c, "frames-received"), field(p, "frames-sent"));
     assert!(held > 2 + 1 + 2, "frames waited in the socket: {held}");
+    // Every skip is announced: a QoS event upstream and a QoS message each, and one warning
+    // (the run is shorter than the warnings' 5 s interval).
+    let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count() as u64;
+    let qos_events = count("upstream qos");
+    let qos_messages = count("message Qos");
+    let warnings = count("message warning");
+    println!("{qos_events} QoS events upstream, {qos_messages} QoS messages, {warnings} warnings");
+    assert!(
+        qos_events > 0 && qos_events <= field(p, "frames-dropped"),
+        "{qos_events} QoS events"
+    );
+    assert!(
+        qos_messages > 0 && qos_messages <= field(p, "frames-dropped"),
+        "{qos_messages} QoS messages"
+    );
+    assert_eq!(warnings, 1, "{lines:?}");
 }
 
 /// How long the slow consumer's downstream holds each frame in the pool tests.
@@ -224,13 +243,13 @@ fn leaky_copy_returns_the_pool_and_keeps_every_frame() {
     );
 }
 
-/// The same with leaky=none: the consumer holds on to the producer's buffers until
-/// downstream is done with them, and the pool runs dry (what leaky=copy avoids).
+/// The same with leaky=none: the consumer holds on to half of max-held of the producer's
+/// buffers until downstream is done with them, and the pool runs dry (what leaky=copy
+/// avoids).
 #[test]
 fn leaky_none_with_the_same_consumer_starves_the_pool() {
     let (waits, ps, consumer) = pool_producer_and_slow_consumer("poolnone", "none");
     let got = frames(&consumer.lines());
-    let cs = consumer.latest_stats().unwrap();
     println!(
         "pool-waits {} (longest {:?}), producer held at most {}",
         waits.count,
@@ -238,15 +257,143 @@ fn leaky_none_with_the_same_consumer_starves_the_pool() {
         max_of(&ps, "buffers-held")
     );
     assert_eq!(got.len(), 15);
+    // Copies start only once it pins half of max-held (16): never for the first 8 frames.
+    let zero_copy = got.iter().take_while(|f| f.files != "-").count();
     assert!(
-        got.iter().all(|f| f.files != "-"),
-        "a copy without leaky=copy"
+        zero_copy >= 8,
+        "a copy among the first 8 frames: {zero_copy}"
     );
-    assert_eq!(field(&cs, "frames-copied"), 0);
     // It waits for downstream to finish the first frame: most of one hold.
     assert!(
         waits.longest >= Duration::from_millis(POOL_TEST_HOLD_MS / 2),
         "the pool never ran dry for long: {:?}",
         waits.longest
     );
+}
+
+/// A non-live producer at default settings (max-held 8; not synchronised, so it sends as fast
+/// as the consumer takes), and a consumer with `downstream`
+/// after its fdlinksrc and a `check` element whose frames are logged (held `slow_ms` each).
+/// Returns the producer's stats lines and the consumer.
+fn default_producer_and_consumer(
+    tag: &str,
+    downstream: &str,
+    slow_ms: u32,
+) -> (Vec<gst::Structure>, Peer) {
+    init_gst();
+    let dir = TempDir::new(tag);
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--stats-every",
+        "10",
+        &format!(
+            "videotestsrc num-buffers=120 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! fdlinksink socket-path={sock} wait-for-connection=true sync=false"
+        ),
+    ]);
+    wait_for_path(&sock, T);
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--frames-log",
+        "--slow-ms",
+        &slow_ms.to_string(),
+        "--stats-every",
+        "20",
+        &format!("fdlinksrc socket-path={sock} ! {downstream}identity name=check ! fakesink"),
+    ]);
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
+    (all_stats(&producer), consumer)
+}
+
+/// A downstream that keeps many of the producer's buffers (a queue of 200 before a slow
+/// element, as an encoder's lookahead or a muxer keeps them) gets every frame at default
+/// settings: past half the producer's max-held the consumer copies frames out and releases
+/// the originals, so the producer never holds max-held for it and skips nothing.
+#[test]
+fn a_holding_downstream_gets_every_frame_as_copies_past_half_of_max_held() {
+    let (ps, consumer) = default_producer_and_consumer(
+        "holding",
+        "queue max-size-buffers=200 max-size-bytes=0 max-size-time=0 ! ",
+        5,
+    );
+    let p = ps.last().unwrap();
+    let cs = consumer.latest_stats().unwrap();
+    let got = frames(&consumer.lines());
+    let copies = got.iter().filter(|f| f.files == "-").count() as u64;
+    println!(
+        "producer sent {} dropped {} held at most {}; consumer copied {} ({copies} frames in system memory)",
+        field(p, "frames-sent"),
+        field(p, "frames-dropped"),
+        max_of(&ps, "buffers-held"),
+        field(&cs, "frames-copied"),
+    );
+    let offsets: Vec<u64> = got.iter().map(|f| f.offset).collect();
+    assert_eq!(
+        offsets,
+        (0..120).collect::<Vec<_>>(),
+        "frames lost or reordered"
+    );
+    assert_eq!(field(p, "frames-dropped"), 0, "{p}");
+    assert_eq!(field(&cs, "frames-received"), 120);
+    assert!(copies > 60, "only {copies} of 120 frames copied: {cs}");
+    assert_eq!(field(&cs, "frames-copied"), copies);
+    assert!(
+        max_of(&ps, "buffers-held") <= 8,
+        "the producer reached max-held"
+    );
+}
+
+/// A downstream that lets each frame go at once keeps every frame zero-copy: the copies are
+/// only for downstreams that hold.
+#[test]
+fn a_downstream_that_lets_go_copies_nothing() {
+    let (ps, consumer) = default_producer_and_consumer("letsgo", "", 0);
+    let p = ps.last().unwrap();
+    let cs = consumer.latest_stats().unwrap();
+    let got = frames(&consumer.lines());
+    assert_eq!(got.len(), 120);
+    let copied: Vec<u64> = got
+        .iter()
+        .filter(|f| f.files == "-")
+        .map(|f| f.offset)
+        .collect();
+    assert!(copied.is_empty(), "frames in system memory: {copied:?}");
+    assert_eq!(field(&cs, "frames-copied"), 0, "{cs}");
+    assert_eq!(field(p, "frames-dropped"), 0, "{p}");
+}
+
+/// A non-live producer whose consumer's socket fills before max-held does (max-held=1000,
+/// 100-byte buffers): `auto` waits for room in that consumer's queue instead of dropping the
+/// oldest queued frame.
+#[test]
+fn a_full_queue_makes_a_non_live_producer_wait_not_drop() {
+    init_gst();
+    let dir = TempDir::new("fullqueue");
+    let sock = dir.socket();
+    let input = dir.0.join("in.bin");
+    common::onevstwo::write_nonrepeating(&input, 1_000_000);
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--stats-every",
+        "60000",
+        &format!(
+            "filesrc location={} blocksize=100 ! fdlinksink socket-path={sock} wait-for-connection=true max-held=1000",
+            input.display()
+        ),
+    ]);
+    wait_for_path(&sock, T);
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        "--stats-every",
+        "60000",
+        &format!("fdlinksrc socket-path={sock} ! fakesink"),
+    ]);
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
+    let p = producer.latest_stats().unwrap();
+    let c = consumer.latest_stats().unwrap();
+    assert_eq!(field(&p, "frames-in"), 10_000, "{p}");
+    assert_eq!(field(&p, "frames-dropped"), 0, "{p}");
+    assert_eq!(field(&c, "frames-received"), 10_000, "{c}");
 }

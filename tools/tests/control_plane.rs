@@ -277,8 +277,9 @@ fn a_gap_before_the_first_frame_is_timed_like_the_frames() {
     );
 }
 
-/// An error in the consumer pipeline shows up on the producer's bus, naming the consumer and
-/// the element that posted it.
+/// An error in an independent consumer's pipeline shows up on the producer's bus as a
+/// warning naming the consumer and the element that posted it; the producer keeps running
+/// (a consumer's failure is that consumer's: tools/tests/consumer_errors.rs).
 #[test]
 fn consumer_errors_reach_the_producer_bus() {
     init_gst();
@@ -286,6 +287,9 @@ fn consumer_errors_reach_the_producer_bus() {
     let sock = dir.socket();
     let mut producer = Peer::spawn(&[
         "produce",
+        "--messages-log",
+        "--seconds",
+        "3",
         &format!(
             "videotestsrc is-live=true ! video/x-raw,format=NV12,width=320,height=240 ! fdlinksink socket-path={sock}"
         ),
@@ -299,17 +303,17 @@ fn consumer_errors_reach_the_producer_bus() {
         ),
     ]);
     assert_eq!(consumer.wait(T).code(), Some(1));
-    assert_eq!(
-        producer.wait(T).code(),
-        Some(1),
-        "the producer should stop on the error"
-    );
-    let err = producer.errors();
+    producer.wait_success(T, "producer");
+    let lines = producer.lines();
+    let warning = lines
+        .iter()
+        .find(|l| l.starts_with("message warning") && l.contains("consumer 1 (pid"));
     assert!(
-        err.contains("consumer 1 (pid")
-            && err.contains("/GstPipeline:pipeline0/GstFdlinkSrc:fdlinksrc0")
-            && (err.contains("not-negotiated") || err.contains("downstream does not accept")),
-        "producer stderr: {err}"
+        warning.is_some_and(
+            |w| w.contains("/GstPipeline:pipeline0/GstFdlinkSrc:fdlinksrc0")
+                && (w.contains("not-negotiated") || w.contains("downstream does not accept"))
+        ),
+        "producer lines: {lines:?}"
     );
 }
 

@@ -143,7 +143,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
     /// Greets a new connection and waits for its hello (in the control loop).
     fn adopt(&self, conn: Connection) {
         // The hello is the first datagram on a fresh socket: it always fits.
-        if let Err(e) = endpoint::greet_consumer(&conn) {
+        if let Err(e) = endpoint::greet_consumer(&conn, self.limits.max_held) {
             (self.on_event)(HubEvent::Warning(format!(
                 "could not greet new connection: {e}"
             )));
@@ -217,7 +217,17 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                     requests.push(request(inner, pos, Request::UpstreamEvent(ev)))
                 }
                 Ok(Packet::Query(q)) => requests.push(request(inner, pos, Request::Query(q))),
-                Ok(Packet::Message(m)) => requests.push(request(inner, pos, Request::Message(m))),
+                Ok(Packet::Message(packet)) => {
+                    let from_follower = inner.consumers[pos].follows;
+                    requests.push(request(
+                        inner,
+                        pos,
+                        Request::Message {
+                            packet,
+                            from_follower,
+                        },
+                    ))
+                }
                 Ok(Packet::State(st)) => {
                     inner.consumers[pos].follows = st.sender_follows;
                     requests.push(request(inner, pos, Request::State(st)))
@@ -276,4 +286,103 @@ fn watch_list<H>(inner: &Inner<H>, conns: &mut Vec<(u64, Arc<Connection>, bool)>
             .filter(|c| !aside || !c.is_ready() || !c.queue.is_empty())
             .map(|c| (c.id, c.conn.clone(), !c.queue.is_empty())),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::BorrowedFd;
+    use std::time::Duration;
+
+    use super::super::test_rig::{Rig, WAIT};
+    use super::*;
+    use crate::protocol::{MessagePacket, StatePacket};
+
+    /// The next event that is not a Prerolled report.
+    fn next_event(rig: &Rig) -> HubEvent {
+        loop {
+            match rig.events.recv_timeout(WAIT).expect("a hub event") {
+                HubEvent::Prerolled { .. } => {}
+                ev => return ev,
+            }
+        }
+    }
+
+    fn send_message(rig: &Rig) {
+        let message = Packet::<BorrowedFd<'_>>::Message(MessagePacket {
+            message_type: 1 << 1, // GST_MESSAGE_ERROR
+            source: "/GstPipeline:pipeline0/GstIdentity:identity0".into(),
+            structure: "fdlink-message, text=(string)failed".into(),
+        });
+        rig.consumer.send_packet(&message, None).unwrap();
+    }
+
+    fn from_follower(ev: HubEvent) -> bool {
+        match ev {
+            HubEvent::Request {
+                request: Request::Message { from_follower, .. },
+                ..
+            } => from_follower,
+            _ => panic!("expected the message"),
+        }
+    }
+
+    #[test]
+    fn messages_say_whether_their_consumer_follows() {
+        let rig = Rig::new(Duration::ZERO, 8);
+        send_message(&rig);
+        assert!(
+            !from_follower(next_event(&rig)),
+            "its hello did not say it follows"
+        );
+        let state = Packet::<BorrowedFd<'_>>::State(StatePacket {
+            state: StatePacket::PLAYING,
+            sender_follows: true,
+        });
+        rig.consumer.send_packet(&state, None).unwrap();
+        assert!(matches!(
+            next_event(&rig),
+            HubEvent::Request {
+                request: Request::State(_),
+                ..
+            }
+        ));
+        send_message(&rig);
+        assert!(from_follower(next_event(&rig)), "its State says it follows");
+    }
+
+    #[test]
+    fn a_disconnected_consumer_is_told_why_and_its_frames_are_released() {
+        let mut rig = Rig::new(Duration::ZERO, 8);
+        rig.offer(1, false);
+        rig.offer(2, false);
+        assert_eq!(rig.hub.stats().2, 2, "both frames held");
+        let id = rig.hub.consumer_stats()[0].id;
+        let reason = Removal::Error("its pipeline posted an error".into());
+        assert!(rig.hub.disconnect(id, reason.clone()));
+        match next_event(&rig) {
+            HubEvent::ConsumerRemoved {
+                id: removed,
+                reason: r,
+            } => {
+                assert_eq!((removed, r), (id, reason));
+            }
+            _ => panic!("expected the removal"),
+        }
+        assert_eq!(rig.hub.stats().2, 0, "its frames are released");
+        assert!(!rig.hub.disconnect(id, Removal::Removed), "it is gone");
+        // Its two frames, then why it was dropped, then the end of the connection.
+        let mut got = Vec::new();
+        while let Some(p) = rig.recv() {
+            got.push(p);
+        }
+        match got.last() {
+            Some(Packet::Error(msg)) => assert_eq!(
+                msg,
+                &format!(
+                    "the producer disconnected consumer {id}: error: its pipeline posted an error"
+                )
+            ),
+            _ => panic!("expected an error packet last"),
+        }
+    }
 }

@@ -112,7 +112,13 @@ impl std::fmt::Display for Removal {
 pub enum Request {
     UpstreamEvent(protocol::EventPacket),
     Query(protocol::QueryPacket),
-    Message(protocol::MessagePacket),
+    Message {
+        packet: protocol::MessagePacket,
+        /// Its fdlinksrc follows the producer's state (mode=follow): the two pipelines run as
+        /// one, so its error is the producer's too. Read when the packet arrived: the
+        /// consumer may be gone by the time the message is served.
+        from_follower: bool,
+    },
     State(protocol::StatePacket),
 }
 
@@ -144,6 +150,9 @@ pub struct SendOutcome {
     /// slow-policy=copy: consumers at max-held that want the frame as a copy
     /// (`send_copy`).
     pub wants_copy: Vec<u64>,
+    /// Frames skipped for a consumer by its slow policy in this offer: this frame, or frames
+    /// that waited for its socket and made way for it.
+    pub skipped: u64,
 }
 
 /// Where the hub takes the ids of files that went (register-once fds), to retire them with
@@ -367,6 +376,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
     /// consumer, in stream order behind anything already queued for it.
     pub fn send_control(&self, bytes: Vec<u8>, sticky: StickyKind, is_caps: bool) {
         let mut removed = Vec::new();
+        let mut queued = false;
         let events = {
             let mut inner = self.lock();
             // Retires go first: a consumer's files close as soon as the stream says anything.
@@ -381,7 +391,10 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             let barrier = matches!(sticky, StickyKind::PausedState | StickyKind::FlushStop);
             for c in inner.consumers.iter_mut().filter(|c| c.is_ready()) {
                 match c.queue_or_send(&bytes) {
-                    Ok(()) => c.barriers_sent += u32::from(barrier),
+                    Ok(()) => {
+                        c.barriers_sent += u32::from(barrier);
+                        queued |= !c.queue.is_empty();
+                    }
                     Err(reason) => removed.push((c.id, reason)),
                 }
             }
@@ -391,6 +404,10 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             std::mem::take(&mut inner.deferred)
         };
         self.after_removals(removed, events);
+        if queued {
+            // The control thread sends queued packets when their sockets have room.
+            self.waker.wake();
+        }
     }
 
     /// Sends consumer `id` the answer to one of its requests (a QueryReply), in order behind
@@ -479,8 +496,8 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
 
     /// Sends a slow-policy=copy copy of a frame (`frame.slow_copy`, with its own id) to the
     /// consumers `send_buffer` left for it.
-    pub fn send_copy(&self, consumers: &[u64], frame: &Frame<'_>, item: H) {
-        self.offer_frame(frame, item, None, Some(consumers));
+    pub fn send_copy(&self, consumers: &[u64], frame: &Frame<'_>, item: H) -> SendOutcome {
+        self.offer_frame(frame, item, None, Some(consumers))
     }
 
     fn offer_frame(
@@ -494,6 +511,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         let mut wants_copy = Vec::new();
         let mut holders = 0u32;
         let mut queued = false;
+        let skipped;
         let events;
         {
             let mut guard = self.lock();
@@ -538,6 +556,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                 inner.release_one(id);
             }
             inner.stats.frames_dropped += dropped;
+            skipped = dropped;
             if f.slow_copy {
                 inner.stats.slow_copies += 1;
             }
@@ -587,6 +606,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         SendOutcome {
             sent_to: holders as usize,
             wants_copy,
+            skipped,
         }
     }
 
@@ -645,11 +665,27 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
 
     /// Removes a consumer on the application's request. False when there is no such consumer.
     pub fn remove(&self, id: u64) -> bool {
+        self.disconnect(id, Removal::Removed)
+    }
+
+    /// Drops ready consumer `id` for `reason`: its socket closes and what it held is released,
+    /// as for any consumer that goes. Unless the application removed it, it is first sent an
+    /// error packet naming the reason, which its fdlinksrc reports instead of a bare
+    /// disconnection. False when there is no such consumer.
+    pub fn disconnect(&self, id: u64, reason: Removal) -> bool {
         let (found, events) = {
             let mut inner = self.lock();
-            let found = inner.consumers.iter().any(|c| c.id == id && c.is_ready());
+            let found = inner.consumers.iter().find(|c| c.id == id && c.is_ready());
+            if let Some(c) = found
+                && reason != Removal::Removed
+            {
+                c.conn.send_error(&format!(
+                    "the producer disconnected consumer {id}: {reason}"
+                ));
+            }
+            let found = found.is_some();
             if found {
-                self.remove_consumer(&mut inner, id, Removal::Removed);
+                self.remove_consumer(&mut inner, id, reason);
             }
             (found, std::mem::take(&mut inner.deferred))
         };

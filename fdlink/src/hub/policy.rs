@@ -177,10 +177,10 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
     }
 
     /// Before a frame, under the Block policy (and Auto with a non-live upstream): waits until
-    /// every ready consumer has room under `max-held` and all together under
-    /// `max-held-total`. Auto waits at most `slow_wait`, then marks the consumers still full
-    /// as stalled and does not wait for them again until they release something.
-    /// Returns false when flushing.
+    /// every ready consumer has room under `max-held` and in its queue (`max-queued`, when
+    /// not 0), and all together under `max-held-total`. Auto waits at most `slow_wait`, then
+    /// marks the consumers still full as stalled and does not wait for them again until they
+    /// release something. Returns false when flushing.
     pub fn wait_for_room(&self, live: bool) -> bool {
         let bounded = match self.limits.policy {
             SlowPolicy::Block => false,
@@ -189,6 +189,11 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         };
         let deadline = Instant::now() + self.limits.slow_wait;
         let max = self.limits.max_held as usize;
+        let max_queued = self.limits.max_queued as usize;
+        // A queue at max-queued would drop its oldest frame: a non-live stream waits instead.
+        let at_limit = |c: &Consumer| {
+            c.originals_held >= max || (max_queued > 0 && c.queued_buffers >= max_queued)
+        };
         let mut inner = self.lock();
         loop {
             if inner.flushing {
@@ -197,7 +202,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             let full = inner
                 .consumers
                 .iter()
-                .any(|c| c.is_ready() && !c.stalled && c.originals_held >= max)
+                .any(|c| c.is_ready() && !c.stalled && at_limit(c))
                 || self.over_total(&inner);
             if !full {
                 return true;
@@ -205,7 +210,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             let left = deadline.saturating_duration_since(Instant::now());
             if bounded && left.is_zero() {
                 for c in inner.consumers.iter_mut() {
-                    if c.is_ready() && c.originals_held >= max {
+                    if c.is_ready() && at_limit(c) {
                         c.stalled = true;
                     }
                 }

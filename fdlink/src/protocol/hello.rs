@@ -9,7 +9,7 @@ use super::{DecodeError, MAGIC, VERSION};
 pub const CAP_FOLLOWS: u32 = 1;
 
 /// Size of the hello datagram.
-pub const HELLO_SIZE: usize = 16;
+pub const HELLO_SIZE: usize = 20;
 
 /// Which end of the link a peer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,10 @@ pub struct Hello {
     pub capabilities: u32,
     /// Process id of the sender, for logs only.
     pub pid: u32,
+    /// A producer's `max-held`: buffers this consumer may hold unreleased before the
+    /// producer's slow-policy applies to it, so that a consumer whose downstream holds many
+    /// can copy out before that (0: no limit). A consumer sends 0.
+    pub hold_limit: u32,
 }
 
 impl Hello {
@@ -38,6 +42,7 @@ impl Hello {
             role,
             capabilities: 0,
             pid,
+            hold_limit: 0,
         }
     }
 }
@@ -51,6 +56,7 @@ pub fn encode_hello(hello: &Hello) -> [u8; HELLO_SIZE] {
     out[7] = 0;
     out[8..12].copy_from_slice(&hello.capabilities.to_le_bytes());
     out[12..16].copy_from_slice(&hello.pid.to_le_bytes());
+    out[16..20].copy_from_slice(&hello.hold_limit.to_le_bytes());
     out
 }
 
@@ -84,12 +90,14 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, DecodeError> {
     r.reserved(1)?;
     let capabilities = r.u32()?;
     let pid = r.u32()?;
+    let hold_limit = r.u32()?;
     r.finish()?;
     Ok(Hello {
         version,
         role,
         capabilities,
         pid,
+        hold_limit,
     })
 }
 
@@ -101,7 +109,8 @@ mod tests {
     fn hello_roundtrip() {
         let h = Hello::new(Role::Consumer, 1234);
         assert_eq!(decode_hello(&encode_hello(&h)).unwrap(), h);
-        let h = Hello::new(Role::Producer, u32::MAX);
+        let mut h = Hello::new(Role::Producer, u32::MAX);
+        h.hold_limit = 8;
         assert_eq!(decode_hello(&encode_hello(&h)).unwrap(), h);
     }
 

@@ -31,7 +31,7 @@ use reader::{Reader, put_str};
 /// First four bytes of a hello: "FDLK".
 pub const MAGIC: [u8; 4] = *b"FDLK";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Largest datagram either side sends or accepts.
 pub const MAX_PACKET_SIZE: usize = 64 * 1024;
 /// Most memories (and so fds) in one buffer packet: GStreamer's own limit per buffer.

@@ -354,6 +354,7 @@ mod tests {
         let limit = QueueLimit {
             max_queued: 4,
             leaky,
+            hold_limit: 0,
         };
         let link =
             Link::start(Arc::new(consumer), StateThreads(tx), limit, Arc::default()).unwrap();

@@ -63,6 +63,12 @@
 //!   `mode=follow` takes it further).
 //! - `--gap-first`: before the first buffer reaching the fdlinksink, send it a gap event from
 //!   the segment's start to that buffer's PTS (`sent gap timestamp=T duration=D` line).
+//! - `--toggle-states N`: before starting, set the pipeline to PLAYING and back to READY N
+//!   times without waiting in between (`toggled N` line), as an application that starts and
+//!   stops quickly.
+//! - `--loop N`: on each of the first N EOS messages, a flushing seek of the pipeline to 0
+//!   instead of ending (`loop K` line after the Kth seek), as a looping player does.
+//! - `--eos-count N`: end at the Nth EOS message, not the first (each prints `eos`).
 //! - `--preroll-delay-ms N`: hold the first buffer, and the first after each flush, N ms at
 //!   the fdlink element (`preroll-delay at T` line, T CLOCK_MONOTONIC ns), so the pipeline
 //!   prerolls late.
@@ -126,6 +132,12 @@ struct Opts {
     eos_file: Option<String>,
     start_paused: bool,
     preroll_delay_ms: u64,
+    /// EOS messages answered with a flushing seek to 0 before the run may end.
+    loops: u64,
+    /// EOS messages that end the run (0 or 1: the first).
+    eos_count: u64,
+    /// PLAYING -> READY this many times before starting.
+    toggle_states: u64,
     gap_first: bool,
     sink_props: Vec<(String, String)>,
     rest: Vec<String>,
@@ -167,6 +179,9 @@ fn parse_opts(args: &[String]) -> Opts {
             "--start-paused" => o.start_paused = true,
             "--gap-first" => o.gap_first = true,
             "--preroll-delay-ms" => o.preroll_delay_ms = num(it.next()),
+            "--loop" => o.loops = num(it.next()),
+            "--eos-count" => o.eos_count = num(it.next()),
+            "--toggle-states" => o.toggle_states = num(it.next()),
             "--eos-file" => o.eos_file = Some(it.next().cloned().unwrap_or_else(|| usage())),
             "--sink-props" => {
                 let props = it.next().unwrap_or_else(|| usage());

@@ -58,6 +58,14 @@ pub(crate) fn run(
             gst::BusSyncReply::Pass
         });
     }
+    for _ in 0..o.toggle_states {
+        // Back to back, as a quick start-stop: each stop lands wherever the start got to.
+        let _ = pipeline.set_state(gst::State::Playing);
+        let _ = pipeline.set_state(gst::State::Ready);
+    }
+    if o.toggle_states > 0 {
+        print_line(&format!("toggled {}", o.toggle_states));
+    }
     let start = if o.start_paused {
         gst::State::Paused
     } else {
@@ -70,6 +78,7 @@ pub(crate) fn run(
         return 1;
     }
     let mut sent_eos = false;
+    let (mut eos_seen, mut loops_done) = (0u64, 0u64);
     let code = loop {
         if let (Some(every), Some(el)) = (stats_every, &element)
             && Instant::now() >= next_stats
@@ -95,7 +104,24 @@ pub(crate) fn run(
         match msg.view() {
             gst::MessageView::Eos(_) => {
                 print_line("eos");
-                break 0;
+                eos_seen += 1;
+                if loops_done < o.loops {
+                    // A looping player: from the top again, flushing out the EOS.
+                    let to_start = gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT;
+                    if pipeline
+                        .seek_simple(to_start, gst::ClockTime::ZERO)
+                        .is_err()
+                    {
+                        eprintln!("error: --loop: the seek to 0 failed");
+                        break 1;
+                    }
+                    loops_done += 1;
+                    print_line(&format!("loop {loops_done}"));
+                    continue;
+                }
+                if eos_seen >= o.eos_count {
+                    break 0;
+                }
             }
             gst::MessageView::Error(err) => {
                 eprintln!(

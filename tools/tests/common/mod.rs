@@ -1,6 +1,8 @@
 //! Helpers for tests that run real producer and consumer processes (`fdlink-peer`).
 #![allow(dead_code)]
 
+pub mod onevstwo;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

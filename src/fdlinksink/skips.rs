@@ -1,0 +1,93 @@
+//! Frames skipped for consumers at their limit are announced, never silent: each skip sends a
+//! QoS event upstream and posts a QoS message, as a sink that drops buffers does, and a warning
+//! sums them up at most every few seconds.
+
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gst_base::prelude::*;
+
+use super::CAT;
+
+/// The shortest time between two warnings about skipped frames.
+const WARNING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Skips counted for the announcements, per stream.
+#[derive(Debug, Default)]
+pub(super) struct Skips {
+    /// Frames rendered, for the QoS message's `processed`.
+    processed: u64,
+    /// Frame offers skipped for a consumer, in all.
+    skipped: u64,
+    /// Skips since the last warning, and when it went out.
+    unwarned: u64,
+    warned_at: Option<Instant>,
+}
+
+impl Skips {
+    /// One frame rendered; `skipped` offers of it (or of frames that made way for it) were
+    /// skipped for consumers at their limit.
+    pub(super) fn count(
+        &mut self,
+        element: &gst_base::BaseSink,
+        buffer: &gst::BufferRef,
+        skipped: u64,
+        live: bool,
+    ) {
+        self.processed += 1;
+        if skipped == 0 {
+            return;
+        }
+        self.skipped += skipped;
+        self.unwarned += skipped;
+        self.announce_qos(element, buffer, live);
+        let now = Instant::now();
+        if self
+            .warned_at
+            .is_some_and(|at| now.duration_since(at) < WARNING_INTERVAL)
+        {
+            return;
+        }
+        gst::element_warning!(
+            element,
+            gst::CoreError::Failed,
+            ("fdlinksink skipped frames for a consumer at its limit"),
+            [
+                "{} frames skipped since the last warning, {} in all: a consumer holds max-held buffers or reads slower than the stream; its slow-policy decides (the stats property counts per consumer)",
+                self.unwarned,
+                self.skipped
+            ]
+        );
+        gst::debug!(
+            CAT,
+            obj = element,
+            "warned of {} skipped frames",
+            self.unwarned
+        );
+        self.unwarned = 0;
+        self.warned_at = Some(now);
+    }
+
+    /// A QoS event upstream (overflow: the stream outruns a consumer) and a QoS message naming
+    /// the skipped buffer, in the running time of this pipeline.
+    fn announce_qos(&self, element: &gst_base::BaseSink, buffer: &gst::BufferRef, live: bool) {
+        let segment = element.segment();
+        let segment = segment.downcast_ref::<gst::ClockTime>();
+        let running_time = segment.and_then(|s| s.to_running_time(buffer.pts()));
+        let stream_time = segment.and_then(|s| s.to_stream_time(buffer.pts()));
+        let event = gst::event::Qos::new(gst::QOSType::Overflow, 1.0, 0, running_time);
+        element.sink_pad().push_event(event);
+        let message = gst::message::Qos::builder(live)
+            .running_time(running_time)
+            .stream_time(stream_time)
+            .timestamp(buffer.pts())
+            .duration(buffer.duration())
+            .stats(
+                gst::format::Buffers::from_u64(self.processed),
+                gst::format::Buffers::from_u64(self.skipped),
+            )
+            .src(element)
+            .build();
+        let _ = element.post_message(message);
+    }
+}
