@@ -3,10 +3,10 @@
 //!
 //! Every frame the producer sent is either taken by `create()` (`frames-received`) or dropped
 //! from the link's queue (`leaky=oldest`); of those `create()` takes, the ones in caps
-//! downstream refused are dropped there. `frames-dropped` counts both kinds of drop, and
-//! `frames-dropped-caps` the second: frames pushed downstream = `frames-received` -
-//! `frames-dropped-caps`, and frames sent = `frames-received` + `frames-dropped` -
-//! `frames-dropped-caps`.
+//! downstream refused, and the ones older than this pipeline's start (downstream would clip
+//! them), are dropped there. `frames-dropped` counts every drop, `frames-dropped-caps` and
+//! `frames-dropped-late` those of `create()`: frames pushed downstream = `frames-received` -
+//! `frames-dropped-caps` - `frames-dropped-late`.
 
 use std::sync::atomic::Ordering;
 
@@ -22,6 +22,8 @@ pub struct Stats {
     pub frames: u64,
     /// Frames `create()` took but dropped because downstream refused their caps.
     dropped_for_caps: u64,
+    /// Frames `create()` took but dropped as older than this pipeline's start.
+    dropped_late: u64,
     pub reconnects: u64,
     latencies_us: Vec<u32>,
     next_sample: usize,
@@ -55,6 +57,11 @@ impl Stats {
         self.dropped_for_caps += 1;
     }
 
+    /// One frame of `record_frame` dropped: it ends before this pipeline's start.
+    pub fn record_dropped_late(&mut self) {
+        self.dropped_late += 1;
+    }
+
     /// The `stats` property: these counts, the queue's, and what the link holds now (`queued`
     /// frames, `files_registered`).
     pub fn structure(
@@ -78,9 +85,12 @@ impl Stats {
             .field("reconnects", self.reconnects)
             .field(
                 "frames-dropped",
-                counters.dropped.load(Ordering::Relaxed) + self.dropped_for_caps,
+                counters.dropped.load(Ordering::Relaxed)
+                    + self.dropped_for_caps
+                    + self.dropped_late,
             )
             .field("frames-dropped-caps", self.dropped_for_caps)
+            .field("frames-dropped-late", self.dropped_late)
             .field("frames-copied", counters.copied.load(Ordering::Relaxed))
             .field("frames-queued", queued)
             .field("files-registered", files_registered)

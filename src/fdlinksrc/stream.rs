@@ -231,6 +231,11 @@ impl FdlinkSrc {
             }
         }
         self.release_held_events(stream);
+        if stream.timeline.cut_by_shift(header.pts, header.duration) {
+            // Older than this pipeline's start: downstream would clip it unseen. Counted.
+            self.stats.lock().unwrap().record_dropped_late();
+            return Ok(None);
+        }
         Ok(Some(buffer))
     }
 

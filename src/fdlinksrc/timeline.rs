@@ -68,6 +68,35 @@ impl Timeline {
         self.last_delta
     }
 
+    /// A frame at `pts` (lasting `duration`, TIME_NONE if unknown) ends before the start of
+    /// the segment downstream has, though the producer's own segment keeps it: a negative
+    /// shift past the segment's base moved that start, so the frame is older than this
+    /// pipeline's start (frames a producer made while it waited for this consumer).
+    /// Downstream would clip it.
+    pub fn cut_by_shift(&self, pts: u64, duration: u64) -> bool {
+        let (Some(producer), Some(delta)) = (&self.producer_segment, self.segment_delta) else {
+            return false;
+        };
+        let Some(theirs) = producer.downcast_ref::<gst::ClockTime>() else {
+            return false;
+        };
+        if pts == TIME_NONE || theirs.rate() < 0.0 {
+            return false;
+        }
+        let shifted = shift_segment(producer, delta);
+        let ours = shifted
+            .downcast_ref::<gst::ClockTime>()
+            .expect("a TIME segment shifts into one");
+        let start =
+            |s: &gst::FormattedSegment<gst::ClockTime>| s.start().map_or(0, |t| t.nseconds());
+        let end = if duration == TIME_NONE {
+            pts.saturating_add(1)
+        } else {
+            pts.saturating_add(duration)
+        };
+        end <= start(ours) && end > start(theirs)
+    }
+
     /// `delta` differs from the shift downstream has by more than the resync threshold (or
     /// downstream has none).
     pub fn needs_segment(&self, delta: i128) -> bool {
@@ -237,6 +266,24 @@ mod tests {
         gst::init().unwrap();
         let bytes = gst::FormattedSegment::<gst::format::Bytes>::new().upcast();
         assert_eq!(shift_segment(&bytes, 5), bytes);
+    }
+
+    #[test]
+    fn frames_before_a_start_the_shift_moved_are_cut() {
+        let mut t = Timeline::default();
+        assert!(!t.cut_by_shift(0, 33 * MS), "no segment yet");
+        t.set_producer_segment(segment(0, 0, 1.0).upcast());
+        // Our pipeline started 1 s after the producer's: its first second is before our start.
+        t.shift(-1_000 * MS as i128);
+        assert!(t.cut_by_shift(0, 33 * MS));
+        assert!(t.cut_by_shift(900 * MS, 100 * MS), "ends at our start");
+        assert!(!t.cut_by_shift(990 * MS, 33 * MS), "overlaps our start");
+        assert!(!t.cut_by_shift(2_000 * MS, TIME_NONE));
+        assert!(!t.cut_by_shift(TIME_NONE, 33 * MS));
+        // A positive shift cuts nothing; nor does the producer's own segment start.
+        t.set_producer_segment(segment(0, 500 * MS, 1.0).upcast());
+        t.shift(10 * MS as i128);
+        assert!(!t.cut_by_shift(0, 33 * MS), "the producer's own clipping");
     }
 
     #[test]
