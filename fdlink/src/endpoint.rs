@@ -186,9 +186,18 @@ pub fn exchange_hellos(
     waker: Option<&Waker>,
     timeout: Duration,
 ) -> Result<Hello, HandshakeError> {
-    send_hello(conn, ours, Some(timeout))?;
     // The peer may send an error packet instead of its hello: room for any packet.
     let mut buf = vec![0u8; MAX_PACKET_SIZE];
+    if let Err(e) = send_hello(conn, ours, Some(timeout)) {
+        // A peer that refused us at once may have closed before our hello went: the error
+        // packet saying why is still there to read.
+        if let HandshakeError::PeerClosed = e
+            && let Ok(got) = conn.try_recv(&mut buf)
+        {
+            return check_hello(conn, ours.role, &buf[..got.len], got.fds.len());
+        }
+        return Err(e);
+    }
     let got = match conn.recv_wait(&mut buf, waker, Some(timeout)) {
         Ok(Some(got)) => got,
         Ok(None) => return Err(HandshakeError::Interrupted),

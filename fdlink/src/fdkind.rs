@@ -57,21 +57,39 @@ pub enum ImportError {
 /// Creates a memfd of `size` bytes sealed against shrinking and growing (its contents stay
 /// writable for the producer; receivers can rely on its size).
 pub fn create_sealed_memfd(name: &str, size: usize) -> std::io::Result<OwnedFd> {
+    let fd = create_memfd_to_map(name, size)?;
+    // SEAL_SEAL last: a consumer holding the fd must not add seals (F_SEAL_FUTURE_WRITE would
+    // stop the producer's own new mappings).
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SEAL))?;
+    Ok(fd)
+}
+
+/// [`create_sealed_memfd`] still open to seals: for a producer that maps it writable and then
+/// calls [`seal_future_writes`].
+pub fn create_memfd_to_map(name: &str, size: usize) -> std::io::Result<OwnedFd> {
     let mfd = memfd::MemfdOptions::default()
         .allow_sealing(true)
         .close_on_exec(true)
         .create(name)
         .map_err(std::io::Error::other)?;
     mfd.as_file().set_len(size as u64)?;
-    // SEAL_SEAL last: a consumer holding the fd must not add seals (F_SEAL_FUTURE_WRITE would
-    // stop the producer's own new mappings).
-    mfd.add_seals(&[
-        memfd::FileSeal::SealShrink,
-        memfd::FileSeal::SealGrow,
-        memfd::FileSeal::SealSeal,
-    ])
-    .map_err(std::io::Error::other)?;
+    mfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow])
+        .map_err(std::io::Error::other)?;
     Ok(OwnedFd::from(mfd.into_file()))
+}
+
+/// Seals memfd `fd` against writes but through the mappings it has now (F_SEAL_FUTURE_WRITE,
+/// Linux 5.1): no process can write(2) to it or map it writable again, not even through a
+/// read-write reopening of /proc/self/fd, while the producer writes on through its mapping.
+/// Then against more seals. A kernel without F_SEAL_FUTURE_WRITE gets F_SEAL_SEAL alone, and
+/// the error.
+pub fn seal_future_writes(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let seals = SealFlag::F_SEAL_FUTURE_WRITE | SealFlag::F_SEAL_SEAL;
+    fcntl(fd, FcntlArg::F_ADD_SEALS(seals))
+        .map(drop)
+        .inspect_err(|_| {
+            let _ = fcntl(fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SEAL));
+        })
 }
 
 /// (st_dev, st_ino) of an open file: the identity of the kernel object behind an fd.

@@ -4,9 +4,9 @@
 //!
 //! Layers, each using only those above it in this list: [`protocol`] (bytes only: packet
 //! types, encode and decode), [`fdkind`] (memfd and dmabuf checks), [`transport`] (the only
-//! socket I/O), [`endpoint`] (the hello, connect and reconnect with backoff), [`file_ids`]
-//! (register-once file ids), [`pending`] (queries waiting for a reply), [`hub`] (the
-//! producer's fan-out to its consumers).
+//! socket I/O), [`peer_check`] (whose credentials pass), [`endpoint`] (the hello, connect and
+//! reconnect with backoff), [`file_ids`] (register-once file ids), [`pending`] (queries
+//! waiting for a reply), [`hub`] (the producer's fan-out to its consumers).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod drm_format;
@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod fdkind;
 pub mod file_ids;
 pub mod hub;
+pub mod peer_check;
 pub mod pending;
 pub mod protocol;
 pub mod transport;

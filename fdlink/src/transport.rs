@@ -21,6 +21,9 @@ use nix::sys::socket::{
 
 use crate::protocol::{EncodeError, MAX_FDS, MAX_PACKET_SIZE, Packet, PacketFds};
 
+mod socket_file;
+pub use socket_file::{AccessSettingError, SocketAccess};
+
 /// Socket-level failures, each naming the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -92,10 +95,18 @@ pub struct Listener {
 
 impl Listener {
     /// Binds and listens on `path`. A socket file left by a dead process is replaced; one that
-    /// a live process listens on is not.
+    /// a live process listens on is not. The file gets the kernel's mode (0777 minus the
+    /// umask): see [`Listener::bind_with`].
     pub fn bind(path: &Path) -> Result<Listener, TransportError> {
+        Self::bind_with(path, &SocketAccess::default())
+    }
+
+    /// As [`Listener::bind`], giving the socket file `access`'s mode and group before anyone
+    /// can connect (before listen).
+    pub fn bind_with(path: &Path, access: &SocketAccess) -> Result<Listener, TransportError> {
         let addr = unix_addr(path)?;
         let fd = seqpacket_socket()?;
+        socket_file::before_bind(fd.as_fd(), access)?;
         match socket::bind(fd.as_raw_fd(), &addr) {
             Ok(()) => {}
             Err(Errno::EADDRINUSE) => {
@@ -106,16 +117,19 @@ impl Listener {
             Err(Errno::ENOENT) => return Err(TransportError::NoSuchPath { path: path.into() }),
             Err(e) => return Err(sys("bind", path.display().to_string())(e)),
         }
-        socket::listen(&fd, Backlog::new(64).expect("valid backlog"))
-            .map_err(sys("listen", path.display().to_string()))?;
-        set_nonblocking(fd.as_fd())?;
         let identity =
             file_identity_of_path(path).map_err(sys("stat", path.display().to_string()))?;
-        Ok(Listener {
+        // From here on a failure unlinks the file (Listener's drop).
+        let listener = Listener {
             fd,
             path: path.into(),
             identity,
-        })
+        };
+        socket_file::after_bind(path, identity, access)?;
+        socket::listen(&listener.fd, Backlog::new(64).expect("valid backlog"))
+            .map_err(sys("listen", path.display().to_string()))?;
+        set_nonblocking(listener.fd.as_fd())?;
+        Ok(listener)
     }
 
     fn remove_stale(path: &Path) -> Result<(), TransportError> {
@@ -265,6 +279,44 @@ impl Connection {
         socket::getsockopt(&self.fd, sockopt::PeerCredentials)
             .ok()
             .map(|c| c.pid())
+    }
+
+    /// The peer's (pid, uid, gid) (SO_PEERCRED): for a connected socket, the listener's at its
+    /// listen(); for an accepted one, the connecting process's at its connect(); for a
+    /// socketpair, its creator's.
+    pub fn peer_credentials(&self) -> Option<(i32, u32, u32)> {
+        socket::getsockopt(&self.fd, sockopt::PeerCredentials)
+            .ok()
+            .map(|c| (c.pid(), c.uid(), c.gid()))
+    }
+
+    /// The peer's supplementary groups at the same moment (SO_PEERGROUPS, Linux 4.13); None
+    /// where the kernel cannot tell.
+    pub fn peer_groups(&self) -> Option<Vec<u32>> {
+        let mut groups: Vec<libc::gid_t> = vec![0; 64];
+        loop {
+            let mut len = std::mem::size_of_val(groups.as_slice()) as libc::socklen_t;
+            // SAFETY: the buffer holds `len` bytes and outlives the call, which writes at
+            // most `len` bytes into it and sets `len` to what it wrote (or needs).
+            let rc = unsafe {
+                libc::getsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    SO_PEERGROUPS,
+                    groups.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            let count = len as usize / std::mem::size_of::<libc::gid_t>();
+            if rc == 0 {
+                groups.truncate(count);
+                return Some(groups);
+            }
+            if Errno::last() != Errno::ERANGE || count <= groups.len() {
+                return None;
+            }
+            groups.resize(count, 0);
+        }
     }
 
     /// Sends one packet with its fds. Never blocks: a full socket buffer is `WouldBlock`.
@@ -454,6 +506,12 @@ mod smallvec_fds {
     }
 }
 
+/// <asm/socket.h>'s SO_PEERGROUPS (Linux 4.13), which the libc crate does not export.
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_PEERGROUPS: libc::c_int = 59;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PEERGROUPS: libc::c_int = 0x3d;
+
 /// Room for CMSG_SPACE(MAX_FDS fds) on any target; msg_controllen is set to exactly that, so
 /// one fd more is MSG_CTRUNC.
 const CMSG_BUFFER_WORDS: usize = 32;
@@ -639,174 +697,4 @@ pub fn poll_many(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn memfd_with(bytes: &[u8]) -> OwnedFd {
-        let mfd = memfd::MemfdOptions::default().create("t").unwrap();
-        mfd.as_file().write_all(bytes).unwrap();
-        OwnedFd::from(mfd.into_file())
-    }
-
-    use crate::test_support::{fd_lock, open_fds};
-
-    #[test]
-    fn fds_cross_as_the_same_file_and_are_cloexec() {
-        let _fds = fd_lock();
-        let (a, b) = Connection::pair().unwrap();
-        let f1 = memfd_with(b"one");
-        let f2 = memfd_with(b"two");
-        a.try_send(b"hello", &[f1.as_fd(), f2.as_fd()]).unwrap();
-        let mut buf = vec![0u8; MAX_PACKET_SIZE];
-        let got = b.try_recv(&mut buf).unwrap();
-        assert_eq!(&buf[..got.len], b"hello");
-        assert_eq!(got.fds.len(), 2);
-        for (sent, recv) in [&f1, &f2].iter().zip(&got.fds) {
-            assert_eq!(
-                crate::fdkind::file_identity(sent.as_fd()).unwrap(),
-                crate::fdkind::file_identity(recv.as_fd()).unwrap()
-            );
-            let fl = nix::fcntl::fcntl(recv, nix::fcntl::FcntlArg::F_GETFD).unwrap();
-            assert!(
-                fl & libc::FD_CLOEXEC != 0,
-                "received fd is not close-on-exec"
-            );
-        }
-    }
-
-    #[test]
-    fn too_many_fds_is_ctrunc_and_nothing_leaks() {
-        let _fds = fd_lock();
-        let (a, b) = Connection::pair().unwrap();
-        let files: Vec<OwnedFd> = (0..40).map(|_| memfd_with(b"x")).collect();
-        let before = open_fds();
-        // Bypass the sender-side MAX_FDS cap with a raw sendmsg, as a hostile peer would.
-        let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
-        socket::sendmsg::<UnixAddr>(
-            a.as_fd().as_raw_fd(),
-            &[IoSlice::new(b"x")],
-            &[socket::ControlMessage::ScmRights(&raw)],
-            MsgFlags::empty(),
-            None,
-        )
-        .unwrap();
-        let mut buf = vec![0u8; MAX_PACKET_SIZE];
-        assert!(matches!(
-            b.try_recv(&mut buf),
-            Err(TransportError::FdsTruncated)
-        ));
-        assert_eq!(open_fds(), before, "fds leaked after MSG_CTRUNC");
-    }
-
-    #[test]
-    fn oversized_packet_is_truncated_error() {
-        let _fds = fd_lock();
-        let (a, b) = Connection::pair().unwrap();
-        a.try_send(&vec![7u8; MAX_PACKET_SIZE + 10], &[]).unwrap();
-        let mut buf = vec![0u8; MAX_PACKET_SIZE];
-        assert!(matches!(
-            b.try_recv(&mut buf),
-            Err(TransportError::Truncated)
-        ));
-    }
-
-    #[test]
-    fn closed_and_wouldblock() {
-        let _fds = fd_lock();
-        let (a, b) = Connection::pair().unwrap();
-        let mut buf = vec![0u8; MAX_PACKET_SIZE];
-        assert!(matches!(
-            b.try_recv(&mut buf),
-            Err(TransportError::WouldBlock)
-        ));
-        drop(a);
-        assert!(matches!(b.try_recv(&mut buf), Err(TransportError::Closed)));
-        assert!(matches!(b.try_send(b"x", &[]), Err(TransportError::Closed)));
-    }
-
-    /// A peer that closes with our datagrams unread makes the kernel report ECONNRESET before
-    /// the datagrams it sent us: they must still be read, then the end.
-    #[test]
-    fn data_queued_before_a_reset_close_is_still_read() {
-        let _fds = fd_lock();
-        let (a, b) = Connection::pair().unwrap();
-        b.try_send(b"release", &[]).unwrap(); // never read by `a`
-        a.try_send(b"eos", &[]).unwrap();
-        drop(a);
-        let mut buf = vec![0u8; MAX_PACKET_SIZE];
-        let got = b.try_recv(&mut buf).unwrap();
-        assert_eq!(&buf[..got.len], b"eos");
-        assert!(matches!(b.try_recv(&mut buf), Err(TransportError::Closed)));
-    }
-
-    #[test]
-    fn waker_interrupts_recv_wait() {
-        let _fds = fd_lock();
-        let (_a, b) = Connection::pair().unwrap();
-        let w = Waker::new().unwrap();
-        w.wake();
-        let mut buf = vec![0u8; MAX_PACKET_SIZE];
-        assert!(b.recv_wait(&mut buf, Some(&w), None).unwrap().is_none());
-        w.reset();
-        assert!(matches!(
-            b.recv_wait(&mut buf, Some(&w), Some(Duration::from_millis(20))),
-            Err(TransportError::TimedOut(_))
-        ));
-    }
-
-    #[test]
-    fn listener_replaces_stale_socket_but_not_live_or_foreign_files() {
-        let _fds = fd_lock();
-        let dir = std::env::temp_dir().join(format!("fdlink-t-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sock");
-        let _ = std::fs::remove_file(&path);
-
-        let live = Listener::bind(&path).unwrap();
-        assert!(matches!(
-            Listener::bind(&path),
-            Err(TransportError::InUse { .. })
-        ));
-        drop(live);
-        assert!(!path.exists(), "listener did not unlink its socket on drop");
-
-        // A stale socket file: std's listener leaves its file behind when dropped.
-        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        assert!(path.exists());
-        assert!(matches!(
-            Connection::connect(&path),
-            Err(TransportError::NotListening { .. })
-        ));
-        let replaced = Listener::bind(&path).unwrap();
-        drop(replaced);
-
-        std::fs::write(&path, b"not a socket").unwrap();
-        assert!(matches!(
-            Listener::bind(&path),
-            Err(TransportError::NotASocket { .. })
-        ));
-        assert!(matches!(
-            Connection::connect(&path),
-            Err(TransportError::NotListening { .. } | TransportError::NotFdlinkSocket { .. })
-        ));
-        std::fs::remove_file(&path).unwrap();
-        assert!(matches!(
-            Connection::connect(&path),
-            Err(TransportError::NoSuchPath { .. })
-        ));
-
-        // A stream socket at the path: connect names the wrong socket type.
-        let stream = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        assert!(matches!(
-            Connection::connect(&path),
-            Err(TransportError::NotFdlinkSocket { .. })
-        ));
-        assert!(matches!(
-            Listener::bind(&path),
-            Err(TransportError::InUse { .. })
-        ));
-        drop(stream);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -19,6 +19,7 @@ use super::stats;
 use super::to_consumers;
 use super::{CAT, SlowPolicyProp, SyncMethodProp};
 use crate::control;
+use crate::peer_access::{self, Access};
 use crate::session::{self, BusWatch, Mode};
 use fdlink::protocol::Packet;
 use fdlink::transport::{Connection, Listener};
@@ -53,6 +54,8 @@ struct Settings {
     sync_method: SyncMethodProp,
     register_fds: bool,
     yield_after_send: bool,
+    /// allowed-uids, allowed-gids, socket-mode, socket-group.
+    access: Access,
 }
 
 impl Default for Settings {
@@ -68,9 +71,10 @@ impl Default for Settings {
             max_held_total: 0,
             max_queued: DEFAULT_MAX_QUEUED,
             slow_policy: SlowPolicyProp::Auto,
-            sync_method: SyncMethodProp::Latest,
+            sync_method: SyncMethodProp::Auto,
             register_fds: true,
             yield_after_send: true,
+            access: Access::default(),
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct FdlinkSink {
     hub: Mutex<Option<Arc<Hub>>>,
     /// Forwards this pipeline's messages to the consumers while started.
     bus_watch: Mutex<Option<BusWatch>>,
+    /// This pipeline's first error, told to the consumers as the sink stops.
+    pipeline_error: to_consumers::PipelineError,
     /// Runs consumers' requests.
     server: Server,
     /// Set at a preroll barrier (going to PAUSED, a flush), cleared when BaseSink prerolls:
@@ -245,6 +251,9 @@ impl FdlinkSink {
         let weak = self.obj().downgrade();
         let reposted = self.server.reposted().clone();
         let watch = BusWatch::new(self.obj().upcast_ref(), move |message| {
+            if let Some(obj) = weak.upgrade() {
+                obj.imp().pipeline_error.note(message);
+            }
             let Some(p) =
                 session::crossing_packet(message, &reposted, control::forwards_to_consumers)
             else {
@@ -287,6 +296,7 @@ impl FdlinkSink {
                 obj.emit_by_name::<()>("client-removed", &[&id, &reason.kind()]);
             }
             HubEvent::Warning(msg) => gst::warning!(CAT, imp = self, "{msg}"),
+            HubEvent::Info(msg) => gst::info!(CAT, imp = self, "{msg}"),
             HubEvent::Prerolled {
                 id,
                 buffer_id,
@@ -359,7 +369,7 @@ impl ObjectImpl for FdlinkSink {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut properties = vec![
                 glib::ParamSpecString::builder("socket-path")
                     .nick("Socket path")
                     .blurb("Path of the AF_UNIX socket consumers connect to; a stale socket file left by a dead producer is replaced")
@@ -401,7 +411,7 @@ impl ObjectImpl for FdlinkSink {
                     .build(),
                 glib::ParamSpecEnum::builder::<SyncMethodProp>("sync-method")
                     .nick("Sync method")
-                    .blurb("Where a consumer that joins starts, for encoded streams")
+                    .blurb("Where a consumer that joins starts (auto: latest for raw media, latest-keyframe for encoded media)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("register-fds")
@@ -450,7 +460,10 @@ impl ObjectImpl for FdlinkSink {
                     .blurb("Frame, copy, release and fd counters, and one structure per consumer in clients (see the README)")
                     .read_only()
                     .build(),
-            ]
+            ];
+            properties.extend(peer_access::peer_properties("consumer"));
+            properties.extend(peer_access::socket_properties());
+            properties
         });
         PROPERTIES.as_ref()
     }
@@ -479,6 +492,9 @@ impl ObjectImpl for FdlinkSink {
             "yield-after-send" => {
                 settings.yield_after_send = value.get().expect("type checked upstream")
             }
+            name @ ("allowed-uids" | "allowed-gids" | "socket-mode" | "socket-group") => {
+                settings.access.set(name, value)
+            }
             _ => unimplemented!(),
         }
     }
@@ -498,6 +514,9 @@ impl ObjectImpl for FdlinkSink {
             "ack-timeout" => self.settings.lock().unwrap().ack_timeout_ms.to_value(),
             "register-fds" => self.settings.lock().unwrap().register_fds.to_value(),
             "yield-after-send" => self.settings.lock().unwrap().yield_after_send.to_value(),
+            name @ ("allowed-uids" | "allowed-gids" | "socket-mode" | "socket-group") => {
+                self.settings.lock().unwrap().access.get(name)
+            }
             "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
             "stats" => {
                 let copy_ns = self.copy_ns.load(Ordering::Relaxed);
@@ -546,7 +565,10 @@ impl ElementImpl for FdlinkSink {
         let latency = matches!(event.view(), gst::EventView::Latency(_));
         let handled = self.parent_send_event(event);
         // The pipeline configured a new latency: consumers ask for it again.
-        if latency && let Some(hub) = self.hub() {
+        if latency
+            && let Some(hub) = self.hub()
+            && self.server.latency_changed(self.obj().latency())
+        {
             let m = gst::message::Latency::builder().src(&*self.obj()).build();
             to_consumers::send_message(self.obj().upcast_ref(), &hub, &m);
         }
@@ -584,8 +606,11 @@ impl ElementImpl for FdlinkSink {
 impl BaseSinkImpl for FdlinkSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
+        let peers = settings.access.policy("fdlinksink")?;
+        let socket_access = settings.access.socket()?;
         // The stats start again with the hub made below.
         self.copy_ns.store(0, Ordering::Relaxed);
+        self.pipeline_error.clear();
         let (listener, inherited, endpoint) = if settings.fd >= 0 {
             let conn = Connection::inherit(settings.fd).map_err(|e| {
                 gst::error_msg!(
@@ -601,7 +626,7 @@ impl BaseSinkImpl for FdlinkSink {
                     ("socket-path is not set (nor fd)")
                 ));
             };
-            let listener = Listener::bind(&path).map_err(|e| {
+            let listener = Listener::bind_with(&path, &socket_access).map_err(|e| {
                 gst::error_msg!(
                     gst::ResourceError::OpenReadWrite,
                     ("cannot listen on {}: {e}", path.display())
@@ -624,6 +649,7 @@ impl BaseSinkImpl for FdlinkSink {
             }
         })
         .map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ("{e}")))?;
+        hub.set_peer_policy(peers);
         let control_hub = hub.clone();
         let control = std::thread::Builder::new()
             .name("fdlinksink-ctl".into())
@@ -648,6 +674,9 @@ impl BaseSinkImpl for FdlinkSink {
         let hub = self.hub.lock().unwrap().take();
         let state = std::mem::take(&mut *self.state.lock().unwrap());
         if let Some(hub) = &hub {
+            // While the control thread still writes out the queues; as long as EOS would wait.
+            self.pipeline_error
+                .send_before_close(self.obj().upcast_ref(), hub, EOS_DRAIN_TIMEOUT);
             hub.shutdown();
         }
         if let State::Started {
@@ -669,6 +698,7 @@ impl BaseSinkImpl for FdlinkSink {
             return Err(gst::loggable_error!(CAT, "caps before start"));
         };
         gst::debug!(CAT, imp = self, "caps {caps}");
+        hub.set_encoded(super::is_encoded(caps));
         let drm = crate::drm_format::describe_caps(caps);
         if !drm.is_empty() {
             gst::info!(CAT, imp = self, "DMA_DRM format: {drm}");

@@ -60,7 +60,6 @@ pub enum SlowPolicyProp {
 #[repr(u32)]
 #[enum_type(name = "GstFdlinkSyncMethod")]
 pub enum SyncMethodProp {
-    #[default]
     #[enum_value(name = "Latest: start with the next buffer", nick = "latest")]
     Latest = 0,
     #[enum_value(
@@ -73,6 +72,21 @@ pub enum SyncMethodProp {
         nick = "latest-keyframe"
     )]
     LatestKeyframe = 2,
+    #[default]
+    #[enum_value(
+        name = "Auto: latest for raw media, latest-keyframe for encoded media",
+        nick = "auto"
+    )]
+    Auto = 3,
+}
+
+/// Whether `caps` are of encoded media, whose delta units a consumer cannot start on (for
+/// sync-method=auto), nor drop: anything but raw audio, video and text, and Bayer video.
+pub(crate) fn is_encoded(caps: &gst::CapsRef) -> bool {
+    caps.structure(0).is_some_and(|s| {
+        let name = s.name().as_str();
+        !name.ends_with("/x-raw") && name != "video/x-bayer"
+    })
 }
 
 impl From<SyncMethodProp> for SyncMethod {
@@ -81,6 +95,7 @@ impl From<SyncMethodProp> for SyncMethod {
             SyncMethodProp::Latest => SyncMethod::Latest,
             SyncMethodProp::NextKeyframe => SyncMethod::NextKeyframe,
             SyncMethodProp::LatestKeyframe => SyncMethod::LatestKeyframe,
+            SyncMethodProp::Auto => SyncMethod::Auto,
         }
     }
 }

@@ -47,11 +47,22 @@ pub(super) struct Server {
     /// The latest consumers dropped for their error: the errors that follow from the first
     /// (a source's "Internal data stream error") are not posted again.
     failed: Mutex<VecDeque<u64>>,
+    /// The latency the consumers were last told this pipeline configured.
+    latency_sent: Mutex<Option<gst::ClockTime>>,
 }
 
 impl Server {
     pub(super) fn reposted(&self) -> &Arc<Reposted> {
         &self.reposted
+    }
+
+    /// Whether the consumers are to be told of `latency`, which this pipeline just configured:
+    /// only when it differs from the last they were told of (a consumer that connects asks
+    /// for itself). A pipeline configures its latency again at every latency message, also
+    /// the ones its peers' latency messages cause; telling the consumers each time would make
+    /// two pipelines with links both ways recompute each other's latency without end.
+    pub(super) fn latency_changed(&self, latency: gst::ClockTime) -> bool {
+        self.latency_sent.lock().unwrap().replace(latency) != Some(latency)
     }
 
     /// An independent consumer's pipeline failed: its first error goes on this bus as a
@@ -173,10 +184,16 @@ impl Server {
                                 && let gst::QueryViewMut::Latency(l) =
                                     q.get_mut().unwrap().view_mut()
                             {
-                                // The latency this pipeline renders with, which may exceed
-                                // what its upstream alone needs.
+                                // A syncing sink holds each frame for the latency this
+                                // pipeline renders with, which may exceed what its
+                                // upstream alone needs. With sync=false frames leave at
+                                // once: the upstream's latency is all, and two pipelines
+                                // with links both ways do not raise each other's without
+                                // end.
                                 let (live, min, max) = l.result();
-                                l.set(live, min.max(sink.latency()), max);
+                                if sink.is_sync() {
+                                    l.set(live, min.max(sink.latency()), max);
+                                }
                             }
                             (
                                 answered,

@@ -45,6 +45,7 @@ pub(super) fn structure(hub: Option<&Hub>, copy_ns: u64) -> gst::Structure {
         .field("releases", stats.releases)
         .field("consumers", consumers)
         .field("consumers-total", stats.consumers_total)
+        .field("consumers-refused", stats.consumers_refused)
         .field("buffers-held", held)
         .field("fds-sent", stats.fds_sent)
         .field("files-registered", stats.files_registered)

@@ -18,6 +18,7 @@ use super::peer::ProducerPeer;
 use super::stream::Stream;
 use crate::session::Mode;
 use fdlink::endpoint::{self, ConnectError, HELLO_TIMEOUT, HandshakeError, Reconnect};
+use fdlink::peer_check::{PeerCredentials, PeerPolicy};
 use fdlink::protocol::{self, Hello};
 use fdlink::transport::{Connection, TransportError, Waker};
 
@@ -33,6 +34,8 @@ pub struct Connector {
     retry_timeout: Option<Duration>,
     /// Set while looking for a new producer after the last one went away (reconnect=true).
     lost: Option<Lost>,
+    /// Whose producers are trusted (allowed-uids, allowed-gids).
+    peers: PeerPolicy,
 }
 
 /// The producer went away without EOS, and `reconnect=true`.
@@ -65,6 +68,46 @@ impl Connector {
             reconnect,
             retry_timeout,
             lost: None,
+            peers: PeerPolicy::own_uid_only("fdlinksrc"),
+        }
+    }
+
+    /// Trusts the producers `peers` allows (by default: this process's uid and root).
+    pub fn trusting(mut self, peers: PeerPolicy) -> Connector {
+        self.peers = peers;
+        self
+    }
+
+    /// Checks the producer's credentials before anything is sent to it: one not allowed is
+    /// told why and the stream fails (with reconnect=true too: whoever holds the path then is
+    /// not the producer this consumer waits for).
+    fn check_producer(&self, imp: &FdlinkSrc, conn: &Connection) -> Result<(), Stop> {
+        let producer = PeerCredentials::of(conn);
+        let who = producer
+            .as_ref()
+            .map_or_else(|| "unknown credentials".into(), |p| p.to_string());
+        match self.peers.check(producer.as_ref()) {
+            Ok(()) => {
+                gst::info!(
+                    CAT,
+                    imp = imp,
+                    "producer at {} has {who}",
+                    self.path.display()
+                );
+                Ok(())
+            }
+            Err(refusal) => {
+                conn.send_error(&format!(
+                    "the consumer does not trust this producer: {refusal}"
+                ));
+                Err(Stop::Error(gst::error_msg!(
+                    gst::ResourceError::NotAuthorized,
+                    (
+                        "fdlink producer at {} ({who}) is not trusted: its {refusal}",
+                        self.path.display()
+                    )
+                )))
+            }
         }
     }
 
@@ -97,6 +140,7 @@ impl Connector {
                 })?
             }
         };
+        self.check_producer(imp, &conn)?;
         let producer = endpoint::consumer_hello(&conn, capabilities, Some(waker), HELLO_TIMEOUT)
             .map_err(|e| self.hello_error(e))?;
         gst::info!(
@@ -114,9 +158,13 @@ impl Connector {
             HandshakeError::Interrupted => Stop::Flushing,
             // Counts as the producer going away (with reconnect=true: one more attempt).
             HandshakeError::PeerClosed => Stop::Lost(e.to_string()),
-            HandshakeError::Refused(msg) => {
-                protocol_error(&self.path, format!("producer refused us: {msg}"))
-            }
+            HandshakeError::Refused(msg) => Stop::Error(gst::error_msg!(
+                gst::ResourceError::NotAuthorized,
+                (
+                    "fdlink producer at {} refused this consumer: {msg}",
+                    self.path.display()
+                )
+            )),
             HandshakeError::Malformed(d) => protocol_error(&self.path, d.to_string()),
             HandshakeError::WrongRole { .. }
             | HandshakeError::VersionMismatch { .. }

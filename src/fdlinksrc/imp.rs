@@ -20,6 +20,7 @@ use super::connection::Connector;
 use super::link::{Leaky, Link, QueueCounters, QueueLimit};
 use super::stats::Stats;
 use super::stream::Stream;
+use crate::peer_access::{self, Access};
 use crate::session::{self, BusWatch, Mode, Reposted};
 use fdlink::transport::Waker;
 
@@ -55,6 +56,8 @@ pub(super) struct Settings {
     retry_timeout_ms: u32,
     max_queued: u32,
     leaky: Leaky,
+    /// allowed-uids, allowed-gids.
+    access: Access,
 }
 
 impl Default for Settings {
@@ -71,6 +74,7 @@ impl Default for Settings {
             retry_timeout_ms: DEFAULT_RETRY_TIMEOUT_MS,
             max_queued: DEFAULT_MAX_QUEUED,
             leaky: Leaky::None,
+            access: Access::default(),
         }
     }
 }
@@ -216,7 +220,7 @@ impl ObjectImpl for FdlinkSrc {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut properties = vec![
                 glib::ParamSpecString::builder("socket-path")
                     .nick("Socket path")
                     .blurb("Path of the AF_UNIX socket an fdlinksink listens on")
@@ -289,7 +293,9 @@ impl ObjectImpl for FdlinkSrc {
                     .blurb("Frames received, dropped and copied, releases, reconnects, files registered, and latencies in µs from the producer's send")
                     .read_only()
                     .build(),
-            ]
+            ];
+            properties.extend(peer_access::peer_properties("producer"));
+            properties
         });
         PROPERTIES.as_ref()
     }
@@ -312,6 +318,7 @@ impl ObjectImpl for FdlinkSrc {
             }
             "max-queued" => settings.max_queued = value.get().expect("type checked upstream"),
             "leaky" => settings.leaky = value.get().expect("type checked upstream"),
+            name @ ("allowed-uids" | "allowed-gids") => settings.access.set(name, value),
             _ => unimplemented!(),
         }
     }
@@ -329,6 +336,9 @@ impl ObjectImpl for FdlinkSrc {
             "retry-timeout" => self.settings.lock().unwrap().retry_timeout_ms.to_value(),
             "max-queued" => self.settings.lock().unwrap().max_queued.to_value(),
             "leaky" => self.settings.lock().unwrap().leaky.to_value(),
+            name @ ("allowed-uids" | "allowed-gids") => {
+                self.settings.lock().unwrap().access.get(name)
+            }
             "stats" => self.stats_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -359,11 +369,16 @@ impl ElementImpl for FdlinkSrc {
             match transition {
                 gst::StateChange::PlayingToPaused => {
                     self.set_link_streaming(false);
-                    self.send_state(session::destination(self.obj().upcast_ref()))
+                    self.send_state(session::destination(self.obj().upcast_ref()));
+                    self.lead_producer();
                 }
                 gst::StateChange::PausedToPlaying => {
                     self.set_link_streaming(true);
-                    self.send_state(gst::State::Playing)
+                    self.send_state(gst::State::Playing);
+                    self.lead_producer();
+                }
+                gst::StateChange::PausedToReady => {
+                    session::Follower::of(self.obj().upcast_ref()).forget_peer()
                 }
                 _ => {}
             }
@@ -440,7 +455,8 @@ impl BaseSrcImpl for FdlinkSrc {
             settings.reconnect,
             (settings.retry_timeout_ms > 0)
                 .then(|| Duration::from_millis(settings.retry_timeout_ms as u64)),
-        );
+        )
+        .trusting(settings.access.policy("fdlinksrc")?);
         let queue_limit = QueueLimit {
             max_queued: settings.max_queued as usize,
             leaky: settings.leaky,

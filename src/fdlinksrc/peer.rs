@@ -109,9 +109,39 @@ impl FdlinkSrc {
     }
 
     /// Tells the producer the state this element reached (a producer in mode=follow takes it).
+    /// A follower tells only what its own application did (`lead_producer`).
     pub(super) fn send_state(&self, state: gst::State) {
         let mode = self.settings.lock().unwrap().mode;
+        if mode == Mode::Follow {
+            return;
+        }
         self.send_to_producer(&Packet::State(session::state_packet(state, mode)));
+    }
+
+    /// A follower at PAUSED <-> PLAYING: when its application, not the producer, changed this
+    /// pipeline's state, the producer's pipeline takes it too (the two are one pipeline: a
+    /// pause here pauses the producer, and the play after it plays it again).
+    pub(super) fn lead_producer(&self) {
+        if self.settings.lock().unwrap().mode != Mode::Follow {
+            return;
+        }
+        let obj = self.obj();
+        let element: &gst::Element = obj.upcast_ref();
+        let Some(state) = session::Follower::of(element).own_change(element) else {
+            return;
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "this pipeline's application set it to {state:?}: the producer's pipeline follows"
+        );
+        if !self.send_to_producer(&Packet::State(session::state_packet(state, Mode::Follow))) {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "cannot tell the producer this pipeline went to {state:?}: it stays where it is"
+            );
+        }
     }
 
     /// Whether a full queue stops the link's reader: only while PLAYING (see link.rs).
@@ -199,7 +229,9 @@ impl FdlinkSrc {
         waker: &Waker,
     ) -> Result<(), Stop> {
         let mode = self.settings.lock().unwrap().mode;
-        if session::follow(mode, st) != session::Follow::Go(gst::State::Paused) {
+        if session::follow(mode, st, session::End::Consumer)
+            != session::Follow::Go(gst::State::Paused)
+        {
             return Ok(());
         }
         let deadline = Instant::now() + self.ack_timeout();

@@ -159,10 +159,14 @@ impl FdlinkSrc {
                     }
                 }
                 Packet::Error(msg) => {
+                    // Its pipeline's error, or why it dropped this consumer.
+                    let pid = conn
+                        .peer_pid()
+                        .map_or_else(String::new, |p| format!(" (pid {p})"));
                     return Err(Stop::Error(gst::error_msg!(
                         gst::ResourceError::Read,
                         (
-                            "producer at {} reported an error: {msg}",
+                            "producer{pid} at {} reported an error: {msg}",
                             stream.connector.path.display()
                         )
                     )));
@@ -231,8 +235,16 @@ impl FdlinkSrc {
             }
         }
         self.release_held_events(stream);
-        if stream.timeline.cut_by_shift(header.pts, header.duration) {
+        if stream.timeline.cut_by_shift(header.pts, header.duration)
+            && !self
+                .obj()
+                .src_pad()
+                .current_caps()
+                .is_some_and(|c| crate::fdlinksink::is_encoded(&c))
+        {
             // Older than this pipeline's start: downstream would clip it unseen. Counted.
+            // A frame of encoded media goes on: the decoder needs it for the ones after it,
+            // and clips it itself.
             self.stats.lock().unwrap().record_dropped_late();
             return Ok(None);
         }
@@ -243,9 +255,17 @@ impl FdlinkSrc {
     /// `Timeline::delta`.
     fn running_time_delta(&self, stream: &Stream, base_time: u64, pts: u64) -> Option<i128> {
         let obj = self.obj();
+        // Going to PLAYING, a pipeline gives all its elements its clock, then each element its
+        // new base time just before that element's own change, sources last: until then ours
+        // is the old one (0 the first time), and a shift from it would put the frame hours
+        // away. A follower meets that window whenever it plays with the producer.
+        let pipeline_base = crate::session::top_level(obj.upcast_ref()).base_time();
         let (Some(clock), Some(base)) = (obj.clock(), obj.base_time()) else {
             return stream.timeline.delta(None, base_time, pts, || 0);
         };
+        if Some(base) != pipeline_base {
+            return stream.timeline.delta(None, base_time, pts, || 0);
+        }
         let later = if obj.is_live() {
             0
         } else {

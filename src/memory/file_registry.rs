@@ -3,9 +3,10 @@
 //! its file's kind, in GstMiniObject qdata, so a pooled memory costs no syscall after its
 //! first frame. The qdata holds the memory's [`FileUse`]: when the last memory wrapping a
 //! file is freed (its pool was flushed or replaced at a caps change), the id is retired and
-//! the hub tells its consumers to close the file.
+//! the hub tells its consumers to close the file. The tag also keeps the number of the fd the
+//! consumers are sent for the file (a memfd's read-only reopening, [`super::read_only`]).
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use glib::translate::IntoGlib;
@@ -22,11 +23,15 @@ pub struct FileRegistry {
     ids: FileIds,
 }
 
-/// What a memory's qdata keeps: its file's id (a use of it) and how it crosses, so the next
-/// frame needs neither fstat nor F_GET_SEALS (a file's kind and its seals cannot change).
+/// What a memory's qdata keeps: its file's id (a use of it), how it crosses and the fd its
+/// consumers are sent, so the next frame needs neither fstat nor F_GET_SEALS (a file's kind
+/// and its seals cannot change) nor another qdata lookup.
 struct MemoryTag {
     file: FileUse,
     kind: MemoryKind,
+    /// The memory's own fd, or its read-only reopening in the memory's qdata: either is open
+    /// while the memory lives.
+    sent: RawFd,
 }
 
 unsafe extern "C" fn drop_memory_tag(data: glib::ffi::gpointer) {
@@ -37,7 +42,7 @@ unsafe extern "C" fn drop_memory_tag(data: glib::ffi::gpointer) {
 }
 
 /// The memory that owns the fd: a share's parent, or the memory itself.
-fn root_memory(mem: &gst::MemoryRef) -> *mut gst::ffi::GstMemory {
+pub(super) fn root_memory(mem: &gst::MemoryRef) -> *mut gst::ffi::GstMemory {
     let ptr = mem.as_ptr() as *mut gst::ffi::GstMemory;
     // SAFETY: `mem` is a valid memory; its parent, when set, is kept alive by it.
     let parent = unsafe { (*ptr).parent };
@@ -56,30 +61,39 @@ impl Default for FileRegistry {
 }
 
 impl FileRegistry {
-    /// The file id and kind `mem` was tagged with, if it was.
-    pub fn tagged(&self, mem: &gst::MemoryRef) -> Option<(u32, MemoryKind)> {
+    /// The file id and kind `mem` was tagged with, if it was, and the fd its consumers are
+    /// sent.
+    pub fn tagged<'a>(&self, mem: &'a gst::MemoryRef) -> Option<(u32, MemoryKind, BorrowedFd<'a>)> {
         // SAFETY: the root memory is valid while `mem` is; the qdata, if set, is a MemoryTag
-        // we set under this registry's own quark and stays valid while the memory lives.
+        // we set under this registry's own quark and stays valid while the memory lives, and
+        // so does the fd it names (MemoryTag::sent).
         unsafe {
             let data = gst::ffi::gst_mini_object_get_qdata(
                 root_memory(mem) as *mut gst::ffi::GstMiniObject,
                 self.quark.into_glib(),
             ) as *const MemoryTag;
-            data.as_ref().map(|t| (t.file.id(), t.kind))
+            data.as_ref()
+                .map(|t| (t.file.id(), t.kind, BorrowedFd::borrow_raw(t.sent)))
         }
     }
 
     /// Gives the file behind `mem` (its fd `fd`, checked to cross as `kind`) an id, tags the
-    /// memory with it and returns it.
-    pub fn file_id(
+    /// memory with it and returns it, with the fd its consumers are sent
+    /// ([`super::read_only::sent_fd`]).
+    pub fn file_id<'a>(
         &self,
-        mem: &gst::MemoryRef,
-        fd: BorrowedFd<'_>,
+        mem: &'a gst::MemoryRef,
+        fd: BorrowedFd<'a>,
         kind: MemoryKind,
-    ) -> std::io::Result<u32> {
+    ) -> std::io::Result<(u32, BorrowedFd<'a>)> {
         let file = self.ids.register_fd(fd)?;
         let id = file.id();
-        let tag = Box::new(MemoryTag { file, kind });
+        let sent = super::read_only::sent_fd(mem, fd, kind);
+        let tag = Box::new(MemoryTag {
+            file,
+            kind,
+            sent: sent.as_raw_fd(),
+        });
         // SAFETY: the root memory is valid; qdata takes ownership of the tag and frees it
         // through drop_memory_tag when the memory is freed.
         unsafe {
@@ -90,7 +104,7 @@ impl FileRegistry {
                 Some(drop_memory_tag),
             );
         }
-        Ok(id)
+        Ok((id, sent))
     }
 
     /// Ids whose files no memory wraps any more, since the last call.

@@ -12,6 +12,7 @@
 pub mod file_registry;
 pub mod file_table;
 pub mod pool;
+pub mod read_only;
 pub mod release;
 pub mod views;
 
@@ -52,10 +53,10 @@ pub enum CopyReason {
 pub type FdList<'a> = smallvec::SmallVec<[BorrowedFd<'a>; 4]>;
 
 /// Describes every memory of `buffer` as a window into an fd, filling `descs` and `fds`
-/// (distinct fds, in first-use order; each memory's `fd_index` is its fd's place there).
-/// With a `registry`, each memory's `file_id` is its file's id there (register-once fds),
-/// and a memory tagged on an earlier frame is described without a syscall. Fails when any
-/// memory has to be copied.
+/// (distinct fds, in first-use order, a memfd as its read-only reopening; each memory's
+/// `fd_index` is its fd's place there). With a `registry`, each memory's `file_id` is its
+/// file's id there (register-once fds), and a memory tagged on an earlier frame is described
+/// without a syscall. Fails when any memory has to be copied.
 pub fn describe_buffer<'a>(
     buffer: &'a gst::BufferRef,
     registry: Option<&FileRegistry>,
@@ -81,8 +82,9 @@ pub fn describe_buffer<'a>(
         }
         // SAFETY: the memory owns this fd and `buffer` (borrowed for 'a) keeps the memory alive.
         let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        let (kind, file_id) = match registry.and_then(|r| r.tagged(mem)) {
-            Some((id, kind)) => (kind, id),
+        // `sent`: what crosses, a memfd's read-only reopening kept on the memory (read_only.rs).
+        let (kind, file_id, sent) = match registry.and_then(|r| r.tagged(mem)) {
+            Some((id, kind, sent)) => (kind, id, sent),
             None => {
                 // A regular file wrapped by GstDmaBufAllocator (a memfd) is not a dmabuf: the
                 // consumer would rightly refuse it as one, so it crosses as what it is.
@@ -94,10 +96,13 @@ pub fn describe_buffer<'a>(
                     return Err(CopyReason::UnsealedFd);
                 }
                 // Without an id (fstat failed) the file crosses as a one-shot fd.
-                let id = registry.map_or(0, |r| r.file_id(mem, fd, kind).unwrap_or(0));
-                (kind, id)
+                match registry.map(|r| r.file_id(mem, fd, kind)) {
+                    Some(Ok((id, sent))) => (kind, id, sent),
+                    _ => (kind, 0, read_only::sent_fd(mem, fd, kind)),
+                }
             }
         };
+        let (fd, raw) = (sent, sent.as_raw_fd());
         // One slot per file: the same fd, or (registered) another fd of the same file, which
         // the consumer must not be sent twice under one id.
         let same_file = |i: usize, f: &BorrowedFd<'_>| {

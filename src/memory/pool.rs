@@ -9,7 +9,7 @@ use gst::subclass::prelude::*;
 use gst_video::prelude::*;
 use std::sync::LazyLock;
 
-use super::create_sealed_memfd;
+use fdlink::fdkind::{create_memfd_to_map, seal_future_writes};
 use gst::glib;
 
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -266,14 +266,14 @@ mod imp {
                 let c = self.config.lock().unwrap();
                 (c.size, c.video_info.clone(), c.add_video_meta, c.alignment)
             };
-            let fd = create_sealed_memfd("fdlink-pool", size).map_err(|e| {
+            let fd = create_memfd_to_map("fdlink-pool", size).map_err(|e| {
                 gst::error!(CAT, imp = self, "cannot create memfd of {size} bytes: {e}");
                 gst::FlowError::Error
             })?;
             // SAFETY: alloc_fd takes ownership of the fd we release here; on failure the C
             // side did not store it, so we close it ourselves.
             let raw = fd.into_raw_fd();
-            let mem = unsafe {
+            let mut mem = unsafe {
                 self.allocator
                     .alloc_fd(raw, size, gst_allocators::FdMemoryFlags::KEEP_MAPPED)
             }
@@ -283,6 +283,32 @@ mod imp {
                 gst::error!(CAT, imp = self, "FdAllocator failed: {e}");
                 gst::FlowError::Error
             })?;
+            // Mapped writable now and kept mapped (KEEP_MAPPED), every later map of the memory
+            // is this mapping: then the file is sealed against other writes, so a consumer
+            // cannot write into the pool's frames even through a read-write reopening of its
+            // read-only fd, while upstream writes on.
+            let mapped = mem.get_mut().map(|m| m.map_writable().is_ok());
+            if mapped != Some(true) {
+                gst::error!(
+                    CAT,
+                    imp = self,
+                    "cannot map a new {size}-byte memfd writable"
+                );
+                return Err(gst::FlowError::Error);
+            }
+            // SAFETY: `mem` owns `raw` and keeps it open for this borrow.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+            if let Err(e) = seal_future_writes(fd) {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "cannot seal memfd against writes ({e}; Linux 5.1 or later has \
+                     F_SEAL_FUTURE_WRITE): a consumer can reopen its read-only fd read-write"
+                );
+            }
+            // The consumers' read-only fd, made with the buffer: a pool's fds stay as many
+            // while it streams.
+            crate::memory::read_only::sent_fd(&mem, fd, fdlink::protocol::MemoryKind::Memfd);
             let mut buffer = gst::Buffer::new();
             {
                 let b = buffer.get_mut().unwrap();
@@ -316,6 +342,9 @@ mod tests {
     use super::*;
     use crate::test_support::{fd_lock, open_fds};
 
+    /// Fds per pool buffer: its memfd and the read-only one for consumers.
+    const FDS: usize = 2;
+
     fn bytes_pool(size: u32, min: u32, max: u32) -> MemfdBufferPool {
         let caps = gst::Caps::new_empty_simple("application/x-test");
         MemfdBufferPool::new_configured(&caps, size, min, max, false).unwrap()
@@ -333,7 +362,7 @@ mod tests {
         pool.set_active(true).unwrap();
         assert_eq!(
             open_fds(),
-            idle_pool + 3,
+            idle_pool + 3 * FDS,
             "the pool's minimum, allocated at start"
         );
         let [a, b, c] = [(); 3].map(|_| pool.acquire_buffer(None).unwrap());
@@ -345,7 +374,7 @@ mod tests {
         assert_eq!(order.each_ref().map(|b| b.as_ptr()), [pc, pa, pb]);
         assert_eq!(
             open_fds(),
-            idle_pool + 3,
+            idle_pool + 3 * FDS,
             "no buffer allocated beyond the three"
         );
         // Deactivated while buffers are out: they are freed as they come back.
@@ -353,7 +382,7 @@ mod tests {
         drop(order);
         assert_eq!(open_fds(), idle_pool, "stopping frees every buffer");
         pool.set_active(true).unwrap();
-        assert_eq!(open_fds(), idle_pool + 3);
+        assert_eq!(open_fds(), idle_pool + 3 * FDS);
         drop(pool);
         assert_eq!(
             open_fds(),
@@ -415,7 +444,7 @@ mod tests {
         drop(b);
         assert_eq!(open_fds(), idle_pool, "its memfd closed");
         let _fresh = pool.acquire_buffer(None).unwrap();
-        assert_eq!(open_fds(), idle_pool + 1, "a new memfd in its place");
+        assert_eq!(open_fds(), idle_pool + FDS, "a new memfd in its place");
     }
 
     /// With GST_BUFFER_POOL_OPTION_VIDEO_ALIGNMENT (what avdec_* asks for), frames are laid out

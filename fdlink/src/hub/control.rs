@@ -12,11 +12,50 @@ use nix::poll::PollFlags;
 use super::consumer::{Consumer, Phase};
 use super::{Hub, HubEvent, Inner, Removal, Request, RetiredFiles};
 use crate::endpoint;
+use crate::peer_check::{PeerCredentials, PeerPolicy};
 use crate::protocol::{self, MAX_PACKET_SIZE, Packet};
 use crate::transport::{Connection, Listener, PollSet, TransportError};
 
 /// A consumer that has not completed the hello by then is dropped.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Refused connections are warned about at most this often (each is logged at INFO), so a
+/// peer that connects in a loop cannot flood the log.
+const REFUSAL_WARNING_PERIOD: Duration = Duration::from_secs(5);
+
+/// Whose connections the hub serves, and when it last warned of a refusal.
+pub(super) struct PeerGate {
+    policy: PeerPolicy,
+    last_warning: Option<Instant>,
+    /// Refusals since that warning, logged at INFO only.
+    unwarned: u64,
+}
+
+impl Default for PeerGate {
+    fn default() -> Self {
+        PeerGate {
+            policy: PeerPolicy::own_uid_only("fdlinksink"),
+            last_warning: None,
+            unwarned: 0,
+        }
+    }
+}
+
+impl PeerGate {
+    /// Whether this refusal is warned about; if not, it is counted for the next warning.
+    fn warn_now(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last_warning
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_WARNING_PERIOD)
+        {
+            self.unwarned += 1;
+            return None;
+        }
+        self.last_warning = Some(now);
+        Some(std::mem::take(&mut self.unwarned))
+    }
+}
 
 impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
     /// The control thread: accepts consumers, runs the hello, reads releases.
@@ -125,6 +164,40 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         }
     }
 
+    /// Whose connections are served from now on (accepted ones stay). By default this
+    /// process's uid and root only.
+    pub fn set_peer_policy(&self, policy: PeerPolicy) {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).policy = policy;
+    }
+
+    /// Checks a new connection's credentials; a refused peer is told why (an Error packet
+    /// instead of the hello) and closed.
+    fn admit(&self, conn: &Connection) -> bool {
+        let peer = PeerCredentials::of(conn);
+        let who = peer
+            .as_ref()
+            .map_or_else(|| "a peer of unknown credentials".into(), |p| p.to_string());
+        let mut gate = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let Err(refusal) = gate.policy.check(peer.as_ref()) else {
+            drop(gate);
+            (self.on_event)(HubEvent::Info(format!("connection from {who} accepted")));
+            return true;
+        };
+        let warn = gate.warn_now();
+        drop(gate);
+        conn.send_error(&refusal.to_string());
+        self.lock().stats.consumers_refused += 1;
+        let text = format!("refused connection from {who}: {refusal}");
+        (self.on_event)(match warn {
+            Some(0) => HubEvent::Warning(text),
+            Some(n) => {
+                HubEvent::Warning(format!("{text} ({n} more refused since the last warning)"))
+            }
+            None => HubEvent::Info(text),
+        });
+        false
+    }
+
     fn accept_all(&self, listener: &Listener) {
         loop {
             match listener.accept() {
@@ -142,10 +215,23 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
 
     /// Greets a new connection and waits for its hello (in the control loop).
     fn adopt(&self, conn: Connection) {
+        if !self.admit(&conn) {
+            return;
+        }
         // The hello is the first datagram on a fresh socket: it always fits.
         if let Err(e) = endpoint::greet_consumer(&conn, self.limits.max_held) {
+            // A consumer that gave up on this producer at once (it does not trust it) said
+            // why before it closed.
+            let mut buf = vec![0u8; MAX_PACKET_SIZE];
+            let said = match conn
+                .try_recv(&mut buf)
+                .map(|got| Packet::<std::os::fd::OwnedFd>::decode(&buf[..got.len], got.fds))
+            {
+                Ok(Ok(Packet::Error(msg))) => format!(": it said: {msg}"),
+                _ => String::new(),
+            };
             (self.on_event)(HubEvent::Warning(format!(
-                "could not greet new connection: {e}"
+                "could not greet new connection: {e}{said}"
             )));
             return;
         }
@@ -384,5 +470,20 @@ mod tests {
             ),
             _ => panic!("expected an error packet last"),
         }
+    }
+
+    #[test]
+    fn refusals_are_warned_about_at_most_once_a_period_with_the_count_between() {
+        let mut gate = PeerGate::default();
+        assert_eq!(gate.warn_now(), Some(0), "the first refusal is a warning");
+        assert_eq!(gate.warn_now(), None);
+        assert_eq!(gate.warn_now(), None);
+        gate.last_warning = Some(Instant::now() - REFUSAL_WARNING_PERIOD);
+        assert_eq!(
+            gate.warn_now(),
+            Some(2),
+            "the next warning counts those between"
+        );
+        assert_eq!(gate.warn_now(), None);
     }
 }

@@ -54,6 +54,8 @@ pub enum HubEvent {
         reason: Removal,
     },
     Warning(String),
+    /// For the logs at INFO: each connection accepted or refused, with its credentials.
+    Info(String),
     /// A following consumer's pipeline prerolled (for the logs).
     Prerolled {
         id: u64,
@@ -250,6 +252,8 @@ pub struct Hub<H: Send + 'static, F: RetiredFiles = FileIds> {
     files: Option<F>,
     /// The release grace, in µs (0: none; see `release_grace`).
     release_grace_us: AtomicU64,
+    /// Whose connections are served (see `control`).
+    peers: Mutex<control::PeerGate>,
     on_event: Box<dyn Fn(HubEvent) + Send + Sync>,
 }
 
@@ -276,6 +280,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             pending: PendingQueries::default(),
             files: register_files.then(F::default),
             release_grace_us: AtomicU64::new(release_grace::configured().as_micros() as u64),
+            peers: Mutex::new(control::PeerGate::default()),
             on_event: Box::new(on_event),
         }))
     }
@@ -356,9 +361,10 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         self.lock().has_ready_consumer()
     }
 
-    /// sync-method=latest-keyframe: every frame goes through `send_buffer`, consumers or not.
+    /// sync-method=latest-keyframe (or auto on encoded media): every frame goes through
+    /// `send_buffer`, consumers or not.
     pub fn keeps_backlog(&self) -> bool {
-        self.limits.sync_method == SyncMethod::LatestKeyframe
+        self.sync_method(&self.lock()) == SyncMethod::LatestKeyframe
     }
 
     pub fn count_frame_without_consumer(&self) {

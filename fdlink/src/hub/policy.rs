@@ -34,6 +34,23 @@ pub enum SyncMethod {
     /// The latest keyframe and the buffers after it, sent at once from a backlog; the next
     /// keyframe when there is no backlog yet.
     LatestKeyframe,
+    /// Per the stream (`Hub::set_encoded`): raw media, whose every buffer stands alone, as
+    /// Latest; encoded media as LatestKeyframe, so a joiner never starts on a delta unit it
+    /// cannot decode, but with no keyframe kept (none yet, or a GOP longer than the backlog)
+    /// from the next buffer, as Latest: a stream whose first buffers, or all, are delta units
+    /// still reaches its consumers.
+    Auto,
+}
+
+impl SyncMethod {
+    /// What this sync-method does on a stream of encoded (or raw) media.
+    pub(super) fn resolve(self, encoded: bool) -> SyncMethod {
+        match self {
+            SyncMethod::Auto if encoded => SyncMethod::LatestKeyframe,
+            SyncMethod::Auto => SyncMethod::Latest,
+            m => m,
+        }
+    }
 }
 
 /// Limits and policies for consumers.

@@ -18,6 +18,8 @@ pub struct HubStats {
     pub frames_without_consumer: u64,
     pub releases: u64,
     pub consumers_total: u64,
+    /// Connections refused for their credentials (see `PeerPolicy`).
+    pub consumers_refused: u64,
     /// Fds sent with buffer packets, to all consumers.
     pub fds_sent: u64,
     /// Files registered with a consumer (one per file and consumer).

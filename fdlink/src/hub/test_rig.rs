@@ -61,6 +61,11 @@ impl Rig {
         assert!(matches!(got, Ok(Some(_))), "the producer's hello");
         let hello = protocol::encode_hello(&Hello::new(Role::Consumer, std::process::id()));
         rig.consumer.try_send(&hello, &[]).unwrap();
+        // Its connection accepted (logged), then its hello.
+        match rig.events.recv_timeout(WAIT).unwrap() {
+            HubEvent::Info(accepted) => assert!(accepted.contains("accepted"), "{accepted}"),
+            _ => panic!("expected the connection to be accepted"),
+        }
         match rig.events.recv_timeout(WAIT).unwrap() {
             HubEvent::ConsumerAdded { .. } => {}
             _ => panic!("expected the consumer to be added"),

@@ -72,6 +72,13 @@
 //! - `--preroll-delay-ms N`: hold the first buffer, and the first after each flush, N ms at
 //!   the fdlink element (`preroll-delay at T` line, T CLOCK_MONOTONIC ns), so the pipeline
 //!   prerolls late.
+//! - `--handle-latency`: recalculate the pipeline's latency at each latency message, as
+//!   gst-launch-1.0 does.
+//! - `--try-write`: at the fdlinksrc's src pad, try to write into each frame through the fd of
+//!   its memories (mmap PROT_WRITE MAP_SHARED, pwrite of a byte as it was, and both through a
+//!   read-write reopening of /proc/self/fd/N); one line per frame, `write-refused` or
+//!   `write-allowed` (`no-fd` for system memory), `offset=N fds=K`, then per fd
+//!   `mmap=E write=E reopen=E` (`allowed` or the errno).
 //!
 //! Output lines: `frame ...`, `stats <structure>`, `overwritten ...`, `pattern-mismatch ...`,
 //! `eos`, and on failure `error: ...` on stderr with exit code 1.
@@ -82,6 +89,7 @@ mod probes;
 mod produce;
 mod report;
 mod run;
+mod try_write;
 
 use crate::demo::demo;
 use crate::produce::{produce_dmabuf, produce_pattern};
@@ -139,6 +147,9 @@ struct Opts {
     /// PLAYING -> READY this many times before starting.
     toggle_states: u64,
     gap_first: bool,
+    try_write: bool,
+    /// Recalculate the latency at each latency message, as gst-launch-1.0 does.
+    handle_latency: bool,
     sink_props: Vec<(String, String)>,
     rest: Vec<String>,
 }
@@ -178,6 +189,8 @@ fn parse_opts(args: &[String]) -> Opts {
             "--live" => o.live = true,
             "--start-paused" => o.start_paused = true,
             "--gap-first" => o.gap_first = true,
+            "--try-write" => o.try_write = true,
+            "--handle-latency" => o.handle_latency = true,
             "--preroll-delay-ms" => o.preroll_delay_ms = num(it.next()),
             "--loop" => o.loops = num(it.next()),
             "--eos-count" => o.eos_count = num(it.next()),

@@ -134,6 +134,9 @@ pub(crate) fn run(
                 }
                 break 1;
             }
+            gst::MessageView::Latency(_) if o.handle_latency => {
+                let _ = pipeline.recalculate_latency();
+            }
             _ => {}
         }
     };
@@ -207,6 +210,15 @@ pub(crate) fn launch(o: &Opts) -> i32 {
             Some(el) => add_probe(pipeline.upcast_ref(), &el, o),
             None => {
                 eprintln!("error: nothing to probe: no fdlink element and no element named check");
+                return 2;
+            }
+        }
+    }
+    if o.try_write {
+        match element.as_ref().and_then(|e| e.static_pad("src")) {
+            Some(pad) => crate::try_write::add_try_write_probe(&pad),
+            None => {
+                eprintln!("error: --try-write needs an fdlinksrc");
                 return 2;
             }
         }
