@@ -14,6 +14,7 @@ mod base_sink_preroll;
 mod hub;
 mod imp;
 mod negotiation;
+mod properties;
 mod requests;
 mod send;
 mod serve;

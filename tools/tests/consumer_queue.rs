@@ -397,3 +397,38 @@ fn a_full_queue_makes_a_non_live_producer_wait_not_drop() {
     assert_eq!(field(&p, "frames-dropped"), 0, "{p}");
     assert_eq!(field(&c, "frames-received"), 10_000, "{c}");
 }
+
+/// `slow-policy=block`, documented as lossless, never deadlocks against a consumer whose
+/// downstream holds until it has enough (filesink gathers 64 KiB, 16 buffers of 4096 bytes,
+/// more than max-held): the consumer copies out past half of max-held, so the producer's wait
+/// for a release ends, and the file arrives whole.
+#[test]
+fn block_does_not_deadlock_against_a_filesink_consumer() {
+    init_gst();
+    let dir = TempDir::new("blockfile");
+    let sock = dir.socket();
+    let input = dir.0.join("in.bin");
+    let output = dir.0.join("out.bin");
+    common::onevstwo::write_nonrepeating(&input, 500_000);
+    let mut producer = Peer::spawn(&[
+        "produce",
+        &format!(
+            "filesrc location={} blocksize=4096 ! fdlinksink socket-path={sock} wait-for-connection=true slow-policy=block",
+            input.display()
+        ),
+    ]);
+    wait_for_path(&sock, T);
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        &format!(
+            "fdlinksrc socket-path={sock} ! filesink location={}",
+            output.display()
+        ),
+    ]);
+    producer.wait_success(T, "producer");
+    consumer.wait_success(T, "consumer");
+    assert!(
+        std::fs::read(&input).unwrap() == std::fs::read(&output).unwrap(),
+        "the file through a filesink consumer differs"
+    );
+}
