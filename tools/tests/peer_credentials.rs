@@ -53,7 +53,7 @@ fn spawn(
     args: &[&str],
     setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
 ) -> Peer {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fdlink-peer"));
+    let mut cmd = Command::new(peer_binary(dir, uid.is_some()));
     cmd.args(args)
         .env("GST_REGISTRY_FORK", "no")
         .env("GST_DEBUG", "fdlinksink:4,fdlinksrc:4")
@@ -62,7 +62,10 @@ fn spawn(
         .stderr(Stdio::piped());
     if let Some(uid) = uid {
         // std drops the supplementary groups when root changes the uid.
-        cmd.uid(uid).gid(uid).env("HOME", &dir.0);
+        cmd.uid(uid)
+            .gid(uid)
+            .env("HOME", &dir.0)
+            .current_dir(&dir.0);
         // GStreamer writes its registry where the new uid can.
         cmd.env("GST_REGISTRY", dir.0.join("registry.bin"));
     }
@@ -77,6 +80,21 @@ fn spawn(
         stdout,
         stderr,
     }
+}
+
+/// The fdlink-peer binary, or for another uid a copy of it in `dir`: the build's target
+/// directory may sit where that uid cannot search (a fresh clone under a 0700 temp dir).
+fn peer_binary(dir: &TempDir, other_uid: bool) -> std::path::PathBuf {
+    let ours = Path::new(env!("CARGO_BIN_EXE_fdlink-peer"));
+    if !other_uid {
+        return ours.to_path_buf();
+    }
+    let copy = dir.0.join("fdlink-peer");
+    if !copy.exists() {
+        std::fs::copy(ours, &copy).expect("copy fdlink-peer where the other uid can run it");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    copy
 }
 
 fn no_setup() -> std::io::Result<()> {
