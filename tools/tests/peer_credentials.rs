@@ -72,7 +72,18 @@ fn spawn(
     // SAFETY: `setup` closures below make only async-signal-safe calls (socketpair, sendmsg
     // through a stack buffer, dup2, umask), as a forked child of a threaded process must.
     unsafe { cmd.pre_exec(setup) };
-    let mut child = cmd.spawn().expect("spawn fdlink-peer");
+    // A copy just written may still be open for writing in a child another test thread forked
+    // meanwhile, until that child execs: exec then fails with ETXTBSY for a moment.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            spawned => break spawned.expect("spawn fdlink-peer"),
+        }
+    };
     let stdout = collect(child.stdout.take().unwrap());
     let stderr = collect(child.stderr.take().unwrap());
     Peer {
