@@ -18,6 +18,7 @@ pub mod peer_check;
 pub mod pending;
 pub mod protocol;
 pub mod transport;
+pub mod warning_gate;
 
 /// Helpers for unit tests: fd counts are per process and tests run on parallel threads, so
 /// every test that opens fds holds this lock while it counts.

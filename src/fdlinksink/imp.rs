@@ -83,7 +83,8 @@ enum State {
     Stopped,
     Started {
         control: JoinHandle<()>,
-        sender: Sender,
+        // Boxed: the largest part of the state by far.
+        sender: Box<Sender>,
         /// The buffer BaseSink prerolled on went out from `prepare`: its `render` must not
         /// send it again.
         preroll_sent: Option<PrerollSent>,
@@ -565,7 +566,7 @@ impl BaseSinkImpl for FdlinkSink {
         *self.hub.lock().unwrap() = Some(hub);
         *self.state.lock().unwrap() = State::Started {
             control,
-            sender: Sender::new(settings.yield_after_send),
+            sender: Box::new(Sender::new(settings.yield_after_send)),
             preroll_sent: None,
         };
         Ok(())

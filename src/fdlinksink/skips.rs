@@ -2,26 +2,35 @@
 //! QoS event upstream and posts a QoS message, as a sink that drops buffers does, and a warning
 //! sums them up at most every few seconds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gst::prelude::*;
 use gst_base::prelude::*;
 
 use super::CAT;
+use fdlink::warning_gate::WarningGate;
 
 /// The shortest time between two warnings about skipped frames.
 const WARNING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Skips counted for the announcements, per stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Skips {
     /// Frames rendered, for the QoS message's `processed`.
     processed: u64,
     /// Frame offers skipped for a consumer, in all.
     skipped: u64,
-    /// Skips since the last warning, and when it went out.
-    unwarned: u64,
-    warned_at: Option<Instant>,
+    warnings: WarningGate,
+}
+
+impl Default for Skips {
+    fn default() -> Self {
+        Skips {
+            processed: 0,
+            skipped: 0,
+            warnings: WarningGate::new(WARNING_INTERVAL),
+        }
+    }
 }
 
 impl Skips {
@@ -39,33 +48,21 @@ impl Skips {
             return;
         }
         self.skipped += skipped;
-        self.unwarned += skipped;
         self.announce_qos(element, buffer, live);
-        let now = Instant::now();
-        if self
-            .warned_at
-            .is_some_and(|at| now.duration_since(at) < WARNING_INTERVAL)
-        {
+        let Some(unwarned) = self.warnings.note(skipped) else {
             return;
-        }
+        };
         gst::element_warning!(
             element,
             gst::CoreError::Failed,
             ("fdlinksink skipped frames for a consumer at its limit"),
             [
                 "{} frames skipped since the last warning, {} in all: a consumer holds max-held buffers or reads slower than the stream; its slow-policy decides (the stats property counts per consumer)",
-                self.unwarned,
+                unwarned,
                 self.skipped
             ]
         );
-        gst::debug!(
-            CAT,
-            obj = element,
-            "warned of {} skipped frames",
-            self.unwarned
-        );
-        self.unwarned = 0;
-        self.warned_at = Some(now);
+        gst::debug!(CAT, obj = element, "warned of {unwarned} skipped frames");
     }
 
     /// A QoS event upstream (overflow: the stream outruns a consumer) and a QoS message naming

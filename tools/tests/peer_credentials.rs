@@ -12,7 +12,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -27,21 +26,6 @@ fn producer_pipeline(sink: &str) -> String {
     format!(
         "videotestsrc is-live=true ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! {sink}"
     )
-}
-
-fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    use std::io::BufRead;
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stream)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    lines
 }
 
 /// `fdlink-peer ARGS`, as `uid` (None: this process's) with fdlinksink's debug output at

@@ -15,6 +15,7 @@ use crate::endpoint;
 use crate::peer_check::{PeerCredentials, PeerPolicy};
 use crate::protocol::{self, MAX_PACKET_SIZE, Packet};
 use crate::transport::{Connection, Listener, PollSet, TransportError};
+use crate::warning_gate::WarningGate;
 
 /// A consumer that has not completed the hello by then is dropped.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,37 +24,26 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// peer that connects in a loop cannot flood the log.
 const REFUSAL_WARNING_PERIOD: Duration = Duration::from_secs(5);
 
-/// Whose connections the hub serves, and when it last warned of a refusal.
+/// Whose connections the hub serves, and which refusals it warns of.
 pub(super) struct PeerGate {
     policy: PeerPolicy,
-    last_warning: Option<Instant>,
-    /// Refusals since that warning, logged at INFO only.
-    unwarned: u64,
+    warnings: WarningGate,
 }
 
 impl Default for PeerGate {
     fn default() -> Self {
         PeerGate {
             policy: PeerPolicy::own_uid_only("fdlinksink"),
-            last_warning: None,
-            unwarned: 0,
+            warnings: WarningGate::new(REFUSAL_WARNING_PERIOD),
         }
     }
 }
 
 impl PeerGate {
-    /// Whether this refusal is warned about; if not, it is counted for the next warning.
+    /// Whether this refusal is warned about, with the refusals since the last warning (this
+    /// one left out); if not, it is counted for the next warning.
     fn warn_now(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last_warning
-            .is_some_and(|t| now.duration_since(t) < REFUSAL_WARNING_PERIOD)
-        {
-            self.unwarned += 1;
-            return None;
-        }
-        self.last_warning = Some(now);
-        Some(std::mem::take(&mut self.unwarned))
+        self.warnings.note(1).map(|k| k - 1)
     }
 }
 
@@ -478,7 +468,7 @@ mod tests {
         assert_eq!(gate.warn_now(), Some(0), "the first refusal is a warning");
         assert_eq!(gate.warn_now(), None);
         assert_eq!(gate.warn_now(), None);
-        gate.last_warning = Some(Instant::now() - REFUSAL_WARNING_PERIOD);
+        gate.warnings.expire();
         assert_eq!(
             gate.warn_now(),
             Some(2),

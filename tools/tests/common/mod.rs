@@ -44,7 +44,8 @@ pub struct Peer {
     pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
-fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+/// The lines `stream` yields, collected as they come by a thread of their own.
+pub fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     std::thread::spawn(move || {
