@@ -56,7 +56,11 @@ impl FdlinkSrc {
         }
     }
 
-    /// The answer to a latency query: the producer's pipeline latency plus `link-latency`.
+    /// The answer to a latency query: the producer's pipeline latency plus `link-latency`,
+    /// live in both modes. A follower is no live source (it prerolls with the producer), but its
+    /// frames come when the producer renders them, as a live source's do: answered live, its
+    /// sinks add this latency and the latency of the elements between (decoders), the same
+    /// for every sink, and audio and video stay in sync.
     pub(super) fn latency(&self, query: &mut gst::QueryRef) -> bool {
         let link_latency =
             gst::ClockTime::from_nseconds(self.settings.lock().unwrap().link_latency);
@@ -71,7 +75,7 @@ impl FdlinkSrc {
         };
         gst::debug!(CAT, imp = self, "latency: min {min}, max {max:?}");
         if let gst::QueryViewMut::Latency(q) = query.view_mut() {
-            q.set(self.obj().is_live(), min, max);
+            q.set(true, min, max);
         }
         true
     }

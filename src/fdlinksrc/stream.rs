@@ -266,14 +266,8 @@ impl FdlinkSrc {
         if Some(base) != pipeline_base {
             return stream.timeline.delta(None, base_time, pts, || 0);
         }
-        let later = if obj.is_live() {
-            0
-        } else {
-            self.settings.lock().unwrap().link_latency as i128
-        };
         let ours = OurClock {
             base_mono: base.nseconds() as i128 + clock::clock_to_monotonic_offset(&clock),
-            later,
         };
         stream.timeline.delta(Some(ours), base_time, pts, || {
             clock.time().nseconds() as i128 - base.nseconds() as i128

@@ -21,9 +21,6 @@ pub struct OurClock {
     /// Our base time on CLOCK_MONOTONIC (ns): the pipeline's base time plus its clock's offset
     /// to CLOCK_MONOTONIC.
     pub base_mono: i128,
-    /// Added to every shift (ns): a non-live source's sinks add no latency of their own, so
-    /// its frames are due `link-latency` after the producer rendered them; 0 when live.
-    pub later: i128,
 }
 
 /// The producer's segment and the shift of the one that went downstream.
@@ -133,7 +130,7 @@ impl Timeline {
             return Some(self.segment_delta.unwrap_or(0));
         };
         if base_time != TIME_NONE {
-            return Some(base_time as i128 - ours.base_mono + ours.later);
+            return Some(base_time as i128 - ours.base_mono);
         }
         if let Some(d) = self.segment_delta {
             return Some(d);
@@ -145,7 +142,7 @@ impl Timeline {
         let theirs = segment.to_running_time(gst::ClockTime::from_nseconds(
             (pts != TIME_NONE).then_some(pts)?,
         ))?;
-        Some(running_now() - theirs.nseconds() as i128 + ours.later)
+        Some(running_now() - theirs.nseconds() as i128)
     }
 }
 
@@ -291,21 +288,12 @@ mod tests {
         let mut t = Timeline::default();
         let ours = OurClock {
             base_mono: 1_000 * MS as i128,
-            later: 0,
         };
         let no_clock_read = || -> i128 { panic!("the clock is read only without a base time") };
         // Both base times known: their difference, whatever else is known.
         assert_eq!(
             t.delta(Some(ours), 1_500 * MS, 0, no_clock_read),
             Some(500 * MS as i128)
-        );
-        let follower = OurClock {
-            later: 2 * MS as i128,
-            ..ours
-        };
-        assert_eq!(
-            t.delta(Some(follower), 1_500 * MS, 0, no_clock_read),
-            Some(502 * MS as i128)
         );
         // No clock here: the shift downstream has, or none.
         assert_eq!(t.delta(None, 1_500 * MS, 0, no_clock_read), Some(0));

@@ -383,34 +383,3 @@ fn consumer_errors_can_be_kept_out() {
     assert_eq!(consumer.wait(T).code(), Some(1));
     producer.wait_success(T, "producer");
 }
-
-/// The example launcher joins an unprivileged demuxer process and a decoder process with a
-/// socketpair (the `fd` property on both elements); the stream reaches EOS across it.
-#[test]
-fn launcher_joins_an_unprivileged_demuxer_and_a_decoder_over_a_socketpair() {
-    let exe = std::env::current_exe().unwrap();
-    let launcher = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples/split-player");
-    assert!(
-        launcher.exists(),
-        "cargo test builds the examples: {launcher:?}"
-    );
-    let out = std::process::Command::new(&launcher)
-        .arg("--test-source")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("demuxer exit exit status: 0, decoder exit exit status: 0"));
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { nix::libc::geteuid() } == 0 {
-        assert!(stdout.contains("uid 65534 (videotestsrc"), "{stdout}");
-    }
-}

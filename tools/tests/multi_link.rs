@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -72,22 +71,7 @@ fn assert_consumer_ended_well(consumer: &mut Peer) {
 fn demuxed_audio_and_video_over_two_links() {
     init_gst();
     let dir = TempDir::new("multilink-av");
-    let media = dir.0.join("av.mkv");
-    let made = Command::new("gst-launch-1.0")
-        .args(["-q"])
-        .args(
-            format!(
-                "videotestsrc num-buffers=150 ! video/x-raw,width=320,height=240,framerate=30/1 \
-                 ! x264enc speed-preset=ultrafast key-int-max=30 ! h264parse ! matroskamux name=m \
-                 ! filesink location={} \
-                 audiotestsrc num-buffers=240 ! audio/x-raw,rate=48000,channels=2 ! opusenc ! m.",
-                media.display()
-            )
-            .split_whitespace(),
-        )
-        .status()
-        .expect("run gst-launch-1.0");
-    assert!(made.success(), "cannot make the test media");
+    let media = av_mkv(&dir);
     let (v, a) = (dir.0.join("v.sock"), dir.0.join("a.sock"));
     let (v, a) = (v.display(), a.display());
     let mut producer = Peer::spawn(&[
@@ -98,7 +82,7 @@ fn demuxed_audio_and_video_over_two_links() {
             "filesrc location={} ! matroskademux name=d \
              d.video_0 ! queue ! h264parse ! fdlinksink socket-path={v} wait-for-connection=true \
              d.audio_0 ! queue ! opusparse ! fdlinksink socket-path={a} wait-for-connection=true",
-            media.display()
+            media
         ),
     ]);
     wait_for_path(&v.to_string(), T);

@@ -79,6 +79,8 @@
 //!   read-write reopening of /proc/self/fd/N); one line per frame, `write-refused` or
 //!   `write-allowed` (`no-fd` for system memory), `offset=N fds=K`, then per fd
 //!   `mmap=E write=E reopen=E` (`allowed` or the errno).
+//! - `--render-log`: make every fakesink print `render NAME pts=P late-us=L` per buffer it
+//!   renders: the clock's running time at render minus the buffer's running time, in µs.
 //!
 //! Output lines: `frame ...`, `stats <structure>`, `overwritten ...`, `pattern-mismatch ...`,
 //! `eos`, and on failure `error: ...` on stderr with exit code 1.
@@ -87,6 +89,7 @@ mod demo;
 mod dmabuf_sources;
 mod probes;
 mod produce;
+mod render_log;
 mod report;
 mod run;
 mod try_write;
@@ -148,6 +151,7 @@ struct Opts {
     toggle_states: u64,
     gap_first: bool,
     try_write: bool,
+    render_log: bool,
     /// Recalculate the latency at each latency message, as gst-launch-1.0 does.
     handle_latency: bool,
     sink_props: Vec<(String, String)>,
@@ -190,6 +194,7 @@ fn parse_opts(args: &[String]) -> Opts {
             "--start-paused" => o.start_paused = true,
             "--gap-first" => o.gap_first = true,
             "--try-write" => o.try_write = true,
+            "--render-log" => o.render_log = true,
             "--handle-latency" => o.handle_latency = true,
             "--preroll-delay-ms" => o.preroll_delay_ms = num(it.next()),
             "--loop" => o.loops = num(it.next()),

@@ -237,6 +237,10 @@ pub(crate) fn launch(o: &Opts) -> i32 {
     {
         add_control_probes(&pipeline, el, o);
     }
+    if o.render_log && crate::render_log::add_render_log(&pipeline) == 0 {
+        eprintln!("error: --render-log needs a fakesink");
+        return 2;
+    }
     let mut extra = Vec::new();
     if o.gaps {
         match element.as_ref().and_then(fdlink_pad) {

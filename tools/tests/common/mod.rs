@@ -392,3 +392,27 @@ pub fn number_field<N: std::str::FromStr>(line: &str, name: &str) -> N {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no number {name} in {line}"))
 }
+
+/// Five seconds of H.264 video (320x240, 30 fps, a keyframe a second) and Opus audio
+/// (48 kHz stereo) in `dir/av.mkv`, made with gst-launch-1.0; its path. The directory is made
+/// readable by all, for players that drop privileges.
+pub fn av_mkv(dir: &TempDir) -> String {
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = dir.0.join("av.mkv");
+    let made = std::process::Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(
+            format!(
+                "videotestsrc num-buffers=150 ! video/x-raw,width=320,height=240,framerate=30/1 \
+                 ! x264enc speed-preset=ultrafast key-int-max=30 ! h264parse ! matroskamux name=m \
+                 ! filesink location={} \
+                 audiotestsrc num-buffers=240 ! audio/x-raw,rate=48000,channels=2 ! opusenc ! m.",
+                path.display()
+            )
+            .split_whitespace(),
+        )
+        .status()
+        .expect("run gst-launch-1.0");
+    assert!(made.success(), "cannot make the test media");
+    path.display().to_string()
+}
