@@ -7,13 +7,65 @@
 //! `gst_event_new_custom`, which GStreamer's own parse functions read like native ones (the
 //! ipcpipeline elements do the same). Fields that do not survive a string round trip are
 //! dropped (see `wire_event::serializable_structure`).
+//!
+//! Texts from the peer pass `fdlink::structure_limits` before GStreamer parses them: the
+//! packet decode refuses a packet past the limits (the peer is dropped), and every parse here
+//! checks again, so no peer text reaches GStreamer's recursive parser unchecked. Texts sent
+//! are fdlink's own serialization, which does not grow with nesting (see
+//! `wire_event::serializable_structure`).
 
 use glib::translate::{FromGlib, FromGlibPtrFull, IntoGlib, IntoGlibPtr};
 use gst::prelude::*;
 
+use std::sync::LazyLock;
+
 use crate::wire_event::serializable_structure;
-use fdlink::protocol::{EventPacket, MessagePacket, QueryPacket, QueryReplyPacket};
+use fdlink::protocol::{self, EventPacket, MessagePacket, QueryPacket, QueryReplyPacket};
+use fdlink::structure_limits::check_structure_text;
 use gst::glib;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "fdlinkcontrol",
+        gst::DebugColorFlags::empty(),
+        Some("fdlink's control plane: events, queries and messages across"),
+    )
+});
+
+/// A structure text from the peer, parsed if it is within the limits and parses.
+fn structure_from_peer(text: &str) -> Option<gst::Structure> {
+    if let Err(e) = check_structure_text(text) {
+        gst::warning!(CAT, "not parsing a structure from the peer: {e}");
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Caps text from the peer, parsed; the error names why not (past the limits, or unparsable).
+pub fn caps_from_peer(text: &str) -> Result<gst::Caps, String> {
+    check_structure_text(text).map_err(|e| format!("caps refused: {e}"))?;
+    text.parse()
+        .map_err(|_| format!("unparsable caps {text:?}"))
+}
+
+/// What crosses back for an answered (or not) query: whether it was answered, and its
+/// structure as text. An answer too long for a packet fails the query.
+pub fn reply_structure(answered: bool, query: &gst::QueryRef) -> (bool, String) {
+    let text = query
+        .structure()
+        .map_or_else(String::new, |s| serializable_structure(s, |_| {}));
+    // The reply packet: the header, the id, `answered` and three reserved bytes, the text.
+    if protocol::HEADER_SIZE + 8 + text.len() > protocol::MAX_PACKET_SIZE {
+        gst::warning!(
+            CAT,
+            "failing the {:?} query: its answer does not fit in a packet ({} bytes or more)",
+            query.type_(),
+            text.len()
+        );
+        return (false, String::new());
+    }
+    (answered, text)
+}
 
 /// A query as a packet.
 pub fn query_to_packet(id: u32, query: &gst::QueryRef) -> QueryPacket {
@@ -28,7 +80,7 @@ pub fn query_to_packet(id: u32, query: &gst::QueryRef) -> QueryPacket {
 
 /// Rebuilds a query from a packet; None when its structure does not parse.
 pub fn query_from_packet(p: &QueryPacket) -> Option<gst::Query> {
-    let structure: gst::Structure = p.structure.parse().ok()?;
+    let structure = structure_from_peer(&p.structure)?;
     // SAFETY: gst_query_new_custom takes ownership of the structure and returns a new query
     // (or NULL, which from_glib_full turns into None through Option).
     unsafe {
@@ -44,7 +96,7 @@ pub fn apply_reply(query: &mut gst::QueryRef, reply: &QueryReplyPacket) -> bool 
     if !reply.answered {
         return false;
     }
-    let Ok(answer) = reply.structure.parse::<gst::Structure>() else {
+    let Some(answer) = structure_from_peer(&reply.structure) else {
         return false;
     };
     let s = query.structure_mut();
@@ -71,7 +123,7 @@ pub fn event_from_packet(p: &EventPacket) -> Option<gst::Event> {
     let structure: Option<gst::Structure> = if p.structure.is_empty() {
         None
     } else {
-        Some(p.structure.parse().ok()?)
+        Some(structure_from_peer(&p.structure)?)
     };
     let ptr = structure.map_or(std::ptr::null_mut(), |s| s.into_glib_ptr());
     // SAFETY: gst_event_new_custom takes ownership of the structure (or NULL) and returns a
@@ -128,13 +180,13 @@ pub fn message_to_packet(message: &gst::MessageRef) -> Option<MessagePacket> {
         .src()
         .map_or_else(String::new, |s| s.path_string().to_string());
     let text = |e: &glib::Error, debug: Option<&str>| {
-        gst::Structure::builder("fdlink-message")
+        let s = gst::Structure::builder("fdlink-message")
             .field("text", e.message())
             .field("debug", debug.unwrap_or(""))
             .field("domain", e.domain().as_str())
             .field("code", e.code())
-            .build()
-            .to_string()
+            .build();
+        serializable_structure(&s, |_| {})
     };
     let structure = match message.view() {
         gst::MessageView::Error(m) => text(&m.error(), m.debug().as_deref()),
@@ -145,19 +197,21 @@ pub fn message_to_packet(message: &gst::MessageRef) -> Option<MessagePacket> {
             .map_or_else(String::new, |s| serializable_structure(s, |_| {})),
         gst::MessageView::Buffering(m) => {
             let (mode, avg_in, avg_out, left) = m.buffering_stats();
-            gst::Structure::builder("fdlink-message")
+            let s = gst::Structure::builder("fdlink-message")
                 .field("percent", m.percent())
                 .field("mode", mode.into_glib())
                 .field("avg-in", avg_in)
                 .field("avg-out", avg_out)
                 .field("left", left)
-                .build()
-                .to_string()
+                .build();
+            serializable_structure(&s, |_| {})
         }
-        gst::MessageView::RequestState(m) => gst::Structure::builder("fdlink-message")
-            .field("state", m.requested_state().into_glib())
-            .build()
-            .to_string(),
+        gst::MessageView::RequestState(m) => {
+            let s = gst::Structure::builder("fdlink-message")
+                .field("state", m.requested_state().into_glib())
+                .build();
+            serializable_structure(&s, |_| {})
+        }
         gst::MessageView::Eos(_) | gst::MessageView::Latency(_) => String::new(),
         _ => return None,
     };
@@ -191,7 +245,7 @@ pub fn message_from_packet(
         }
         _ => {}
     }
-    let s: gst::Structure = p.structure.parse().ok()?;
+    let s = structure_from_peer(&p.structure)?;
     match ty {
         gst::ffi::GST_MESSAGE_ELEMENT => {
             let mut s = s;

@@ -14,6 +14,7 @@ pub mod drm_format;
 mod fdlinksink;
 mod fdlinksrc;
 pub mod memory;
+pub mod metas;
 mod peer_access;
 pub mod session;
 pub mod wire_event;

@@ -36,6 +36,8 @@ pub enum ImportError {
     VideoMeta(String),
     #[error("video layout {0}")]
     BadVideoLayout(String),
+    #[error("metas: {0}")]
+    Metas(String),
     #[error("cannot wrap fd {index} as memory")]
     Alloc { index: usize },
     #[error("file id {id} is not registered")]
@@ -158,8 +160,12 @@ pub fn check_windows(
     file_size: u64,
     mut windows: impl Iterator<Item = (u64, u64)>,
 ) -> Result<(), ImportError> {
-    match windows.find(|(offset, size)| offset.checked_add(*size).is_none_or(|end| end > file_size))
-    {
+    // A window starts inside its file, even an empty one: GStreamer's memories cannot start
+    // at their end (gstreamer-rs panics on `resize`/`share` there).
+    let outside = |&(offset, size): &(u64, u64)| {
+        offset >= file_size || offset.checked_add(size).is_none_or(|end| end > file_size)
+    };
+    match windows.find(outside) {
         Some((offset, size)) => Err(ImportError::WindowOutOfBounds {
             index,
             offset,
@@ -214,5 +220,22 @@ mod tests {
             })
         );
         assert!(check_windows(0, 100, [(u64::MAX, 2)].into_iter()).is_err());
+    }
+
+    /// Found by the frame_import fuzzer: an empty window at the end of a registered 64 KiB
+    /// memfd (offset 65536, size 0) passed, and the consumer's import panicked making its view.
+    #[test]
+    fn empty_windows_at_or_past_the_end_are_refused() {
+        assert!(check_windows(0, 100, [(99, 0), (0, 0)].into_iter()).is_ok());
+        assert_eq!(
+            check_windows(1, 65536, [(0, 4096), (65536, 0)].into_iter()),
+            Err(ImportError::WindowOutOfBounds {
+                index: 1,
+                offset: 65536,
+                size: 0,
+                file_size: 65536
+            })
+        );
+        assert!(check_windows(0, 0, [(0, 0)].into_iter()).is_err());
     }
 }

@@ -17,6 +17,7 @@ pub mod hub;
 pub mod peer_check;
 pub mod pending;
 pub mod protocol;
+pub mod structure_limits;
 pub mod transport;
 pub mod warning_gate;
 

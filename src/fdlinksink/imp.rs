@@ -24,7 +24,10 @@ use crate::session::{self, BusWatch, Mode};
 use fdlink::protocol::Packet;
 use fdlink::transport::{Connection, Listener};
 
-use super::properties::{self, DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_HELD, DEFAULT_MAX_QUEUED};
+use super::properties::{
+    self, DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_HELD, DEFAULT_MAX_QUEUED,
+    default_max_held_total,
+};
 
 /// How long a frame waits for a consumer at its `max-held` limit before that consumer skips it.
 const SLOW_CONSUMER_WAIT: Duration = Duration::from_secs(1);
@@ -45,8 +48,10 @@ struct Settings {
     forward_messages: bool,
     mode: Mode,
     ack_timeout_ms: u32,
-    max_held_total: u32,
+    /// None: not set, twice max-held (`default_max_held_total`).
+    max_held_total: Option<u32>,
     max_queued: u32,
+    max_clients: u32,
     slow_policy: SlowPolicyProp,
     sync_method: SyncMethodProp,
     register_fds: bool,
@@ -65,8 +70,9 @@ impl Default for Settings {
             forward_messages: true,
             mode: Mode::Independent,
             ack_timeout_ms: DEFAULT_ACK_TIMEOUT_MS,
-            max_held_total: 0,
+            max_held_total: None,
             max_queued: DEFAULT_MAX_QUEUED,
+            max_clients: DEFAULT_MAX_CLIENTS,
             slow_policy: SlowPolicyProp::Auto,
             sync_method: SyncMethodProp::Auto,
             register_fds: true,
@@ -384,8 +390,9 @@ impl ObjectImpl for FdlinkSink {
             }
             "mode" => settings.mode = value.get().expect("type checked upstream"),
             "max-held-total" => {
-                settings.max_held_total = value.get().expect("type checked upstream")
+                settings.max_held_total = Some(value.get().expect("type checked upstream"))
             }
+            "max-clients" => settings.max_clients = value.get().expect("type checked upstream"),
             "slow-policy" => settings.slow_policy = value.get().expect("type checked upstream"),
             "max-queued" => settings.max_queued = value.get().expect("type checked upstream"),
             "sync-method" => settings.sync_method = value.get().expect("type checked upstream"),
@@ -409,7 +416,13 @@ impl ObjectImpl for FdlinkSink {
             "wait-for-connection" => self.settings.lock().unwrap().wait_for_connection.to_value(),
             "forward-messages" => self.settings.lock().unwrap().forward_messages.to_value(),
             "mode" => self.settings.lock().unwrap().mode.to_value(),
-            "max-held-total" => self.settings.lock().unwrap().max_held_total.to_value(),
+            "max-held-total" => {
+                let s = self.settings.lock().unwrap();
+                s.max_held_total
+                    .unwrap_or_else(|| default_max_held_total(s.max_held))
+                    .to_value()
+            }
+            "max-clients" => self.settings.lock().unwrap().max_clients.to_value(),
             "slow-policy" => self.settings.lock().unwrap().slow_policy.to_value(),
             "max-queued" => self.settings.lock().unwrap().max_queued.to_value(),
             "sync-method" => self.settings.lock().unwrap().sync_method.to_value(),
@@ -539,11 +552,14 @@ impl BaseSinkImpl for FdlinkSink {
         let obj = self.obj().downgrade();
         let limits = Limits {
             max_held: settings.max_held,
-            max_held_total: settings.max_held_total,
+            max_held_total: settings
+                .max_held_total
+                .unwrap_or_else(|| default_max_held_total(settings.max_held)),
             max_queued: settings.max_queued,
             policy: settings.slow_policy.into(),
             sync_method: settings.sync_method.into(),
             slow_wait: SLOW_CONSUMER_WAIT,
+            max_clients: settings.max_clients,
         };
         let hub = Hub::new(limits, settings.register_fds, move |ev| {
             if let Some(obj) = obj.upgrade() {
@@ -685,10 +701,10 @@ impl BaseSinkImpl for FdlinkSink {
         // without the decoder running dry; decoders add this minimum to their own needs.
         let min = {
             let s = self.settings.lock().unwrap();
-            let held = if s.max_held_total > 0 {
-                s.max_held_total
-            } else {
-                s.max_held
+            // The default total is for many consumers together; one holds at most max-held.
+            let held = match s.max_held_total {
+                Some(total) if total > 0 => total,
+                _ => s.max_held,
             };
             (held + 1).max(POOL_MIN_BUFFERS)
         };

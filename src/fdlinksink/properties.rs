@@ -10,6 +10,16 @@ use crate::session::Mode;
 
 pub(super) const DEFAULT_MAX_HELD: u32 = 8;
 pub(super) const DEFAULT_MAX_QUEUED: u32 = 8;
+/// Default `max-clients`: far more consumers than a producer serves in practice, far fewer
+/// connections than a flood makes.
+pub(super) const DEFAULT_MAX_CLIENTS: u32 = 64;
+
+/// `max-held-total` when it is not set: twice `max-held`, so consumers that never release
+/// grow upstream's pool by at most that much (see the README), while a single consumer (at
+/// most max-held) or a few fast ones never reach it.
+pub(super) fn default_max_held_total(max_held: u32) -> u32 {
+    max_held.saturating_mul(2)
+}
 /// Default `ack-timeout`: caps queries wait this long for consumers, so it stays short.
 pub(super) const DEFAULT_ACK_TIMEOUT_MS: u32 = 1_000;
 
@@ -38,9 +48,9 @@ pub(super) fn specs() -> Vec<glib::ParamSpec> {
             .build(),
         glib::ParamSpecUInt::builder("max-held-total")
             .nick("Max held buffers, all consumers")
-            .blurb("Buffers all consumers together may hold unreleased (0 = no limit); at the limit frames are skipped for every consumer (block: the producer waits)")
+            .blurb("Buffers all consumers together may hold unreleased (default: twice max-held; 0 = no limit); at the limit frames are skipped for the consumers holding their share of it (block: the producer waits)")
             .maximum(65536)
-            .default_value(0)
+            .default_value(default_max_held_total(DEFAULT_MAX_HELD))
             .mutable_ready()
             .build(),
         glib::ParamSpecEnum::builder::<SlowPolicyProp>("slow-policy")
@@ -95,6 +105,12 @@ pub(super) fn specs() -> Vec<glib::ParamSpec> {
             .minimum(1)
             .default_value(DEFAULT_ACK_TIMEOUT_MS)
             .mutable_playing()
+            .build(),
+        glib::ParamSpecUInt::builder("max-clients")
+            .nick("Max clients")
+            .blurb("Connections served at once (0 = no limit); one more is refused at accept, with an error naming this property")
+            .default_value(DEFAULT_MAX_CLIENTS)
+            .mutable_ready()
             .build(),
         glib::ParamSpecUInt::builder("num-clients")
             .nick("Number of clients")

@@ -6,7 +6,9 @@
 //! [`IDLE_EXIT`] without one. Each consumer has at most [`MAX_PENDING_PER_CONSUMER`] requests
 //! queued or running: a consumer that sends more has them refused at once (its query gets an
 //! unanswered reply), so no consumer can make the producer start threads without bound or
-//! keep the others' requests waiting behind a flood of its own.
+//! keep the others' requests waiting behind a flood of its own. The queue thus holds at most
+//! 16 jobs per connection, and the hub serves at most `max-clients` connections and drops
+//! one that sends more than 5000 requests a second (`fdlink::hub`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};

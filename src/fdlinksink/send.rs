@@ -1,6 +1,9 @@
 //! fdlinksink's send path: a buffer described as fd windows (or copied once into the sink's
-//! memfd pool), encoded as a buffer packet and offered to the consumers through the hub.
+//! memfd pool), encoded as a buffer packet and offered to the consumers through the hub. A
+//! buffer without bytes goes without memories (and without copy); its metas go in the packet,
+//! or in a sealed memfd sent beside it when they do not fit there.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gst::prelude::*;
@@ -11,7 +14,10 @@ use super::hub::{Frame, Hub};
 use super::skips::Skips;
 use crate::clock;
 use crate::memory::{self, FdList, MemfdBufferPool};
-use fdlink::protocol::{BufferHeader, MemoryList, TIME_NONE};
+use crate::metas;
+use fdlink::protocol::{
+    BufferHeader, MAX_FDS, MAX_PACKET_SIZE, MemoryList, MetaEntry, Metas, TIME_NONE,
+};
 
 /// Why a frame goes out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +118,7 @@ impl Sender {
         if sending == Sending::Playing && !hub.wait_for_room(live) {
             return Err(gst::FlowError::Flushing);
         }
+        let mut metas = metas::collect(element.upcast_ref(), buffer);
         let mut descs = self.take_memories();
         let mut fds = FdList::new();
         let registry = hub.file_registry();
@@ -124,7 +131,7 @@ impl Sender {
                         fds,
                         copied_bytes: None,
                     };
-                    self.send_frame(element, hub, buffer, out, None, sending)?
+                    self.send_frame(element, hub, buffer, out, &mut metas, None, sending)?
                 }
                 Err(reason) => {
                     drop(fds);
@@ -132,7 +139,7 @@ impl Sender {
                     let mut copy = None;
                     let out = self.copy_out(element, registry, buffer, descs, &mut copy)?;
                     copy_ns.fetch_add(out.copy_ns, Ordering::Relaxed);
-                    self.send_frame(element, hub, buffer, out.frame, None, sending)?
+                    self.send_frame(element, hub, buffer, out.frame, &mut metas, None, sending)?
                 }
             };
         if !wants_copy.is_empty() {
@@ -142,8 +149,15 @@ impl Sender {
             let mut out = self.copy_out(element, registry, buffer, memories, &mut copy)?;
             // Not an unshareable buffer: bytes-copied and copy-time-us leave it out.
             out.frame.copied_bytes = None;
-            let (_, _, more) =
-                self.send_frame(element, hub, buffer, out.frame, Some(&wants_copy), sending)?;
+            let (_, _, more) = self.send_frame(
+                element,
+                hub,
+                buffer,
+                out.frame,
+                &mut metas,
+                Some(&wants_copy),
+                sending,
+            )?;
             skipped += more;
         }
         self.skips.count(element, buffer, skipped, live);
@@ -153,43 +167,64 @@ impl Sender {
         })
     }
 
-    /// Encodes a buffer packet for `out.wire` (timestamps, flags and layout from `meta_src`)
-    /// and offers it to the consumers: all of them, or only `slow_copy_for`.
+    /// Encodes a buffer packet for `out.wire` (timestamps, flags and layout from `meta_src`,
+    /// its metas collected in `metas`, which are left there for another copy) and offers it to
+    /// the consumers: all of them, or only `slow_copy_for`.
+    #[allow(clippy::too_many_arguments)]
     fn send_frame(
         &mut self,
         element: &gst_base::BaseSink,
         hub: &Hub,
         meta_src: &gst::BufferRef,
         out: Outgoing<'_>,
+        metas: &mut Vec<MetaEntry>,
         slow_copy_for: Option<&[u64]>,
         sending: Sending,
     ) -> Result<(u64, Vec<u64>, u64), gst::FlowError> {
         let live = self.upstream_live.unwrap_or(true);
         let buffer_id = hub.next_buffer_id();
         let time = |t: Option<gst::ClockTime>| t.map_or(TIME_NONE, |t| t.nseconds());
-        let header = BufferHeader {
+        let mut header = BufferHeader {
             buffer_id,
             pts: time(meta_src.pts()),
             dts: time(meta_src.dts()),
             duration: time(meta_src.duration()),
             offset: meta_src.offset(),
             offset_end: meta_src.offset_end(),
-            flags: meta_src.flags().bits(),
+            flags: memory::buffer_flag_bits(meta_src),
             sent_at: clock::monotonic_now(),
             // Prerolling, the pipeline has no base time yet (it gets one when it plays): the
-            // consumer shows the frame as it arrives.
-            base_time: if sending != Sending::Playing {
-                TIME_NONE
-            } else {
+            // consumer shows the frame as it arrives. A sink that does not wait for preroll
+            // (async=false) prerolls on its first buffer in PLAYING, with its base time; one
+            // on its way from PLAYING to PAUSED is still PLAYING with PAUSED pending, and
+            // prerolls for that pause.
+            base_time: if sending == Sending::Playing
+                || (sending == Sending::Preroll
+                    && element.current_state() == gst::State::Playing
+                    && element.pending_state() == gst::State::VoidPending)
+            {
                 base_time_monotonic(element.upcast_ref())
+            } else {
+                TIME_NONE
             },
             memories: out.memories,
             video: memory::video_layout(meta_src),
+            metas: Metas::default(),
+        };
+        let metas_file = place_metas(element, &mut header, metas, out.fds.len());
+        // The metas memfd goes last, after the memories' fds.
+        let with_metas_fd: FdList<'_>;
+        let fds = match &metas_file {
+            Some(file) => {
+                with_metas_fd = out.fds.iter().copied().chain([file.as_fd()]).collect();
+                &with_metas_fd[..]
+            }
+            None => &out.fds[..],
         };
         let frame = Frame {
             id: buffer_id,
             header: &header,
-            fds: &out.fds,
+            fds,
             size: out.wire.size() as u64,
             keyframe: !meta_src.flags().contains(gst::BufferFlags::DELTA_UNIT),
             slow_copy: slow_copy_for.is_some(),
@@ -214,8 +249,13 @@ impl Sender {
             );
             sent
         };
-        // The memory list goes back for the next frame.
+        // The memory list goes back for the next frame, the metas for another copy.
         self.memories = header.memories;
+        if let Metas::Inline(list) = header.metas
+            && !list.is_empty()
+        {
+            *metas = list;
+        }
         Ok((buffer_id, sent.wants_copy, sent.skipped))
     }
 
@@ -290,6 +330,59 @@ impl Sender {
             })?;
         self.copy_pool = Some(pool.clone());
         Ok(pool)
+    }
+}
+
+/// Puts `metas` into `header`: in the packet when they fit, else into a sealed memfd, returned,
+/// which goes as the packet's last fd (`n_fds`: the memories' fds). Metas that cannot go (no
+/// fd left, no memfd) are left out with a warning. The list stays in `metas` unless it went
+/// into the header.
+fn place_metas(
+    element: &gst_base::BaseSink,
+    header: &mut BufferHeader,
+    metas: &mut Vec<MetaEntry>,
+    n_fds: usize,
+) -> Option<OwnedFd> {
+    if metas.is_empty() {
+        return None;
+    }
+    header.metas = Metas::Inline(std::mem::take(metas));
+    if fdlink::protocol::buffer_packet_size(header) <= MAX_PACKET_SIZE {
+        return None;
+    }
+    let Metas::Inline(list) = std::mem::take(&mut header.metas) else {
+        unreachable!("set just above");
+    };
+    *metas = list;
+    if n_fds >= MAX_FDS {
+        gst::warning!(
+            CAT,
+            obj = element,
+            "not sending this buffer's metas: they need a memfd, and its {n_fds} memories' fds \
+             leave no room in the packet's {MAX_FDS}"
+        );
+        return None;
+    }
+    let mut encoded = Vec::new();
+    let file = fdlink::protocol::encode_meta_list(metas, &mut encoded)
+        .map_err(|e| e.to_string())
+        .and_then(|()| metas::metas_memfd(&encoded).map_err(|e| e.to_string()));
+    match file {
+        Ok(file) => {
+            header.metas = Metas::Memfd {
+                size: encoded.len() as u64,
+            };
+            Some(file)
+        }
+        Err(e) => {
+            gst::warning!(
+                CAT,
+                obj = element,
+                "not sending this buffer's {} metas: cannot put them in a memfd: {e}",
+                metas.len()
+            );
+            None
+        }
     }
 }
 

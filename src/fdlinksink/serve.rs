@@ -195,10 +195,7 @@ impl Server {
                                     l.set(live, min.max(sink.latency()), max);
                                 }
                             }
-                            (
-                                answered,
-                                q.structure().map_or_else(String::new, |s| s.to_string()),
-                            )
+                            control::reply_structure(answered, &q)
                         }
                         None => (false, String::new()),
                     };

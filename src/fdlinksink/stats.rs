@@ -37,6 +37,7 @@ pub(super) fn structure(hub: Option<&Hub>, copy_ns: u64) -> gst::Structure {
         .field("frames-sent", stats.frames_sent)
         .field("frames-zero-copy", stats.frames_zero_copy)
         .field("frames-copied", stats.frames_copied)
+        .field("frames-empty", stats.frames_empty)
         .field("bytes-copied", stats.bytes_copied)
         .field("copy-time-us", copy_ns / 1000)
         .field("frames-dropped", stats.frames_dropped)

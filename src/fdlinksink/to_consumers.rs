@@ -44,7 +44,7 @@ pub(super) fn send_packet(
 /// Sends the caps negotiated on `element`'s sink pad; they are replayed to consumers that join.
 pub(super) fn send_caps(hub: &Hub, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
     let mut bytes = Vec::new();
-    Packet::<BorrowedFd<'_>>::Caps(caps.to_string())
+    Packet::<BorrowedFd<'_>>::Caps(crate::wire_event::caps_text(caps))
         .encode(&mut bytes)
         .map_err(|e| gst::loggable_error!(CAT, "caps do not fit a packet: {e}"))?;
     hub.send_control(bytes, StickyKind::None, true);

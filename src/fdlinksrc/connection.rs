@@ -273,6 +273,7 @@ impl FdlinkSrc {
         let link = Link::start(conn, peer, limit, self.counters.clone())
             .map_err(|e| stream.connector.link_error("starting the reader", e))?;
         stream.link = Some(link.clone());
+        stream.frames_from_link = 0;
         if let Some(lost) = stream.connector.lost.take() {
             stream.new_producer = true;
             let reconnects = {

@@ -115,6 +115,13 @@ pub struct FdlinkSrc {
     /// A segment this source pushed itself, ahead of BaseSrc's push of the same one before
     /// the next buffer: the src pad's probe drops that copy when it is still equal.
     pub(super) pushed_segment: Arc<Mutex<Option<gst::Segment>>>,
+    /// What the buffer `create()` returned last must leave with (see `OutputStamp`): the src
+    /// pad's probe puts it back on the buffer.
+    pub(super) output_stamp: Arc<Mutex<Option<super::stream::OutputStamp>>>,
+    /// The producer's segment when it is not in TIME (BaseSrc's format, fixed once started):
+    /// the src pad's probe puts it in place of BaseSrc's next TIME segment, and drops the
+    /// TIME segments after it.
+    pub(super) foreign_segment: Arc<Mutex<super::stream::ForeignSegment>>,
 }
 
 /// What ends `create()` early.
@@ -195,6 +202,7 @@ impl ObjectImpl for FdlinkSrc {
         // buffer) is pushed again by BaseSrc before that buffer: that copy is dropped too.
         let producer_stream_start = self.pushing_producer_stream_start.clone();
         let pushed_segment = self.pushed_segment.clone();
+        let foreign_segment = self.foreign_segment.clone();
         obj.src_pad()
             .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
                 // Handled, not Drop: with Drop, GStreamer 1.22 unrefs the event gstreamer-rs
@@ -204,6 +212,20 @@ impl ObjectImpl for FdlinkSrc {
                         if !producer_stream_start.load(Ordering::Acquire) =>
                     {
                         gst::PadProbeReturn::Handled
+                    }
+                    Some(gst::EventView::Segment(ev))
+                        if ev.segment().format() == gst::Format::Time
+                            && foreign_segment.lock().unwrap().active =>
+                    {
+                        match foreign_segment.lock().unwrap().pending.take() {
+                            Some(segment) => {
+                                info.data = Some(gst::PadProbeData::Event(
+                                    gst::event::Segment::new(&segment),
+                                ));
+                                gst::PadProbeReturn::Ok
+                            }
+                            None => gst::PadProbeReturn::Handled,
+                        }
                     }
                     Some(gst::EventView::Segment(ev)) => {
                         let pushed = pushed_segment.lock().unwrap().take();
@@ -215,6 +237,20 @@ impl ObjectImpl for FdlinkSrc {
                     }
                     _ => gst::PadProbeReturn::Ok,
                 }
+            });
+        let output_stamp = self.output_stamp.clone();
+        obj.src_pad()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                let stamp = output_stamp.lock().unwrap().take();
+                if let (Some(stamp), Some(gst::PadProbeData::Buffer(buffer))) =
+                    (stamp, &mut info.data)
+                {
+                    let b = buffer.make_mut();
+                    b.set_pts(stamp.pts);
+                    b.set_dts(stamp.dts);
+                    crate::memory::set_buffer_flag_bits(b, stamp.flags);
+                }
+                gst::PadProbeReturn::Ok
             });
     }
 

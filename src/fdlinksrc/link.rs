@@ -10,7 +10,10 @@
 //! socket passes between them, and what that buys, is `reader_handoff`.
 //!
 //! The inbox holds at most `max-queued` buffer packets (frames whose producer buffers this
-//! consumer pins); what happens to one more is the `leaky` policy (see [`Leaky`]).
+//! consumer pins); what happens to one more is the `leaky` policy (see [`Leaky`]). Of the
+//! other packets (events, State packets) it holds [`MAX_QUEUED_PACKETS`] or
+//! [`MAX_QUEUED_PACKET_BYTES`] before the reader stops, and four times that before the
+//! producer is dropped (see [`PACKET_FLOOD_FACTOR`]).
 
 mod reader_handoff;
 
@@ -33,6 +36,24 @@ use reader_handoff::{Handoff, ReaderStep, ReaderWait, StreamingStep};
 
 /// How long a reply, a release or an error packet may wait for room in the socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Packets other than frames (events, State packets) the inbox holds before the reader stops
+/// taking more off the socket while the element plays, as it does for frames under
+/// `leaky=none`: the producer's own limit on what waits for this consumer then applies (an
+/// fdlinksink drops a consumer with 1024 packets queued). An honest producer sends a few such
+/// packets per frame, so this many wait only behind a frame that waits long downstream.
+pub const MAX_QUEUED_PACKETS: usize = 256;
+/// Bytes of those packets the inbox holds before the reader stops (as above).
+pub const MAX_QUEUED_PACKET_BYTES: usize = 4 * 1024 * 1024;
+/// The reader must read on while the element does not play (a follower hears the producer's
+/// State packets) and while a query waits for its reply (it may be behind), so the inbox can
+/// pass the limits above, and `max-queued` frames. At this many times them (frames: times the
+/// larger of `max-queued` and the producer's `max-held`, past which an honest producer sends
+/// none) the producer is flooding this consumer, which disconnects with an error naming the
+/// limit rather than grow: dropping packets instead would lose serialized events (segments,
+/// caps, EOS) the stream depends on, and no honest producer sends thousands of them ahead of
+/// one frame.
+pub const PACKET_FLOOD_FACTOR: usize = 4;
 
 /// Tells the producer this consumer is done with `buffer_id` (counted in `releases` once
 /// sent). The packet is encoded on the stack: one goes out per frame.
@@ -102,6 +123,8 @@ pub struct QueueCounters {
     pub copied: AtomicU64,
     /// Releases sent to the producer, by buffers' `ReleaseToken`s and by the reader.
     pub releases: Arc<AtomicU64>,
+    /// Buffer packets without memory received (buffers without bytes).
+    pub empty: AtomicU64,
 }
 
 /// What `next()` hands the streaming thread.
@@ -123,7 +146,10 @@ pub enum Inbound {
 }
 
 enum Queued {
+    /// A buffer packet.
     Packet(Packet<FrameFile>),
+    /// Any other packet, and the size of its datagram.
+    Other(Packet<FrameFile>, usize),
     Copied(BufferHeader, gst::Buffer),
     /// A buffer packet that could not be copied: its fds do not import (why).
     Invalid(String),
@@ -136,6 +162,9 @@ struct Inbox {
     originals: usize,
     /// Copies among `items`.
     copies: usize,
+    /// `Queued::Other` packets among `items`, and their bytes.
+    others: usize,
+    other_bytes: usize,
     end: Option<Inbound>,
     flushing: bool,
     /// The element is PLAYING: only then does a full inbox stop the reader (a paused live
@@ -165,6 +194,9 @@ impl Inbox {
         if !self.streaming || self.awaiting_replies > 0 {
             return false;
         }
+        if self.others >= MAX_QUEUED_PACKETS || self.other_bytes >= MAX_QUEUED_PACKET_BYTES {
+            return true;
+        }
         match limit.leaky {
             // Past the hold budget the reader waits for the streaming thread to take the
             // frames queued (and copy those downstream would hold beyond it).
@@ -191,6 +223,10 @@ impl Inbox {
         match &item {
             Queued::Packet(Packet::Buffer(..)) => self.originals -= 1,
             Queued::Copied(..) => self.copies -= 1,
+            Queued::Other(_, bytes) => {
+                self.others -= 1;
+                self.other_bytes -= bytes;
+            }
             Queued::Packet(_) | Queued::Invalid(_) => {}
         }
         Some(item)
@@ -415,7 +451,8 @@ impl Link {
             }
             Err(e) => return Some(Inbound::Lost(e.to_string())),
         };
-        match Packet::decode(&reader.buf[..got.len], got.fds) {
+        let len = got.len;
+        match Packet::decode(&reader.buf[..len], got.fds) {
             Ok(Packet::QueryReply(reply)) => self.pending.deliver(reply),
             Ok(Packet::Query(q)) => {
                 let reply = Packet::QueryReply(reader.peer.answer(&q));
@@ -429,13 +466,23 @@ impl Link {
                 reader.peer.state(st);
                 // In stream order too: a follower lets the producer's preroll frame
                 // through only once it paused as well (see `create()`).
-                self.queue_packet(Packet::State(st));
+                if let Err(msg) = self.queue_packet(Packet::State(st), len) {
+                    self.conn.send_error(&msg);
+                    return Some(Inbound::Failed(msg));
+                }
             }
             Ok(Packet::Message(m)) => reader.peer.message(m),
             Ok(Packet::Buffer(mut header, fds)) => {
+                if header.memories.is_empty() {
+                    self.counters.empty.fetch_add(1, Ordering::Relaxed);
+                }
                 match reader.importer.resolve(&mut reader.files, &mut header, fds) {
                     Ok(frame_files) => {
-                        self.queue_frame(Packet::Buffer(header, frame_files), &reader.importer)
+                        let frame = Packet::Buffer(header, frame_files);
+                        if let Err(msg) = self.queue_frame(frame, &reader.importer) {
+                            self.conn.send_error(&msg);
+                            return Some(Inbound::Failed(msg));
+                        }
                     }
                     Err(e) => {
                         let msg = format!("invalid buffer {}: {e}", header.buffer_id);
@@ -466,7 +513,10 @@ impl Link {
                         self.barriers.fetch_add(1, Ordering::SeqCst);
                     }
                 }
-                self.queue_packet(packet);
+                if let Err(msg) = self.queue_packet(packet, len) {
+                    self.conn.send_error(&msg);
+                    return Some(Inbound::Failed(msg));
+                }
             }
             Err(e) => {
                 let msg = format!("malformed packet: {e}");
@@ -526,17 +576,45 @@ impl Link {
         }
     }
 
-    /// Queues a packet that is not a frame (no limit applies) for `create()`.
-    fn queue_packet(&self, packet: Packet<FrameFile>) {
+    /// Queues a packet that is not a frame (`bytes`: its datagram's size) for `create()`.
+    /// An error (for the producer and the element) when the producer floods the inbox: see
+    /// [`PACKET_FLOOD_FACTOR`].
+    fn queue_packet(&self, packet: Packet<FrameFile>, bytes: usize) -> Result<(), String> {
         let mut inbox = self.inbox.lock().unwrap();
-        inbox.items.push_back(Queued::Packet(packet));
+        if inbox.others >= MAX_QUEUED_PACKETS * PACKET_FLOOD_FACTOR
+            || inbox.other_bytes + bytes > MAX_QUEUED_PACKET_BYTES * PACKET_FLOOD_FACTOR
+        {
+            return Err(format!(
+                "the producer sent {} packets ({} bytes) that wait behind frames not yet played; the limit is {} packets or {} MiB: it floods this consumer",
+                inbox.others + 1,
+                inbox.other_bytes + bytes,
+                MAX_QUEUED_PACKETS * PACKET_FLOOD_FACTOR,
+                MAX_QUEUED_PACKET_BYTES * PACKET_FLOOD_FACTOR / (1024 * 1024)
+            ));
+        }
+        inbox.others += 1;
+        inbox.other_bytes += bytes;
+        inbox.items.push_back(Queued::Other(packet, bytes));
         self.signal_arrived(inbox);
+        Ok(())
     }
 
     /// Queues a buffer packet; past `max-queued`, drops or copies the oldest one.
-    fn queue_frame(&self, packet: Packet<FrameFile>, importer: &Importer) {
+    /// An error (for the producer and the element) when the producer sends frames far past
+    /// what it may have unreleased: each holds fds here, see [`PACKET_FLOOD_FACTOR`].
+    fn queue_frame(&self, packet: Packet<FrameFile>, importer: &Importer) -> Result<(), String> {
         let limit = self.limit;
         let mut inbox = self.inbox.lock().unwrap();
+        // A joiner's backlog comes at once, past max-held.
+        let most = limit.max_queued.max(limit.hold_limit) * PACKET_FLOOD_FACTOR
+            + protocol::MAX_JOIN_BACKLOG;
+        if inbox.originals >= most {
+            return Err(format!(
+                "the producer sent {} frames that wait here unreleased; the limit is {most} (four times the larger of max-queued and the producer's max-held, plus a joiner's backlog of {}): it floods this consumer",
+                inbox.originals + 1,
+                protocol::MAX_JOIN_BACKLOG
+            ));
+        }
         inbox.items.push_back(Queued::Packet(packet));
         inbox.originals += 1;
         let mut dropped = None;
@@ -570,6 +648,7 @@ impl Link {
             self.release(header.buffer_id);
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
     }
 
     /// Copies a queued buffer packet into system memory and releases the producer's buffer.
@@ -657,7 +736,7 @@ impl Link {
             }
             if let Some(item) = inbox.pop() {
                 break Some(match item {
-                    Queued::Packet(p) => Inbound::Packet(p),
+                    Queued::Packet(p) | Queued::Other(p, _) => Inbound::Packet(p),
                     Queued::Copied(header, buffer) => Inbound::Copied(header, buffer),
                     Queued::Invalid(why) => Inbound::Failed(why),
                 });

@@ -26,6 +26,7 @@ mod peer;
 mod stats;
 mod stream;
 mod timeline;
+mod video_layout;
 
 use gst::glib;
 use gst::prelude::*;

@@ -300,13 +300,14 @@ impl LinkPeer for ProducerPeer {
                     (answered, query)
                 });
         match answer {
-            Some((answered, query)) => protocol::QueryReplyPacket {
-                id: q.id,
-                answered,
-                structure: query
-                    .structure()
-                    .map_or_else(String::new, |s| s.to_string()),
-            },
+            Some((answered, query)) => {
+                let (answered, structure) = control::reply_structure(answered, &query);
+                protocol::QueryReplyPacket {
+                    id: q.id,
+                    answered,
+                    structure,
+                }
+            }
             None => protocol::QueryReplyPacket {
                 id: q.id,
                 answered: false,

@@ -6,7 +6,8 @@
 //! downstream refused, and the ones older than this pipeline's start (downstream would clip
 //! them), are dropped there. `frames-dropped` counts every drop, `frames-dropped-caps` and
 //! `frames-dropped-late` those of `create()`: frames pushed downstream = `frames-received` -
-//! `frames-dropped-caps` - `frames-dropped-late`.
+//! `frames-dropped-caps` - `frames-dropped-late`. `frames-empty` counts the frames received
+//! without bytes (no memory, and no fd but for their metas).
 
 use std::sync::atomic::Ordering;
 
@@ -57,6 +58,11 @@ impl Stats {
         self.dropped_for_caps += 1;
     }
 
+    /// Frames `create()` took and dropped (refused caps, too late).
+    pub fn dropped_here(&self) -> u64 {
+        self.dropped_for_caps + self.dropped_late
+    }
+
     /// One frame of `record_frame` dropped: it ends before this pipeline's start.
     pub fn record_dropped_late(&mut self) {
         self.dropped_late += 1;
@@ -92,6 +98,7 @@ impl Stats {
             .field("frames-dropped-caps", self.dropped_for_caps)
             .field("frames-dropped-late", self.dropped_late)
             .field("frames-copied", counters.copied.load(Ordering::Relaxed))
+            .field("frames-empty", counters.empty.load(Ordering::Relaxed))
             .field("frames-queued", queued)
             .field("files-registered", files_registered)
             .field("latency-last-us", self.last_us)

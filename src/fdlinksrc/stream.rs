@@ -16,6 +16,7 @@ use super::imp::{CAT, FdlinkSrc, Stop, protocol_error};
 use super::link::{Inbound, Link, QueueLimit};
 use super::stats;
 use super::timeline::{OurClock, Timeline};
+use super::video_layout::{self, DownstreamLayout};
 use crate::clock;
 use crate::control;
 use crate::memory::Importer;
@@ -43,6 +44,37 @@ pub struct Stream {
     /// before anything said where the producer is: they go downstream after that segment,
     /// shifted by the next buffer or gap.
     held_events: Vec<gst::Event>,
+    /// Frames that went downstream from this connection's producer.
+    pub frames_from_link: u64,
+    /// Frames dropped on this side (`frames-dropped`) when the last one went downstream.
+    drops_at_output: Option<u64>,
+    /// Whether downstream reads GstVideoMeta, learnt as caps are set.
+    downstream_layout: Option<DownstreamLayout>,
+    /// The producer's current segment is not in TIME and went downstream: it goes once (no
+    /// shift applies to it, and a BYTES segment again would send a filesink back to its start).
+    foreign_segment_sent: bool,
+}
+
+/// The producer's segment when it is not in TIME, for the src pad's probe.
+#[derive(Debug, Default)]
+pub struct ForeignSegment {
+    /// The producer's current segment is not in TIME.
+    pub active: bool,
+    /// Goes out in place of BaseSrc's next TIME segment.
+    pub pending: Option<gst::Segment>,
+}
+
+/// The timestamps and flags the buffer `create()` returns must leave with: BaseSrc marks
+/// the first buffer after a start or a new segment DISCONT and gives a first buffer without
+/// timestamps some, which the src pad's probe undoes. DISCONT is kept where the producer set
+/// it, and added for the first frame of a new producer or of a join, and after frames dropped
+/// on this side.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputStamp {
+    pub pts: Option<gst::ClockTime>,
+    pub dts: Option<gst::ClockTime>,
+    /// All flag bits (`memory::buffer_flag_bits`).
+    pub flags: u32,
 }
 
 impl Stream {
@@ -58,12 +90,17 @@ impl Stream {
             refused_caps: None,
             unset_caps: None,
             held_events: Vec::new(),
+            frames_from_link: 0,
+            drops_at_output: None,
+            downstream_layout: None,
+            foreign_segment_sent: false,
         }
     }
 
     /// The producer went away: what the next one says replaces all it said.
     pub fn forget_producer(&mut self) {
         self.timeline.reset();
+        self.foreign_segment_sent = false;
         self.refused_caps = None;
         self.unset_caps = None;
         self.held_events.clear();
@@ -126,8 +163,7 @@ impl FdlinkSrc {
             };
             match packet {
                 Packet::Caps(s) => {
-                    let caps = s.parse::<gst::Caps>().map_err(|_| {
-                        let msg = format!("unparsable caps {s:?}");
+                    let caps = control::caps_from_peer(&s).map_err(|msg| {
                         conn.send_error(&msg);
                         protocol_error(&stream.connector.path, msg)
                     })?;
@@ -215,13 +251,18 @@ impl FdlinkSrc {
             b.set_pts(time(header.pts));
             b.set_dts(time(header.dts));
             b.set_duration(time(header.duration));
-            if stream.new_producer {
-                // Another producer's stream: nothing continues from the last one. (BaseSrc
-                // marks the buffer after a new segment DISCONT too, but no segment goes out
-                // when the pipeline has no clock.)
+            // Another producer's stream, a join (its first frame is not the producer's
+            // first), or frames dropped here since the last one: nothing continues from what
+            // went before.
+            let drops = self.frames_dropped_here();
+            if stream.new_producer
+                || (stream.frames_from_link == 0 && header.buffer_id != 1)
+                || stream.drops_at_output.is_some_and(|d| d != drops)
+            {
                 b.set_flags(gst::BufferFlags::DISCONT);
-                stream.new_producer = false;
             }
+            stream.new_producer = false;
+            stream.drops_at_output = Some(drops);
         }
         if let Some(delta) = self.running_time_delta(stream, header.base_time, header.pts)
             && stream.timeline.needs_segment(delta)
@@ -248,7 +289,22 @@ impl FdlinkSrc {
             self.stats.lock().unwrap().record_dropped_late();
             return Ok(None);
         }
+        if let Some(downstream) = &stream.downstream_layout {
+            buffer = video_layout::readable_by_downstream(buffer, downstream);
+        }
+        stream.frames_from_link += 1;
+        *self.output_stamp.lock().unwrap() = Some(OutputStamp {
+            pts: buffer.pts(),
+            dts: buffer.dts(),
+            flags: crate::memory::buffer_flag_bits(&buffer),
+        });
         Ok(Some(buffer))
+    }
+
+    /// Frames dropped on this side so far: by `leaky`, for refused caps, as too late.
+    fn frames_dropped_here(&self) -> u64 {
+        let stats = self.stats.lock().unwrap();
+        self.counters.dropped.load(Ordering::Relaxed) + stats.dropped_here()
     }
 
     /// The shift for a frame (or gap) with the producer's `base_time` and `pts`: see
@@ -283,7 +339,22 @@ impl FdlinkSrc {
             imp = self,
             "segment {segment:?} (running time shift {delta} ns)"
         );
-        if let Err(e) = self.obj().new_segment(&segment) {
+        let foreign = segment.format() != gst::Format::Time;
+        self.foreign_segment.lock().unwrap().active = foreign;
+        if foreign {
+            // The producer's format (BYTES from a filesrc, say) stays. BaseSrc takes segments
+            // in its own format only (TIME, fixed once started): it is given a TIME one, which
+            // makes it push a segment right before the next buffer, and the src pad's probe
+            // puts the producer's in its place. Once per producer segment: no shift applies to
+            // it, and a BYTES segment again would send a filesink back to its start.
+            if !stream.foreign_segment_sent {
+                stream.foreign_segment_sent = true;
+                self.foreign_segment.lock().unwrap().pending = Some(segment);
+                let _ = self
+                    .obj()
+                    .new_segment(&gst::FormattedSegment::<gst::ClockTime>::new().upcast());
+            }
+        } else if let Err(e) = self.obj().new_segment(&segment) {
             gst::warning!(CAT, imp = self, "cannot set segment: {e}");
         }
         self.running_time_shift.store(
@@ -306,6 +377,15 @@ impl FdlinkSrc {
     /// probe.
     fn push_segment_now(&self, stream: &mut Stream, delta: i128) {
         self.set_segment(stream, delta);
+        if self.foreign_segment.lock().unwrap().active {
+            let pending = self.foreign_segment.lock().unwrap().pending.take();
+            if let Some(segment) = pending {
+                self.obj()
+                    .src_pad()
+                    .push_event(gst::event::Segment::new(&segment));
+            }
+            return;
+        }
         // Never drop this push itself, even if it equals an earlier one.
         self.pushed_segment.lock().unwrap().take();
         let segment = self.obj().segment();
@@ -395,6 +475,7 @@ impl FdlinkSrc {
             self.obj().set_caps(&caps).is_ok()
         };
         if set {
+            stream.downstream_layout = Some(self.learn_downstream_layout(&caps));
             return Ok(());
         }
         *self.caps.lock().unwrap() = previous;
@@ -517,6 +598,7 @@ impl FdlinkSrc {
             WireEvent::Segment(segment) => {
                 // Shifted onto our timeline when the next buffer tells where the producer is.
                 stream.timeline.set_producer_segment(segment);
+                stream.foreign_segment_sent = false;
             }
             WireEvent::Eos => {
                 if let Some((refused, _)) = &stream.refused_caps {
@@ -555,6 +637,7 @@ impl FdlinkSrc {
                 // An EOS before the flush is flushed away: the producer has more to send.
                 stream.eos = false;
                 stream.timeline.flush_stop();
+                stream.foreign_segment_sent = false;
                 // After a flush, downstream needs the next segment, even if it equals the
                 // one this source pushed itself before.
                 self.pushed_segment.lock().unwrap().take();

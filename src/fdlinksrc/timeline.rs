@@ -34,6 +34,9 @@ pub struct Timeline {
     /// The last shift used, kept across segments: a segment needed before the next buffer
     /// says where the producer is uses it.
     last_delta: Option<i128>,
+    /// The shift a new segment of the producer's keeps (until a flush): one constant for the
+    /// connection, so a segment change moves running time here exactly as it does there.
+    carried_delta: Option<i128>,
 }
 
 impl Timeline {
@@ -48,6 +51,7 @@ impl Timeline {
     pub fn flush_stop(&mut self) {
         self.producer_segment = None;
         self.segment_delta = None;
+        self.carried_delta = None;
     }
 
     /// Another producer: nothing of the last one's timeline applies.
@@ -110,6 +114,7 @@ impl Timeline {
             .unwrap_or_else(|| gst::FormattedSegment::<gst::ClockTime>::new().upcast());
         self.segment_delta = Some(delta);
         self.last_delta = Some(delta);
+        self.carried_delta = Some(delta);
         shift_segment(&producer, delta)
     }
 
@@ -129,10 +134,25 @@ impl Timeline {
         let Some(ours) = ours else {
             return Some(self.segment_delta.unwrap_or(0));
         };
-        if base_time != TIME_NONE {
-            return Some(base_time as i128 - ours.base_mono);
+        if self
+            .producer_segment
+            .as_ref()
+            .is_some_and(|s| s.format() != gst::Format::Time)
+        {
+            // No running time to shift (BYTES, say): the segment goes out as it is.
+            return Some(self.segment_delta.unwrap_or(0));
         }
-        if let Some(d) = self.segment_delta {
+        if base_time != TIME_NONE {
+            // Both base times read on CLOCK_MONOTONIC through clock offsets that wobble by
+            // nanoseconds: a shift within the resync threshold of the carried one is that one.
+            let delta = base_time as i128 - ours.base_mono;
+            return Some(
+                self.carried_delta
+                    .filter(|d| (d - delta).abs() <= RESYNC_THRESHOLD_NS)
+                    .unwrap_or(delta),
+            );
+        }
+        if let Some(d) = self.segment_delta.or(self.carried_delta) {
             return Some(d);
         }
         let segment = self
@@ -314,6 +334,43 @@ mod tests {
             Some(7)
         );
         assert_eq!(t.delta(None, TIME_NONE, 10 * MS, no_clock_read), Some(7));
+    }
+
+    #[test]
+    fn a_segment_change_keeps_the_shift_until_a_flush() {
+        let mut t = Timeline::default();
+        let ours = OurClock {
+            base_mono: 1_000 * MS as i128,
+        };
+        t.set_producer_segment(segment(0, 0, 1.0).upcast());
+        assert_eq!(
+            t.delta(Some(ours), 1_500 * MS, 0, || 0),
+            Some(500 * MS as i128)
+        );
+        t.shift(500 * MS as i128);
+        // A new segment: a shift a few ns off (the clocks' offsets wobble) is the same one.
+        t.set_producer_segment(segment(0, 30_000 * MS, 1.0).upcast());
+        assert_eq!(
+            t.delta(Some(ours), 1_500 * MS + 40, 0, || 0),
+            Some(500 * MS as i128)
+        );
+        // Frames without a base time (a prerolling producer) keep it too...
+        assert_eq!(
+            t.delta(Some(ours), TIME_NONE, 10 * MS, || 0),
+            Some(500 * MS as i128)
+        );
+        // ...until a flush, after which a frame is due as it arrives.
+        t.flush_stop();
+        t.set_producer_segment(segment(0, 0, 1.0).upcast());
+        assert_eq!(
+            t.delta(Some(ours), TIME_NONE, 10 * MS, || 70 * MS as i128),
+            Some(60 * MS as i128)
+        );
+        // A real move of the producer's base time (it paused) is a new shift.
+        assert_eq!(
+            t.delta(Some(ours), 2_500 * MS, 0, || 0),
+            Some(1_500 * MS as i128)
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use pool::MemfdBufferPool;
 pub use release::{ReleaseToken, ReleaseTokens};
 
 use fdlink::protocol::{
-    BufferHeader, FD_REGISTERED, MAX_FDS, MAX_PLANES, MemoryDesc, MemoryKind, MemoryList,
+    BufferHeader, FD_REGISTERED, MAX_FDS, MAX_PLANES, MemoryDesc, MemoryKind, MemoryList, Metas,
     PacketFds, VideoLayout,
 };
 use gst::glib;
@@ -56,7 +56,8 @@ pub type FdList<'a> = smallvec::SmallVec<[BorrowedFd<'a>; 4]>;
 /// (distinct fds, in first-use order, a memfd as its read-only reopening; each memory's
 /// `fd_index` is its fd's place there). With a `registry`, each memory's `file_id` is its
 /// file's id there (register-once fds), and a memory tagged on an earlier frame is described
-/// without a syscall. Fails when any memory has to be copied.
+/// without a syscall. Fails when any memory has to be copied. A buffer without bytes (no
+/// memory, or only zero-sized ones) is described as no memory at all: it has nothing to map.
 pub fn describe_buffer<'a>(
     buffer: &'a gst::BufferRef,
     registry: Option<&FileRegistry>,
@@ -65,6 +66,9 @@ pub fn describe_buffer<'a>(
 ) -> Result<(), CopyReason> {
     descs.clear();
     fds.clear();
+    if buffer.size() == 0 {
+        return Ok(());
+    }
     if buffer.n_memory() > fdlink::protocol::MAX_MEMORIES {
         return Err(CopyReason::TooManyMemories);
     }
@@ -183,6 +187,26 @@ fn adopt_fd(
         drop(unsafe { OwnedFd::from_raw_fd(raw) });
     }
     mem
+}
+
+/// The mini-object flag bits below GstBufferFlags' own (GST_MINI_OBJECT_FLAG_LAST is 1 << 4):
+/// the object's locking state, never a buffer's meaning.
+const MINI_OBJECT_BITS: u32 = 0xf;
+
+/// All of `buffer`'s flags as sent: GstBufferFlags and the flags of its media past
+/// GST_BUFFER_FLAG_LAST (video field order, interlacing, multiview), which
+/// `gst::BufferFlags` does not name and `flags()` leaves out.
+pub fn buffer_flag_bits(buffer: &gst::BufferRef) -> u32 {
+    // SAFETY: `buffer` is a valid GstBuffer; reading its flags word is what
+    // GST_MINI_OBJECT_FLAGS does.
+    unsafe { (*buffer.as_ptr()).mini_object.flags & !MINI_OBJECT_BITS }
+}
+
+/// Gives `buffer` exactly the flags `bits` (from [`buffer_flag_bits`]): appending memories
+/// set TAG_MEMORY, which the producer's buffer may not have had.
+pub fn set_buffer_flag_bits(buffer: &mut gst::BufferRef, bits: u32) {
+    buffer.unset_flags(gst::BufferFlags::from_bits_retain(!MINI_OBJECT_BITS));
+    buffer.set_flags(gst::BufferFlags::from_bits_retain(bits & !MINI_OBJECT_BITS));
 }
 
 /// The video layout of `buffer`'s GstVideoMeta, if it has one.
@@ -305,8 +329,16 @@ impl Importer {
         &self,
         table: &mut FileTable,
         header: &mut BufferHeader,
-        fds: PacketFds<OwnedFd>,
+        mut fds: PacketFds<OwnedFd>,
     ) -> Result<PacketFds<FrameFile>, ImportError> {
+        // Metas in a memfd (the packet's last fd): read now, so the frame carries the list.
+        if let Metas::Memfd { size } = header.metas {
+            let index = fds.len().saturating_sub(1);
+            let fd = fds
+                .pop()
+                .ok_or_else(|| ImportError::Metas("the metas memfd did not come".into()))?;
+            header.metas = Metas::Inline(crate::metas::read_metas_memfd(fd, size, index)?);
+        }
         let n_fds = fds.len();
         let mut files = PacketFds::with_capacity(n_fds);
         for (i, fd) in fds.into_iter().enumerate() {
@@ -456,11 +488,15 @@ impl Importer {
         }
         b.set_offset(header.offset);
         b.set_offset_end(header.offset_end);
-        b.set_flags(gst::BufferFlags::from_bits_truncate(header.flags));
+        set_buffer_flag_bits(b, header.flags);
         if let Some(v) = &header.video {
             check_video_layout(v, b.size())?;
             add_video_meta(b, v)?;
         }
+        let metas = header.metas.entries().ok_or_else(|| {
+            ImportError::Metas("the metas memfd was not read (resolve first)".into())
+        })?;
+        crate::metas::attach(b, metas).map_err(ImportError::Metas)?;
         Ok(buffer)
     }
 }

@@ -162,12 +162,16 @@ fn non_fdlink_server_is_named() {
 fn other_protocol_version_names_both_versions() {
     let dir = TempDir::new("ver");
     let sock = dir.socket();
-    let fake = fake_producer(&sock, |c| send_hello(c, 7));
-    let ours = format!("version {}", protocol::VERSION);
-    expect_consumer_error(consumer(&sock), &[&ours, "version 7"]);
+    let other = protocol::VERSION + 1;
+    let fake = fake_producer(&sock, move |c| send_hello(c, other));
+    let (ours, theirs) = (
+        format!("version {}", protocol::VERSION),
+        format!("version {other}"),
+    );
+    expect_consumer_error(consumer(&sock), &[&ours, &theirs]);
     let answered = fake.join().unwrap();
     assert!(
-        answered.iter().any(|m| m.contains("version 7")),
+        answered.iter().any(|m| m.contains(&theirs)),
         "consumer told the producer why: {answered:?}"
     );
 }

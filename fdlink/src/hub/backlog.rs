@@ -11,7 +11,8 @@
 //! lies before a segment's start.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::consumer::{Consumer, HoldKind, Phase, WaitingFrame};
@@ -20,7 +21,7 @@ use crate::protocol::{BufferHeader, TIME_NONE};
 
 /// Frames the latest-keyframe backlog keeps at most; a longer GOP empties it, and joiners
 /// wait for the next keyframe instead.
-const BACKLOG_MAX: usize = 256;
+const BACKLOG_MAX: usize = crate::protocol::MAX_JOIN_BACKLOG;
 
 /// GST_BUFFER_FLAG_DECODE_ONLY, among the GstBufferFlags bits a buffer packet carries.
 const DECODE_ONLY: u32 = 1 << 5;
@@ -116,8 +117,10 @@ impl Sticky {
 pub(super) struct BacklogEntry {
     pub(super) id: u64,
     header: BufferHeader,
-    /// Duplicates of the frame's fds: the held item may go before the entry.
-    fds: Vec<OwnedFd>,
+    /// Duplicates of the frame's fds: the held item may go before the entry. Shared with the
+    /// packets joiners are sent, so a joiner's burst of up to `BACKLOG_MAX` frames costs no
+    /// fds of its own.
+    fds: Arc<[OwnedFd]>,
     size: u64,
     keyframe: bool,
     /// Counted in `frames-sent` (given to a consumer when it was offered, or to a joiner).
@@ -131,7 +134,7 @@ impl BacklogEntry {
             .fds
             .iter()
             .map(|fd| fd.try_clone_to_owned())
-            .collect::<Result<Vec<OwnedFd>, _>>()
+            .collect::<Result<Arc<[OwnedFd]>, _>>()
             .map_err(|e| Removal::Error(format!("cannot duplicate a frame's fd: {e}")))?;
         Ok(BacklogEntry {
             id: f.id,
@@ -157,18 +160,8 @@ impl BacklogEntry {
     }
 
     /// The frame as a joiner is sent it, with `header`.
-    fn waiting(&self, header: &BufferHeader) -> Result<std::sync::Arc<WaitingFrame>, Removal> {
-        let fds: Vec<BorrowedFd<'_>> = self.fds.iter().map(|fd| fd.as_fd()).collect();
-        WaitingFrame::new(&Frame {
-            id: self.id,
-            header,
-            fds: &fds,
-            size: self.size,
-            keyframe: self.keyframe,
-            slow_copy: false,
-            preroll: false,
-            reads_releases: false,
-        })
+    fn waiting(&self, header: &BufferHeader) -> Result<Arc<WaitingFrame>, Removal> {
+        Ok(WaitingFrame::sharing(header.clone(), self.fds.clone()))
     }
 
     /// The header a joiner gets the frame with from the backlog: DECODE_ONLY, and with the
@@ -316,6 +309,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                 p.counted = true;
                 stats.frames_sent += 1;
                 stats.frames_zero_copy += u64::from(p.zero_copy);
+                stats.frames_empty += u64::from(p.header.memories.is_empty());
                 stats.frames_without_consumer = stats.frames_without_consumer.saturating_sub(1);
             }
             self.waker.wake();

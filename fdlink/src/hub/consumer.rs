@@ -11,7 +11,16 @@ use crate::protocol::{self, BufferHeader, FileSend, MAX_REGISTERED_FILES};
 use crate::transport::{Connection, TransportError};
 
 /// Control packets queued for one consumer whose socket is full; past this it is dropped.
-const MAX_PENDING_PACKETS: usize = 1024;
+pub(super) const MAX_PENDING_PACKETS: usize = 1024;
+/// Bytes of control packets queued for one consumer whose socket is full; past this it is
+/// dropped. Sixteen full-size packets, the most an honest stream piles up (caps, tags and
+/// the replies to its own queries), many times over.
+pub(super) const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
+/// Requests (upstream events, queries, messages, State packets) one consumer may send in a
+/// second; a consumer that sends more is dropped. Each costs the control thread a parse, and
+/// a request thread or a bus message: an honest consumer sends a few per frame at most (a
+/// video sink's QoS events), a flood tens of thousands.
+pub(super) const MAX_REQUESTS_PER_SECOND: u32 = 5000;
 
 /// The fds of one buffer packet; a frame's usual one to four stay off the heap.
 type FdList<'a> = smallvec::SmallVec<[BorrowedFd<'a>; 4]>;
@@ -39,7 +48,7 @@ pub(super) enum Outbound {
 /// fds: the originals belong to the held item, which may be held longer or shorter.
 pub(super) struct WaitingFrame {
     header: BufferHeader,
-    fds: Vec<OwnedFd>,
+    fds: Arc<[OwnedFd]>,
 }
 
 impl WaitingFrame {
@@ -48,6 +57,11 @@ impl WaitingFrame {
             header: f.header.clone(),
             fds: dup_fds(f.fds)?,
         }))
+    }
+
+    /// A packet of a kept frame (the backlog's), with that frame's duplicates of its fds.
+    pub(super) fn sharing(header: BufferHeader, fds: Arc<[OwnedFd]>) -> Arc<WaitingFrame> {
+        Arc::new(WaitingFrame { header, fds })
     }
 }
 
@@ -91,6 +105,10 @@ pub(super) struct Consumer {
     pub(super) queue: VecDeque<Outbound>,
     /// Buffers among `queue`.
     pub(super) queued_buffers: usize,
+    /// Bytes of the control packets among `queue`.
+    queued_control_bytes: usize,
+    /// Requests it sent in the current second, and when that second began.
+    requests_in_second: (u32, Instant),
     /// Buffers it was given and has not released, queued ones included.
     pub(super) held: HashMap<u64, Held>,
     /// Among `held`, those of upstream's memory (not copies).
@@ -131,6 +149,8 @@ impl Consumer {
             phase: Phase::AwaitingHello { since: now },
             queue: VecDeque::new(),
             queued_buffers: 0,
+            queued_control_bytes: 0,
+            requests_in_second: (0, now),
             held: HashMap::new(),
             originals_held: 0,
             stalled: false,
@@ -245,7 +265,31 @@ impl Consumer {
                 "{MAX_PENDING_PACKETS} control packets queued"
             )));
         }
+        if self.queued_control_bytes + bytes.len() > MAX_PENDING_BYTES {
+            return Err(Removal::Slow(format!(
+                "{} bytes of control packets queued (the limit is {MAX_PENDING_BYTES})",
+                self.queued_control_bytes
+            )));
+        }
+        self.queued_control_bytes += bytes.len();
         self.queue.push_back(Outbound::Control(bytes.to_vec()));
+        Ok(())
+    }
+
+    /// Counts a request it sent; past [`MAX_REQUESTS_PER_SECOND`] in one second it is to be
+    /// dropped, for the reason returned.
+    pub(super) fn count_request(&mut self, now: Instant) -> Result<(), String> {
+        let (count, since) = &mut self.requests_in_second;
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            *count = 0;
+            *since = now;
+        }
+        *count += 1;
+        if *count > MAX_REQUESTS_PER_SECOND {
+            return Err(format!(
+                "it sent more than {MAX_REQUESTS_PER_SECOND} requests (upstream events, queries, messages, states) within a second"
+            ));
+        }
         Ok(())
     }
 
@@ -316,10 +360,14 @@ impl Consumer {
             if !sent {
                 break;
             }
-            if let Some(Outbound::Buffer { size, .. }) = self.queue.pop_front() {
-                self.queued_buffers -= 1;
-                self.sent(size);
-                sent_buffer = true;
+            match self.queue.pop_front() {
+                Some(Outbound::Buffer { size, .. }) => {
+                    self.queued_buffers -= 1;
+                    self.sent(size);
+                    sent_buffer = true;
+                }
+                Some(Outbound::Control(bytes)) => self.queued_control_bytes -= bytes.len(),
+                None => {}
             }
         }
         Ok(sent_buffer)
@@ -328,9 +376,9 @@ impl Consumer {
 
 /// Duplicates a frame's fds for a packet that waits (queue, backlog): the originals belong to
 /// the held item, which may be held longer or shorter than the packet waits.
-fn dup_fds(fds: &[BorrowedFd<'_>]) -> Result<Vec<OwnedFd>, Removal> {
+fn dup_fds(fds: &[BorrowedFd<'_>]) -> Result<Arc<[OwnedFd]>, Removal> {
     fds.iter()
         .map(|fd| fd.try_clone_to_owned())
-        .collect::<Result<Vec<OwnedFd>, _>>()
+        .collect::<Result<Arc<[OwnedFd]>, _>>()
         .map_err(|e| Removal::Error(format!("cannot duplicate a frame's fd: {e}")))
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::PollFlags;
 
+use super::admission::{ACCEPT_BACKOFF, FdUse, MAX_ACCEPTS_PER_ROUND};
 use super::consumer::{Consumer, Phase};
 use super::{Hub, HubEvent, Inner, Removal, Request, RetiredFiles};
 use crate::endpoint;
@@ -19,6 +20,10 @@ use crate::warning_gate::WarningGate;
 
 /// A consumer that has not completed the hello by then is dropped.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Packets read from one consumer in one round: one that sends without pause cannot keep the
+/// control thread from the others (the rest waits for the next round).
+const MAX_READS_PER_ROUND: usize = 256;
 
 /// Refused connections are warned about at most this often (each is logged at INFO), so a
 /// peer that connects in a loop cannot flood the log.
@@ -64,11 +69,18 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         watch_list(&self.lock(), &mut conns, false);
         // While the streaming thread reads the releases (the release grace), until when.
         let mut aside_until: Option<Instant> = None;
+        // After accept failed (EMFILE): the listener is not watched until then.
+        let mut accept_paused_until: Option<Instant> = None;
         let mut watch = PollSet::default();
         while !self.stop.load(Ordering::SeqCst) {
             watch.clear();
             let waker = watch.push(self.waker.as_fd(), PollFlags::POLLIN);
-            let accept = listener.map(|l| watch.push(l.as_fd(), PollFlags::POLLIN));
+            if accept_paused_until.is_some_and(|t| Instant::now() >= t) {
+                accept_paused_until = None;
+            }
+            let accept = listener
+                .filter(|_| accept_paused_until.is_none())
+                .map(|l| watch.push(l.as_fd(), PollFlags::POLLIN));
             let first_consumer = waker + 1 + usize::from(accept.is_some());
             for (_, conn, want_out) in &conns {
                 let mut ev = PollFlags::POLLIN;
@@ -77,9 +89,13 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                 }
                 watch.push(conn.as_fd(), ev);
             }
-            let timeout = aside_until.map_or(Duration::from_millis(500), |end| {
-                end.saturating_duration_since(Instant::now())
-            });
+            let timeout = [aside_until, accept_paused_until]
+                .into_iter()
+                .flatten()
+                .min()
+                .map_or(Duration::from_millis(500), |end| {
+                    end.saturating_duration_since(Instant::now())
+                });
             if let Err(e) = watch.poll(Some(timeout)) {
                 (self.on_event)(HubEvent::Warning(format!("poll failed: {e}")));
                 std::thread::sleep(Duration::from_millis(50));
@@ -93,7 +109,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             if let (Some(l), Some(i)) = (listener, accept)
                 && watch.revents(i).contains(PollFlags::POLLIN)
             {
-                self.accept_all(l);
+                accept_paused_until = self.accept_some(l);
             }
             let mut released = 0usize;
             let mut flushed = false;
@@ -188,19 +204,67 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         false
     }
 
-    fn accept_all(&self, listener: &Listener) {
-        loop {
+    /// Takes up to [`MAX_ACCEPTS_PER_ROUND`] connections off the listener. Returns until when
+    /// the listener is to be left alone: accept failed (EMFILE and friends), and a listener
+    /// that stays readable must not make the loop spin.
+    fn accept_some(&self, listener: &Listener) -> Option<Instant> {
+        let fds = FdUse::read();
+        for _ in 0..MAX_ACCEPTS_PER_ROUND {
             match listener.accept() {
-                Ok(Some(conn)) => self.adopt(conn),
-                Ok(None) => return,
+                Ok(Some(conn)) => {
+                    if self.has_room(&conn, fds) {
+                        self.adopt(conn);
+                    }
+                }
+                Ok(None) => return None,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning on a readable listener.
-                    (self.on_event)(HubEvent::Warning(format!("accept failed: {e}")));
-                    std::thread::sleep(Duration::from_millis(100));
-                    return;
+                    self.warn_refusal(format!(
+                        "accept failed: {e}; not accepting for {} ms",
+                        ACCEPT_BACKOFF.as_millis()
+                    ));
+                    return Some(Instant::now() + ACCEPT_BACKOFF);
                 }
             }
         }
+        None
+    }
+
+    /// Whether a new connection fits under `max-clients` and the fd reserve (see
+    /// `admission`); one that does not is told why (an Error packet instead of the hello) and
+    /// closed at once.
+    fn has_room(&self, conn: &Connection, fds: Option<FdUse>) -> bool {
+        let clients = self.lock().consumers.len();
+        let per_client = self.limits.max_queued as usize;
+        let refusal = self
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(self.limits.max_clients, clients, per_client, fds);
+        let Err(refusal) = refusal else {
+            return true;
+        };
+        conn.send_error(&refusal.to_string());
+        self.lock().stats.consumers_refused += 1;
+        let who = conn
+            .peer_pid()
+            .map_or_else(String::new, |p| format!(" (pid {p})"));
+        self.warn_refusal(format!("refused connection{who}: {refusal}"));
+        false
+    }
+
+    /// A rate-limited warning about a connection not taken (see `admission`): one per period,
+    /// the others at INFO and counted in the next.
+    fn warn_refusal(&self, text: String) {
+        let warn = self
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .warn_now();
+        (self.on_event)(match warn {
+            Some(0) => HubEvent::Warning(text),
+            Some(n) => HubEvent::Warning(format!("{text} ({n} more since the last warning)")),
+            None => HubEvent::Info(text),
+        });
     }
 
     /// Greets a new connection and waits for its hello (in the control loop).
@@ -244,7 +308,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             conn.send_error(&format!("protocol error: {msg}"));
             Removal::Protocol(msg)
         };
-        loop {
+        for _ in 0..MAX_READS_PER_ROUND {
             let got = match conn.try_recv(buf) {
                 Ok(got) => got,
                 Err(TransportError::WouldBlock) => return Ok(()),
@@ -265,8 +329,17 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                 self.notify_room();
                 continue;
             }
-            inner.consumers[pos].last_activity = Instant::now();
-            match Packet::decode(bytes, got.fds) {
+            let now = Instant::now();
+            inner.consumers[pos].last_activity = now;
+            let packet = Packet::decode(bytes, got.fds);
+            if let Ok(
+                Packet::UpstreamEvent(_) | Packet::Query(_) | Packet::Message(_) | Packet::State(_),
+            ) = &packet
+                && let Err(flood) = inner.consumers[pos].count_request(now)
+            {
+                return Err(refuse(flood));
+            }
+            match packet {
                 Ok(Packet::Release { buffer_id }) => {
                     let c = &mut inner.consumers[pos];
                     if c.has_queued(buffer_id) {
@@ -337,6 +410,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                 Err(e) => return Err(refuse(e.to_string())),
             }
         }
+        Ok(())
     }
 }
 

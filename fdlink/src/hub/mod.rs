@@ -7,13 +7,14 @@
 //! writes are non-blocking, so no consumer can stall the streaming thread beyond the bounded
 //! wait for `max-held`.
 //!
-//! Its parts: `consumer` (one consumer, its queue and its sends); `policy` (limits, the
-//! slow-consumer policy, and the waits for room and prerolls); `backlog` (what a joiner gets
-//! first: sticky packets, the latest-keyframe backlog, the preroll frame); `control` (the
-//! control thread: accept, hello, the poll loop, reading consumers); `release_grace` (the
-//! streaming thread reading releases itself for a while after a frame of a non-live stream);
-//! `stats` (counters).
+//! Its parts: `admission` (`max-clients` and the fd reserve, at accept); `consumer` (one
+//! consumer, its queue and its sends); `policy` (limits, the slow-consumer policy, and the
+//! waits for room and prerolls); `backlog` (what a joiner gets first: sticky packets, the
+//! latest-keyframe backlog, the preroll frame); `control` (the control thread: accept, hello,
+//! the poll loop, reading consumers); `release_grace` (the streaming thread reading releases
+//! itself for a while after a frame of a non-live stream); `stats` (counters).
 
+mod admission;
 mod backlog;
 mod consumer;
 mod control;
@@ -219,6 +220,22 @@ impl<H> Inner<H> {
         self.consumers.iter().any(Consumer::is_ready)
     }
 
+    /// Items of upstream's memory the hub keeps for joiners: the latest-keyframe backlog's and
+    /// the preroll frame.
+    fn kept_originals(&self) -> usize {
+        let preroll = self
+            .preroll_frame
+            .as_ref()
+            .map(|p| p.id)
+            .filter(|id| !self.backlog.iter().any(|e| e.id == *id));
+        self.backlog
+            .iter()
+            .map(|e| e.id)
+            .chain(preroll)
+            .filter(|id| self.held.get(id).is_some_and(|h| !h.copy))
+            .count()
+    }
+
     /// A holder let go of frame `buffer_id`; its item goes with the last one.
     fn release_one(&mut self, buffer_id: u64) {
         if let Some(h) = self.held.get_mut(&buffer_id) {
@@ -254,6 +271,8 @@ pub struct Hub<H: Send + 'static, F: RetiredFiles = FileIds> {
     release_grace_us: AtomicU64,
     /// Whose connections are served (see `control`).
     peers: Mutex<control::PeerGate>,
+    /// How many connections are served (see `admission`).
+    admission: Mutex<admission::Admission>,
     on_event: Box<dyn Fn(HubEvent) + Send + Sync>,
 }
 
@@ -281,6 +300,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             files: register_files.then(F::default),
             release_grace_us: AtomicU64::new(release_grace::configured().as_micros() as u64),
             peers: Mutex::new(control::PeerGate::default()),
+            admission: Mutex::new(admission::Admission::default()),
             on_event: Box::new(on_event),
         }))
     }
@@ -536,7 +556,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                 inner.stats.frames_copied += 1;
                 inner.stats.bytes_copied += n as u64;
             }
-            let over_total = self.over_total(inner);
+            let total_share = self.total_share(inner);
             let now = Instant::now();
             let mut dropped_queued = Vec::new();
             let mut dropped = 0;
@@ -545,7 +565,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                 .iter_mut()
                 .filter(|c| c.is_ready() && only.is_none_or(|ids| ids.contains(&c.id)))
             {
-                match self.offer(c, f, over_total, now, &mut dropped_queued) {
+                match self.offer(c, f, total_share, now, &mut dropped_queued) {
                     Ok(Offer::Sent) => holders += 1,
                     Ok(Offer::Queued) => {
                         holders += 1;
@@ -585,11 +605,13 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             {
                 // A preroll frame nobody got yet is counted sent when a joiner gets it.
                 p.counted = holders > 0;
-                p.zero_copy = copied_bytes.is_none();
+                p.zero_copy = copied_bytes.is_none() && !f.header.memories.is_empty();
             }
             if holders > 0 && only.is_none() {
                 inner.stats.frames_sent += 1;
-                if copied_bytes.is_none() {
+                if f.header.memories.is_empty() {
+                    inner.stats.frames_empty += 1;
+                } else if copied_bytes.is_none() {
                     inner.stats.frames_zero_copy += 1;
                 }
             }

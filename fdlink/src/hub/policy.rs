@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 use super::consumer::{Consumer, HoldKind, WaitingFrame};
 use super::{Frame, Hub, Inner, Removal, RetiredFiles};
 
+/// Buffers a consumer may hold and still be given frames once all together hold
+/// `max-held-total`: the frame on screen and the next, what a consumer that keeps up holds.
+pub(super) const SHARE_PAST_TOTAL: usize = 2;
+
 /// What the producer does with a consumer that is at `max-held` or whose socket is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowPolicy {
@@ -58,7 +62,10 @@ impl SyncMethod {
 pub struct Limits {
     /// Buffers of upstream's memory one consumer may hold.
     pub max_held: u32,
-    /// Buffers of upstream's memory all consumers together may hold (0: no limit).
+    /// Buffers of upstream's memory all consumers together may hold (0: no limit). At it, a
+    /// consumer holding its share (`Hub::total_share`) or more skips frames, one below it
+    /// still gets them: consumers that never release cannot starve the others, and what all
+    /// hold stays under twice this.
     pub max_held_total: u32,
     /// Buffers queued in the producer for one consumer whose socket is full.
     pub max_queued: u32,
@@ -66,6 +73,9 @@ pub struct Limits {
     pub sync_method: SyncMethod,
     /// How long Auto waits for a full consumer before skipping it.
     pub slow_wait: Duration,
+    /// Connections served at once, in the hello or past it (0: no limit); more are refused
+    /// at accept.
+    pub max_clients: u32,
 }
 
 /// What became of a frame for one consumer.
@@ -111,7 +121,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         &self,
         c: &mut Consumer,
         f: &Frame<'_>,
-        over_total: bool,
+        total_share: Option<usize>,
         now: Instant,
         dropped_queued: &mut Vec<u64>,
     ) -> Result<Offer, Removal> {
@@ -129,7 +139,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         } else if f.preroll && c.follows {
             false
         } else {
-            c.originals_held >= max_held || over_total
+            c.originals_held >= max_held || total_share.is_some_and(|s| c.originals_held >= s)
         };
         if at_limit {
             return match policy {
@@ -173,10 +183,23 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         Ok(Offer::Queued)
     }
 
-    /// Whether all consumers together hold `max-held-total` buffers of upstream's memory.
-    pub(super) fn over_total(&self, inner: &Inner<H>) -> bool {
+    /// When all consumers together hold `max-held-total` buffers of upstream's memory: what a
+    /// ready consumer may hold and still be given frames, [`SHARE_PAST_TOTAL`] or its share of
+    /// the total if less (0 with more consumers than the total: none is). None below the
+    /// limit. Each consumer then holds at most that much more, so what all hold stays under
+    /// `max-held-total` + min(2 × consumers, `max-held-total`), however many never release.
+    pub(super) fn total_share(&self, inner: &Inner<H>) -> Option<usize> {
         let max = self.limits.max_held_total as usize;
-        max > 0 && inner.originals_held >= max
+        if max == 0 || inner.originals_held < max {
+            return None;
+        }
+        // What the hub keeps for joiners (the latest-keyframe backlog, the preroll frame)
+        // pins upstream's memory by design, within limits of its own: consumers' holds count.
+        if inner.originals_held.saturating_sub(inner.kept_originals()) < max {
+            return None;
+        }
+        let ready = inner.consumers.iter().filter(|c| c.is_ready()).count();
+        Some((max / ready.max(1)).min(SHARE_PAST_TOTAL))
     }
 
     /// Waits until a consumer is ready. Returns false when flushing.
@@ -208,26 +231,28 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         let max = self.limits.max_held as usize;
         let max_queued = self.limits.max_queued as usize;
         // A queue at max-queued would drop its oldest frame: a non-live stream waits instead.
-        let at_limit = |c: &Consumer| {
-            c.originals_held >= max || (max_queued > 0 && c.queued_buffers >= max_queued)
+        let at_limit = |c: &Consumer, share: Option<usize>| {
+            c.originals_held >= max
+                || (max_queued > 0 && c.queued_buffers >= max_queued)
+                || share.is_some_and(|s| c.originals_held >= s)
         };
         let mut inner = self.lock();
         loop {
             if inner.flushing {
                 return false;
             }
+            let share = self.total_share(&inner);
             let full = inner
                 .consumers
                 .iter()
-                .any(|c| c.is_ready() && !c.stalled && at_limit(c))
-                || self.over_total(&inner);
+                .any(|c| c.is_ready() && !c.stalled && at_limit(c, share));
             if !full {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if bounded && left.is_zero() {
                 for c in inner.consumers.iter_mut() {
-                    if c.is_ready() && at_limit(c) {
+                    if c.is_ready() && at_limit(c, share) {
                         c.stalled = true;
                     }
                 }

@@ -11,6 +11,9 @@ pub struct HubStats {
     pub frames_sent: u64,
     pub frames_zero_copy: u64,
     pub frames_copied: u64,
+    /// Frames without bytes (no memory, or only zero-sized ones), sent without an fd for
+    /// memory; counted in neither `frames_zero_copy` nor `frames_copied`.
+    pub frames_empty: u64,
     pub bytes_copied: u64,
     pub frames_dropped: u64,
     /// Frames copied into the memfd pool for consumers at max-held (slow-policy=copy).
@@ -18,7 +21,8 @@ pub struct HubStats {
     pub frames_without_consumer: u64,
     pub releases: u64,
     pub consumers_total: u64,
-    /// Connections refused for their credentials (see `PeerPolicy`).
+    /// Connections refused at accept: for their credentials (see `PeerPolicy`), past
+    /// `max-clients`, or for the fd reserve (see `admission`).
     pub consumers_refused: u64,
     /// Fds sent with buffer packets, to all consumers.
     pub fds_sent: u64,

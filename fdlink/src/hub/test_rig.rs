@@ -39,6 +39,7 @@ impl Rig {
             policy: SlowPolicy::Block,
             sync_method: SyncMethod::Latest,
             slow_wait: Duration::from_secs(1),
+            max_clients: 0,
         };
         let hub = Hub::new(limits, true, move |ev| {
             let _ = tx.lock().unwrap().send(ev);

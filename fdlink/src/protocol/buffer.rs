@@ -1,16 +1,18 @@
 //! Buffer packets: a frame's timestamps and flags, one description per memory (a window into a
-//! file that travels as an fd or, once registered, as an id), and its video layout. Also the
+//! file that travels as an fd or, once registered, as an id; none for a buffer without
+//! bytes), its video layout and its metas (`metas`). Also the
 //! packets of a frame's files after it: Release (the consumer is done with a buffer) and
 //! Retire (the consumer closes registered files).
 
+use super::metas::{self, Metas};
 use super::reader::Reader;
 use super::{
     DecodeError, EncodeError, FD_REGISTERED, HEADER_SIZE, MAX_FDS, MAX_MEMORIES, MAX_PLANES,
     PacketType, finish_packet,
 };
 
-const BUFFER_FIXED_SIZE: usize = 8 * 8 + 4 + 4;
-const MEMORY_DESC_SIZE: usize = 24;
+pub(super) const BUFFER_FIXED_SIZE: usize = 8 * 8 + 4 + 4;
+pub(super) const MEMORY_DESC_SIZE: usize = 24;
 const VIDEO_META_SIZE: usize = 4 * 5 + 8 * MAX_PLANES + 4 * MAX_PLANES;
 
 /// How the consumer must treat a memory's fd.
@@ -76,8 +78,12 @@ pub struct BufferHeader {
     /// pipeline's base time on CLOCK_MONOTONIC), or TIME_NONE when it has no clock. A
     /// buffer's running time plus this is the moment it is due, on a clock both sides share.
     pub base_time: u64,
+    /// The buffer's memories; none for a buffer without bytes (no memory, or only
+    /// zero-sized ones).
     pub memories: MemoryList,
     pub video: Option<VideoLayout>,
+    /// The metas that cross, in the packet or in a memfd (the packet's last fd).
+    pub metas: Metas,
 }
 
 /// How one of a frame's files travels in one consumer's buffer packet.
@@ -103,6 +109,15 @@ pub fn encode_buffer_packet(
         .iter()
         .filter(|f| matches!(f, FileSend::Fd { .. }))
         .count();
+    // The metas memfd is the last file, sent as the packet's last fd, never registered.
+    if matches!(header.metas, Metas::Memfd { .. })
+        && !matches!(files.last(), Some(FileSend::Fd { index, file_id: 0 })
+            if *index as usize + 1 == n_fds)
+    {
+        return Err(EncodeError::BadMetas {
+            reason: "the metas memfd is not the packet's last fd",
+        });
+    }
     out.clear();
     out.extend_from_slice(&[0u8; HEADER_SIZE]);
     encode_buffer(header, n_fds, out, |m| {
@@ -116,6 +131,24 @@ pub fn encode_buffer_packet(
         }
     })?;
     finish_packet(out, PacketType::Buffer, n_fds)
+}
+
+/// The size of `h` encoded as a buffer packet, its header included: whether its metas fit
+/// in the packet (`MAX_PACKET_SIZE`), or go in a memfd.
+pub fn buffer_packet_size(h: &BufferHeader) -> usize {
+    HEADER_SIZE
+        + BUFFER_FIXED_SIZE
+        + h.memories.len() * MEMORY_DESC_SIZE
+        + if h.video.is_some() {
+            VIDEO_META_SIZE
+        } else {
+            0
+        }
+        + match &h.metas {
+            Metas::Inline(list) if list.is_empty() => 0,
+            Metas::Inline(list) => metas::meta_list_size(list),
+            Metas::Memfd { .. } => 8,
+        }
 }
 
 /// Size of an encoded release packet.
@@ -164,7 +197,7 @@ pub(super) fn encode_buffer(
     out: &mut Vec<u8>,
     file_of: impl Fn(&MemoryDesc) -> Result<(u8, u32), EncodeError>,
 ) -> Result<(), EncodeError> {
-    if h.memories.is_empty() || h.memories.len() > MAX_MEMORIES {
+    if h.memories.len() > MAX_MEMORIES {
         return Err(EncodeError::TooMany {
             what: "memories",
             count: h.memories.len(),
@@ -191,12 +224,28 @@ pub(super) fn encode_buffer(
     out.extend_from_slice(&h.flags.to_le_bytes());
     out.extend_from_slice(&h.sent_at.to_le_bytes());
     out.extend_from_slice(&h.base_time.to_le_bytes());
+    // Where the metas go: 0 none, 1 in the packet, 2 in a memfd (the packet's last fd).
+    let (metas_mode, metas_fd) = match &h.metas {
+        Metas::Inline(list) if list.is_empty() => (0, None),
+        Metas::Inline(_) => (1, None),
+        Metas::Memfd { .. } if n_fds == 0 => {
+            return Err(EncodeError::BadMetas {
+                reason: "metas in a memfd, but the packet has no fd",
+            });
+        }
+        Metas::Memfd { .. } => (2, Some(n_fds - 1)),
+    };
     out.push(h.memories.len() as u8);
     out.push(h.video.is_some() as u8);
-    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&[metas_mode, 0]);
     for m in &h.memories {
         let (fd_index, file_id) = file_of(m)?;
         let by_id = fd_index == FD_REGISTERED && file_id != 0;
+        if metas_fd == Some(fd_index as usize) {
+            return Err(EncodeError::BadMetas {
+                reason: "a memory uses the metas memfd",
+            });
+        }
         if !by_id && fd_index as usize >= n_fds {
             return Err(EncodeError::BadFdIndex {
                 index: fd_index,
@@ -228,6 +277,20 @@ pub(super) fn encode_buffer(
             out.extend_from_slice(&s.to_le_bytes());
         }
     }
+    match &h.metas {
+        Metas::Inline(list) if list.is_empty() => {}
+        Metas::Inline(list) => metas::encode_meta_list(list, out)?,
+        Metas::Memfd { size } => {
+            if *size == 0 || *size > metas::MAX_METAS_SIZE as u64 {
+                return Err(EncodeError::TooMany {
+                    what: "bytes of metas",
+                    count: *size as usize,
+                    max: metas::MAX_METAS_SIZE,
+                });
+            }
+            out.extend_from_slice(&size.to_le_bytes());
+        }
+    }
     Ok(())
 }
 
@@ -246,8 +309,9 @@ pub(super) fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHe
     let base_time = r.u64()?;
     let n_memories = r.u8()? as usize;
     let has_video = r.u8()?;
-    r.reserved(2)?;
-    if n_memories == 0 || n_memories > MAX_MEMORIES {
+    let metas_mode = r.u8()?;
+    r.reserved(1)?;
+    if n_memories > MAX_MEMORIES {
         return Err(DecodeError::TooMany {
             what: "memories",
             count: n_memories,
@@ -261,6 +325,21 @@ pub(super) fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHe
             max: MAX_FDS,
         });
     }
+    // The metas memfd: the packet's last fd, which no memory may use.
+    let metas_fd = match metas_mode {
+        0 | 1 => None,
+        2 if n_fds == 0 => {
+            return Err(DecodeError::BadMetas {
+                reason: "metas in a memfd, but the packet has no fd",
+            });
+        }
+        2 => Some(n_fds - 1),
+        _ => {
+            return Err(DecodeError::NonZeroReserved {
+                what: "buffer metas flag",
+            });
+        }
+    };
     r.need(n_memories * MEMORY_DESC_SIZE)?;
     let mut used = [false; MAX_FDS];
     // The file id each fd was given (None: not seen yet).
@@ -288,6 +367,10 @@ pub(super) fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHe
             return Err(DecodeError::BadFdIndex {
                 index: fd_index,
                 fds: n_fds,
+            });
+        } else if metas_fd == Some(fd_index as usize) {
+            return Err(DecodeError::BadMetas {
+                reason: "a memory uses the metas memfd (the packet's last fd)",
             });
         } else {
             let i = fd_index as usize;
@@ -319,7 +402,7 @@ pub(super) fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHe
             size,
         });
     }
-    if let Some(index) = (0..n_fds).find(|&i| !used[i]) {
+    if let Some(index) = (0..n_fds).find(|&i| !used[i] && metas_fd != Some(i)) {
         return Err(DecodeError::UnusedFd { index });
     }
     let video = match has_video {
@@ -362,6 +445,21 @@ pub(super) fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHe
             });
         }
     };
+    let metas = match metas_mode {
+        0 => Metas::default(),
+        1 => Metas::Inline(metas::decode_meta_list(r)?),
+        _ => {
+            let size = r.u64()?;
+            if size == 0 || size > metas::MAX_METAS_SIZE as u64 {
+                return Err(DecodeError::TooMany {
+                    what: "bytes of metas",
+                    count: size.min(usize::MAX as u64) as usize,
+                    max: metas::MAX_METAS_SIZE,
+                });
+            }
+            Metas::Memfd { size }
+        }
+    };
     Ok(BufferHeader {
         buffer_id,
         pts,
@@ -374,6 +472,7 @@ pub(super) fn decode_buffer(r: &mut Reader<'_>, n_fds: usize) -> Result<BufferHe
         base_time,
         memories,
         video,
+        metas,
     })
 }
 
@@ -423,14 +522,12 @@ mod tests {
                 "cut at {cut}"
             );
         }
+        // No memory (a buffer without bytes), yet fds: nothing uses them.
         let mut t = good.clone();
         t[n_mem_at] = 0;
         assert!(matches!(
             decode(&t, smallvec![1, 2]),
-            Err(DecodeError::TooMany {
-                what: "memories",
-                ..
-            })
+            Err(DecodeError::Truncated { .. } | DecodeError::UnusedFd { .. })
         ));
         let mut t = good.clone();
         t[n_mem_at] = 17;

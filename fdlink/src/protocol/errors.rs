@@ -3,6 +3,7 @@
 use std::fmt;
 
 use super::MAX_PACKET_SIZE;
+use crate::structure_limits::StructureLimitError;
 
 /// Why bytes could not be decoded. Every variant names what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,15 @@ pub enum DecodeError {
     NonZeroReserved {
         what: &'static str,
     },
+    /// A structure text past the limits GStreamer's parser is kept within.
+    StructureLimit {
+        what: &'static str,
+        error: StructureLimitError,
+    },
+    /// A buffer's metas section is malformed (see docs/protocol.md, Buffer metas).
+    BadMetas {
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -124,6 +134,8 @@ impl fmt::Display for DecodeError {
             }
             InvalidUtf8 { what } => write!(f, "{what} is not valid UTF-8"),
             NonZeroReserved { what } => write!(f, "{what} has nonzero reserved bytes"),
+            StructureLimit { what, error } => write!(f, "{what} packet refused: {error}"),
+            BadMetas { reason } => write!(f, "buffer metas malformed: {reason}"),
         }
     }
 }
@@ -146,6 +158,10 @@ pub enum EncodeError {
         index: u8,
         fds: usize,
     },
+    /// A buffer's metas cannot be encoded as given.
+    BadMetas {
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for EncodeError {
@@ -164,6 +180,7 @@ impl fmt::Display for EncodeError {
                     "memory refers to fd {index} but only {fds} fds are attached"
                 )
             }
+            EncodeError::BadMetas { reason } => write!(f, "buffer metas: {reason}"),
         }
     }
 }

@@ -16,24 +16,33 @@ mod buffer;
 mod control;
 mod errors;
 mod hello;
+mod metas;
 mod reader;
 
 pub use buffer::{
     BufferHeader, FileSend, MemoryDesc, MemoryKind, MemoryList, RELEASE_PACKET_SIZE, VideoLayout,
-    encode_buffer_packet, encode_release,
+    buffer_packet_size, encode_buffer_packet, encode_release,
 };
 pub use control::{EventPacket, MessagePacket, QueryPacket, QueryReplyPacket, StatePacket};
 pub use errors::{DecodeError, EncodeError};
 pub use hello::{CAP_FOLLOWS, HELLO_SIZE, Hello, Role, decode_hello, encode_hello};
+pub use metas::{
+    MAX_META_SIZE, MAX_METAS, MAX_METAS_SIZE, MetaEntry, Metas, check_meta_list, decode_metas,
+    encode_meta_list, meta_list_size,
+};
 
+use crate::structure_limits::check_structure_text;
 use reader::{Reader, put_str};
 
 /// First four bytes of a hello: "FDLK".
 pub const MAGIC: [u8; 4] = *b"FDLK";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Largest datagram either side sends or accepts.
 pub const MAX_PACKET_SIZE: usize = 64 * 1024;
+/// Frames a consumer that joins may be sent at once from the producer's latest-keyframe
+/// backlog, besides what its `max-held` allows.
+pub const MAX_JOIN_BACKLOG: usize = 256;
 /// Most memories (and so fds) in one buffer packet: GStreamer's own limit per buffer.
 pub const MAX_MEMORIES: usize = 16;
 /// Most file descriptors attached to one packet.
@@ -333,7 +342,23 @@ impl<Fd> Packet<Fd> {
             PacketType::State => Packet::State(control::decode_state(&mut r)?),
         };
         r.finish()?;
+        if let Some(text) = packet.structure_text() {
+            check_structure_text(text)
+                .map_err(|error| DecodeError::StructureLimit { what, error })?;
+        }
         Ok(packet)
+    }
+
+    /// The GStreamer structure (or caps) text a packet carries, which the receiver parses.
+    fn structure_text(&self) -> Option<&str> {
+        match self {
+            Packet::Caps(text) => Some(text),
+            Packet::Event { event, .. } | Packet::UpstreamEvent(event) => Some(&event.structure),
+            Packet::Query(q) => Some(&q.structure),
+            Packet::QueryReply(reply) => Some(&reply.structure),
+            Packet::Message(m) => Some(&m.structure),
+            _ => None,
+        }
     }
 }
 
@@ -385,6 +410,7 @@ mod tests {
                 offsets: [0, 2_073_600, 0, 0],
                 strides: [1920, 1920, 0, 0],
             }),
+            metas: Metas::default(),
         }
     }
 
@@ -550,7 +576,7 @@ mod tests {
             Packet::Buffer(h.clone(), smallvec![1]).encode(&mut out),
             Err(EncodeError::BadFdIndex { .. })
         ));
-        h.memories.clear();
+        h.memories = (0..=MAX_MEMORIES).map(|_| h.memories[0]).collect();
         assert!(matches!(
             Packet::Buffer(h, smallvec![1]).encode(&mut out),
             Err(EncodeError::TooMany { .. })
@@ -603,5 +629,47 @@ mod tests {
             }
             let _ = decode_hello(&b);
         }
+    }
+
+    /// Every packet that carries a structure text is refused past the structure limits,
+    /// before any receiver hands the text to GStreamer's parser.
+    #[test]
+    fn deep_structures_are_refused() {
+        let deep = format!("{}x{}", "a, b=[".repeat(4000), "]".repeat(4000));
+        let ev = EventPacket {
+            event_type: 1,
+            seqnum: 2,
+            structure: deep.clone(),
+        };
+        let q = QueryPacket {
+            id: 1,
+            query_type: 2,
+            structure: deep.clone(),
+        };
+        for p in [
+            Packet::<i32>::Caps(deep.clone()),
+            Packet::Event {
+                event: ev.clone(),
+                base_time: 0,
+            },
+            Packet::UpstreamEvent(ev),
+            Packet::Query(q),
+            Packet::QueryReply(QueryReplyPacket {
+                id: 1,
+                answered: true,
+                structure: deep.clone(),
+            }),
+            Packet::Message(MessagePacket {
+                message_type: 2,
+                source: String::new(),
+                structure: deep.clone(),
+            }),
+        ] {
+            let err = Packet::<i32>::decode(&encoded(&p), PacketFds::new()).unwrap_err();
+            assert!(matches!(err, DecodeError::StructureLimit { .. }), "{err:?}");
+            assert!(err.to_string().contains("deeper than 32 levels"), "{err}");
+        }
+        // The error packet's text is not a structure: any text goes.
+        roundtrip(Packet::Error(deep));
     }
 }

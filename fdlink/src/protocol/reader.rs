@@ -60,6 +60,14 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// The next `n` bytes.
+    pub(super) fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        self.need(n)?;
+        let b = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(b)
+    }
+
     pub(super) fn reserved(&mut self, n: usize) -> Result<(), DecodeError> {
         self.need(n)?;
         if self.bytes[self.pos..self.pos + n].iter().any(|&b| b != 0) {

@@ -122,6 +122,7 @@ pub(crate) fn buffer_packet(info: &gst_video::VideoInfo, frame: &OwnedFd) -> Vec
             offsets,
             strides,
         }),
+        metas: Default::default(),
     };
     let mut v = Vec::new();
     Packet::Buffer(header, smallvec::smallvec![frame.as_fd()])

@@ -164,11 +164,12 @@ pub(crate) fn add_control_probes(pipeline: &gst::Pipeline, element: &gst::Elemen
                     gst::EventView::Segment(s) => {
                         let seg = s.segment();
                         print_line(&format!(
-                            "event segment base={} start={} time={} rate={}",
+                            "event segment base={} start={} time={} rate={} format={:?}",
                             seg.base().value(),
                             seg.start().value(),
                             seg.time().value(),
-                            seg.rate()
+                            seg.rate(),
+                            seg.format()
                         ))
                     }
                     gst::EventView::Gap(g) => {
