@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds fdlink (release) and runs the demo: a producer process
-# (videotestsrc -> fdlinksink) and a consumer process (fdlinksrc -> fakesink sync=true),
-# 1080p NV12 at 60 fps, then prints frames, zero-copy share and per-frame latency.
+# (videotestsrc -> fdlinksink) and a consumer process (fdlinksrc -> queue -> fakesink
+# sync=true), 1080p NV12 at 60 fps; prints a line a second while they run, then the link's
+# latency (producer send -> fdlinksrc), the consumer pipeline's latency, frames and zero-copy
+# share.
 # Extra arguments go to `fdlink-peer demo` (e.g. --frames 120 --size 3840x2160 --copy).
 set -euo pipefail
 cd "$(dirname "$0")/.."

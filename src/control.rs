@@ -58,7 +58,7 @@ pub fn reply_structure(answered: bool, query: &gst::QueryRef) -> (bool, String) 
     if protocol::HEADER_SIZE + 8 + text.len() > protocol::MAX_PACKET_SIZE {
         gst::warning!(
             CAT,
-            "failing the {:?} query: its answer does not fit in a packet ({} bytes or more)",
+            "failing the {} query: its answer does not fit in a packet ({} bytes or more)",
             query.type_(),
             text.len()
         );

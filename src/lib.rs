@@ -17,6 +17,7 @@ pub mod memory;
 pub mod metas;
 mod peer_access;
 pub mod session;
+pub mod stats_interval;
 pub mod wire_event;
 
 pub use fdlinksink::FdlinkSink;

@@ -253,14 +253,14 @@ fn take_to(element: &gst::Element, pipeline: &gst::Element, state: gst::State) {
         gst::warning!(
             gst::CAT_DEFAULT,
             obj = element,
-            "following the peer to {state:?} failed: {e}"
+            "following the peer to {state} failed: {e}"
         );
     } else if stranded(pipeline, state) {
         // Its elements are all in `state` already: what is left is to commit it.
         gst::info!(
             gst::CAT_DEFAULT,
             obj = element,
-            "{} was left going to {state:?} with nothing to get it there: committing it",
+            "{} was left going to {state} with nothing to get it there: committing it",
             pipeline.name()
         );
         let _ = pipeline.continue_state(gst::StateChangeSuccess::Success);

@@ -40,7 +40,7 @@ pub enum HandshakeError {
     )]
     VersionMismatch { ours: u16, theirs: u16 },
     /// No hello came, or ours could not be sent, within the timeout.
-    #[error("no hello exchanged within {0:?}")]
+    #[error("no hello exchanged within {} ms", .0.as_millis())]
     TimedOut(Duration),
     /// The peer closed the connection (or reset it) before the hellos were exchanged.
     #[error("peer closed the connection during the hello")]

@@ -27,18 +27,31 @@ pub use socket_file::{AccessSettingError, SocketAccess};
 /// Socket-level failures, each naming the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("socket path {path:?} does not exist (is the producer running?)")]
+    #[error("socket path {} does not exist (is the producer running?)", path.display())]
     NoSuchPath { path: PathBuf },
-    #[error("nothing listens on socket path {path:?} (stale socket file of a dead producer?)")]
+    #[error("nothing listens on socket path {} (stale socket file of a dead producer?)", path.display())]
     NotListening { path: PathBuf },
-    #[error("{path:?} is not an fdlink socket: {why}")]
+    #[error("{} is not an fdlink socket: {why}", path.display())]
     NotFdlinkSocket { path: PathBuf, why: &'static str },
-    #[error("another live process already listens on {path:?}; refusing to take it over")]
+    #[error(
+        "another live process already listens on {}; refusing to take it over: stop it or set socket-path to another path",
+        path.display()
+    )]
     InUse { path: PathBuf },
-    #[error("{path:?} exists and is not a socket; refusing to replace it")]
+    #[error(
+        "{} exists and is not a socket; refusing to replace it: remove it or set socket-path to another path",
+        path.display()
+    )]
     NotASocket { path: PathBuf },
-    #[error("socket path {path:?} is too long for AF_UNIX")]
+    #[error(
+        "socket path {} is too long for AF_UNIX (at most {} bytes): set socket-path to a shorter path",
+        path.display(),
+        MAX_SOCKET_PATH
+    )]
     PathTooLong { path: PathBuf },
+    /// The listening socket's file cannot be made: `why` names the cause and what to do.
+    #[error("cannot create socket {}: {why}", path.display())]
+    CannotCreate { path: PathBuf, why: String },
     #[error("inherited fd is not a SOCK_SEQPACKET AF_UNIX socket: {why}")]
     BadInheritedSocket { why: String },
     #[error("peer closed the connection")]
@@ -49,7 +62,7 @@ pub enum TransportError {
     FdsTruncated,
     #[error("peer is too slow: its socket buffer is full")]
     WouldBlock,
-    #[error("timed out after {0:?}")]
+    #[error("timed out after {} ms", .0.as_millis())]
     TimedOut(Duration),
     #[error("cannot encode packet: {0}")]
     Encode(EncodeError),
@@ -68,6 +81,36 @@ fn sys(op: &'static str, what: impl Into<String>) -> impl FnOnce(Errno) -> Trans
 
 fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> TransportError {
     sys(op, path.display().to_string())(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+}
+
+/// The longest socket path AF_UNIX takes, in bytes (sun_path less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Why bind could not make the socket file at `path`, and what to do.
+fn cannot_create(path: &Path, errno: Errno) -> TransportError {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.display().to_string(),
+        _ => ".".into(),
+    };
+    let why = match errno {
+        Errno::ENOENT => format!(
+            "directory {dir} does not exist: create it or set socket-path to a writable directory"
+        ),
+        Errno::EACCES | Errno::EPERM => format!(
+            "no permission to create files in directory {dir}: set socket-path to a directory this user can write to"
+        ),
+        Errno::EROFS => format!(
+            "directory {dir} is on a read-only file system: set socket-path to a writable directory"
+        ),
+        Errno::ENOTDIR => format!(
+            "a component of {dir} is not a directory: set socket-path to a path in a directory"
+        ),
+        e => format!("bind: {e}"),
+    };
+    TransportError::CannotCreate {
+        path: path.into(),
+        why,
+    }
 }
 
 fn unix_addr(path: &Path) -> Result<UnixAddr, TransportError> {
@@ -111,10 +154,11 @@ impl Listener {
             Ok(()) => {}
             Err(Errno::EADDRINUSE) => {
                 Self::remove_stale(path)?;
-                socket::bind(fd.as_raw_fd(), &addr)
-                    .map_err(sys("bind", path.display().to_string()))?;
+                socket::bind(fd.as_raw_fd(), &addr).map_err(|e| cannot_create(path, e))?;
             }
-            Err(Errno::ENOENT) => return Err(TransportError::NoSuchPath { path: path.into() }),
+            Err(
+                e @ (Errno::ENOENT | Errno::EACCES | Errno::EPERM | Errno::EROFS | Errno::ENOTDIR),
+            ) => return Err(cannot_create(path, e)),
             Err(e) => return Err(sys("bind", path.display().to_string())(e)),
         }
         let identity =

@@ -1,4 +1,3 @@
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
@@ -11,7 +10,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::base_sink_preroll::{self, PrerollSent};
-use super::hub::{Hub, HubEvent, Limits, PassThrough, PrerollWait, StickyKind};
+use super::hub::{Hub, HubEvent, PassThrough, PrerollWait, StickyKind};
 use super::negotiation;
 use super::send::{Sender, Sending};
 use super::serve::{Server, Serving};
@@ -21,13 +20,15 @@ use super::{CAT, SlowPolicyProp, SyncMethodProp};
 use crate::control;
 use crate::peer_access::Access;
 use crate::session::{self, BusWatch, Mode};
+use fdlink::hub::Joining;
 use fdlink::protocol::Packet;
-use fdlink::transport::{Connection, Listener};
 
 use super::properties::{
     self, DEFAULT_ACK_TIMEOUT_MS, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_HELD, DEFAULT_MAX_QUEUED,
     default_max_held_total,
 };
+
+mod start;
 
 /// How long a frame waits for a consumer at its `max-held` limit before that consumer skips it.
 const SLOW_CONSUMER_WAIT: Duration = Duration::from_secs(1);
@@ -115,6 +116,8 @@ pub struct FdlinkSink {
     /// Nanoseconds spent making the fallback copies (those `bytes-copied` counts) since
     /// start: with it the stats tell the copy's bandwidth.
     copy_ns: AtomicU64,
+    /// Posts the stats as element messages while started (`stats-interval`).
+    stats_interval: crate::stats_interval::StatsInterval,
 }
 
 impl FdlinkSink {
@@ -140,6 +143,39 @@ impl FdlinkSink {
         }
     }
 
+    /// With no ready consumer: waits for those on their way in (in their hello, just
+    /// connecting, or about to: see `fdlink::hub::Joining`), so that one connected when this
+    /// frame came gets it. True when a consumer is ready now.
+    fn wait_for_joining(&self, hub: &Hub) -> Result<bool, gst::FlowError> {
+        let started = std::time::Instant::now();
+        // Whether upstream is live matters only to the waits as the sink starts (a consumer
+        // started first is about to connect) and for an inherited socket: asked then only.
+        let live = (hub.starting() || self.settings.lock().unwrap().fd >= 0) && {
+            let mut q = gst::query::Latency::new();
+            self.obj().sink_pad().peer_query(&mut q) && q.result().0
+        };
+        let joining = hub.wait_for_joining(live);
+        let waited = started.elapsed();
+        if waited >= Duration::from_micros(100) {
+            let outcome = match joining {
+                Joining::Ready => "a consumer is ready",
+                Joining::Nobody => "none came",
+                Joining::Flushing => "flushing",
+            };
+            gst::debug!(
+                CAT,
+                imp = self,
+                "waited {} µs for joining consumers: {outcome}",
+                waited.as_micros()
+            );
+        }
+        match joining {
+            Joining::Ready => Ok(true),
+            Joining::Nobody => Ok(false),
+            Joining::Flushing => Err(gst::FlowError::Flushing),
+        }
+    }
+
     /// Sends a buffer to the consumers; returns its buffer id, None when it went nowhere.
     fn send(
         &self,
@@ -151,6 +187,7 @@ impl FdlinkSink {
         // preroll frame is kept for consumers that join while this pipeline is paused.
         if !hub.has_ready_consumer()
             && !self.wait_for_first_consumer(hub)?
+            && !self.wait_for_joining(hub)?
             && !hub.keeps_backlog()
             && sending != Sending::Preroll
         {
@@ -193,7 +230,11 @@ impl FdlinkSink {
                 gst::warning!(
                     CAT,
                     imp = self,
-                    "following consumers {ids:?} did not preroll on buffer {buffer_id} within ack-timeout ({} ms); prerolling without them",
+                    "following consumers {} did not preroll on buffer {buffer_id} within ack-timeout ({} ms); prerolling without them",
+                    ids.iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     timeout.as_millis()
                 );
                 Ok(gst::FlowSuccess::Ok)
@@ -241,8 +282,8 @@ impl FdlinkSink {
         gst::log!(
             CAT,
             imp = self,
-            "passing {:?} through while following consumers preroll",
-            buffer.pts()
+            "passing {} through while following consumers preroll",
+            buffer.pts().display()
         );
         if let Err(e) = self.send(&hub, buffer, Sending::PassThrough) {
             info.flow_res = Err(e);
@@ -290,7 +331,12 @@ impl FdlinkSink {
         let obj = self.obj();
         match event {
             HubEvent::ConsumerAdded { id, pid } => {
-                gst::info!(CAT, imp = self, "consumer {id} connected (pid {pid:?})");
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "consumer {id} connected{}",
+                    pid.map_or_else(String::new, |p| format!(" (pid {p})"))
+                );
                 obj.notify("num-clients");
                 obj.emit_by_name::<()>("client-added", &[&id, &pid.unwrap_or(0)]);
             }
@@ -301,6 +347,8 @@ impl FdlinkSink {
             }
             HubEvent::Warning(msg) => gst::warning!(CAT, imp = self, "{msg}"),
             HubEvent::Info(msg) => gst::info!(CAT, imp = self, "{msg}"),
+            HubEvent::Debug(msg) => gst::debug!(CAT, imp = self, "{msg}"),
+            HubEvent::Log(msg) => gst::log!(CAT, imp = self, "{msg}"),
             HubEvent::Prerolled {
                 id,
                 buffer_id,
@@ -404,6 +452,9 @@ impl ObjectImpl for FdlinkSink {
             name @ ("allowed-uids" | "allowed-gids" | "socket-mode" | "socket-group") => {
                 settings.access.set(name, value)
             }
+            "stats-interval" => self
+                .stats_interval
+                .set_interval_ms(value.get().expect("type checked upstream")),
             _ => unimplemented!(),
         }
     }
@@ -433,6 +484,7 @@ impl ObjectImpl for FdlinkSink {
                 self.settings.lock().unwrap().access.get(name)
             }
             "num-clients" => self.hub().map_or(0, |h| h.num_consumers()).to_value(),
+            "stats-interval" => self.stats_interval.interval_ms().to_value(),
             "stats" => {
                 let copy_ns = self.copy_ns.load(Ordering::Relaxed);
                 stats::structure(self.hub().as_deref(), copy_ns).to_value()
@@ -449,6 +501,13 @@ impl ElementImpl for FdlinkSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::NullToReady
+            && let Err(e) = self.start_serving()
+        {
+            // The one error: BaseSink, whose start is not called, adds no generic one.
+            self.post_error_message(e);
+            return Err(gst::StateChangeError);
+        }
         if matches!(
             transition,
             gst::StateChange::ReadyToPaused | gst::StateChange::PlayingToPaused
@@ -463,7 +522,12 @@ impl ElementImpl for FdlinkSink {
             // find it counted (or wait_prerolled would not wait for the followers).
             self.send_state(session::destination(self.obj().upcast_ref()));
         }
-        let result = self.parent_change_state(transition)?;
+        let result = self.parent_change_state(transition).inspect_err(|_| {
+            if transition == gst::StateChange::NullToReady {
+                // Started above: nothing stops it once the element stays in NULL.
+                let _ = BaseSinkImpl::stop(self);
+            }
+        })?;
         match transition {
             gst::StateChange::ReadyToPaused => {
                 self.watch_bus();
@@ -520,75 +584,13 @@ impl ElementImpl for FdlinkSink {
 
 impl BaseSinkImpl for FdlinkSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
-        let peers = settings.access.policy("fdlinksink")?;
-        let socket_access = settings.access.socket()?;
-        // The stats start again with the hub made below.
-        self.copy_ns.store(0, Ordering::Relaxed);
-        self.pipeline_error.clear();
-        let (listener, inherited, endpoint) = if settings.fd >= 0 {
-            let conn = Connection::inherit(settings.fd).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenReadWrite,
-                    ("fd {}: {e}", settings.fd)
-                )
-            })?;
-            (None, Some(conn), format!("inherited fd {}", settings.fd))
-        } else {
-            let Some(path) = settings.socket_path.map(PathBuf::from) else {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::Settings,
-                    ("socket-path is not set (nor fd)")
-                ));
-            };
-            let listener = Listener::bind_with(&path, &socket_access).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenReadWrite,
-                    ("cannot listen on {}: {e}", path.display())
-                )
-            })?;
-            (Some(listener), None, path.display().to_string())
-        };
-        let obj = self.obj().downgrade();
-        let limits = Limits {
-            max_held: settings.max_held,
-            max_held_total: settings
-                .max_held_total
-                .unwrap_or_else(|| default_max_held_total(settings.max_held)),
-            max_queued: settings.max_queued,
-            policy: settings.slow_policy.into(),
-            sync_method: settings.sync_method.into(),
-            slow_wait: SLOW_CONSUMER_WAIT,
-            max_clients: settings.max_clients,
-        };
-        let hub = Hub::new(limits, settings.register_fds, move |ev| {
-            if let Some(obj) = obj.upgrade() {
-                obj.imp().on_hub_event(ev);
-            }
-        })
-        .map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ("{e}")))?;
-        hub.set_peer_policy(peers);
-        let control_hub = hub.clone();
-        let control = std::thread::Builder::new()
-            .name("fdlinksink-ctl".into())
-            .spawn(move || {
-                control_hub.run_control(listener.as_ref(), inherited);
-                // The listener drops here, unlinking the socket path.
-            })
-            .map_err(|e| {
-                gst::error_msg!(gst::ResourceError::Failed, ("cannot spawn thread: {e}"))
-            })?;
-        gst::info!(CAT, imp = self, "serving consumers on {endpoint}");
-        *self.hub.lock().unwrap() = Some(hub);
-        *self.state.lock().unwrap() = State::Started {
-            control,
-            sender: Box::new(Sender::new(settings.yield_after_send)),
-            preroll_sent: None,
-        };
+        // Done in change_state (start_serving) before BaseSink's part: a start that fails
+        // makes BaseSink post a second, generic error after the one that names the cause.
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.stats_interval.stop();
         let hub = self.hub.lock().unwrap().take();
         let state = std::mem::take(&mut *self.state.lock().unwrap());
         if let Some(hub) = &hub {

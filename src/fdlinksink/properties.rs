@@ -84,7 +84,7 @@ pub(super) fn specs() -> Vec<glib::ParamSpec> {
             .build(),
         glib::ParamSpecBoolean::builder("wait-for-connection")
             .nick("Wait for connection")
-            .blurb("Until the first consumer connects, wait for it (true) or drop frames (false)")
+            .blurb("Until the first consumer connects, wait for it (true) or drop frames (false; a frame still waits, bounded, for consumers that are connecting: see the README)")
             .default_value(false)
             .mutable_playing()
             .build(),
@@ -123,6 +123,7 @@ pub(super) fn specs() -> Vec<glib::ParamSpec> {
             .read_only()
             .build(),
     ];
+    properties.push(crate::stats_interval::param_spec());
     properties.extend(peer_access::peer_properties("consumer"));
     properties.extend(peer_access::socket_properties());
     properties

@@ -135,7 +135,19 @@ impl Sender {
                 }
                 Err(reason) => {
                     drop(fds);
-                    gst::trace!(CAT, obj = element, "copying buffer: {reason:?}");
+                    gst::log!(
+                        CAT,
+                        obj = element,
+                        "copying buffer into the memfd pool: {}",
+                        match reason {
+                            memory::CopyReason::NotFdMemory => "a memory is not fd-backed",
+                            memory::CopyReason::UnsealedFd =>
+                                "a memory's fd is not sealed against shrinking",
+                            memory::CopyReason::TooManyFds => "more fds than a packet carries",
+                            memory::CopyReason::TooManyMemories =>
+                                "more memories than a packet carries",
+                        }
+                    );
                     let mut copy = None;
                     let out = self.copy_out(element, registry, buffer, descs, &mut copy)?;
                     copy_ns.fetch_add(out.copy_ns, Ordering::Relaxed);
@@ -160,7 +172,8 @@ impl Sender {
             )?;
             skipped += more;
         }
-        self.skips.count(element, buffer, skipped, live);
+        self.skips
+            .count(element, buffer, (skipped, wants_copy.len() as u64), live);
         Ok(Sent {
             buffer_id,
             yield_cpu: live && self.yield_after_send && sending == Sending::Playing,
@@ -233,18 +246,27 @@ impl Sender {
         };
         let sent = if let Some(consumers) = slow_copy_for {
             let sent = hub.send_copy(consumers, &frame, out.wire.clone());
-            gst::trace!(
+            gst::log!(
                 CAT,
                 obj = element,
-                "buffer {buffer_id}: copy for {consumers:?}"
+                "buffer {buffer_id}: slow-policy=copy copy for {} consumers at max-held, {}, {} fds",
+                consumers.len(),
+                crate::stats_interval::describe_memories(&header.memories),
+                fds.len()
             );
             sent
         } else {
             let sent = hub.send_buffer(&frame, out.wire.clone(), out.copied_bytes);
-            gst::trace!(
+            gst::log!(
                 CAT,
                 obj = element,
-                "buffer {buffer_id} sent to {} consumers",
+                "buffer {buffer_id}: {}, {}, {} fds, to {} consumers",
+                match out.copied_bytes {
+                    Some(n) => format!("copied ({n} bytes into the memfd pool)"),
+                    None => "zero-copy".into(),
+                },
+                crate::stats_interval::describe_memories(&header.memories),
+                fds.len(),
                 sent.sent_to
             );
             sent

@@ -160,7 +160,7 @@ impl Server {
                     gst::warning!(
                         CAT,
                         obj = element,
-                        "dropping consumer {id}'s {ty:?} event: {e}"
+                        "dropping consumer {id}'s {ty} event: {e}"
                     );
                 }
             }

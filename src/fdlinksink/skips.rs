@@ -1,6 +1,8 @@
 //! Frames skipped for consumers at their limit are announced, never silent: each skip sends a
 //! QoS event upstream and posts a QoS message, as a sink that drops buffers does, and a warning
-//! sums them up at most every few seconds.
+//! sums them up at most every few seconds. Frames copied for consumers at their limit
+//! (`slow-policy=copy`) are not lost, so they get no QoS and no warning: an `fdlink-copies`
+//! element message (see [`crate::stats_interval::post_copies`]) at most once a second.
 
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ use fdlink::warning_gate::WarningGate;
 
 /// The shortest time between two warnings about skipped frames.
 const WARNING_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest time between two `fdlink-copies` messages.
+const COPY_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Skips counted for the announcements, per stream.
 #[derive(Debug)]
@@ -21,6 +25,9 @@ pub(super) struct Skips {
     /// Frame offers skipped for a consumer, in all.
     skipped: u64,
     warnings: WarningGate,
+    /// Copies made for consumers at their limit (slow-policy=copy), in all.
+    copied: u64,
+    copy_notices: WarningGate,
 }
 
 impl Default for Skips {
@@ -29,25 +36,50 @@ impl Default for Skips {
             processed: 0,
             skipped: 0,
             warnings: WarningGate::new(WARNING_INTERVAL),
+            copied: 0,
+            copy_notices: WarningGate::new(COPY_NOTICE_INTERVAL),
         }
     }
 }
 
 impl Skips {
     /// One frame rendered; `skipped` offers of it (or of frames that made way for it) were
-    /// skipped for consumers at their limit.
+    /// skipped for consumers at their limit, and `copied` consumers at their limit were sent a
+    /// copy of it (slow-policy=copy).
     pub(super) fn count(
         &mut self,
         element: &gst_base::BaseSink,
         buffer: &gst::BufferRef,
-        skipped: u64,
+        (skipped, copied): (u64, u64),
         live: bool,
     ) {
         self.processed += 1;
+        if copied > 0 {
+            self.copied += copied;
+            gst::debug!(
+                CAT,
+                obj = element,
+                "slow-policy=copy: {copied} consumers at max-held get this frame as a copy"
+            );
+            if let Some(unannounced) = self.copy_notices.note(copied) {
+                crate::stats_interval::post_copies(
+                    element.upcast_ref(),
+                    unannounced,
+                    self.copied,
+                    "slow-policy=copy: a consumer at max-held gets a copy in the memfd pool, so upstream's buffers go back",
+                );
+            }
+        }
         if skipped == 0 {
             return;
         }
         self.skipped += skipped;
+        gst::debug!(
+            CAT,
+            obj = element,
+            "{skipped} frames skipped for consumers at their limit ({} in all)",
+            self.skipped
+        );
         self.announce_qos(element, buffer, live);
         let Some(unwarned) = self.warnings.note(skipped) else {
             return;

@@ -6,7 +6,8 @@ use gst::prelude::*;
 use super::hub::Hub;
 
 /// The `stats` structure: the hub's counters (zero before start), `copy_ns` (time spent
-/// copying unshareable buffers) and one `client` structure per consumer.
+/// copying unshareable buffers) and one `client` structure per consumer in `clients` (absent
+/// while there is none).
 pub(super) fn structure(hub: Option<&Hub>, copy_ns: u64) -> gst::Structure {
     let (stats, consumers, held) = hub.map(Hub::stats).unwrap_or_default();
     let clients: Vec<glib::SendValue> = hub
@@ -32,7 +33,7 @@ pub(super) fn structure(hub: Option<&Hub>, copy_ns: u64) -> gst::Structure {
                 .to_send_value()
         })
         .collect();
-    gst::Structure::builder("application/x-fdlinksink-stats")
+    let mut s = gst::Structure::builder("application/x-fdlinksink-stats")
         .field("frames-in", stats.frames_in)
         .field("frames-sent", stats.frames_sent)
         .field("frames-zero-copy", stats.frames_zero_copy)
@@ -51,6 +52,11 @@ pub(super) fn structure(hub: Option<&Hub>, copy_ns: u64) -> gst::Structure {
         .field("fds-sent", stats.fds_sent)
         .field("files-registered", stats.files_registered)
         .field("files-retired", stats.files_retired)
-        .field("clients", gst::Array::from_values(clients))
-        .build()
+        .build();
+    // Left out while there is no consumer: GStreamer prints an empty array as
+    // `clients=(int)< >`, an element type it cannot know.
+    if !clients.is_empty() {
+        s.set("clients", gst::Array::from_values(clients));
+    }
+    s
 }

@@ -37,7 +37,11 @@ pub(super) fn send_packet(
     let mut bytes = Vec::new();
     match packet.encode(&mut bytes) {
         Ok(()) => hub.send_control(bytes, sticky, false),
-        Err(e) => gst::warning!(CAT, obj = element, "not sending {packet:?}: {e}"),
+        Err(e) => gst::warning!(
+            CAT,
+            obj = element,
+            "not sending a control packet to the consumers: {e}"
+        ),
     }
 }
 

@@ -22,13 +22,16 @@ use fdlink::peer_check::{PeerCredentials, PeerPolicy};
 use fdlink::protocol::{self, Hello};
 use fdlink::transport::{Connection, TransportError, Waker};
 
+/// `timeout=0`: a wait that outlasts any pipeline (the waker still ends it).
+const WAIT_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Where and how to connect, and the reconnect under way.
 pub struct Connector {
     /// The socket path, or a description of the inherited fd (for messages).
     pub path: PathBuf,
     inherited_fd: Option<i32>,
-    /// How long the first connect waits for a producer to appear at `path`.
-    timeout: Duration,
+    /// How long the first connect waits for a producer to appear at `path`; None: no limit.
+    timeout: Option<Duration>,
     reconnect: bool,
     /// None: no limit.
     retry_timeout: Option<Duration>,
@@ -57,7 +60,7 @@ impl Connector {
     pub fn new(
         path: PathBuf,
         inherited_fd: Option<i32>,
-        timeout: Duration,
+        timeout: Option<Duration>,
         reconnect: bool,
         retry_timeout: Option<Duration>,
     ) -> Connector {
@@ -131,10 +134,17 @@ impl Connector {
                     ));
                 }
             },
-            (None, Some(fd)) => Connection::inherit(fd)
-                .map_err(|e| Stop::Error(gst::error_msg!(gst::ResourceError::OpenRead, ("{e}"))))?,
+            (None, Some(fd)) => Connection::inherit(fd).map_err(|e| {
+                Stop::Error(gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    (
+                        "cannot connect through fd {fd}: {e}: set fd to one end of a SOCK_SEQPACKET socketpair this process inherited"
+                    )
+                ))
+            })?,
             (None, None) => {
-                endpoint::connect_waiting(&self.path, self.timeout, waker).map_err(|e| match e {
+                let timeout = self.timeout.unwrap_or(WAIT_FOREVER);
+                endpoint::connect_waiting(&self.path, timeout, waker).map_err(|e| match e {
                     ConnectError::Interrupted => Stop::Flushing,
                     e => Stop::Error(gst::error_msg!(gst::ResourceError::OpenRead, ("{e}"))),
                 })?

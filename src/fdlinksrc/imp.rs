@@ -122,6 +122,8 @@ pub struct FdlinkSrc {
     /// the src pad's probe puts it in place of BaseSrc's next TIME segment, and drops the
     /// TIME segments after it.
     pub(super) foreign_segment: Arc<Mutex<super::stream::ForeignSegment>>,
+    /// Posts the stats as element messages while started (`stats-interval`).
+    stats_interval: crate::stats_interval::StatsInterval,
 }
 
 /// What ends `create()` early.
@@ -271,7 +273,7 @@ impl ObjectImpl for FdlinkSrc {
                     .build(),
                 glib::ParamSpecUInt::builder("timeout")
                     .nick("Timeout (ms)")
-                    .blurb("How long to wait for a producer to appear at socket-path, in ms (0: try once)")
+                    .blurb("How long to wait for a producer to appear at socket-path, in ms (0: no limit, wait until one comes)")
                     .default_value(DEFAULT_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
@@ -330,6 +332,7 @@ impl ObjectImpl for FdlinkSrc {
                     .read_only()
                     .build(),
             ];
+            properties.push(crate::stats_interval::param_spec());
             properties.extend(peer_access::peer_properties("producer"));
             properties
         });
@@ -355,6 +358,9 @@ impl ObjectImpl for FdlinkSrc {
             "max-queued" => settings.max_queued = value.get().expect("type checked upstream"),
             "leaky" => settings.leaky = value.get().expect("type checked upstream"),
             name @ ("allowed-uids" | "allowed-gids") => settings.access.set(name, value),
+            "stats-interval" => self
+                .stats_interval
+                .set_interval_ms(value.get().expect("type checked upstream")),
             _ => unimplemented!(),
         }
     }
@@ -376,6 +382,7 @@ impl ObjectImpl for FdlinkSrc {
                 self.settings.lock().unwrap().access.get(name)
             }
             "stats" => self.stats_structure().to_value(),
+            "stats-interval" => self.stats_interval.interval_ms().to_value(),
             _ => unimplemented!(),
         }
     }
@@ -390,6 +397,16 @@ impl ElementImpl for FdlinkSrc {
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         if transition == gst::StateChange::NullToReady {
             self.watch_bus();
+        }
+        if transition == gst::StateChange::ReadyToPaused {
+            // BaseSrc starts in this change; settings it would refuse are refused here, with
+            // one error: a start that fails makes BaseSrc post a second, generic one.
+            let settings = self.settings.lock().unwrap().clone();
+            if let Err(e) = endpoint(&settings).and(settings.access.policy("fdlinksrc").map(drop)) {
+                self.post_error_message(e);
+                *self.bus_watch.lock().unwrap() = None;
+                return Err(gst::StateChangeError);
+            }
         }
         if transition == gst::StateChange::ReadyToPaused {
             // A follower prerolls with the producer: it streams from PAUSED on, so its
@@ -450,28 +467,35 @@ impl ElementImpl for FdlinkSrc {
     }
 }
 
+/// Where the element connects: (`socket-path`, or the inherited `fd` described for
+/// messages; that fd), or why the settings do not say.
+fn endpoint(settings: &Settings) -> Result<(PathBuf, Option<i32>), gst::ErrorMessage> {
+    let inherited_fd = (settings.fd >= 0).then_some(settings.fd);
+    let path = match (&settings.socket_path, inherited_fd) {
+        (_, Some(fd)) => PathBuf::from(format!("inherited fd {fd}")),
+        (Some(p), None) => PathBuf::from(p),
+        (None, None) => {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("socket-path is not set (nor fd): set socket-path to where the producer's fdlinksink listens, or fd to an inherited socketpair end")
+            ));
+        }
+    };
+    if settings.reconnect
+        && let Some(fd) = inherited_fd
+    {
+        return Err(gst::error_msg!(
+            gst::ResourceError::Settings,
+            ("reconnect=true needs socket-path: an inherited socket (fd={fd}) cannot be connected again; unset fd or reconnect")
+        ));
+    }
+    Ok((path, inherited_fd))
+}
+
 impl BaseSrcImpl for FdlinkSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let inherited_fd = (settings.fd >= 0).then_some(settings.fd);
-        let path = match (&settings.socket_path, inherited_fd) {
-            (_, Some(fd)) => PathBuf::from(format!("inherited fd {fd}")),
-            (Some(p), None) => PathBuf::from(p),
-            (None, None) => {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::Settings,
-                    ("socket-path is not set (nor fd)")
-                ));
-            }
-        };
-        if settings.reconnect
-            && let Some(fd) = inherited_fd
-        {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("reconnect=true needs socket-path: an inherited socket (fd={fd}) cannot be connected again; unset fd or reconnect")
-            ));
-        }
+        let (path, inherited_fd) = endpoint(&settings)?;
         let waker =
             Waker::new().map_err(|e| gst::error_msg!(gst::ResourceError::Failed, ("{e}")))?;
         *self.waker.lock().unwrap() = Some(Arc::new(waker));
@@ -487,7 +511,8 @@ impl BaseSrcImpl for FdlinkSrc {
         let connector = Connector::new(
             path,
             inherited_fd,
-            Duration::from_millis(settings.timeout_ms as u64),
+            // 0: no limit, as retry-timeout's 0 and GStreamer's timeouts.
+            (settings.timeout_ms > 0).then(|| Duration::from_millis(settings.timeout_ms as u64)),
             settings.reconnect,
             (settings.retry_timeout_ms > 0)
                 .then(|| Duration::from_millis(settings.retry_timeout_ms as u64)),
@@ -500,10 +525,12 @@ impl BaseSrcImpl for FdlinkSrc {
             hold_limit: 0,
         };
         *self.state.lock().unwrap() = State::Started(Box::new(Stream::new(connector, queue_limit)));
+        self.stats_interval.start(self.obj().upcast_ref());
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.stats_interval.stop();
         // Dropping the connection makes later releases no-ops: the producer frees everything
         // this consumer held when it sees the socket close.
         // Not under the `link` lock: the reader thread being joined may be posting a message,

@@ -59,8 +59,15 @@ pub const PACKET_FLOOD_FACTOR: usize = 4;
 /// sent). The packet is encoded on the stack: one goes out per frame.
 fn send_release(conn: &Connection, releases: &AtomicU64, buffer_id: u64) {
     let packet = protocol::encode_release(buffer_id);
-    if conn.send_timeout(&packet, &[], SEND_TIMEOUT).is_ok() {
-        releases.fetch_add(1, Ordering::Relaxed);
+    match conn.send_timeout(&packet, &[], SEND_TIMEOUT) {
+        Ok(()) => {
+            releases.fetch_add(1, Ordering::Relaxed);
+            gst::log!(super::imp::CAT, "buffer {buffer_id} released");
+        }
+        Err(e) => gst::debug!(
+            super::imp::CAT,
+            "release of buffer {buffer_id} not sent: {e}"
+        ),
     }
 }
 
@@ -476,8 +483,18 @@ impl Link {
                 if header.memories.is_empty() {
                     self.counters.empty.fetch_add(1, Ordering::Relaxed);
                 }
+                let registered = reader.files.len();
                 match reader.importer.resolve(&mut reader.files, &mut header, fds) {
                     Ok(frame_files) => {
+                        if reader.files.len() > registered {
+                            gst::debug!(
+                                super::imp::CAT,
+                                "buffer {}: {} files registered ({} in all)",
+                                header.buffer_id,
+                                reader.files.len() - registered,
+                                reader.files.len()
+                            );
+                        }
                         let frame = Packet::Buffer(header, frame_files);
                         if let Err(msg) = self.queue_frame(frame, &reader.importer) {
                             self.conn.send_error(&msg);
@@ -494,6 +511,12 @@ impl Link {
                     .store(reader.files.len() as u32, Ordering::Relaxed);
             }
             Ok(Packet::Retire { file_ids }) => {
+                gst::debug!(
+                    super::imp::CAT,
+                    "the producer retired {} registered files ({} registered before)",
+                    file_ids.len(),
+                    reader.files.len()
+                );
                 if let Err(e) = reader.files.retire(&file_ids) {
                     let msg = format!("malformed packet: {e}");
                     self.conn.send_error(&msg);
@@ -643,6 +666,13 @@ impl Link {
         }
         self.signal_arrived(inbox);
         if let Some(Queued::Packet(Packet::Buffer(header, fds))) = dropped {
+            gst::debug!(
+                super::imp::CAT,
+                "leaky=oldest: {} frames queued (max-queued {}): dropping buffer {}, released to the producer",
+                limit.max_queued + 1,
+                limit.max_queued,
+                header.buffer_id
+            );
             // Our fds go first: the producer may reuse the buffer once it has the release.
             drop(fds);
             self.release(header.buffer_id);
@@ -666,6 +696,10 @@ impl Link {
         };
         match copy {
             Ok(copy) => {
+                gst::debug!(
+                    super::imp::CAT,
+                    "leaky=copy: max-queued frames queued: buffer {buffer_id} copied into system memory, released to the producer"
+                );
                 self.release(buffer_id);
                 self.counters.copied.fetch_add(1, Ordering::Relaxed);
                 Queued::Copied(header.clone(), copy)

@@ -37,8 +37,8 @@ impl FdlinkSrc {
             gst::debug!(
                 CAT,
                 imp = self,
-                "cannot send {:?} query: {e}",
-                query.type_()
+                "cannot send {} query: {e}",
+                query.type_().name()
             );
             return Some(false);
         }
@@ -48,8 +48,9 @@ impl FdlinkSrc {
                 gst::warning!(
                     CAT,
                     imp = self,
-                    "no answer to {:?} query from the producer within {timeout:?}",
-                    query.type_()
+                    "no answer to {} query from the producer within {} ms",
+                    query.type_(),
+                    timeout.as_millis()
                 );
                 Some(false)
             }
@@ -137,13 +138,13 @@ impl FdlinkSrc {
         gst::info!(
             CAT,
             imp = self,
-            "this pipeline's application set it to {state:?}: the producer's pipeline follows"
+            "this pipeline's application set it to {state}: the producer's pipeline follows"
         );
         if !self.send_to_producer(&Packet::State(session::state_packet(state, Mode::Follow))) {
             gst::warning!(
                 CAT,
                 imp = self,
-                "cannot tell the producer this pipeline went to {state:?}: it stays where it is"
+                "cannot tell the producer this pipeline went to {state}: it stays where it is"
             );
         }
     }

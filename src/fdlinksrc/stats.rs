@@ -10,12 +10,36 @@
 //! without bytes (no memory, and no fd but for their metas).
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fdlink::warning_gate::WarningGate;
 
 use super::link::QueueCounters;
 use crate::clock;
 
 /// Latency samples kept for the percentiles.
 const LATENCY_WINDOW: usize = 1024;
+
+/// The shortest time between two `fdlink-copies` messages.
+const COPY_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The copies the link made (`leaky=copy`, a downstream holding its share), announced at most
+/// once per [`COPY_NOTICE_INTERVAL`].
+#[derive(Debug)]
+struct CopyNotices {
+    /// Copies counted so far (`QueueCounters::copied` when last looked at).
+    seen: u64,
+    gate: WarningGate,
+}
+
+impl Default for CopyNotices {
+    fn default() -> Self {
+        CopyNotices {
+            seen: 0,
+            gate: WarningGate::new(COPY_NOTICE_INTERVAL),
+        }
+    }
+}
 
 /// What the element counts itself; the link's queue counts the rest (`QueueCounters`).
 #[derive(Debug, Default)]
@@ -31,6 +55,7 @@ pub struct Stats {
     last_us: u32,
     max_us: u32,
     sum_us: u64,
+    copy_notices: CopyNotices,
 }
 
 /// Microseconds from `sent_at` (CLOCK_MONOTONIC ns, the producer's send) to now.
@@ -51,6 +76,18 @@ impl Stats {
             self.latencies_us[self.next_sample] = us;
         }
         self.next_sample = (self.next_sample + 1) % LATENCY_WINDOW;
+    }
+
+    /// Copies made since the last look, if it is time to announce them: Some((copies since
+    /// the last announcement, copies in all)).
+    pub fn copies_to_announce(&mut self, counters: &QueueCounters) -> Option<(u64, u64)> {
+        let total = counters.copied.load(Ordering::Relaxed);
+        let new = total.saturating_sub(self.copy_notices.seen);
+        if new == 0 {
+            return None;
+        }
+        self.copy_notices.seen = total;
+        self.copy_notices.gate.note(new).map(|n| (n, total))
     }
 
     /// One frame of `record_frame` dropped: downstream refused its caps.
@@ -157,6 +194,26 @@ mod tests {
             field::<u64>(&s, "latency-avg-us"),
             (1_000_000 + 1024 * 1025 / 2) / 1025
         );
+    }
+
+    #[test]
+    fn copies_are_announced_at_most_once_a_second_with_the_count_between() {
+        let counters = QueueCounters::default();
+        let mut stats = Stats::default();
+        assert_eq!(stats.copies_to_announce(&counters), None, "no copy yet");
+        counters.copied.fetch_add(2, Ordering::Relaxed);
+        assert_eq!(stats.copies_to_announce(&counters), Some((2, 2)));
+        counters.copied.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(
+            stats.copies_to_announce(&counters),
+            None,
+            "within the second"
+        );
+        assert_eq!(stats.copies_to_announce(&counters), None, "nothing new");
+        counters.copied.fetch_add(3, Ordering::Relaxed);
+        // The second over, the next announcement counts the copies between.
+        std::thread::sleep(COPY_NOTICE_INTERVAL);
+        assert_eq!(stats.copies_to_announce(&counters), Some((4, 6)));
     }
 
     #[test]

@@ -147,6 +147,12 @@ impl FdlinkSrc {
                 }
                 Some(Inbound::Packet(p)) => p,
                 Some(Inbound::Copied(header, buffer)) => {
+                    gst::log!(
+                        CAT,
+                        imp = self,
+                        "buffer {}: copied by the link's queue (leaky=copy)",
+                        header.buffer_id
+                    );
                     if let Some(buffer) = self.output_buffer(stream, &header, buffer)? {
                         return Ok(buffer);
                     }
@@ -179,6 +185,7 @@ impl FdlinkSrc {
                 }
                 Packet::Buffer(header, fds) => {
                     let buffer_id = header.buffer_id;
+                    let files = fds.len();
                     let token = link.release_tokens.issue(buffer_id);
                     let buffer = match stream.importer.import(&header, fds, Some(&token)) {
                         Ok(b) => b,
@@ -189,7 +196,19 @@ impl FdlinkSrc {
                         }
                     };
                     drop(token);
+                    let imported = buffer.as_ptr();
                     let buffer = link.copy_if_held_downstream(buffer);
+                    gst::log!(
+                        CAT,
+                        imp = self,
+                        "buffer {buffer_id}: {}, {}, {files} files",
+                        if buffer.as_ptr() == imported {
+                            "zero-copy"
+                        } else {
+                            "copied: downstream holds this consumer's share of the producer's buffers"
+                        },
+                        crate::stats_interval::describe_memories(&header.memories)
+                    );
                     if let Some(buffer) = self.output_buffer(stream, &header, buffer)? {
                         return Ok(buffer);
                     }
@@ -233,10 +252,19 @@ impl FdlinkSrc {
         header: &protocol::BufferHeader,
         mut buffer: gst::Buffer,
     ) -> Result<Option<gst::Buffer>, Stop> {
-        self.stats
-            .lock()
-            .unwrap()
-            .record_frame(stats::latency_us(header.sent_at));
+        let copies = {
+            let mut stats = self.stats.lock().unwrap();
+            stats.record_frame(stats::latency_us(header.sent_at));
+            stats.copies_to_announce(&self.counters)
+        };
+        if let Some((copies, total)) = copies {
+            crate::stats_interval::post_copies(
+                self.obj().upcast_ref(),
+                copies,
+                total,
+                "leaky=copy, or downstream holds this consumer's share of the producer's buffers (half its max-held): frames are copied into system memory and the producer's buffers released",
+            );
+        }
         if stream.refused_caps.is_some() {
             // Dropped (and so released): downstream cannot take it.
             self.stats.lock().unwrap().record_dropped_for_caps();
@@ -337,7 +365,8 @@ impl FdlinkSrc {
         gst::debug!(
             CAT,
             imp = self,
-            "segment {segment:?} (running time shift {delta} ns)"
+            "segment {} (running time shift {delta} ns)",
+            segment_text(&segment)
         );
         let foreign = segment.format() != gst::Format::Time;
         self.foreign_segment.lock().unwrap().active = foreign;
@@ -560,7 +589,7 @@ impl FdlinkSrc {
             let _ = pad.unlink(&peer);
             element.release_request_pad(&peer);
             if let Err(e) = pad.link(&new_peer) {
-                gst::warning!(CAT, imp = self, "cannot link to {}: {e:?}", name(&new_peer));
+                gst::warning!(CAT, imp = self, "cannot link to {}: {e}", name(&new_peer));
                 element.release_request_pad(&new_peer);
                 return false;
             }
@@ -591,7 +620,18 @@ impl FdlinkSrc {
                 return None;
             }
         };
-        gst::debug!(CAT, imp = self, "event from producer: {ev:?}");
+        gst::debug!(
+            CAT,
+            imp = self,
+            "event from producer: {}",
+            match &ev {
+                WireEvent::Segment(s) => format!("segment {}", segment_text(s)),
+                WireEvent::Eos => "eos".into(),
+                WireEvent::FlushStart => "flush-start".into(),
+                WireEvent::FlushStop => "flush-stop".into(),
+                WireEvent::Other(ty) => ty.name().to_string(),
+            }
+        );
         let obj = self.obj();
         let pad = obj.src_pad();
         match ev {
@@ -704,4 +744,26 @@ static RELINKING: Mutex<()> = Mutex::new(());
 /// The pad is flushing: a flush, or its element going down (a deactivated pad flushes).
 fn is_flushing(pad: &gst::Pad) -> bool {
     pad.pad_flags().contains(gst::PadFlags::FLUSHING)
+}
+
+/// A segment for log lines: "time, start 0:00:01.000000000, stop none, rate 1, base ...".
+fn segment_text(s: &gst::Segment) -> String {
+    let t = |v: gst::GenericFormattedValue| -> String {
+        match v.value() {
+            -1 => "none".into(),
+            n => match s.format() {
+                gst::Format::Time => gst::ClockTime::from_nseconds(n as u64).to_string(),
+                _ => n.to_string(),
+            },
+        }
+    };
+    format!(
+        "{}, start {}, stop {}, time {}, base {}, rate {}",
+        s.format(),
+        t(s.start()),
+        t(s.stop()),
+        t(s.time()),
+        t(s.base()),
+        s.rate()
+    )
 }

@@ -11,7 +11,7 @@ use nix::poll::PollFlags;
 
 use super::admission::{ACCEPT_BACKOFF, FdUse, MAX_ACCEPTS_PER_ROUND};
 use super::consumer::{Consumer, Phase};
-use super::{Hub, HubEvent, Inner, Removal, Request, RetiredFiles};
+use super::{Hub, HubEvent, HubLog, Inner, Removal, Request, RetiredFiles};
 use crate::endpoint;
 use crate::peer_check::{PeerCredentials, PeerPolicy};
 use crate::protocol::{self, MAX_PACKET_SIZE, Packet};
@@ -19,7 +19,7 @@ use crate::transport::{Connection, Listener, PollSet, TransportError};
 use crate::warning_gate::WarningGate;
 
 /// A consumer that has not completed the hello by then is dropped.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Packets read from one consumer in one round: one that sends without pause cannot keep the
 /// control thread from the others (the rest waits for the next round).
@@ -57,6 +57,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
     /// `listener` is None for an inherited, already-connected socket (`inherited`).
     pub fn run_control(&self, listener: Option<&Listener>, inherited: Option<Connection>) {
         let mut buf = vec![0u8; MAX_PACKET_SIZE];
+        self.arrivals.start(listener);
         if let Some(conn) = inherited {
             self.adopt(conn);
         }
@@ -168,6 +169,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                 (self.on_event)(event);
             }
         }
+        self.arrivals.stop();
     }
 
     /// Whose connections are served from now on (accepted ones stay). By default this
@@ -293,6 +295,9 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         let id = inner.next_consumer_id;
         inner.next_consumer_id += 1;
         inner.consumers.push(Consumer::new(id, conn));
+        drop(inner);
+        // A frame with no ready consumer waits for this one's hello (`wait_for_joining`).
+        self.notify_room();
     }
 
     /// Reads everything pending from one consumer. An error means: drop it, for this reason.
@@ -353,8 +358,15 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                         )));
                     };
                     c.releases += 1;
-                    c.release_wait += held.since.elapsed();
+                    let waited = held.since.elapsed();
+                    c.release_wait += waited;
                     c.stalled = false;
+                    if self.logs(HubLog::Log) {
+                        inner.deferred.push(HubEvent::Log(format!(
+                            "consumer {id} released buffer {buffer_id} after {} µs",
+                            waited.as_micros()
+                        )));
+                    }
                     inner.release_one(buffer_id);
                     inner.stats.releases += 1;
                     *released += 1;
@@ -549,5 +561,43 @@ mod tests {
             "the next warning counts those between"
         );
         assert_eq!(gate.warn_now(), None);
+    }
+
+    /// The Log events the rig reported, once `want` came or `wait` passed.
+    fn release_logs(rig: &Rig, want: usize, wait: Duration) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        let mut logs = Vec::new();
+        while logs.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rig.events.recv_timeout(left) {
+                Ok(HubEvent::Log(text)) => logs.push(text),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        logs
+    }
+
+    #[test]
+    fn releases_are_logged_only_when_asked_for() {
+        let mut rig = Rig::new(Duration::ZERO, 8);
+        rig.offer(1, false);
+        rig.take_and_release(1);
+        assert_eq!(rig.wait_releases(1), 1);
+        assert!(
+            release_logs(&rig, 1, Duration::from_millis(200)).is_empty(),
+            "quiet by default: no text made"
+        );
+        rig.hub.set_log_level(HubLog::Log);
+        rig.offer(2, false);
+        rig.take_and_release(2);
+        assert_eq!(rig.wait_releases(2), 2);
+        let logs = release_logs(&rig, 1, WAIT);
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(
+            logs[0].starts_with("consumer 1 released buffer 2 after "),
+            "{}",
+            logs[0]
+        );
     }
 }

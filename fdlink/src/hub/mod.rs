@@ -10,7 +10,8 @@
 //! Its parts: `admission` (`max-clients` and the fd reserve, at accept); `consumer` (one
 //! consumer, its queue and its sends); `policy` (limits, the slow-consumer policy, and the
 //! waits for room and prerolls); `backlog` (what a joiner gets first: sticky packets, the
-//! latest-keyframe backlog, the preroll frame); `control` (the control thread: accept, hello,
+//! latest-keyframe backlog, the preroll frame); `joining` (what a frame with no ready consumer
+//! waits for: consumers in their hello or just connecting); `control` (the control thread: accept, hello,
 //! the poll loop, reading consumers); `release_grace` (the streaming thread reading releases
 //! itself for a while after a frame of a non-live stream); `stats` (counters).
 
@@ -18,6 +19,7 @@ mod admission;
 mod backlog;
 mod consumer;
 mod control;
+mod joining;
 mod policy;
 mod release_grace;
 mod stats;
@@ -25,6 +27,7 @@ mod stats;
 mod test_rig;
 
 pub use backlog::StickyKind;
+pub use joining::Joining;
 pub use policy::{Limits, PassThrough, PrerollWait, SlowPolicy, SyncMethod};
 pub use release_grace::RELEASE_GRACE_ENV;
 pub use stats::{ConsumerStats, HubStats};
@@ -63,6 +66,11 @@ pub enum HubEvent {
         buffer_id: u64,
         barriers: u32,
     },
+    /// For the logs at DEBUG, made only when [`Hub::set_log_level`] asked for them: files
+    /// registered, frames skipped, the slow policy's decisions.
+    Debug(String),
+    /// For the logs at LOG (per frame), likewise: each release.
+    Log(String),
     /// A consumer's upstream event, query or bus message, for the producer's pipeline. Sent
     /// outside the hub's lock; a query's answer goes back through [`Hub::reply`].
     Request {
@@ -70,6 +78,16 @@ pub enum HubEvent {
         pid: Option<i32>,
         request: Request,
     },
+}
+
+/// Which of the hub's log events ([`HubEvent::Debug`], [`HubEvent::Log`]) are made: their
+/// texts cost a format each, per frame for `Log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum HubLog {
+    Quiet = 0,
+    Debug = 1,
+    Log = 2,
 }
 
 /// Why a consumer was removed (the `client-removed` signal's reason is `kind()`).
@@ -273,6 +291,10 @@ pub struct Hub<H: Send + 'static, F: RetiredFiles = FileIds> {
     peers: Mutex<control::PeerGate>,
     /// How many connections are served (see `admission`).
     admission: Mutex<admission::Admission>,
+    /// Consumers on their way in, for a frame with none ready (see `joining`).
+    arrivals: joining::Arrivals,
+    /// Which log events are made (a `HubLog`).
+    log_level: std::sync::atomic::AtomicU8,
     on_event: Box<dyn Fn(HubEvent) + Send + Sync>,
 }
 
@@ -301,8 +323,21 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             release_grace_us: AtomicU64::new(release_grace::configured().as_micros() as u64),
             peers: Mutex::new(control::PeerGate::default()),
             admission: Mutex::new(admission::Admission::default()),
+            arrivals: joining::Arrivals::default(),
+            log_level: std::sync::atomic::AtomicU8::new(HubLog::Quiet as u8),
             on_event: Box::new(on_event),
         }))
+    }
+
+    /// Which log events to make from now on (the element asks for those its debug category
+    /// prints).
+    pub fn set_log_level(&self, level: HubLog) {
+        self.log_level.store(level as u8, Ordering::Relaxed);
+    }
+
+    /// Whether log events of `level` are made.
+    fn logs(&self, level: HubLog) -> bool {
+        self.log_level.load(Ordering::Relaxed) >= level as u8
     }
 
     /// The registry that gives files their ids, when fds are registered once.
@@ -565,7 +600,9 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                 .iter_mut()
                 .filter(|c| c.is_ready() && only.is_none_or(|ids| ids.contains(&c.id)))
             {
-                match self.offer(c, f, total_share, now, &mut dropped_queued) {
+                let (registered, queue_drops) = (c.files.len(), dropped_queued.len());
+                let outcome = self.offer(c, f, total_share, now, &mut dropped_queued);
+                match outcome {
                     Ok(Offer::Sent) => holders += 1,
                     Ok(Offer::Queued) => {
                         holders += 1;
@@ -574,7 +611,11 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                     Ok(Offer::Dropped) => dropped += 1,
                     Ok(Offer::NotYet) => {}
                     Ok(Offer::WantsCopy) => wants_copy.push(c.id),
-                    Err(reason) => removed.push((c.id, reason)),
+                    Err(ref reason) => removed.push((c.id, reason.clone())),
+                }
+                if self.logs(HubLog::Debug) {
+                    let made = &dropped_queued[queue_drops..];
+                    self.log_offer(c, f, &outcome, registered, made, &mut inner.deferred);
                 }
             }
             dropped += dropped_queued.len() as u64;
@@ -666,8 +707,8 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             HubEvent::ConsumerRemoved { id, reason }
         } else {
             HubEvent::Warning(format!(
-                "rejected connection {id} (pid {:?}): {reason}",
-                c.pid
+                "rejected connection {id}{}: {reason}",
+                c.pid.map_or_else(String::new, |p| format!(" (pid {p})"))
             ))
         });
     }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::consumer::{Consumer, HoldKind, WaitingFrame};
-use super::{Frame, Hub, Inner, Removal, RetiredFiles};
+use super::{Frame, Hub, HubEvent, HubLog, Inner, Removal, RetiredFiles};
 
 /// Buffers a consumer may hold and still be given frames once all together hold
 /// `max-held-total`: the frame on screen and the next, what a consumer that keeps up holds.
@@ -26,6 +26,19 @@ pub enum SlowPolicy {
     /// A consumer at `max-held` gets the frame as a copy in the memfd pool, so it loses
     /// nothing while upstream's pool loses at most `max-held` buffers to it.
     Copy,
+}
+
+impl SlowPolicy {
+    /// The `slow-policy` property's nick, for log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            SlowPolicy::Auto => "auto",
+            SlowPolicy::Drop => "drop",
+            SlowPolicy::Block => "block",
+            SlowPolicy::Disconnect => "disconnect",
+            SlowPolicy::Copy => "copy",
+        }
+    }
 }
 
 /// Where a new consumer's stream starts (multisocketsink's sync-method).
@@ -183,6 +196,49 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         Ok(Offer::Queued)
     }
 
+    /// The DEBUG lines about one consumer's share of `offer_frame`: what `outcome` was when it
+    /// was not sent (skipped, a copy, waiting for a keyframe), the queued frames dropped to
+    /// make way (`made_way`), and the files registered with it (it had `registered` before).
+    pub(super) fn log_offer(
+        &self,
+        c: &Consumer,
+        f: &Frame<'_>,
+        outcome: &Result<Offer, Removal>,
+        registered: usize,
+        made_way: &[u64],
+        events: &mut Vec<HubEvent>,
+    ) {
+        let (id, buffer) = (c.id, f.id);
+        let line = match outcome {
+            Ok(Offer::Dropped) => Some(format!(
+                "consumer {id}: buffer {buffer} skipped, it holds {} buffers (max-held {}; slow-policy {})",
+                c.held.len(),
+                self.limits.max_held,
+                self.limits.policy.name()
+            )),
+            Ok(Offer::WantsCopy) => Some(format!(
+                "consumer {id}: at max-held, buffer {buffer} goes to it as a copy (slow-policy copy)"
+            )),
+            Ok(Offer::NotYet) => Some(format!(
+                "consumer {id}: buffer {buffer} skipped, it waits for a keyframe (sync-method)"
+            )),
+            _ => None,
+        };
+        events.extend(line.map(HubEvent::Debug));
+        for old in made_way {
+            events.push(HubEvent::Debug(format!(
+                "consumer {id}: its socket is full with max-queued buffers waiting: the oldest, buffer {old}, makes way for buffer {buffer}"
+            )));
+        }
+        if c.files.len() > registered {
+            events.push(HubEvent::Debug(format!(
+                "consumer {id}: {} files registered with buffer {buffer} ({} in all)",
+                c.files.len() - registered,
+                c.files.len()
+            )));
+        }
+    }
+
     /// When all consumers together hold `max-held-total` buffers of upstream's memory: what a
     /// ready consumer may hold and still be given frames, [`SHARE_PAST_TOTAL`] or its share of
     /// the total if less (0 with more consumers than the total: none is). None below the
@@ -251,11 +307,23 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if bounded && left.is_zero() {
+                let log = self.logs(HubLog::Debug);
+                let mut stalled = Vec::new();
                 for c in inner.consumers.iter_mut() {
                     if c.is_ready() && at_limit(c, share) {
                         c.stalled = true;
+                        if log {
+                            stalled.push(HubEvent::Debug(format!(
+                                "consumer {}: still full after {} ms (it holds {} buffers, {} queued): slow-policy auto stops waiting for it until it releases one",
+                                c.id,
+                                self.limits.slow_wait.as_millis(),
+                                c.originals_held,
+                                c.queued_buffers
+                            )));
+                        }
                     }
                 }
+                inner.deferred.append(&mut stalled);
                 return true;
             }
             let wait = if bounded {

@@ -169,3 +169,20 @@ fn listener_replaces_stale_socket_but_not_live_or_foreign_files() {
     drop(stream);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn binding_in_a_missing_directory_names_the_directory_and_what_to_do() {
+    let dir = std::env::temp_dir().join(format!("fdlink-t-nodir-{}", std::process::id()));
+    let path = dir.join("missing").join("s.sock");
+    let err = Listener::bind(&path).unwrap_err();
+    assert!(matches!(err, TransportError::CannotCreate { .. }), "{err}");
+    let text = err.to_string();
+    assert_eq!(
+        text,
+        format!(
+            "cannot create socket {}: directory {} does not exist: create it or set socket-path to a writable directory",
+            path.display(),
+            dir.join("missing").display()
+        )
+    );
+}

@@ -28,6 +28,9 @@
 //!   change meanwhile (`overwritten` line if it did).
 //! - `--pattern`: check each buffer is filled with `offset % 251` (see produce-pattern).
 //! - `--stats-every MS`: print the fdlink element's `stats` every MS ms.
+//! - `--summary`: after each `stats` line, one a person reads: `fdlink producer: 60.0 fps,
+//!   zero-copy 100%, held 3, dropped 0, consumers 1` or `fdlink consumer: 60.0 fps, zero-copy
+//!   100%, queued 0, dropped 0, latency p50 84 µs p99 210 µs` (fps since the previous line).
 //! - `--seconds S`: send EOS after S seconds.
 //! - `--wait-clients N`: keep the pipeline in PAUSED until the fdlinksink has N consumers.
 //! - `--wait-clients-gone`: after EOS, wait (up to 10 s) until the fdlinksink has no consumer
@@ -102,7 +105,7 @@ use crate::run::launch;
 fn usage() -> ! {
     eprintln!(
         "usage: fdlink-peer demo [--frames N] [--size WxH] [--copy]\n\
-         \x20      fdlink-peer produce|consume [--frames-log] [--slow-ms N] [--pattern] [--stats-every MS] [--seconds S] PIPELINE...\n\
+         \x20      fdlink-peer produce|consume [--frames-log] [--slow-ms N] [--pattern] [--stats-every MS [--summary]] [--seconds S] PIPELINE...\n\
          \x20      fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--pool-min N] [--size WxH]"
     );
     std::process::exit(2)
@@ -175,6 +178,7 @@ fn parse_opts(args: &[String]) -> Opts {
             "--copy" => o.copy = true,
             "--slow-ms" => o.slow_ms = num(it.next()),
             "--stats-every" => o.stats_every_ms = num(it.next()),
+            "--summary" => report::SUMMARY.store(true, std::sync::atomic::Ordering::Relaxed),
             "--frames" => o.frames = num(it.next()),
             "--pool-max" => o.pool_max = num(it.next()) as u32,
             "--pool-min" => o.pool_min = num(it.next()) as u32,
