@@ -17,11 +17,10 @@ cargo test --locked --workspace
 
 # Coverage-guided fuzzing, 30 s a target (fuzz/run.sh; the 10M-input campaign is
 # `fuzz/run.sh --runs 10000000`). Needs the nightly toolchain; cargo-fuzz is installed if
-# missing. structure_text runs without reading rebuilt events and queries back through
-# GStreamer (FDLINK_FUZZ_READ_BACK=0) until src/control.rs checks their fields.
+# missing.
 if rustup run nightly cargo --version >/dev/null 2>&1; then
   command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked -q cargo-fuzz
-  FDLINK_FUZZ_READ_BACK=0 fuzz/run.sh 30
+  fuzz/run.sh 30
 else
   echo "test.sh: no nightly toolchain: the fuzz targets were NOT run (rustup toolchain install nightly; fuzz/run.sh 30)"
 fi

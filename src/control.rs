@@ -81,6 +81,12 @@ pub fn query_to_packet(id: u32, query: &gst::QueryRef) -> QueryPacket {
 /// Rebuilds a query from a packet; None when its structure does not parse.
 pub fn query_from_packet(p: &QueryPacket) -> Option<gst::Query> {
     let structure = structure_from_peer(&p.structure)?;
+    // SAFETY: from_glib maps unknown values to QueryType::__Unknown, which does not fit.
+    let query_type = unsafe { gst::QueryType::from_glib(p.query_type as gst::ffi::GstQueryType) };
+    if let Err(e) = crate::peer_fields::query_fits(query_type, Some(&structure)) {
+        gst::warning!(CAT, "{e}");
+        return None;
+    }
     // SAFETY: gst_query_new_custom takes ownership of the structure and returns a new query
     // (or NULL, which from_glib_full turns into None through Option).
     unsafe {
@@ -99,6 +105,17 @@ pub fn apply_reply(query: &mut gst::QueryRef, reply: &QueryReplyPacket) -> bool 
     let Some(answer) = structure_from_peer(&reply.structure) else {
         return false;
     };
+    // The answer goes in only if the query still has the fields of its type after it.
+    let mut merged = query.structure().map(|s| s.to_owned());
+    if let Some(m) = merged.as_mut() {
+        for (name, value) in answer.iter() {
+            m.set_value(name, value.clone());
+        }
+    }
+    if let Err(e) = crate::peer_fields::query_fits(query.type_(), merged.as_deref()) {
+        gst::warning!(CAT, "answer refused: {e}");
+        return false;
+    }
     let s = query.structure_mut();
     for (name, value) in answer.iter() {
         s.set_value(name, value.clone());
@@ -125,6 +142,12 @@ pub fn event_from_packet(p: &EventPacket) -> Option<gst::Event> {
     } else {
         Some(structure_from_peer(&p.structure)?)
     };
+    // SAFETY: from_glib maps unknown values to EventType::__Unknown, which does not fit.
+    let event_type = unsafe { gst::EventType::from_glib(p.event_type as i32) };
+    if let Err(e) = crate::peer_fields::event_fits(event_type, structure.as_deref()) {
+        gst::warning!(CAT, "{e}");
+        return None;
+    }
     let ptr = structure.map_or(std::ptr::null_mut(), |s| s.into_glib_ptr());
     // SAFETY: gst_event_new_custom takes ownership of the structure (or NULL) and returns a
     // new event, or NULL.

@@ -16,6 +16,7 @@ mod fdlinksrc;
 pub mod memory;
 pub mod metas;
 mod peer_access;
+pub mod peer_fields;
 pub mod session;
 pub mod stats_interval;
 pub mod wire_event;

@@ -16,6 +16,7 @@ mod imp;
 mod negotiation;
 mod properties;
 mod requests;
+mod seeks;
 mod send;
 mod serve;
 mod skips;

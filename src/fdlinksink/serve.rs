@@ -155,7 +155,7 @@ impl Server {
                 let ty = event.type_();
                 let sink = element.clone();
                 if let Err(e) = self.requests.submit(id, move || {
-                    sink.sink_pad().push_event(event);
+                    super::seeks::push_upstream(sink.sink_pad().upcast_ref(), event);
                 }) {
                     gst::warning!(
                         CAT,

@@ -371,3 +371,74 @@ fn consumer_answers_a_30_level_query_without_growing_it() {
     let status = c.wait(T);
     assert!(status.code().is_some(), "consumer died: {status}");
 }
+
+/// Queries and events of GStreamer's own types without the fields their parse functions read
+/// (found by the structure_text fuzzer): an allocation query whose `pool` is not an array
+/// (libgstreamer crashed reading it), a context query without its type, a stream-start without
+/// its id. The producer refuses each (the query is answered false), lives, and keeps streaming.
+#[test]
+fn producer_refuses_hollow_gstreamer_types() {
+    init_gst();
+    let dir = TempDir::new("hollow-prod");
+    let sock = dir.socket();
+    let mut producer = live_producer(&sock);
+    producer
+        .wait_stats(T, |s| field(s, "frames-in") >= 3)
+        .expect("producer streams");
+    let typed = |query_type: gst::ffi::GstQueryType, structure: &str| QueryPacket {
+        id: 9,
+        query_type: query_type as u32,
+        structure: structure.into(),
+    };
+    for (what, q) in [
+        (
+            "allocation query, pool not an array",
+            typed(
+                gst::ffi::GST_QUERY_ALLOCATION,
+                "GstQueryAllocation, need-pool=(boolean)true, pool=(int)5;",
+            ),
+        ),
+        (
+            "context query without its type",
+            typed(gst::ffi::GST_QUERY_CONTEXT, "GstQueryContext;"),
+        ),
+        (
+            "duration query with a string format",
+            typed(
+                gst::ffi::GST_QUERY_DURATION,
+                "GstQueryDuration, format=(string)time, duration=(gint64)5;",
+            ),
+        ),
+    ] {
+        let answers = fake_consumer(&sock, &Packet::Query(q));
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(status) = producer.child.try_wait().unwrap() {
+            panic!("{what}: producer died ({status}): {}", producer.errors());
+        }
+        let reply = answers
+            .replies
+            .first()
+            .unwrap_or_else(|| panic!("{what}: no reply: {answers:?}"));
+        assert!(!reply.answered, "{what}: answered {reply:?}");
+    }
+    let stream_start = Packet::UpstreamEvent(EventPacket {
+        event_type: event_code(gst::EventType::StreamStart),
+        seqnum: 1,
+        structure: "GstEventStreamStart;".into(),
+    });
+    fake_consumer(&sock, &stream_start);
+    let before = producer
+        .latest_stats()
+        .map_or(0, |s| field(&s, "frames-in"));
+    producer
+        .wait_stats(T, |s| field(s, "frames-in") > before + 5)
+        .expect("the producer streams on");
+    assert!(
+        producer.child.try_wait().unwrap().is_none(),
+        "producer died"
+    );
+}
+
+fn event_code(t: gst::EventType) -> u32 {
+    gstfdlink::wire_event::event_type_code(t)
+}

@@ -74,6 +74,10 @@ pub enum DecodeError {
     InvalidUtf8 {
         what: &'static str,
     },
+    /// A text with a NUL byte.
+    NulInText {
+        what: &'static str,
+    },
     /// Reserved bytes must be zero, so a later version can give them a meaning.
     NonZeroReserved {
         what: &'static str,
@@ -133,6 +137,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "memory window offset {offset} + size {size} overflows")
             }
             InvalidUtf8 { what } => write!(f, "{what} is not valid UTF-8"),
+            NulInText { what } => write!(f, "{what} contains a NUL byte"),
             NonZeroReserved { what } => write!(f, "{what} has nonzero reserved bytes"),
             StructureLimit { what, error } => write!(f, "{what} packet refused: {error}"),
             BadMetas { reason } => write!(f, "buffer metas malformed: {reason}"),

@@ -554,6 +554,15 @@ mod tests {
     }
 
     #[test]
+    fn strings_must_have_no_nul() {
+        let t = encoded(&Packet::<i32>::Caps("video/x-raw\0, width=(int)1".into()));
+        assert_eq!(
+            Packet::<i32>::decode(&t, smallvec![]),
+            Err(DecodeError::NulInText { what: "caps" })
+        );
+    }
+
+    #[test]
     fn strings_must_be_utf8() {
         let mut t = encoded(&Packet::<i32>::Caps("ab".into()));
         t[HEADER_SIZE] = 0xff;

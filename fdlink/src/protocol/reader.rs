@@ -95,18 +95,14 @@ impl<'a> Reader<'a> {
         self.need(n)?;
         let bytes = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::InvalidUtf8 { what: self.what })
+        text(bytes, self.what)
     }
 
     /// The rest of the datagram as UTF-8.
     pub(super) fn string(&mut self) -> Result<String, DecodeError> {
         let rest = &self.bytes[self.pos..];
         self.pos = self.bytes.len();
-        std::str::from_utf8(rest)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::InvalidUtf8 { what: self.what })
+        text(rest, self.what)
     }
 
     pub(super) fn finish(&self) -> Result<(), DecodeError> {
@@ -118,4 +114,14 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
+}
+
+/// `bytes` as text: UTF-8 without NUL (GLib cuts a C string there, and its Rust bindings panic
+/// on one in debug builds).
+fn text(bytes: &[u8], what: &'static str) -> Result<String, DecodeError> {
+    let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8 { what })?;
+    if s.contains('\0') {
+        return Err(DecodeError::NulInText { what });
+    }
+    Ok(s.to_owned())
 }
