@@ -2,8 +2,9 @@
 //! strided frames, a hardware decoder's, cross zero-copy), and a producer's source then adds
 //! one even where a downstream in one process, without VideoMeta support, would have been
 //! given plain frames. This side asks its own downstream (an allocation query at each caps)
-//! and, where it has no VideoMeta support, gives it what it would have had: the meta removed
-//! when the layout is the caps' default, and otherwise the frame copied into that layout.
+//! and, where it answers without VideoMeta support, gives it what it would have had: the meta
+//! removed when the layout is the caps' default, and otherwise the frame copied into that
+//! layout. A downstream that does not answer (fakesink) is given frames as they are.
 
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -32,11 +33,13 @@ impl FdlinkSrc {
             .then(|| gst_video::VideoInfo::from_caps(caps).ok())
             .flatten();
         let mut query = gst::query::Allocation::new(Some(caps), false);
+        // A downstream that does not answer (fakesink, say) reads no layout either: only one
+        // that answers without VideoMeta gets the default layout.
         let video_meta = info.is_none()
-            || (self.obj().src_pad().peer_query(&mut query)
-                && query
-                    .find_allocation_meta::<gst_video::VideoMeta>()
-                    .is_some());
+            || !self.obj().src_pad().peer_query(&mut query)
+            || query
+                .find_allocation_meta::<gst_video::VideoMeta>()
+                .is_some();
         gst::debug!(
             CAT,
             imp = self,

@@ -411,13 +411,22 @@ fn gray_frame(stride: usize) -> gst::Buffer {
     buffer
 }
 
-/// A downstream without GstVideoMeta support (appsink) gets frames it can read from the caps
-/// alone: a default layout without the meta (as one process would have given it), a padded
-/// one copied into the default layout.
+/// A downstream that answers the allocation query without GstVideoMeta support gets frames
+/// it can read from the caps alone: a default layout without the meta (as one process would
+/// have given it), a padded one copied into the default layout. (appsink answers no
+/// allocation query; its pad here answers one, without metas.)
 #[test]
 fn a_downstream_without_video_meta_gets_the_default_layout() {
     init();
     let (service, client, _dir) = appsrc_to_appsink("unixfd-layout", "format=time");
+    let appsink: gst::Element = by_name(&client, "sink");
+    appsink.static_pad("sink").unwrap().add_probe(
+        gst::PadProbeType::QUERY_DOWNSTREAM,
+        |_, info| match info.query().map(|q| q.type_()) {
+            Some(gst::QueryType::Allocation) => gst::PadProbeReturn::Handled,
+            _ => gst::PadProbeReturn::Ok,
+        },
+    );
     let appsrc: gst_app::AppSrc = by_name(&service, "src");
     appsrc.set_caps(Some(
         &"video/x-raw,format=GRAY8,width=4,height=2,framerate=30/1"
