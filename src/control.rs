@@ -19,9 +19,9 @@ use gst::prelude::*;
 
 use std::sync::LazyLock;
 
+use crate::peer_names::{parse_from_peer, quark_from_peer};
 use crate::wire_event::serializable_structure;
 use fdlink::protocol::{self, EventPacket, MessagePacket, QueryPacket, QueryReplyPacket};
-use fdlink::structure_limits::check_structure_text;
 use gst::glib;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -34,17 +34,19 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 /// A structure text from the peer, parsed if it is within the limits and parses.
 fn structure_from_peer(text: &str) -> Option<gst::Structure> {
-    if let Err(e) = check_structure_text(text) {
-        gst::warning!(CAT, "not parsing a structure from the peer: {e}");
-        return None;
+    match parse_from_peer(text, str::parse) {
+        Ok(parsed) => parsed.ok(),
+        Err(e) => {
+            gst::warning!(CAT, "not parsing a structure from the peer: {e}");
+            None
+        }
     }
-    text.parse().ok()
 }
 
 /// Caps text from the peer, parsed; the error names why not (past the limits, or unparsable).
 pub fn caps_from_peer(text: &str) -> Result<gst::Caps, String> {
-    check_structure_text(text).map_err(|e| format!("caps refused: {e}"))?;
-    text.parse()
+    parse_from_peer(text, str::parse::<gst::Caps>)
+        .map_err(|e| format!("caps refused: {e}"))?
         .map_err(|_| format!("unparsable caps {text:?}"))
 }
 
@@ -329,13 +331,19 @@ pub fn message_from_packet(
     })
 }
 
-/// A GError in the domain named `domain` (GStreamer's own domains keep their meaning).
+/// A GError in the domain named `domain` (GStreamer's own domains keep their meaning); in
+/// GStreamer's stream error domain if `domain` is empty, or is a name new to this process
+/// past the limit on names from peers.
 fn new_error(domain: &str, code: i32, message: &str) -> glib::Error {
-    let quark = glib::Quark::from_str(if domain.is_empty() {
-        "gst-stream-error-quark"
+    let stream_errors = || glib::Quark::from_str("gst-stream-error-quark");
+    let quark = if domain.is_empty() {
+        stream_errors()
     } else {
-        domain
-    });
+        quark_from_peer(domain).unwrap_or_else(|e| {
+            gst::warning!(CAT, "error domain {domain:?} from the peer not kept: {e}");
+            stream_errors()
+        })
+    };
     let message = std::ffi::CString::new(message.replace('\0', " ")).unwrap_or_default();
     // SAFETY: g_error_new_literal copies the message and returns a new GError we own.
     unsafe {

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod metas;
 mod peer_access;
 pub mod peer_fields;
+pub mod peer_names;
 pub mod session;
 pub mod stats_interval;
 pub mod wire_event;

@@ -399,11 +399,8 @@ pub fn decode(p: &EventPacket) -> Result<WireEvent, String> {
     let ty = unsafe { gst::EventType::from_glib(p.event_type as i32) };
     Ok(match ty {
         gst::EventType::Segment => {
-            check_structure_text(&p.structure)
-                .map_err(|e| format!("segment event refused: {e}"))?;
-            let s = p
-                .structure
-                .parse::<gst::Structure>()
+            let s = crate::peer_names::parse_from_peer(&p.structure, str::parse::<gst::Structure>)
+                .map_err(|e| format!("segment event refused: {e}"))?
                 .map_err(|e| format!("unparsable segment event {:?}: {e}", p.structure))?;
             WireEvent::Segment(
                 s.get::<gst::Segment>("segment")

@@ -50,16 +50,33 @@ impl std::error::Error for StructureLimitError {}
 /// Checks a structure (or caps) text against the limits. Any text may be given: one that is
 /// not a structure at all passes or fails by the same rules, and never panics.
 pub fn check_structure_text(text: &str) -> Result<(), StructureLimitError> {
+    interned_names(text).map(|_| ())
+}
+
+/// Checks a structure (or caps) text against the limits, and lists the names in it that
+/// GStreamer's parser interns as GQuarks, which GLib keeps for the life of the process:
+/// structure names, field names, caps features, and the first word of every quoted string
+/// (where a nested structure's name, or a GError's domain, stands). The list may hold words
+/// that are no names (a quoted string's first word, a word before `=` inside a string), never
+/// misses one, and repeats a name as often as it occurs.
+pub fn interned_names(text: &str) -> Result<Vec<Vec<u8>>, StructureLimitError> {
     if text.len() > MAX_STRUCTURE_TEXT_SIZE {
         return Err(StructureLimitError::TooLarge { size: text.len() });
     }
-    scan(text.as_bytes(), 0)
+    let mut names = Vec::new();
+    scan(text.as_bytes(), 0, &mut names)?;
+    Ok(names)
 }
 
-/// Scans `text` starting `base` levels deep. GStreamer reads its texts as C strings: a NUL
-/// ends them.
-fn scan(text: &[u8], base: usize) -> Result<(), StructureLimitError> {
+/// Scans `text` starting `base` levels deep, adding the names in it to `names`. GStreamer
+/// reads its texts as C strings: a NUL ends them.
+fn scan(text: &[u8], base: usize, names: &mut Vec<Vec<u8>>) -> Result<(), StructureLimitError> {
     let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
+    // Where a structure's name may stand: at the start, after `;` (caps) and after `[` (a
+    // nested structure in brackets).
+    let mut name_may_follow = true;
+    // The level of the parentheses holding caps features, right after a structure's name.
+    let mut features_level = None;
     // The open brackets, to close a level only on its own closing bracket: a stray one never
     // lowers the count.
     let mut open: Vec<u8> = Vec::new();
@@ -76,6 +93,11 @@ fn scan(text: &[u8], base: usize) -> Result<(), StructureLimitError> {
             c @ (b'[' | b'{' | b'<' | b'(') => {
                 deeper(&open)?;
                 open.push(c);
+                name_may_follow = c == b'[';
+                i += 1;
+            }
+            b';' => {
+                name_may_follow = true;
                 i += 1;
             }
             c @ (b']' | b'}' | b'>' | b')') => {
@@ -88,12 +110,17 @@ fn scan(text: &[u8], base: usize) -> Result<(), StructureLimitError> {
                 if open.last() == Some(&opener) {
                     open.pop();
                 }
+                if features_level.is_some_and(|level| level > open.len()) {
+                    features_level = None;
+                }
+                name_may_follow = false;
                 i += 1;
             }
             b'"' => {
                 let depth = deeper(&open)?;
                 let (content, next) = unquote(text, i + 1);
-                scan(&content, depth)?;
+                scan(&content, depth, names)?;
+                name_may_follow = false;
                 i = next;
             }
             c if is_simple(c) => {
@@ -101,9 +128,28 @@ fn scan(text: &[u8], base: usize) -> Result<(), StructureLimitError> {
                 while i < text.len() && is_simple(text[i]) {
                     i += 1;
                 }
-                scan_sample(&text[start..i], base + open.len())?;
+                let token = &text[start..i];
+                let before_equals = text[i..]
+                    .iter()
+                    .find(|c| !c.is_ascii_whitespace())
+                    .is_some_and(|&c| c == b'=');
+                if name_may_follow && token[0].is_ascii_alphabetic() {
+                    names.push(token.to_vec());
+                    if text.get(i) == Some(&b'(') {
+                        features_level = Some(open.len() + 1);
+                    }
+                } else if before_equals || features_level == Some(open.len()) {
+                    names.push(token.to_vec());
+                }
+                name_may_follow = false;
+                scan_sample(token, base + open.len(), names)?;
             }
-            _ => i += 1,
+            c => {
+                if !c.is_ascii_whitespace() {
+                    name_may_follow = false;
+                }
+                i += 1;
+            }
         }
     }
     Ok(())
@@ -151,7 +197,11 @@ fn unquote(text: &[u8], start: usize) -> (Vec<u8>, usize) {
 /// A GstSample value (`hex:caps:segment:info`) hides caps and structures in base64, which
 /// GStreamer decodes and parses: an unquoted token of four `:`-separated parts has its last
 /// three decoded as `gst_value_deserialize_sample` does and scanned one level deeper.
-fn scan_sample(token: &[u8], depth: usize) -> Result<(), StructureLimitError> {
+fn scan_sample(
+    token: &[u8],
+    depth: usize,
+    names: &mut Vec<Vec<u8>>,
+) -> Result<(), StructureLimitError> {
     if token.iter().filter(|&&c| c == b':').count() != 3 {
         return Ok(());
     }
@@ -164,7 +214,7 @@ fn scan_sample(token: &[u8], depth: usize) -> Result<(), StructureLimitError> {
         if depth + 1 > MAX_STRUCTURE_DEPTH {
             return Err(StructureLimitError::TooDeep);
         }
-        scan(&decode_inplace(part), depth + 1)?;
+        scan(&decode_inplace(part), depth + 1, names)?;
     }
     Ok(())
 }

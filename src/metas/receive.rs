@@ -6,7 +6,6 @@ use gst::glib;
 
 use fdlink::fdkind::ImportError;
 use fdlink::protocol::{MAX_METAS_SIZE, MetaEntry};
-use fdlink::structure_limits::check_structure_text;
 
 use super::*;
 
@@ -98,8 +97,8 @@ impl<'a> In<'a> {
 
 /// A structure text from the peer, checked against the limits and parsed.
 fn structure_from_peer(text: &str, what: &str) -> Result<gst::Structure, String> {
-    check_structure_text(text).map_err(|e| format!("{what} meta refused: {e}"))?;
-    text.parse()
+    crate::peer_names::parse_from_peer(text, str::parse)
+        .map_err(|e| format!("{what} meta refused: {e}"))?
         .map_err(|_| format!("{what} meta has an unparsable structure {text:?}"))
 }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use common::*;
@@ -98,11 +98,7 @@ fn a_producer_waiting_for_its_consumer_gives_it_the_first_frame() {
 /// `fdlink-peer ARGS` with `fd` as its fd [`INHERITED_FD`].
 fn spawn_inheriting(fd: &Connection, args: &[&str]) -> Peer {
     let raw = fd.as_fd().as_raw_fd();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fdlink-peer"));
-    cmd.args(args)
-        .env("GST_REGISTRY_FORK", "no")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = Peer::command(args);
     // SAFETY: dup2 and fcntl are async-signal-safe, as a forked child of a threaded process
     // needs; the copy dup2 makes is not close-on-exec, the original (close-on-exec) closes at
     // exec.
@@ -120,14 +116,7 @@ fn spawn_inheriting(fd: &Connection, args: &[&str]) -> Peer {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("spawn fdlink-peer");
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    Peer {
-        child,
-        stdout,
-        stderr,
-    }
+    Peer::from_child(cmd.spawn().expect("spawn fdlink-peer"))
 }
 
 #[test]

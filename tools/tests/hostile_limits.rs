@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,12 +26,8 @@ const T: Duration = Duration::from_secs(30);
 /// Spawns `fdlink-peer` with `args`, its RLIMIT_NOFILE set to `nofile` (soft and hard) when
 /// given, and `env` added to its environment.
 fn spawn_peer(args: &[&str], nofile: Option<u64>, env: &[(&str, &str)]) -> Peer {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fdlink-peer"));
-    cmd.args(args)
-        .env("GST_REGISTRY_FORK", "no")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = Peer::command(args);
+    cmd.envs(env.iter().copied());
     if let Some(n) = nofile {
         // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
         // which is async-signal-safe; it allocates nothing.
@@ -48,14 +44,7 @@ fn spawn_peer(args: &[&str], nofile: Option<u64>, env: &[(&str, &str)]) -> Peer 
             });
         }
     }
-    let mut child = cmd.spawn().expect("spawn fdlink-peer");
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    Peer {
-        child,
-        stdout,
-        stderr,
-    }
+    Peer::from_child(cmd.spawn().expect("spawn fdlink-peer"))
 }
 
 /// Resident memory of a live process, in bytes; the test fails with its stderr if it died.

@@ -59,7 +59,7 @@ fn spawn(
     // A copy just written may still be open for writing in a child another test thread forked
     // meanwhile, until that child execs: exec then fails with ETXTBSY for a moment.
     let mut tries = 0;
-    let mut child = loop {
+    let child = loop {
         match cmd.spawn() {
             Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
                 tries += 1;
@@ -68,13 +68,7 @@ fn spawn(
             spawned => break spawned.expect("spawn fdlink-peer"),
         }
     };
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    Peer {
-        child,
-        stdout,
-        stderr,
-    }
+    Peer::from_child(child)
 }
 
 /// The fdlink-peer binary, or for another uid a copy of it in `dir`: the build's target

@@ -75,13 +75,22 @@ fn wait_for_line(
 
 impl Peer {
     pub fn spawn(args: &[&str]) -> Peer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fdlink-peer"))
-            .args(args)
+        Peer::from_child(Peer::command(args).spawn().expect("spawn fdlink-peer"))
+    }
+
+    /// The command [`Peer::spawn`] runs, for a test that adds to it (environment, limits,
+    /// inherited fds) before [`Peer::from_child`].
+    pub fn command(args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fdlink-peer"));
+        cmd.args(args)
             .env("GST_REGISTRY_FORK", "no")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn fdlink-peer");
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// A spawned [`Peer::command`], its output collected.
+    pub fn from_child(mut child: Child) -> Peer {
         let stdout = collect(child.stdout.take().unwrap());
         let stderr = collect(child.stderr.take().unwrap());
         Peer {
