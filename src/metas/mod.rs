@@ -3,8 +3,8 @@
 //! GStreamer 1.22 has no generic meta serialization, so each kind that crosses is written here
 //! by hand: custom metas (their structure as text, with top-level GstBuffer and GBytes fields
 //! as raw bytes, so a 1 MB payload costs 1 MB and not 2 MB of hex that the structure limits
-//! would refuse anyway), audio clipping, SEI user data unregistered, region of interest, time
-//! code, reference timestamp and closed caption. VideoMeta is the header's video layout.
+//! would refuse anyway), audio clipping, audio (GstAudioMeta), SEI user data unregistered,
+//! region of interest, time code, reference timestamp and closed caption. VideoMeta is the header's video layout.
 //! With the `v1_24` feature every other meta that has a serialize function crosses through
 //! `gst_meta_serialize` / `gst_meta_deserialize`, as unixfd carries them. The rest are
 //! dropped, with a debug line once per meta type.
@@ -47,6 +47,8 @@ pub const KIND_TIME_CODE: u16 = 5;
 pub const KIND_REFERENCE_TIMESTAMP: u16 = 6;
 /// GstVideoCaptionMeta: caption type, data.
 pub const KIND_CAPTION: u16 = 7;
+/// GstAudioMeta: audio info as caps, samples, channel plane offsets.
+pub const KIND_AUDIO: u16 = 8;
 /// Any meta, as `gst_meta_serialize` writes it (GStreamer >= 1.24 on both sides).
 pub const KIND_GST_SERIALIZED: u16 = 64;
 
@@ -203,6 +205,21 @@ fn entry_of(meta: &gst::MetaRef<'_, gst::Meta>) -> Option<MetaEntry> {
         out.u64(m.start);
         out.u64(m.end);
         KIND_AUDIO_CLIPPING
+    } else if api == audio::audio_meta_api() {
+        let f = match audio::fields_of(meta) {
+            Ok(f) => f,
+            Err(why) => {
+                report_dropped_once("GstAudioMeta", &why);
+                return None;
+            }
+        };
+        out.bytes(caps_text(&f.caps).as_bytes());
+        out.u64(f.samples as u64);
+        out.u32(f.offsets.len() as u32);
+        for o in f.offsets {
+            out.u64(o as u64);
+        }
+        KIND_AUDIO
     } else if let Some(m) =
         meta.downcast_ref::<gst_video::video_meta::VideoSeiUserDataUnregisteredMeta>()
     {
@@ -283,8 +300,8 @@ fn serialized_entry(meta: &gst::MetaRef<'_, gst::Meta>) -> Option<MetaEntry> {
 fn serialized_entry(meta: &gst::MetaRef<'_, gst::Meta>) -> Option<MetaEntry> {
     report_dropped_once(
         meta.api().name(),
-        "fdlink built for GStreamer 1.22 carries custom, audio clipping, SEI, region of \
-         interest, time code, reference timestamp and caption metas",
+        "fdlink built for GStreamer 1.22 carries custom, audio clipping, audio, SEI, region \
+         of interest, time code, reference timestamp and caption metas",
     );
     None
 }
@@ -354,6 +371,9 @@ pub fn metas_memfd(encoded: &[u8]) -> std::io::Result<OwnedFd> {
     )?;
     Ok(fd)
 }
+
+mod audio;
+pub use audio::{AudioMetaFields, MAX_AUDIO_CHANNELS, add_audio_meta, audio_meta, audio_meta_api};
 
 mod receive;
 pub use receive::{attach, read_metas_memfd};

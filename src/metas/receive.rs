@@ -234,6 +234,7 @@ fn attach_one(buffer: &mut gst::BufferRef, e: &MetaEntry) -> Result<(), String> 
             gst_video::VideoCaptionMeta::add(buffer, ty, data);
             Ok(())
         }
+        KIND_AUDIO => attach_audio(buffer, &e.bytes),
         KIND_GST_SERIALIZED => attach_serialized(buffer, &e.bytes),
         other => {
             report_dropped_once(
@@ -243,6 +244,34 @@ fn attach_one(buffer: &mut gst::BufferRef, e: &MetaEntry) -> Result<(), String> 
             Ok(())
         }
     }
+}
+
+/// A GstAudioMeta: caps text, u64 samples, u32 count of offsets (0 or the channels, at most
+/// [`MAX_AUDIO_CHANNELS`]), u64 each; every value checked before it is added.
+fn attach_audio(buffer: &mut gst::BufferRef, bytes: &[u8]) -> Result<(), String> {
+    let mut r = In {
+        b: bytes,
+        what: "audio",
+    };
+    let caps = crate::control::caps_from_peer(r.str()?).map_err(|e| format!("audio meta: {e}"))?;
+    let samples = r.u64()?;
+    let n = r.u32()? as usize;
+    if n > MAX_AUDIO_CHANNELS {
+        return Err(format!(
+            "audio meta has {n} offsets, past the limit of {MAX_AUDIO_CHANNELS}"
+        ));
+    }
+    let mut offsets = Vec::with_capacity(n);
+    for i in 0..n {
+        let o = r.u64()?;
+        offsets.push(
+            usize::try_from(o).map_err(|_| format!("audio meta offsets[{i}] {o} too large"))?,
+        );
+    }
+    r.finish()?;
+    let samples =
+        usize::try_from(samples).map_err(|_| format!("audio meta samples {samples} too large"))?;
+    add_audio_meta(buffer, &caps, samples, &offsets)
 }
 
 #[cfg(feature = "v1_24")]

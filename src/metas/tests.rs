@@ -110,3 +110,133 @@ fn custom_names_registered_for_peers_are_bounded() {
     )])
     .unwrap();
 }
+
+fn audio_caps(layout: &str, channels: i32) -> gst::Caps {
+    format!(
+        "audio/x-raw, format=S16LE, layout={layout}, rate=8000, channels={channels}, \
+         channel-mask=(bitmask)0x0"
+    )
+    .parse()
+    .unwrap()
+}
+
+fn audio_entry(caps: &str, samples: u64, offsets: &[u64]) -> MetaEntry {
+    let mut out = Out::default();
+    out.bytes(caps.as_bytes());
+    out.u64(samples);
+    out.u32(offsets.len() as u32);
+    for &o in offsets {
+        out.u64(o);
+    }
+    MetaEntry {
+        kind: KIND_AUDIO,
+        bytes: out.0,
+    }
+}
+
+fn attach_to_sized(size: usize, entries: &[MetaEntry]) -> Result<gst::Buffer, String> {
+    let mut buffer = gst::Buffer::with_size(size).unwrap();
+    attach(buffer.get_mut().unwrap(), entries)?;
+    Ok(buffer)
+}
+
+#[test]
+fn audio_metas_cross_with_their_info_samples_and_offsets() {
+    gst::init().unwrap();
+    let element = gst::ElementFactory::make("identity").build().unwrap();
+    let stereo: gst::Caps = "audio/x-raw, format=S16LE, layout=non-interleaved, rate=8000, \
+                             channels=2, channel-mask=(bitmask)0x3"
+        .parse()
+        .unwrap();
+    let cases = [
+        // Planes in reverse order, 80 of 100 samples valid: nothing a default would give.
+        (stereo.clone(), 80, vec![200, 0]),
+        // No offsets given: the planes one after another.
+        (stereo, 100, vec![]),
+        (audio_caps("non-interleaved", 4), 50, vec![]),
+        (audio_caps("interleaved", 2), 90, vec![]),
+    ];
+    for (caps, samples, offsets) in cases {
+        let mut producer = gst::Buffer::with_size(400).unwrap();
+        add_audio_meta(producer.get_mut().unwrap(), &caps, samples, &offsets).unwrap();
+        let sent = audio_meta(&producer).unwrap();
+        let entries = collect(&element, &producer);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].kind, KIND_AUDIO);
+        let consumer = attach_to_sized(400, &entries).unwrap();
+        let got = audio_meta(&consumer).unwrap();
+        assert_eq!(got, sent, "{caps}");
+        assert_eq!(got.samples, samples);
+        if !offsets.is_empty() {
+            assert_eq!(got.offsets, offsets);
+        }
+    }
+}
+
+#[test]
+fn audio_metas_from_a_peer_are_checked_naming_the_field() {
+    gst::init().unwrap();
+    let ni = "audio/x-raw, format=S16LE, layout=non-interleaved, rate=8000, channels=2, \
+              channel-mask=(bitmask)0x3";
+    let il = "audio/x-raw, format=S16LE, layout=interleaved, rate=8000, channels=2, \
+              channel-mask=(bitmask)0x3";
+    let many = (0..65).collect::<Vec<u64>>();
+    let cases = [
+        (audio_entry(ni, 100, &[0, 300]), "offsets[1] 300"),
+        (audio_entry(ni, 100, &[0, 100]), "overlaps offsets[0]"),
+        (
+            audio_entry(ni, 10, &[0, 20, 40]),
+            "3 offsets for 2 channels",
+        ),
+        (audio_entry(ni, 101, &[]), "samples 101 pass"),
+        (audio_entry(ni, u64::MAX, &[]), "overflow"),
+        (audio_entry(ni, u64::MAX / 2 + 1, &[0, 8]), "overflow"),
+        (
+            audio_entry(ni, 1, &many),
+            "65 offsets, past the limit of 64",
+        ),
+        (audio_entry(il, 10, &[0, 20]), "offsets with interleaved"),
+        (audio_entry(il, 101, &[]), "samples 101 of 4 bytes"),
+        (
+            audio_entry(
+                "audio/x-raw, format=S16LE, layout=interleaved, rate=8000, channels=65, \
+                 channel-mask=(bitmask)0x0",
+                1,
+                &[],
+            ),
+            "channels 65",
+        ),
+        (
+            audio_entry(
+                "audio/x-raw, format=S16LE, layout=interleaved, rate=0, channels=1",
+                1,
+                &[],
+            ),
+            "rate 0",
+        ),
+        (
+            audio_entry(
+                "audio/x-raw, format=S16LE, layout=interleaved, rate=[1, 2], channels=1",
+                1,
+                &[],
+            ),
+            "not fixed",
+        ),
+        (
+            audio_entry("video/x-raw, format=I420, width=2, height=2", 1, &[]),
+            "not raw audio",
+        ),
+        (audio_entry("audio/x-raw, format=", 1, &[]), "unparsable"),
+        (
+            MetaEntry {
+                kind: KIND_AUDIO,
+                bytes: audio_entry(il, 1, &[]).bytes[..10].to_vec(),
+            },
+            "truncated",
+        ),
+    ];
+    for (entry, want) in cases {
+        let err = attach_to_sized(400, &[entry]).unwrap_err();
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}

@@ -1,5 +1,5 @@
 //! A buffer's metas on the wire: a list of (kind, bytes) entries, GStreamer-free. What a kind
-//! means and how its bytes are laid out is the plugin's (`src/metas.rs`); the core encodes,
+//! means and how its bytes are laid out is the plugin's (`src/metas/`); the core encodes,
 //! decodes and bounds the list. It travels in the buffer packet, or, when it does not fit
 //! there, in a sealed memfd sent as the packet's last fd.
 

@@ -82,6 +82,11 @@
 //!   read-write reopening of /proc/self/fd/N); one line per frame, `write-refused` or
 //!   `write-allowed` (`no-fd` for system memory), `offset=N fds=K`, then per fd
 //!   `mmap=E write=E reopen=E` (`allowed` or the errno).
+//! - `--running-time-log`: print `running-time pts=P rt=R base-mono=B playing=0|1` per
+//!   buffer where `--frames-log` looks: its running time in the pad's segment (-1 if none),
+//!   the pipeline's base time on CLOCK_MONOTONIC (-1 without a clock), in ns, and whether
+//!   the element is PLAYING with no state change pending (else prerolling: that base time is
+//!   not the one the buffer plays with).
 //! - `--render-log`: make every fakesink print `render NAME pts=P late-us=L` per buffer it
 //!   renders: the clock's running time at render minus the buffer's running time, in µs.
 //!
@@ -155,6 +160,7 @@ struct Opts {
     gap_first: bool,
     try_write: bool,
     render_log: bool,
+    running_time_log: bool,
     /// Recalculate the latency at each latency message, as gst-launch-1.0 does.
     handle_latency: bool,
     sink_props: Vec<(String, String)>,
@@ -199,6 +205,7 @@ fn parse_opts(args: &[String]) -> Opts {
             "--gap-first" => o.gap_first = true,
             "--try-write" => o.try_write = true,
             "--render-log" => o.render_log = true,
+            "--running-time-log" => o.running_time_log = true,
             "--handle-latency" => o.handle_latency = true,
             "--preroll-delay-ms" => o.preroll_delay_ms = num(it.next()),
             "--loop" => o.loops = num(it.next()),

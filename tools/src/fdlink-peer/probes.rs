@@ -93,6 +93,14 @@ pub(crate) fn add_probe(pipeline: &gst::Bin, element: &gst::Element, o: &Opts) {
         eprintln!("error: no pad to probe on {}", target.name());
         std::process::exit(2);
     };
+    if o.running_time_log {
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            if let Some(buffer) = info.buffer() {
+                print_line(&running_time_line(pad, &target, buffer));
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
     let (frames_log, slow, pattern) = (o.frames_log, o.slow_ms, o.pattern);
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         let Some(buffer) = info.buffer() else {
@@ -128,6 +136,39 @@ pub(crate) fn add_probe(pipeline: &gst::Bin, element: &gst::Element, o: &Opts) {
         }
         gst::PadProbeReturn::Ok
     });
+}
+
+/// `running-time pts=P rt=R base-mono=B playing=0|1`: the buffer's running time in `pad`'s
+/// segment, the base time of `element`'s pipeline on CLOCK_MONOTONIC (ns, -1 if unknown), so
+/// running times of two processes compare, and whether `element` is PLAYING (no state change
+/// pending).
+fn running_time_line(pad: &gst::Pad, element: &gst::Element, buffer: &gst::BufferRef) -> String {
+    let rt = pad
+        .sticky_event::<gst::event::Segment>(0)
+        .and_then(|ev| {
+            let seg = ev.segment().downcast_ref::<gst::ClockTime>()?.clone();
+            seg.to_running_time(buffer.pts()?)
+        })
+        .map_or(-1, |t| t.nseconds() as i64);
+    let base_mono = match (element.clock(), element.base_time()) {
+        (Some(clock), Some(base)) => {
+            let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .map_or(0, |t| {
+                    t.tv_sec() as i64 * 1_000_000_000 + t.tv_nsec() as i64
+                });
+            base.nseconds() as i64 + mono - clock.time().nseconds() as i64
+        }
+        _ => -1,
+    };
+    // Prerolling (after a flush too) the pipeline's base time is not the one the buffer will
+    // play with: fdlinksink sends no base time then.
+    let playing = element.current_state() == gst::State::Playing
+        && element.pending_state() == gst::State::VoidPending;
+    format!(
+        "running-time pts={} rt={rt} base-mono={base_mono} playing={}",
+        buffer.pts().map_or(-1i64, |t| t.nseconds() as i64),
+        u8::from(playing)
+    )
 }
 
 /// The pad of an fdlink element that buffers cross: an fdlinksrc's src, an fdlinksink's sink.

@@ -205,7 +205,7 @@ pub(crate) fn launch(o: &Opts) -> i32 {
         }
     };
     let element = fdlink_element(pipeline.upcast_ref());
-    if o.frames_log || o.slow_ms > 0 || o.pattern {
+    if o.frames_log || o.slow_ms > 0 || o.pattern || o.running_time_log {
         match element.clone().or_else(|| pipeline.by_name("check")) {
             Some(el) => add_probe(pipeline.upcast_ref(), &el, o),
             None => {
