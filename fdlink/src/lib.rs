@@ -6,14 +6,17 @@
 //! types, encode and decode), [`fdkind`] (memfd and dmabuf checks), [`transport`] (the only
 //! socket I/O), [`peer_check`] (whose credentials pass), [`endpoint`] (the hello, connect and
 //! reconnect with backoff), [`file_ids`] (register-once file ids), [`pending`] (queries
-//! waiting for a reply), [`hub`] (the producer's fan-out to its consumers).
+//! waiting for a reply), [`hub`] (the producer's fan-out to its consumers), [`mapping`]
+//! (read-only mappings of received files) and [`consumer`] (frames for applications).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod consumer;
 pub mod drm_format;
 pub mod endpoint;
 pub mod fdkind;
 pub mod file_ids;
 pub mod hub;
+pub mod mapping;
 pub mod peer_check;
 pub mod pending;
 pub mod protocol;

@@ -1,0 +1,442 @@
+//! A consumer for programs that are not GStreamer pipelines: connects to an `fdlinksink` (or
+//! any fdlink producer), yields its frames in order as files (memfds, dmabufs) with their
+//! windows, timestamps and layout, maps them read-only on request, and releases each to the
+//! producer when the frame is dropped. It speaks the protocol fdlinksrc speaks and checks a
+//! producer's packets and fds as strictly.
+//!
+//! ```no_run
+//! let mut consumer = fdlink::consumer::Consumer::connect("/tmp/fdlink.sock".as_ref())?;
+//! while let Some(frame) = consumer.next_frame()? {
+//!     let mapped = frame.map()?;
+//!     println!("{} bytes at pts {:?}", mapped.len(), frame.pts());
+//! } // each frame goes back to the producer as it is dropped
+//! # Ok::<(), fdlink::consumer::ConsumerError>(())
+//! ```
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::endpoint::{self, HandshakeError};
+use crate::fdkind::{self, ImportError};
+use crate::mapping::Mapping;
+use crate::protocol::{
+    self, BufferHeader, DecodeError, FD_REGISTERED, MAX_PACKET_SIZE, MAX_REGISTERED_FILES,
+    MemoryKind, Packet, QueryReplyPacket, TIME_NONE, VideoLayout,
+};
+use crate::transport::{Connection, TransportError};
+
+/// `GST_EVENT_EOS`: the wire code of an end-of-stream event.
+const EVENT_EOS: u32 = 28174;
+
+/// What went wrong with the link. After any of these the consumer is done: connect again.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The socket could not be reached (no producer there, or no permission).
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        path: String,
+        source: TransportError,
+    },
+    /// The hello failed: a protocol version mismatch names both versions.
+    #[error("handshake with the producer failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The producer closed the connection without an end of stream.
+    #[error("the producer closed the connection")]
+    PeerGone,
+    /// The producer sent an error packet before it closed.
+    #[error("the producer ended the link: {0}")]
+    PeerError(String),
+    /// The producer sent a packet that does not decode; it was told why.
+    #[error("bad packet from the producer: {0}")]
+    BadPacket(#[from] DecodeError),
+    /// The producer sent a frame whose files do not check out; it was told why.
+    #[error("bad frame from the producer: {0}")]
+    BadFrame(#[from] ImportError),
+    /// Socket I/O failed.
+    #[error("socket: {0}")]
+    Transport(TransportError),
+}
+
+impl From<TransportError> for ConsumerError {
+    fn from(e: TransportError) -> Self {
+        if endpoint::peer_gone(&e) {
+            ConsumerError::PeerGone
+        } else {
+            ConsumerError::Transport(e)
+        }
+    }
+}
+
+/// A file the producer registered with this consumer: kept until it retires it.
+struct Registered {
+    fd: Arc<OwnedFd>,
+    kind: MemoryKind,
+    size: u64,
+}
+
+/// A connection to a producer. Frames come out in the producer's order; caps changes show in
+/// each frame's [`Frame::caps`].
+pub struct Consumer {
+    conn: Arc<Connection>,
+    buf: Vec<u8>,
+    caps: Arc<str>,
+    registered: HashMap<u32, Registered>,
+    /// Most frames the producer lets this consumer hold before it skips or waits.
+    hold_limit: u32,
+    ended: bool,
+}
+
+impl Consumer {
+    /// Connects to the producer listening on `path` and exchanges hellos.
+    pub fn connect(path: &Path) -> Result<Consumer, ConsumerError> {
+        let conn = Connection::connect(path).map_err(|source| ConsumerError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Consumer::handshake(conn)
+    }
+
+    /// Takes a connected socket (one end of a socketpair, or an inherited fd) whose other end
+    /// is a producer, and exchanges hellos.
+    pub fn from_fd(fd: OwnedFd) -> Result<Consumer, ConsumerError> {
+        Consumer::handshake(Connection::from_owned(fd)?)
+    }
+
+    fn handshake(conn: Connection) -> Result<Consumer, ConsumerError> {
+        let producer = endpoint::consumer_hello(&conn, 0, None, endpoint::HELLO_TIMEOUT)?;
+        Ok(Consumer {
+            conn: Arc::new(conn),
+            buf: vec![0; MAX_PACKET_SIZE],
+            caps: Arc::from(""),
+            registered: HashMap::new(),
+            hold_limit: producer.hold_limit,
+            ended: false,
+        })
+    }
+
+    /// How many frames the producer lets this consumer hold (its `max-held`; 0: no limit).
+    /// Holding that many makes it skip frames for this consumer (live) or wait (not live).
+    pub fn hold_limit(&self) -> u32 {
+        self.hold_limit
+    }
+
+    /// The caps of the stream now (empty before the first caps).
+    pub fn caps(&self) -> &str {
+        &self.caps
+    }
+
+    /// The next frame, waiting for it; `None` at the end of the stream.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ConsumerError> {
+        loop {
+            match self.poll_frame(None)? {
+                Poll::Frame(f) => return Ok(Some(f)),
+                Poll::Ended => return Ok(None),
+                Poll::Pending => {}
+            }
+        }
+    }
+
+    /// The next frame if one comes within `timeout` (`Some(Duration::ZERO)`: only packets
+    /// already here; `None`: wait as long as it takes). For event loops: poll [`Consumer::as_fd`]
+    /// for reading, then call this with a zero timeout until it is pending.
+    pub fn poll_frame(&mut self, timeout: Option<Duration>) -> Result<Poll, ConsumerError> {
+        if self.ended {
+            return Ok(Poll::Ended);
+        }
+        let got = match timeout {
+            Some(Duration::ZERO) => match self.conn.try_recv(&mut self.buf) {
+                Err(TransportError::WouldBlock) => return Ok(Poll::Pending),
+                other => other?,
+            },
+            _ => match self.conn.recv_wait(&mut self.buf, None, timeout) {
+                Ok(Some(got)) => got,
+                Ok(None) | Err(TransportError::TimedOut(_)) => return Ok(Poll::Pending),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let packet = match Packet::decode(&self.buf[..got.len], got.fds) {
+            Ok(p) => p,
+            Err(e) => return Err(self.refuse(e.into())),
+        };
+        match packet {
+            Packet::Caps(caps) => self.caps = Arc::from(caps),
+            Packet::Event { event, .. } if event.event_type == EVENT_EOS => {
+                self.ended = true;
+                return Ok(Poll::Ended);
+            }
+            Packet::Buffer(header, fds) => {
+                return match self.frame(header, fds) {
+                    Ok(frame) => Ok(Poll::Frame(frame)),
+                    Err(e) => Err(self.refuse(e.into())),
+                };
+            }
+            Packet::Retire { file_ids } => {
+                for id in file_ids {
+                    if self.registered.remove(&id).is_none() {
+                        return Err(self.refuse(ImportError::RetiredUnknown { id }.into()));
+                    }
+                }
+            }
+            // This consumer answers no query: the producer's pipeline goes on without.
+            Packet::Query(q) => {
+                let reply = Packet::<BorrowedFd<'_>>::QueryReply(QueryReplyPacket {
+                    id: q.id,
+                    answered: false,
+                    structure: String::new(),
+                });
+                self.conn
+                    .send_packet(&reply, Some(endpoint::HELLO_TIMEOUT))?;
+            }
+            Packet::Error(msg) => return Err(ConsumerError::PeerError(msg)),
+            // Other events, messages and state changes are the producer pipeline's own.
+            _ => {}
+        }
+        Ok(Poll::Pending)
+    }
+
+    /// Tells the producer why its packet is refused, and ends the link.
+    fn refuse(&mut self, e: ConsumerError) -> ConsumerError {
+        self.conn.send_error(&format!("protocol error: {e}"));
+        self.ended = true;
+        e
+    }
+
+    fn frame(
+        &mut self,
+        header: BufferHeader,
+        fds: protocol::PacketFds<OwnedFd>,
+    ) -> Result<Frame, ImportError> {
+        // Each packet fd checked against every window on it, and kept once.
+        let mut files: Vec<Option<(Arc<OwnedFd>, u64)>> = vec![None; fds.len()];
+        for (index, fd) in fds.into_iter().enumerate() {
+            let Some(kind) = header
+                .memories
+                .iter()
+                .find(|m| usize::from(m.fd_index) == index)
+                .map(|m| m.kind)
+            else {
+                // Not a memory's: the metas memfd, which this consumer does not read.
+                continue;
+            };
+            let windows = header
+                .memories
+                .iter()
+                .filter(|m| usize::from(m.fd_index) == index)
+                .map(|m| (m.offset, m.size));
+            let size = fdkind::check_fd(index, fd.as_fd(), kind, windows)?;
+            files[index] = Some((Arc::new(fd), size));
+        }
+        let mut memories = Vec::with_capacity(header.memories.len());
+        for m in &header.memories {
+            let fd = if m.fd_index == FD_REGISTERED {
+                let r = self
+                    .registered
+                    .get(&m.file_id)
+                    .ok_or(ImportError::UnknownFile { id: m.file_id })?;
+                if r.kind != m.kind {
+                    return Err(ImportError::RegisteredKind {
+                        id: m.file_id,
+                        registered: r.kind,
+                        sent: m.kind,
+                    });
+                }
+                fdkind::check_windows(
+                    usize::from(m.fd_index),
+                    r.size,
+                    [(m.offset, m.size)].into_iter(),
+                )?;
+                r.fd.clone()
+            } else {
+                let (fd, size) = files[usize::from(m.fd_index)]
+                    .clone()
+                    .expect("the decoder checks fd indices");
+                if m.file_id != 0 {
+                    // Memories sharing the fd register it once.
+                    if let Some(r) = self.registered.get(&m.file_id) {
+                        if !Arc::ptr_eq(&r.fd, &fd) {
+                            return Err(ImportError::RegisteredTwice { id: m.file_id });
+                        }
+                        memories.push(FrameMemory {
+                            kind: m.kind,
+                            fd,
+                            offset: m.offset,
+                            size: m.size,
+                        });
+                        continue;
+                    }
+                    if self.registered.len() >= MAX_REGISTERED_FILES {
+                        return Err(ImportError::TooManyFiles {
+                            max: MAX_REGISTERED_FILES,
+                        });
+                    }
+                    self.registered.insert(
+                        m.file_id,
+                        Registered {
+                            fd: fd.clone(),
+                            kind: m.kind,
+                            size,
+                        },
+                    );
+                }
+                fd
+            };
+            memories.push(FrameMemory {
+                kind: m.kind,
+                fd,
+                offset: m.offset,
+                size: m.size,
+            });
+        }
+        Ok(Frame {
+            conn: self.conn.clone(),
+            buffer_id: header.buffer_id,
+            caps: self.caps.clone(),
+            pts: time(header.pts),
+            dts: time(header.dts),
+            duration: time(header.duration),
+            flags: header.flags,
+            video: header.video,
+            memories,
+        })
+    }
+}
+
+impl AsFd for Consumer {
+    /// The socket: readable when a packet is waiting.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.conn.as_fd()
+    }
+}
+
+/// What [`Consumer::poll_frame`] found.
+pub enum Poll {
+    Frame(Frame),
+    /// Nothing yet (or a packet that was not a frame).
+    Pending,
+    /// The end of the stream: the producer sent EOS.
+    Ended,
+}
+
+fn time(ns: u64) -> Option<Duration> {
+    (ns != TIME_NONE).then(|| Duration::from_nanos(ns))
+}
+
+/// One memory of a frame: a window of a file.
+#[derive(Clone)]
+pub struct FrameMemory {
+    pub kind: MemoryKind,
+    fd: Arc<OwnedFd>,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl FrameMemory {
+    /// The file (a sealed memfd, or a dmabuf of the producer's device).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A frame from the producer, released back to it when dropped.
+pub struct Frame {
+    conn: Arc<Connection>,
+    buffer_id: u64,
+    caps: Arc<str>,
+    pts: Option<Duration>,
+    dts: Option<Duration>,
+    duration: Option<Duration>,
+    flags: u32,
+    video: Option<VideoLayout>,
+    memories: Vec<FrameMemory>,
+}
+
+/// GstBufferFlags bits a consumer most often asks about.
+pub const FLAG_DISCONT: u32 = 1 << 6;
+/// Not a keyframe (GST_BUFFER_FLAG_DELTA_UNIT).
+pub const FLAG_DELTA_UNIT: u32 = 1 << 13;
+
+impl Frame {
+    /// The stream's caps when the frame was sent (GStreamer's caps text).
+    pub fn caps(&self) -> &str {
+        &self.caps
+    }
+    /// Presentation time in the producer's segment, if it has one.
+    pub fn pts(&self) -> Option<Duration> {
+        self.pts
+    }
+    pub fn dts(&self) -> Option<Duration> {
+        self.dts
+    }
+    pub fn duration(&self) -> Option<Duration> {
+        self.duration
+    }
+    /// GstBufferFlags bits ([`FLAG_DISCONT`], [`FLAG_DELTA_UNIT`], ...).
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+    /// A keyframe: the producer did not mark it a delta unit.
+    pub fn is_keyframe(&self) -> bool {
+        self.flags & FLAG_DELTA_UNIT == 0
+    }
+    /// The video layout (format as a GstVideoFormat value, size, plane offsets and strides
+    /// across the frame's bytes), when the producer sent one.
+    pub fn video(&self) -> Option<&VideoLayout> {
+        self.video.as_ref()
+    }
+    /// The frame's memories, in order; none for a buffer without bytes.
+    pub fn memories(&self) -> &[FrameMemory] {
+        &self.memories
+    }
+    /// Maps every memory read-only.
+    pub fn map(&self) -> std::io::Result<MappedFrame> {
+        let maps = self
+            .memories
+            .iter()
+            .map(|m| Mapping::new(m.fd(), m.kind, m.offset, m.size))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(MappedFrame { maps })
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        // A producer that is gone needs no release; one whose socket is full gets it within
+        // the wait, as fdlinksrc's releases do.
+        let _ = self.conn.send_timeout(
+            &protocol::encode_release(self.buffer_id),
+            &[],
+            Duration::from_secs(1),
+        );
+    }
+}
+
+/// A frame's memories mapped read-only.
+pub struct MappedFrame {
+    maps: Vec<Mapping>,
+}
+
+impl MappedFrame {
+    /// Each memory's bytes, in order.
+    pub fn memories(&self) -> impl Iterator<Item = &[u8]> {
+        self.maps.iter().map(Mapping::bytes)
+    }
+    /// All bytes, as `gst_buffer_extract` would give them; a copy only when the frame has
+    /// more than one memory.
+    pub fn bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.maps.as_slice() {
+            [] => std::borrow::Cow::Borrowed(&[]),
+            [one] => std::borrow::Cow::Borrowed(one.bytes()),
+            many => std::borrow::Cow::Owned(many.iter().flat_map(|m| m.bytes()).copied().collect()),
+        }
+    }
+    /// The frame's size in bytes.
+    pub fn len(&self) -> usize {
+        self.maps.iter().map(|m| m.bytes().len()).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,154 @@
+//! An application consumer (`fdlink::consumer`, no GStreamer in its path) against a real
+//! `fdlinksink` in another process: it gets every frame, in order, with the bytes one
+//! GStreamer process makes, zero-copy (the producer copies nothing), sends every release
+//! back, and keeps no fd once its frames and the consumer are gone.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fdlink::consumer::{Consumer, ConsumerError};
+use gst::prelude::*;
+
+/// Held by each test: the first counts this process's fds, which the other would open.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const T: Duration = Duration::from_secs(30);
+const FRAMES: usize = 30;
+const SOURCE: &str = "videotestsrc num-buffers=30 pattern=ball ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1";
+
+/// The frames one GStreamer process makes of `SOURCE`, with their PTS.
+fn frames_in_one_process() -> Vec<(Option<gst::ClockTime>, Vec<u8>)> {
+    let pipeline = gst::parse::launch(&format!("{SOURCE} ! appsink name=out sync=false"))
+        .unwrap()
+        .downcast::<gst::Bin>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut out = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        let buffer = sample.buffer().unwrap();
+        out.push((buffer.pts(), buffer.map_readable().unwrap().to_vec()));
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    out
+}
+
+fn connect(sock: &str) -> Consumer {
+    let deadline = Instant::now() + T;
+    loop {
+        match Consumer::connect(Path::new(sock)) {
+            Ok(c) => return c,
+            Err(ConsumerError::Connect { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+}
+
+#[test]
+fn an_application_gets_every_frame_zero_copy_and_releases_it() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    init_gst();
+    let expected = frames_in_one_process();
+    assert_eq!(expected.len(), FRAMES);
+    let fds_before = fd_count(std::process::id() as i32);
+
+    let dir = TempDir::new("app-consumer");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--stats-every",
+        "20",
+        "--wait-clients-gone",
+        &format!("{SOURCE} ! fdlinksink socket-path={sock} wait-for-connection=true sync=false"),
+    ]);
+    let mut consumer = connect(&sock);
+    assert_eq!(consumer.hold_limit(), 8, "the producer's max-held");
+    let mut got = Vec::new();
+    while let Some(frame) = consumer.next_frame().expect("frames") {
+        assert!(frame.caps().contains("NV12"), "{}", frame.caps());
+        let video = frame.video().expect("the producer's layout");
+        assert_eq!((video.width, video.height, video.n_planes), (320, 240, 2));
+        assert!(
+            frame
+                .memories()
+                .iter()
+                .all(|m| m.kind == fdlink::protocol::MemoryKind::Memfd),
+            "the producer's pool is memfds"
+        );
+        let bytes = frame.map().unwrap().bytes().to_vec();
+        got.push((frame.pts(), bytes));
+        // Dropped here: released to the producer.
+    }
+    assert_eq!(got.len(), FRAMES, "every frame, then the end of the stream");
+    for (i, ((pts, bytes), (want_pts, want))) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            pts.map(|d| d.as_nanos() as u64),
+            want_pts.map(gst::ClockTime::nseconds),
+            "frame {i}: pts"
+        );
+        assert!(bytes == want, "frame {i}: bytes differ from one process");
+    }
+    drop(consumer);
+    producer.wait_success(T, "producer");
+    // The final stats, printed once the consumer had gone.
+    let stats = producer.latest_stats().unwrap();
+    assert_eq!(
+        field(&stats, "releases"),
+        FRAMES as u64,
+        "every frame released: {stats}"
+    );
+    assert_eq!(field(&stats, "buffers-held"), 0, "{stats}");
+    assert_eq!(field(&stats, "frames-copied"), 0, "zero-copy: {stats}");
+    assert_eq!(field(&stats, "frames-zero-copy"), FRAMES as u64, "{stats}");
+    assert_eq!(
+        fd_count(std::process::id() as i32),
+        fds_before,
+        "the application kept fds"
+    );
+}
+
+/// Frames held keep the producer's buffers; the hold limit it announced is what it lets a
+/// consumer keep, and dropping them lets the stream go on to its end.
+#[test]
+fn held_frames_are_the_producers_until_dropped() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    init_gst();
+    let dir = TempDir::new("app-consumer-hold");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        "--stats-every",
+        "20",
+        "--wait-clients-gone",
+        &format!("{SOURCE} ! fdlinksink socket-path={sock} wait-for-connection=true sync=false"),
+    ]);
+    let mut consumer = connect(&sock);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(consumer.next_frame().unwrap().expect("a frame"));
+    }
+    producer
+        .wait_stats(T, |s| field(s, "buffers-held") >= 4)
+        .expect("the producer keeps the held frames' buffers");
+    drop(held);
+    let mut rest = 0;
+    while consumer.next_frame().unwrap().is_some() {
+        rest += 1;
+    }
+    assert_eq!(rest, FRAMES - 4);
+    producer
+        .wait_stats(T, |s| {
+            field(s, "releases") == FRAMES as u64 && field(s, "buffers-held") == 0
+        })
+        .expect("all released");
+    producer.wait_success(T, "producer");
+}
