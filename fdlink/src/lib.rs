@@ -7,7 +7,8 @@
 //! socket I/O), [`peer_check`] (whose credentials pass), [`endpoint`] (the hello, connect and
 //! reconnect with backoff), [`file_ids`] (register-once file ids), [`pending`] (queries
 //! waiting for a reply), [`hub`] (the producer's fan-out to its consumers), [`mapping`]
-//! (read-only mappings of received files) and [`consumer`] (frames for applications).
+//! (read-only mappings of received files), [`consumer`] and [`producer`] (frames for
+//! applications, the producer on the hub, with [`memfd_pool`] for plain bytes).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod consumer;
@@ -17,8 +18,10 @@ pub mod fdkind;
 pub mod file_ids;
 pub mod hub;
 pub mod mapping;
+pub mod memfd_pool;
 pub mod peer_check;
 pub mod pending;
+pub mod producer;
 pub mod protocol;
 pub mod structure_limits;
 pub mod transport;

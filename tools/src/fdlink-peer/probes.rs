@@ -153,9 +153,7 @@ fn running_time_line(pad: &gst::Pad, element: &gst::Element, buffer: &gst::Buffe
     let base_mono = match (element.clock(), element.base_time()) {
         (Some(clock), Some(base)) => {
             let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-                .map_or(0, |t| {
-                    t.tv_sec() as i64 * 1_000_000_000 + t.tv_nsec() as i64
-                });
+                .map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
             base.nseconds() as i64 + mono - clock.time().nseconds() as i64
         }
         _ => -1,
