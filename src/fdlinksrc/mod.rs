@@ -23,6 +23,7 @@ mod connection;
 mod imp;
 mod link;
 mod peer;
+mod request_pads;
 mod stats;
 mod stream;
 mod timeline;

@@ -3,8 +3,8 @@
 //! onto this pipeline's running time (see `timeline.rs`) ahead of the buffer or gap that says
 //! where the producer is, with the serialized events that came between held until then.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -534,76 +534,10 @@ impl FdlinkSrc {
 
     /// Whether downstream accepts `caps`, after moving the link to another request pad of
     /// the same element if the linked one is for another media type (see
-    /// `relink_request_pad`).
+    /// `request_pads.rs`).
     fn downstream_accepts(&self, pad: &gst::Pad, caps: &gst::Caps) -> bool {
         pad.peer_query_accept_caps(caps)
             || (self.relink_request_pad(pad, caps) && pad.peer_query_accept_caps(caps))
-    }
-
-    /// A request pad downstream was picked before any caps were known: gst-launch links
-    /// `fdlinksrc ! avimux` when this pad's caps are still ANY, and so gets the first request
-    /// template that takes ANY (avimux's `audio_%u`), where in one process the source's caps
-    /// would have picked `video_%u`. When the linked request pad's template has none of the
-    /// media types of `caps` (the producer's caps, or the filter of its caps query), this
-    /// links a pad of a request template of the same element that has one (a template that
-    /// takes `caps` as they are first) and releases the old pad. The caps may still need the
-    /// producer to renegotiate for the new pad (H.264 in avc for a pad that takes
-    /// byte-stream). True if it relinked.
-    pub(super) fn relink_request_pad(&self, pad: &gst::Pad, caps: &gst::CapsRef) -> bool {
-        if caps.is_any() || caps.is_empty() {
-            return false;
-        }
-        let has_media = |c: &gst::CapsRef| {
-            c.is_any()
-                || c.iter()
-                    .any(|s| caps.iter().any(|ours| ours.name() == s.name()))
-        };
-        // The streaming thread (new caps) and the reader (a caps query) may both get here.
-        let _one_at_a_time = RELINKING.lock().unwrap();
-        let Some(peer) = pad.peer() else {
-            return false;
-        };
-        let Some(element) = peer.parent_element() else {
-            return false;
-        };
-        match peer.pad_template() {
-            Some(t) if t.presence() == gst::PadPresence::Request && !has_media(t.caps()) => {}
-            _ => return false,
-        }
-        let mut candidates: Vec<gst::PadTemplate> = element
-            .pad_template_list()
-            .into_iter()
-            .filter(|t| {
-                t.direction() == gst::PadDirection::Sink
-                    && t.presence() == gst::PadPresence::Request
-                    && has_media(t.caps())
-            })
-            .collect();
-        candidates.sort_by_key(|t| !t.caps().can_intersect(caps));
-        let name = |p: &gst::Pad| format!("{}:{}", element.name(), p.name());
-        for template in candidates {
-            let Some(new_peer) = element.request_pad(&template, None, Some(&caps.to_owned()))
-            else {
-                continue;
-            };
-            let _ = pad.unlink(&peer);
-            element.release_request_pad(&peer);
-            if let Err(e) = pad.link(&new_peer) {
-                gst::warning!(CAT, imp = self, "cannot link to {}: {e}", name(&new_peer));
-                element.release_request_pad(&new_peer);
-                return false;
-            }
-            gst::info!(
-                CAT,
-                imp = self,
-                "{} takes none of {caps}: linked to {} instead",
-                name(&peer),
-                name(&new_peer)
-            );
-            forget_released_pad(&element);
-            return true;
-        }
-        false
     }
 
     /// Acts on one event packet. Returns Some(stop) when the stream ends here.
@@ -722,24 +656,6 @@ impl FdlinkSrc {
         None
     }
 }
-
-/// qtmux and its kin (mp4mux, ...) add a track for each pad they give out and drop a released
-/// pad's track only when they stop, so the released pad would leave an empty track that makes
-/// the file unreadable. Nothing has reached such a muxer yet (it refused our caps), so it is
-/// taken through READY, which rebuilds its tracks from the pads it has, and back.
-fn forget_released_pad(element: &gst::Element) {
-    let Some(qtmux) = gst::glib::Type::from_name("GstBaseQTMux") else {
-        return;
-    };
-    if !element.type_().is_a(qtmux) {
-        return;
-    }
-    let _ = element.set_state(gst::State::Ready);
-    let _ = element.sync_state_with_parent();
-}
-
-/// Held while a request pad downstream is swapped (`relink_request_pad`).
-static RELINKING: Mutex<()> = Mutex::new(());
 
 /// The pad is flushing: a flush, or its element going down (a deactivated pad flushes).
 fn is_flushing(pad: &gst::Pad) -> bool {

@@ -2,9 +2,12 @@
 //! strided frames, a hardware decoder's, cross zero-copy), and a producer's source then adds
 //! one even where a downstream in one process, without VideoMeta support, would have been
 //! given plain frames. This side asks its own downstream (an allocation query at each caps)
-//! and, where it answers without VideoMeta support, gives it what it would have had: the meta
-//! removed when the layout is the caps' default, and otherwise the frame copied into that
-//! layout. A downstream that does not answer (fakesink) is given frames as they are.
+//! and, where it does not say it reads VideoMeta, gives it what it would have had in one
+//! process: the meta removed when the layout is the caps' default (the caps say all it says).
+//! A frame in another layout is copied into the default one for a downstream that answers
+//! without VideoMeta support; one that answers no allocation query (fakesink, a tee with such
+//! a branch) gets it as it is, with its meta: copying for a sink that reads no layout would
+//! undo zero-copy.
 
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -19,6 +22,8 @@ pub struct DownstreamLayout {
     info: Option<gst_video::VideoInfo>,
     /// Downstream answered the allocation query with GstVideoMeta support.
     video_meta: bool,
+    /// Downstream answered the allocation query (with or without VideoMeta support).
+    answered: bool,
 }
 
 impl FdlinkSrc {
@@ -33,19 +38,22 @@ impl FdlinkSrc {
             .then(|| gst_video::VideoInfo::from_caps(caps).ok())
             .flatten();
         let mut query = gst::query::Allocation::new(Some(caps), false);
-        // A downstream that does not answer (fakesink, say) reads no layout either: only one
-        // that answers without VideoMeta gets the default layout.
+        let answered = info.is_some() && self.obj().src_pad().peer_query(&mut query);
         let video_meta = info.is_none()
-            || !self.obj().src_pad().peer_query(&mut query)
-            || query
-                .find_allocation_meta::<gst_video::VideoMeta>()
-                .is_some();
+            || answered
+                && query
+                    .find_allocation_meta::<gst_video::VideoMeta>()
+                    .is_some();
         gst::debug!(
             CAT,
             imp = self,
-            "downstream reads GstVideoMeta for {caps}: {video_meta}"
+            "downstream reads GstVideoMeta for {caps}: {video_meta} (answered the allocation query: {answered})"
         );
-        DownstreamLayout { info, video_meta }
+        DownstreamLayout {
+            info,
+            video_meta,
+            answered,
+        }
     }
 }
 
@@ -65,6 +73,9 @@ pub fn readable_by_downstream(buffer: gst::Buffer, downstream: &DownstreamLayout
         && planes == info.n_planes() as usize
         && meta.offset()[..planes] == info.offset()[..planes]
         && meta.stride()[..planes] == info.stride()[..planes];
+    if !default_layout && !downstream.answered {
+        return buffer;
+    }
     if default_layout {
         let mut buffer = buffer;
         let b = buffer.make_mut();

@@ -1,6 +1,7 @@
 //! Caps across the link as a one-process pipeline would have them: no caps error from a pad
-//! that is only flushing, request pads of muxers for the producer's media type, and every
-//! frame a consumer did not push downstream counted. Real `fdlink-peer` processes.
+//! that is only flushing, request pads of muxers for the producer's media type (after
+//! identity and queue too), GstVideoMeta where one process has it, and every frame a consumer
+//! did not push downstream counted. Real `fdlink-peer` processes.
 
 mod common;
 
@@ -144,6 +145,110 @@ fn avimux_recording_is_identical_to_one_process() {
             "{tag}: the recording through fdlink ({} bytes) differs from one process's ({} bytes)",
             b.len(),
             a.len()
+        );
+    }
+}
+
+/// The same with elements between the source and avimux that give the caps they take
+/// (identity, queue, tee): gst-launch linked each of them with ANY caps too, so avimux's
+/// `audio_%u` pad was picked after them as well. The recordings are byte-identical to one
+/// process's: raw I420 through an identity, H.264 through a queue and an identity, raw I420
+/// through a tee whose other branch is a display's.
+#[test]
+fn avimux_after_identity_queue_and_tee_is_identical_to_one_process() {
+    init_gst();
+    let raw =
+        "videotestsrc num-buffers=60 ! video/x-raw,format=I420,width=320,height=240,framerate=30/1";
+    let h264 = "videotestsrc num-buffers=60 ! video/x-raw,width=320,height=240,framerate=30/1 ! x264enc ! h264parse";
+    for (tag, source, before, after) in [
+        ("identity-raw", raw, "identity", ""),
+        ("queue-h264", h264, "queue ! identity", ""),
+        (
+            "tee-raw",
+            raw,
+            "tee name=t t. ! queue",
+            "t. ! queue ! fakesink sync=true",
+        ),
+    ] {
+        let dir = TempDir::new(&format!("avimux-{tag}"));
+        let one = dir.0.join("one.avi");
+        let two = dir.0.join("two.avi");
+        let consumer = |file: &Path| {
+            format!(
+                "{before} ! avimux ! filesink location={} {after}",
+                file.display()
+            )
+        };
+        one_process(&format!("{source} ! {}", consumer(&one)));
+        two_processes(&dir, source, &consumer(&two));
+        let (a, b) = (std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
+        assert!(
+            a.len() > 100_000,
+            "{tag}: one-process file of {} bytes",
+            a.len()
+        );
+        assert!(
+            a == b,
+            "{tag}: the recording through fdlink ({} bytes) differs from one process's ({} bytes)",
+            b.len(),
+            a.len()
+        );
+    }
+}
+
+/// The `vmeta=` field of each `frame` line (`-`: no GstVideoMeta).
+fn video_metas(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("frame "))
+        .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("vmeta=")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Frames leave fdlinksrc with a GstVideoMeta exactly when they leave the source in one
+/// process. fdlinksink takes VideoMeta, so the producer's videotestsrc adds one to every
+/// frame; in one process it adds one only for a downstream that says it reads it. A tee with
+/// a fakesink branch answers no allocation query (fakesink answers none), so videotestsrc
+/// adds none there, and fdlinksrc removes it from these default-layout frames; y4menc reads
+/// it, so the frames keep it.
+#[test]
+fn frames_carry_video_meta_as_in_one_process() {
+    init_gst();
+    let source =
+        "videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=160,height=120,framerate=30/1";
+    let tee = "queue ! tee name=t t. ! queue ! y4menc ! fakesink t. ! queue ! fakesink";
+    for (tag, consumer, with_meta) in [("tee", tee, false), ("y4menc", "y4menc ! fakesink", true)] {
+        let mut one = Peer::spawn(&[
+            "consume",
+            "--frames-log",
+            &format!("{source} ! identity name=check ! {consumer}"),
+        ]);
+        one.wait_success(T, "one-process pipeline");
+        let expected = video_metas(&one.lines());
+        assert_eq!(expected.len(), 30, "{tag}: one process's frames");
+        assert!(
+            expected.iter().all(|m| (m != "-") == with_meta),
+            "{tag}: one process's video metas {expected:?}"
+        );
+        let dir = TempDir::new(&format!("vmeta-{tag}"));
+        let sock = dir.socket();
+        let mut producer = Peer::spawn(&[
+            "produce",
+            &format!("{source} ! fdlinksink socket-path={sock} wait-for-connection=true"),
+        ]);
+        wait_for_path(&sock, T);
+        let mut two = Peer::spawn(&[
+            "consume",
+            "--frames-log",
+            &format!("fdlinksrc socket-path={sock} ! {consumer}"),
+        ]);
+        two.wait_success(T, "consumer");
+        producer.wait_success(T, "producer");
+        assert_eq!(
+            video_metas(&two.lines()),
+            expected,
+            "{tag}: video metas through fdlink against one process's"
         );
     }
 }

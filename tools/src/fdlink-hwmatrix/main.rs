@@ -4,7 +4,7 @@
 //! For every row it runs `source -> fdlinksink` in one process and `fdlinksrc -> fakesink` in
 //! another (both `fdlink-peer`), and checks: frames arrived, every frame was a dmabuf on both
 //! sides with the same kernel object (dev, inode, exporter), CRCs equal on both sides and equal
-//! to the same source run in one process, VideoMeta equal, zero bytes copied, no fd left open
+//! to the same source run in one process, frame layout equal (VideoMeta, or the caps' default), zero bytes copied, no fd left open
 //! in either process. It prints one line per row and can write docs/hardware-matrix.md.
 //!
 //! ```text

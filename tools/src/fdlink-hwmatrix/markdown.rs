@@ -23,7 +23,7 @@ pub(crate) fn matrix_markdown(
             "this machine"
         }
     ));
-    md.push_str("Each row: the source's frames through `fdlinksink` in one process and `fdlinksrc` in another; passes when every frame (from a live source at least two thirds: it skips frames for a consumer at `max-held`, and the VM's emulated CPU makes consumers slow) arrived as a dmabuf wrapping the same kernel object, with equal CRCs and video meta on both sides (and equal to a one-process run of the same source), zero bytes copied and no fd left open.\n\n");
+    md.push_str("Each row: the source's frames through `fdlinksink` in one process and `fdlinksrc` in another; passes when every frame (from a live source at least two thirds: it skips frames for a consumer at `max-held`, and the VM's emulated CPU makes consumers slow) arrived as a dmabuf wrapping the same kernel object, with equal CRCs and frame layouts (the VideoMeta, or the caps' default without one) on both sides (and equal to a one-process run of the same source), zero bytes copied and no fd left open.\n\n");
     md.push_str("| row | GStreamer | result | detail |\n|---|---|---|---|\n");
     for (name, outcome) in results.values() {
         let (tag, text) = match outcome {

@@ -6,7 +6,8 @@ pub(crate) struct Frame {
     pub(crate) offset: u64,
     pub(crate) crc: String,
     pub(crate) files: Vec<(String, String)>,
-    pub(crate) vmeta: String,
+    /// The layout of its bytes: its VideoMeta, or the caps' default without one.
+    pub(crate) layout: String,
 }
 
 pub(crate) fn frames(lines: &[String]) -> Vec<Frame> {
@@ -18,13 +19,13 @@ pub(crate) fn frames(lines: &[String]) -> Vec<Frame> {
                 offset: u64::MAX,
                 crc: String::new(),
                 files: Vec::new(),
-                vmeta: String::new(),
+                layout: String::new(),
             };
             for kv in rest.split(' ') {
                 match kv.split_once('=') {
                     Some(("offset", v)) => f.offset = v.parse().unwrap_or(u64::MAX),
                     Some(("crc", v)) => f.crc = v.into(),
-                    Some(("vmeta", v)) => f.vmeta = v.into(),
+                    Some(("layout", v)) => f.layout = v.into(),
                     Some(("files", v)) if v != "-" => {
                         f.files = v
                             .split(',')

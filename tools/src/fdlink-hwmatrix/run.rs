@@ -226,10 +226,10 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
             ));
             break;
         }
-        if p.vmeta != c.vmeta {
+        if p.layout != c.layout {
             problems.push(format!(
-                "frame {}: video meta {} sent, {} received",
-                c.offset, p.vmeta, c.vmeta
+                "frame {}: layout {} sent, {} received",
+                c.offset, p.layout, c.layout
             ));
             break;
         }

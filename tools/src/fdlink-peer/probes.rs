@@ -46,6 +46,30 @@ fn video_meta_text(buffer: &gst::BufferRef) -> String {
     }
 }
 
+/// The layout the buffer's bytes are in, in `video_meta_text`'s form: its GstVideoMeta's, or
+/// without one the default layout of the pad's raw video caps (what a reader without the meta
+/// assumes); `-` for other caps.
+fn layout_text(pad: &gst::Pad, buffer: &gst::BufferRef) -> String {
+    if buffer.meta::<gst_video::VideoMeta>().is_some() {
+        return video_meta_text(buffer);
+    }
+    let Some(info) = pad
+        .current_caps()
+        .and_then(|c| gst_video::VideoInfo::from_caps(&c).ok())
+    else {
+        return "-".into();
+    };
+    format!(
+        "{}:{}x{}:{:?}:{:?}",
+        info.format().to_str(),
+        info.width(),
+        info.height(),
+        info.offset(),
+        info.stride()
+    )
+    .replace(' ', "")
+}
+
 fn buffer_files(buffer: &gst::BufferRef) -> String {
     let mut files = Vec::new();
     for mem in buffer.iter_memories() {
@@ -102,7 +126,7 @@ pub(crate) fn add_probe(pipeline: &gst::Bin, element: &gst::Element, o: &Opts) {
         });
     }
     let (frames_log, slow, pattern) = (o.frames_log, o.slow_ms, o.pattern);
-    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(buffer) = info.buffer() else {
             return gst::PadProbeReturn::Ok;
         };
@@ -113,12 +137,13 @@ pub(crate) fn add_probe(pipeline: &gst::Bin, element: &gst::Element, o: &Opts) {
         if let Some(crc) = crc {
             if frames_log {
                 print_line(&format!(
-                    "frame offset={} pts={} size={} crc={crc:08x} files={} vmeta={} mems={} delta={}",
+                    "frame offset={} pts={} size={} crc={crc:08x} files={} vmeta={} layout={} mems={} delta={}",
                     buffer.offset(),
                     buffer.pts().map_or(-1i64, |t| t.nseconds() as i64),
                     buffer.size(),
                     buffer_files(buffer),
                     video_meta_text(buffer),
+                    layout_text(pad, buffer),
                     buffer.n_memory(),
                     u8::from(buffer.flags().contains(gst::BufferFlags::DELTA_UNIT))
                 ));
