@@ -1,5 +1,6 @@
 //! What fdlinksink offers upstream: caps of memory that crosses as an fd and that its
-//! consumers' pipelines take, and in the ALLOCATION query a memfd pool with VideoMeta.
+//! consumers' pipelines take, and in the ALLOCATION query a memfd allocator, and for raw video
+//! a memfd pool with VideoMeta.
 
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
@@ -95,14 +96,32 @@ pub(super) fn consumers_caps(
     result
 }
 
-/// Answers upstream's ALLOCATION query: for video caps, a memfd pool (if upstream wants one)
-/// of at least `min_buffers` buffers, or only that minimum; VideoMeta in any case.
+/// Answers upstream's ALLOCATION query: for any caps a memfd allocator (sources, encoders and
+/// parsers that allocate with `gst_buffer_new_allocate` then write into shareable memory);
+/// for raw video also a memfd pool (if upstream wants one) of at least `min_buffers` buffers,
+/// or only that minimum; VideoMeta in any case.
+///
+/// Only raw video gets a pool: a pool's buffers have one size, which the query does not carry
+/// for other caps (an audio source's block, an encoder's frame), and too small a buffer breaks
+/// the source that fills it, too big a one sends what it did not fill.
 pub(super) fn propose_allocation(
     element: &gst::Element,
     query: &mut gst::query::Allocation,
     min_buffers: u32,
 ) {
     let (caps, need_pool) = query.get_owned();
+    // Not for caps of other memory (memory:DMABuf): upstream allocates that itself.
+    let system_memory = caps
+        .as_ref()
+        .and_then(|c| c.features(0))
+        .is_none_or(|f| f.is_empty() || f.contains(gst::CAPS_FEATURE_MEMORY_SYSTEM_MEMORY));
+    if system_memory {
+        query.add_allocation_param(
+            Some(&MemfdBufferPool::upstream_allocator()),
+            gst::AllocationParams::default(),
+        );
+        gst::debug!(CAT, obj = element, "proposing the memfd allocator");
+    }
     if let Some(caps) = &caps
         && let Ok(info) = gst_video::VideoInfo::from_caps(caps)
     {

@@ -630,8 +630,12 @@ impl Link {
         };
         // The socket goes back to the reader thread before the frame goes downstream (it
         // takes it after its grace), and a frame taken leaves room in the inbox: either may
-        // let the reader read on. A reader parked or in its grace needs no signal.
-        inbox.handoff.streaming_leaves();
+        // let the reader read on. A reader parked or in its grace needs no signal, unless it
+        // sleeps through an idle stream.
+        if inbox.handoff.streaming_leaves() {
+            inbox.room_signals += 1;
+            self.room.notify_all();
+        }
         self.signal_room(inbox);
         next
     }

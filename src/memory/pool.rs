@@ -1,16 +1,27 @@
-//! A buffer pool whose buffers live in sealed memfds, so they cross processes as fds.
+//! A buffer pool whose buffers live in sealed memfds, so they cross processes as fds, and the
+//! memfd allocator beneath it.
 //!
-//! fdlinksink offers it to upstream in the ALLOCATION query (videotestsrc and software decoders
-//! then write straight into shareable memory) and uses it for the one copy of the system-memory
-//! fallback. At GStreamer 1.22 there is no GstShmAllocator, so this pool is ours.
+//! fdlinksink offers both to upstream in the ALLOCATION query: the pool for raw video
+//! (videotestsrc and software decoders then write straight into shareable memory), the
+//! allocator for any caps (audio sources, encoders and parsers allocate with it), and uses the
+//! pool for the one copy of the system-memory fallback. At GStreamer 1.22 there is no
+//! GstShmAllocator, so these are ours.
+//!
+//! A copy of the allocator's memory (`gst_memory_copy`) is a memfd of it too: GstVideoDecoder
+//! copies each frame libav still holds mapped as a reference (avdec_* with direct rendering),
+//! and that one copy then lands in shareable memory, not in system memory that fdlinksink would
+//! copy again.
 
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_video::prelude::*;
 use std::sync::LazyLock;
 
-use fdlink::fdkind::{create_memfd_to_map, seal_future_writes};
 use gst::glib;
+
+mod allocator;
+
+use allocator::MemfdAllocator;
 
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -49,6 +60,12 @@ impl MemfdBufferPool {
         pool.set_active(true)?;
         Ok(pool)
     }
+
+    /// A memfd allocator of its own for upstream to allocate with (`gst_buffer_new_allocate`):
+    /// memories of any size in sealed memfds, recycled as they are freed.
+    pub fn upstream_allocator() -> gst::Allocator {
+        glib::Object::new::<MemfdAllocator>().upcast()
+    }
 }
 
 impl Default for MemfdBufferPool {
@@ -59,8 +76,6 @@ impl Default for MemfdBufferPool {
 
 mod imp {
     use super::*;
-    use gst_allocators::prelude::*;
-    use std::os::fd::IntoRawFd;
     use std::sync::atomic::{AtomicI32, Ordering};
     use std::sync::{Condvar, Mutex};
 
@@ -76,7 +91,8 @@ mod imp {
 
     pub struct MemfdBufferPool {
         config: Mutex<Config>,
-        allocator: gst_allocators::FdAllocator,
+        /// Its memories' allocator, which also keeps them when buffers are freed.
+        allocator: super::MemfdAllocator,
         /// Buffers back in the pool, the most recently released last: acquire takes that one,
         /// whose pages are still in the CPU's caches. GstBufferPool's own queue is first in,
         /// first out, so every buffer of the pool comes round in turn and a frame is written
@@ -99,7 +115,7 @@ mod imp {
         fn default() -> Self {
             MemfdBufferPool {
                 config: Mutex::new(Config::default()),
-                allocator: gst_allocators::FdAllocator::new(),
+                allocator: glib::Object::new(),
                 idle: Mutex::new(Idle::default()),
                 returned: Condvar::new(),
             }
@@ -203,7 +219,10 @@ mod imp {
             for buffer in idle {
                 self.parent_release_buffer(buffer);
             }
-            self.parent_stop()
+            let stopped = self.parent_stop();
+            // The freed buffers' memories went to the allocator to be kept: close them now.
+            self.allocator.imp().drain();
+            stopped
         }
 
         fn options() -> &'static [&'static str] {
@@ -266,49 +285,10 @@ mod imp {
                 let c = self.config.lock().unwrap();
                 (c.size, c.video_info.clone(), c.add_video_meta, c.alignment)
             };
-            let fd = create_memfd_to_map("fdlink-pool", size).map_err(|e| {
-                gst::error!(CAT, imp = self, "cannot create memfd of {size} bytes: {e}");
+            let mem = self.allocator.alloc(size, None).map_err(|e| {
+                gst::error!(CAT, imp = self, "cannot allocate a {size}-byte memfd: {e}");
                 gst::FlowError::Error
             })?;
-            // SAFETY: alloc_fd takes ownership of the fd we release here; on failure the C
-            // side did not store it, so we close it ourselves.
-            let raw = fd.into_raw_fd();
-            let mut mem = unsafe {
-                self.allocator
-                    .alloc_fd(raw, size, gst_allocators::FdMemoryFlags::KEEP_MAPPED)
-            }
-            .map_err(|e| {
-                // SAFETY: allocation failed, so `raw` is still ours alone.
-                drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
-                gst::error!(CAT, imp = self, "FdAllocator failed: {e}");
-                gst::FlowError::Error
-            })?;
-            // Mapped writable now and kept mapped (KEEP_MAPPED), every later map of the memory
-            // is this mapping: then the file is sealed against other writes, so a consumer
-            // cannot write into the pool's frames even through a read-write reopening of its
-            // read-only fd, while upstream writes on.
-            let mapped = mem.get_mut().map(|m| m.map_writable().is_ok());
-            if mapped != Some(true) {
-                gst::error!(
-                    CAT,
-                    imp = self,
-                    "cannot map a new {size}-byte memfd writable"
-                );
-                return Err(gst::FlowError::Error);
-            }
-            // SAFETY: `mem` owns `raw` and keeps it open for this borrow.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
-            if let Err(e) = seal_future_writes(fd) {
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "cannot seal memfd against writes ({e}; Linux 5.1 or later has \
-                     F_SEAL_FUTURE_WRITE): a consumer can reopen its read-only fd read-write"
-                );
-            }
-            // The consumers' read-only fd, made with the buffer: a pool's fds stay as many
-            // while it streams.
-            crate::memory::read_only::sent_fd(&mem, fd, fdlink::protocol::MemoryKind::Memfd);
             let mut buffer = gst::Buffer::new();
             {
                 let b = buffer.get_mut().unwrap();
@@ -428,8 +408,17 @@ mod tests {
         assert!(pool.acquire_buffer(None).is_ok());
     }
 
+    /// The fd of a buffer's only memory, a memfd of the pool's allocator.
+    fn memfd_of(b: &gst::BufferRef) -> i32 {
+        let mem = b.peek_memory(0);
+        assert!(mem.allocator().unwrap().is::<MemfdAllocator>());
+        mem.downcast_memory_ref::<gst_allocators::FdMemory>()
+            .expect("fd memory")
+            .fd()
+    }
+
     #[test]
-    fn released_buffers_unfit_for_reuse_are_freed() {
+    fn released_buffers_unfit_for_reuse_are_freed_and_their_memfds_reused() {
         let _fds = fd_lock();
         gst::init().unwrap();
         let pool = bytes_pool(4096, 1, 0);
@@ -437,14 +426,64 @@ mod tests {
         let idle_pool = open_fds();
         pool.set_active(true).unwrap();
         let mut b = pool.acquire_buffer(None).unwrap();
+        let fd = memfd_of(&b);
         // Memory swapped for other memory: GstBufferPool tags the buffer and frees it.
         b.get_mut()
             .unwrap()
             .replace_all_memory(gst::Memory::with_size(4096));
         drop(b);
-        assert_eq!(open_fds(), idle_pool, "its memfd closed");
-        let _fresh = pool.acquire_buffer(None).unwrap();
-        assert_eq!(open_fds(), idle_pool + FDS, "a new memfd in its place");
+        assert_eq!(
+            open_fds(),
+            idle_pool + FDS,
+            "its memfd kept by the allocator"
+        );
+        let fresh = pool.acquire_buffer(None).unwrap();
+        assert_eq!(memfd_of(&fresh), fd, "the kept memfd in the new buffer");
+        assert_eq!(open_fds(), idle_pool + FDS);
+        drop(fresh);
+        pool.set_active(false).unwrap();
+        assert_eq!(open_fds(), idle_pool, "stopping closes the kept memfds");
+    }
+
+    /// GstVideoDecoder makes a frame writable while libav, keeping it as a reference, holds
+    /// it mapped for writing (avdec_* with direct rendering): GStreamer copies the memory, and
+    /// the copy is a memfd of the same allocator, not system memory.
+    #[test]
+    fn a_memory_copy_is_a_memfd_too() {
+        let _fds = fd_lock();
+        gst::init().unwrap();
+        let before = open_fds();
+        let pool = bytes_pool(4096, 1, 0);
+        let mut frame = pool.acquire_buffer(None).unwrap();
+        frame
+            .get_mut()
+            .unwrap()
+            .map_writable()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8);
+        let original = memfd_of(&frame);
+        // The decoder's mapping, as libav's reference holds it.
+        let mut map = std::mem::MaybeUninit::uninit();
+        // SAFETY: `frame` is a live buffer, unmapped below before it is dropped.
+        let mapped = unsafe {
+            gst::ffi::gst_buffer_map(
+                frame.as_mut_ptr(),
+                map.as_mut_ptr(),
+                gst::ffi::GST_MAP_READWRITE,
+            )
+        };
+        assert_ne!(mapped, glib::ffi::GFALSE);
+        let mut pushed = frame.clone();
+        pushed.make_mut();
+        assert_ne!(memfd_of(&pushed), original, "copied");
+        let bytes = pushed.map_readable().unwrap().to_vec();
+        assert!(bytes.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        // SAFETY: mapped above.
+        unsafe { gst::ffi::gst_buffer_unmap(frame.as_mut_ptr(), map.as_mut_ptr()) };
+        drop((frame, pushed, pool));
+        assert_eq!(open_fds(), before);
     }
 
     /// With GST_BUFFER_POOL_OPTION_VIDEO_ALIGNMENT (what avdec_* asks for), frames are laid out

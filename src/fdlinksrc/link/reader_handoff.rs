@@ -32,9 +32,14 @@ use std::time::{Duration, Instant};
 pub(super) const READER_GRACE: Duration = Duration::from_millis(5);
 
 /// The longest a parked reader thread waits before it looks whether the streaming thread
-/// left the socket: it may take the socket up this much later than READER_GRACE after the
-/// streaming thread left.
+/// left the socket, while the stream flows: it may take the socket up this much later than
+/// READER_GRACE after the streaming thread left.
 const PARKED_PERIOD_MAX: Duration = Duration::from_millis(40);
+
+/// The longest it waits while the streaming thread stays in one wait past
+/// `PARKED_PERIOD_MAX` (an idle stream): so long that an idle consumer barely wakes. The
+/// streaming thread, leaving such a wait, signals the reader instead ([`Handoff::streaming_leaves`]).
+const PARKED_PERIOD_IDLE: Duration = Duration::from_secs(5);
 
 /// The hand-off's state, kept in the inbox (under its lock).
 #[derive(Debug)]
@@ -56,6 +61,9 @@ pub(super) struct Handoff {
     grace: Duration,
     /// Times a parked reader thread woke to look at the socket's owner (for tests).
     parked_looks: u64,
+    /// The parked reader waits longer than `PARKED_PERIOD_MAX` (the stream is idle): the
+    /// streaming thread signals it when it leaves.
+    reader_idles: bool,
 }
 
 impl Default for Handoff {
@@ -115,6 +123,7 @@ impl Handoff {
             streaming_visits: 0,
             grace: READER_GRACE,
             parked_looks: 0,
+            reader_idles: false,
         }
     }
 
@@ -137,15 +146,18 @@ impl Handoff {
             if !self.stays_aside {
                 return (ReaderStep::AwaitSignal, parks_now);
             }
-            // The period doubles while the streaming thread stays in one wait (an idle
-            // stream), so an idle consumer wakes rarely.
+            // The period doubles while the streaming thread stays in one wait, up to
+            // PARKED_PERIOD_MAX; past it the stream is idle, and the reader sleeps until the
+            // streaming thread signals that it left.
             let visits = self.streaming_visits;
             wait.period = match wait.visits_at_last_look {
+                Some(v) if v == visits && wait.period >= PARKED_PERIOD_MAX => PARKED_PERIOD_IDLE,
                 Some(v) if v == visits => (wait.period * 2).min(PARKED_PERIOD_MAX),
                 _ => self
                     .grace
                     .clamp(Duration::from_millis(1), PARKED_PERIOD_MAX),
             };
+            self.reader_idles = wait.period > PARKED_PERIOD_MAX;
             wait.visits_at_last_look = Some(visits);
             return (ReaderStep::Parked(wait.period), parks_now);
         }
@@ -192,9 +204,11 @@ impl Handoff {
     }
 
     /// The streaming thread leaves `next()`: the socket goes back to the reader thread, which
-    /// takes it after its grace (or, with leaky policies, at the `room` signal).
-    pub(super) fn streaming_leaves(&mut self) {
+    /// takes it after its grace (or, with leaky policies, at the `room` signal). True when the
+    /// reader sleeps through an idle stream and must be signalled to look.
+    pub(super) fn streaming_leaves(&mut self) -> bool {
         self.streaming_reads = false;
+        std::mem::take(&mut self.reader_idles)
     }
 
     #[cfg(test)]
@@ -252,6 +266,23 @@ mod tests {
     use std::sync::mpsc;
     use std::thread::ThreadId;
 
+    /// A stream that flows (the streaming thread back within each period) never lets the
+    /// reader sleep past PARKED_PERIOD_MAX, and costs no signal.
+    #[test]
+    fn a_flowing_stream_keeps_the_reader_on_short_periods() {
+        let mut h = Handoff::new(true);
+        let mut wait = ReaderWait::default();
+        assert_eq!(h.streaming_wants(), StreamingStep::AskReader);
+        for _ in 0..10 {
+            assert!(matches!(
+                h.reader_step(&mut wait, 0).0,
+                ReaderStep::Parked(p) if p <= PARKED_PERIOD_MAX
+            ));
+            assert!(!h.streaming_leaves());
+            assert_eq!(h.streaming_wants(), StreamingStep::Read);
+        }
+    }
+
     #[test]
     fn the_socket_passes_to_the_streaming_thread_and_back_after_the_grace() {
         let mut h = Handoff::new(true);
@@ -285,6 +316,9 @@ mod tests {
         assert!(!h.reader_parked());
     }
 
+    /// While the streaming thread stays in one wait, the parked reader's period doubles to
+    /// PARKED_PERIOD_MAX, then it sleeps PARKED_PERIOD_IDLE (an idle stream), and the
+    /// streaming thread leaving that wait says to signal it.
     #[test]
     fn a_parked_reader_looks_less_often_while_the_streaming_thread_stays() {
         let mut h = Handoff::new(true);
@@ -296,9 +330,10 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(periods, [5, 10, 20, 40, 40, 40]);
+        let idle = PARKED_PERIOD_IDLE.as_millis() as u64;
+        assert_eq!(periods, [5, 10, 20, 40, idle, idle]);
         // The streaming thread left and came back: the period starts again.
-        h.streaming_leaves();
+        assert!(h.streaming_leaves(), "the sleeping reader is signalled");
         h.streaming_wants();
         assert_eq!(
             h.reader_step(&mut wait, 0).0,
