@@ -6,7 +6,7 @@
 //!
 //! Layers: the `fdlink` core crate below (wire protocol, socket transport, fd checks: no
 //! GStreamer), [`memory`] (the only fd <-> gst::Memory code), and the two elements on top.
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod clock;
 pub mod control;

@@ -9,7 +9,7 @@
 //! waiting for a reply), [`hub`] (the producer's fan-out to its consumers), [`mapping`]
 //! (read-only mappings of received files), [`consumer`] and [`producer`] (frames for
 //! applications, the producer on the hub, with [`memfd_pool`] for plain bytes).
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod consumer;
 pub mod drm_format;

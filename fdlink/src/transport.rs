@@ -201,10 +201,11 @@ impl Listener {
     /// Accepts one pending connection, or `None` when there is none.
     pub fn accept(&self) -> Result<Option<Connection>, TransportError> {
         match socket::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-            // SAFETY: accept4 returned a new fd that nothing else owns.
-            Ok(raw) => Ok(Some(Connection {
-                fd: unsafe { OwnedFd::from_raw_fd(raw) },
-            })),
+            Ok(raw) => {
+                // SAFETY: accept4 returned a new fd that nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                Ok(Some(Connection { fd }))
+            }
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNABORTED) => Ok(None),
             Err(e) => Err(sys("accept", self.path.display().to_string())(e)),
         }

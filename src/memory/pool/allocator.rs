@@ -75,6 +75,9 @@ mod imp {
 
     impl GstObjectImpl for MemfdAllocator {}
 
+    // SAFETY: gstreamer-rs marks allocator subclasses unsafe; `alloc` returns memories of this
+    // allocator made by its parent GstFdAllocator, sized and offset as the params ask, and the
+    // parent's free is kept.
     unsafe impl AllocatorImpl for MemfdAllocator {
         /// A memory of `size` bytes in a sealed memfd (a freed one of about that size, or a
         /// new one), with params' prefix before it and padding after it, zeroed if asked, and

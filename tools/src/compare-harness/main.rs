@@ -31,6 +31,7 @@
 //! - `raw`: no GStreamer. The producer keeps 4 mapped memfds, writes the same 16 bytes (no
 //!   other pixels), sends one fd plus a 100-byte message over SOCK_SEQPACKET and waits for a
 //!   16-byte reply; the consumer maps the received fd, reads the 16 bytes, unmaps, replies.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

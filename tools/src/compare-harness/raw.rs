@@ -40,6 +40,7 @@ pub(crate) fn produce_raw(a: &Args) -> String {
         )
         .expect("memfd");
         nix::unistd::ftruncate(&fd, size as i64).expect("ftruncate");
+        // SAFETY: a new shared mapping of a memfd made here; only this process writes it.
         let map = unsafe {
             nix::sys::mman::mmap(
                 None,
@@ -54,6 +55,7 @@ pub(crate) fn produce_raw(a: &Args) -> String {
         pool.push((fd, map.as_ptr() as *mut u8));
     }
     let conn = accept(listener.as_raw_fd()).expect("accept");
+    // SAFETY: accept returned a new fd that nothing else owns.
     let conn = unsafe { OwnedFd::from_raw_fd(conn) };
     let rec = Arc::new(Mutex::new(Record::default()));
     let msg = [0u8; 100];
@@ -67,6 +69,7 @@ pub(crate) fn produce_raw(a: &Args) -> String {
             }
         }
         let (fd, ptr) = &pool[(i % 4) as usize];
+        // SAFETY: `ptr` maps `size` (>= 16) writable bytes for the life of `pool`.
         let head = unsafe { std::slice::from_raw_parts_mut(*ptr, 16) };
         write_header(head, i as u32);
         rec.lock().unwrap().mark();
@@ -118,6 +121,7 @@ pub(crate) fn consume_raw(a: &Args) -> String {
         let mut fds = Vec::new();
         for c in r.cmsgs().expect("cmsgs") {
             if let ControlMessageOwned::ScmRights(v) = c {
+                // SAFETY: SCM_RIGHTS fds are new to this process and owned by nothing else.
                 fds.extend(v.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
             }
         }
@@ -126,6 +130,7 @@ pub(crate) fn consume_raw(a: &Args) -> String {
         }
         let fd = fds.into_iter().next().expect("one fd");
         // What any consumer of the frame has to do: map it. Read the stamp, unmap.
+        // SAFETY: a new read-only mapping of the received file, unmapped below.
         let map = unsafe {
             nix::sys::mman::mmap(
                 None,
@@ -137,8 +142,10 @@ pub(crate) fn consume_raw(a: &Args) -> String {
             )
         }
         .expect("mmap");
+        // SAFETY: the mapping holds `size` (>= 16) readable bytes until the munmap below.
         let head = unsafe { std::slice::from_raw_parts(map.as_ptr() as *const u8, 16) };
         rec.consumed(read_header(head));
+        // SAFETY: the mapping made above, unmapped once; `head` is not used after.
         unsafe { nix::sys::mman::munmap(map, size) }.expect("munmap");
         drop(fd);
         send(conn.as_raw_fd(), &[0u8; 16], MsgFlags::empty()).expect("reply");

@@ -11,6 +11,7 @@
 //! fdlink-hwmatrix [--write FILE] [--require ROW,ROW,...] [--only ROW,...]
 //! ```
 //! Exit status 1 when a row fails, or when a `--require`d row did not run.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::collections::BTreeMap;
 use std::process::Command;

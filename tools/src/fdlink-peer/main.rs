@@ -92,6 +92,7 @@
 //!
 //! Output lines: `frame ...`, `stats <structure>`, `overwritten ...`, `pattern-mismatch ...`,
 //! `eos`, and on failure `error: ...` on stderr with exit code 1.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod demo;
 mod dmabuf_sources;
