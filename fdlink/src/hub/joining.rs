@@ -7,9 +7,9 @@
 //!   unless upstream is live);
 //! - a connection waiting in the listener's backlog, not accepted yet;
 //! - for [`STARTUP_WAIT`] after the control thread starts, unless upstream is live: a
-//!   consumer started before the producer retries its connect every `endpoint::CONNECT_RETRY`
-//!   (20 ms) until the socket appears, and a socketpair's end is adopted by the control
-//!   thread as it starts.
+//!   consumer started before the producer wakes when the socket file appears (inotify on its
+//!   directory) and retries its connect every `endpoint::CONNECT_RETRY` (20 ms) until the
+//!   producer listens, and a socketpair's end is adopted by the control thread as it starts.
 //!
 //! With a ready consumer nothing waits: a joiner then starts with the next frame, as
 //! `sync-method` says. A live upstream's frame held back for a consumer that started after it

@@ -8,8 +8,8 @@
 //! [`protocol`](crate::protocol) (the hello's bytes).
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::PollFlags;
@@ -18,6 +18,9 @@ use crate::protocol::{
     self, DecodeError, Hello, MAX_PACKET_SIZE, Packet, PacketFds, Role, VERSION,
 };
 use crate::transport::{self, Connection, TransportError, Waker};
+
+mod connecting;
+pub use connecting::{Backoff, ConnectError, Reconnect, connect_waiting};
 
 /// How long a peer has to answer our hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -266,206 +269,15 @@ pub fn sleep_unless_woken(waker: &Waker, wait: Duration) -> bool {
     transport::wait_fd(waker.as_fd(), PollFlags::POLLIN, wait).is_ok() && is_woken(waker)
 }
 
-/// Why connecting to a socket path failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// Nobody listened at the path within the timeout.
-    #[error("no fdlink producer at {} after waiting {} ms: {last}", path.display(), timeout.as_millis())]
-    NoProducer {
-        path: PathBuf,
-        timeout: Duration,
-        last: TransportError,
-    },
-    /// The reconnect deadline passed without a producer.
-    #[error(
-        "no producer came back at {} within {} ms ({attempts} connection attempts; the last one: {last_failure})",
-        path.display(), waited.as_millis()
-    )]
-    GaveUp {
-        path: PathBuf,
-        waited: Duration,
-        attempts: u32,
-        last_failure: String,
-    },
-    /// Connecting failed otherwise (not a SEQPACKET socket, permissions, ...): not retried.
-    #[error("cannot connect to {}: {source}", path.display())]
-    Failed {
-        path: PathBuf,
-        source: TransportError,
-    },
-    /// The waker fired.
-    #[error("interrupted")]
-    Interrupted,
-}
-
-/// Whether a connect error means nobody listens at the path yet (no socket file, or the stale
-/// one a killed producer left): worth trying again.
-fn producer_absent(e: &TransportError) -> bool {
-    matches!(
-        e,
-        TransportError::NoSuchPath { .. } | TransportError::NotListening { .. }
-    )
-}
-
-/// Connects to `path`, waiting up to `timeout` for a producer to listen there (trying every
-/// [`CONNECT_RETRY`]; a zero timeout tries once). `waker` ends the wait.
-pub fn connect_waiting(
-    path: &Path,
-    timeout: Duration,
-    waker: &Waker,
-) -> Result<Connection, ConnectError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match Connection::connect(path) {
-            Ok(conn) => return Ok(conn),
-            Err(e) if producer_absent(&e) => {
-                if Instant::now() >= deadline {
-                    return Err(ConnectError::NoProducer {
-                        path: path.into(),
-                        timeout,
-                        last: e,
-                    });
-                }
-                if sleep_unless_woken(waker, CONNECT_RETRY) {
-                    return Err(ConnectError::Interrupted);
-                }
-            }
-            Err(source) => {
-                return Err(ConnectError::Failed {
-                    path: path.into(),
-                    source,
-                });
-            }
-        }
-    }
-}
-
-/// Waits between connection attempts: [`Backoff::FIRST`] at first, doubling up to
-/// [`Backoff::MAX`].
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(10);
-    pub const MAX: Duration = Duration::from_millis(500);
-
-    pub fn new(first: Duration, max: Duration) -> Backoff {
-        Backoff { next: first, max }
-    }
-
-    /// The wait before the next attempt; the one after it is twice as long, up to the maximum.
-    pub fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Backoff::FIRST, Backoff::MAX)
-    }
-}
-
-/// Connecting to a socket path again after the producer went away: the first attempt at once,
-/// then spaced by a [`Backoff`], until a deadline.
-#[derive(Debug)]
-pub struct Reconnect {
-    since: Instant,
-    deadline: Option<Instant>,
-    next_attempt: Instant,
-    backoff: Backoff,
-    attempts: u32,
-    last_failure: String,
-}
-
-impl Reconnect {
-    /// Starts counting now, with no deadline when `retry_timeout` is None; `why` stands as
-    /// the last failure until an attempt fails.
-    pub fn new(retry_timeout: Option<Duration>, why: impl Into<String>) -> Reconnect {
-        let now = Instant::now();
-        Reconnect {
-            since: now,
-            deadline: retry_timeout.map(|t| now + t),
-            next_attempt: now,
-            backoff: Backoff::default(),
-            attempts: 0,
-            last_failure: why.into(),
-        }
-    }
-
-    /// When the producer went away.
-    pub fn since(&self) -> Instant {
-        self.since
-    }
-
-    /// Connection attempts made so far.
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// Why the last attempt failed.
-    pub fn last_failure(&self) -> &str {
-        &self.last_failure
-    }
-
-    /// The last attempt connected but failed later (the new peer closed during the hello).
-    pub fn failed(&mut self, why: impl Into<String>) {
-        self.last_failure = why.into();
-    }
-
-    /// Waits for the next attempt and makes it, until one connects. Nobody listening at
-    /// `path` is tried again; any other connect error ends it, as does the deadline
-    /// ([`ConnectError::GaveUp`]) or `waker` ([`ConnectError::Interrupted`], after which a
-    /// later call goes on with the same deadline and backoff).
-    pub fn connect(&mut self, path: &Path, waker: &Waker) -> Result<Connection, ConnectError> {
-        loop {
-            let now = Instant::now();
-            if let Some(deadline) = self.deadline
-                && now >= deadline
-            {
-                return Err(ConnectError::GaveUp {
-                    path: path.into(),
-                    waited: deadline - self.since,
-                    attempts: self.attempts,
-                    last_failure: self.last_failure.clone(),
-                });
-            }
-            let next = self
-                .deadline
-                .map_or(self.next_attempt, |d| d.min(self.next_attempt));
-            if next > now {
-                if sleep_unless_woken(waker, next - now) {
-                    return Err(ConnectError::Interrupted);
-                }
-                continue;
-            }
-            self.attempts += 1;
-            self.next_attempt = now + self.backoff.next_wait();
-            match Connection::connect(path) {
-                Ok(conn) => return Ok(conn),
-                Err(e) if producer_absent(&e) => self.last_failure = e.to_string(),
-                Err(source) => {
-                    return Err(ConnectError::Failed {
-                        path: path.into(),
-                        source,
-                    });
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::CAP_FOLLOWS;
     use crate::test_support::fd_lock;
     use crate::transport::Listener;
+    use std::path::PathBuf;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
 
     const T: Duration = Duration::from_secs(5);
 
@@ -717,6 +529,47 @@ mod tests {
         let _listener = late.join().unwrap();
         assert!(conn.is_ok(), "{conn:?}");
         assert!(started.elapsed() >= Duration::from_millis(60));
+    }
+
+    /// Context switches of thread `tid` of this process so far.
+    fn context_switches(tid: i32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+        status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Waiting for a producer that is not there sleeps on the directory: a few wake-ups in
+    /// 2 s (one a second, IDLE_RECHECK, and one per other file made there), not one every
+    /// CONNECT_RETRY (100 in 2 s); and a producer that then binds is connected to.
+    #[test]
+    fn waiting_for_a_producer_sleeps_until_the_socket_appears() {
+        let _fds = fd_lock();
+        let dir = TempSocket::new();
+        let path = dir.path();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wait_at = path.clone();
+        let waiter = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let waker = Waker::new().unwrap();
+            connect_waiting(&wait_at, T, &waker)
+        });
+        let tid = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let before = context_switches(tid);
+        // Other files coming and going in the directory (a busy /tmp) wake it once each, and
+        // no more: only the socket's own name starts the quick retries.
+        for i in 0..5 {
+            std::thread::sleep(Duration::from_millis(400));
+            std::fs::write(dir.0.join(format!("other-{i}")), b"x").unwrap();
+        }
+        let woke = context_switches(tid) - before;
+        assert!(woke <= 20, "{woke} wake-ups in 2 s of waiting");
+        let _listener = Listener::bind(&path).unwrap();
+        let conn = waiter.join().unwrap();
+        assert!(conn.is_ok(), "{conn:?}");
     }
 
     #[test]
