@@ -7,9 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
+# The Python module (python/) in target/pyenv, which tools/tests/python_consumer.rs runs.
+bash scripts/python-setup.sh
 export RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -q -- -D warnings
+# python/ is a workspace of its own (an extension module does not link as a test binary).
+(cd python && cargo fmt --check && CARGO_TARGET_DIR=../target/python cargo clippy --locked --all-targets -q -- -D warnings)
 # The plugin .so (cdylib) first: `cargo test` builds only the rlib, and the launcher test runs
 # gst-launch-1.0 processes that load the plugin.
 cargo build --locked --workspace -q
