@@ -2,6 +2,7 @@
 
 import os
 from types import TracebackType
+from collections.abc import Buffer
 from typing import Iterator, Self
 
 __version__: str
@@ -82,3 +83,35 @@ class Consumer:
     def ended(self) -> bool: ...
     @property
     def closed(self) -> bool: ...
+
+class Producer:
+    """Serves frames on `path` to fdlink consumers, with caps `caps`; each publish copies once."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        caps: str,
+        *,
+        live: bool = False,
+        max_held: int = 8,
+    ) -> None: ...
+    def publish(
+        self,
+        data: Buffer,
+        *,
+        pts: int | None = None,
+        duration: int | None = None,
+        keyframe: bool = True,
+    ) -> int: ...
+    def wait_for_consumer(self, timeout: float = 10.0) -> bool: ...
+    def end_of_stream(self) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+    @property
+    def stats(self) -> dict[str, int]: ...

@@ -149,6 +149,20 @@ impl OutFrame {
     }
 }
 
+/// Bytes copied into a memfd of the producer's pool, to publish.
+pub struct PreparedFrame {
+    frame: OutFrame,
+    on_release: Box<dyn FnOnce() + Send>,
+}
+
+impl PreparedFrame {
+    /// Sets the frame's flags (GstBufferFlags bits).
+    pub fn flags(mut self, flags: u32) -> Self {
+        self.frame = self.frame.flags(flags);
+        self
+    }
+}
+
 /// What the hub holds for a frame until every consumer released it.
 struct Held {
     _files: Vec<Arc<OwnedFd>>,
@@ -375,16 +389,36 @@ impl Producer {
     /// Publishes `bytes` copied once into a sealed memfd of the producer's pool (consumers
     /// cannot write into it); the memfd goes back to the pool once every consumer released it.
     pub fn publish_bytes(&mut self, bytes: &[u8], timing: Timing) -> Result<usize, ProducerError> {
+        let prepared = self.prepare_bytes(bytes, timing)?;
+        self.publish_prepared(prepared)
+    }
+
+    /// The copy half of [`Producer::publish_bytes`]: `bytes` in a memfd of the pool, ready
+    /// to publish (a caller that must not block while it holds `bytes`, such as Python with
+    /// the GIL, copies first and publishes after).
+    pub fn prepare_bytes(
+        &mut self,
+        bytes: &[u8],
+        timing: Timing,
+    ) -> Result<PreparedFrame, ProducerError> {
         let pool = self
             .pool
             .get_or_insert_with(|| Arc::new(Mutex::new(MemfdPool::new(self.options.pool_files))))
             .clone();
         let file: PoolFile = pool.lock().unwrap().take(bytes.len())?;
         file.write(bytes);
-        let fd = file.fd();
         // No layout: consumers read it from the caps.
-        let frame = OutFrame::new(timing).memory(MemoryKind::Memfd, fd, 0, bytes.len() as u64);
-        self.publish(frame, move || pool.lock().unwrap().give_back(file))
+        let frame =
+            OutFrame::new(timing).memory(MemoryKind::Memfd, file.fd(), 0, bytes.len() as u64);
+        Ok(PreparedFrame {
+            frame,
+            on_release: Box::new(move || pool.lock().unwrap().give_back(file)),
+        })
+    }
+
+    /// Publishes a frame [`Producer::prepare_bytes`] made.
+    pub fn publish_prepared(&mut self, prepared: PreparedFrame) -> Result<usize, ProducerError> {
+        self.publish(prepared.frame, prepared.on_release)
     }
 
     /// Ends the stream: consumers get EOS after every frame before it, waited for up to 5 s.
@@ -407,6 +441,18 @@ impl Producer {
     /// Whether a consumer is connected and past its handshake.
     pub fn has_consumer(&self) -> bool {
         self.hub.has_ready_consumer()
+    }
+
+    /// Waits up to `timeout` for a consumer past its handshake; whether one is.
+    pub fn wait_for_consumer(&self, timeout: Duration) -> bool {
+        let until = std::time::Instant::now() + timeout;
+        while !self.hub.has_ready_consumer() {
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 }
 

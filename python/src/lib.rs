@@ -1,6 +1,6 @@
 //! `fdlink` for Python: frames from an fdlink producer (a GStreamer `fdlinksink` in another
 //! process) as objects that expose the producer's memfd or dmabuf through the buffer protocol,
-//! read-only and without a copy.
+//! read-only and without a copy; and a producer whose frames fdlink consumers take.
 //!
 //! ```python
 //! import fdlink, numpy
@@ -11,6 +11,7 @@
 
 mod consumer;
 mod frame;
+mod producer;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -74,6 +75,7 @@ fn fdlink_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<consumer::Consumer>()?;
     m.add_class::<frame::Frame>()?;
+    m.add_class::<producer::Producer>()?;
     m.add("Error", py.get_type::<Error>())?;
     m.add("ConnectError", py.get_type::<ConnectError>())?;
     m.add("HandshakeError", py.get_type::<HandshakeError>())?;
