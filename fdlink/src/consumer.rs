@@ -297,6 +297,7 @@ impl Consumer {
             pts: time(header.pts),
             dts: time(header.dts),
             duration: time(header.duration),
+            offset: (header.offset != u64::MAX).then_some(header.offset),
             flags: header.flags,
             video: header.video,
             memories,
@@ -348,6 +349,7 @@ pub struct Frame {
     pts: Option<Duration>,
     dts: Option<Duration>,
     duration: Option<Duration>,
+    offset: Option<u64>,
     flags: u32,
     video: Option<VideoLayout>,
     memories: Vec<FrameMemory>,
@@ -372,6 +374,10 @@ impl Frame {
     }
     pub fn duration(&self) -> Option<Duration> {
         self.duration
+    }
+    /// The producer's buffer offset (a frame number, for video sources that set it).
+    pub fn offset(&self) -> Option<u64> {
+        self.offset
     }
     /// GstBufferFlags bits ([`FLAG_DISCONT`], [`FLAG_DELTA_UNIT`], ...).
     pub fn flags(&self) -> u32 {

@@ -5,9 +5,8 @@ use std::process::Command;
 /// One row of the matrix.
 pub(crate) struct Row {
     pub(crate) name: &'static str,
-    /// The consumer holds frames in a queue and takes 40 ms each, checking each frame did not
-    /// change while it held it: the decoder must neither deadlock nor reuse a held surface.
-    pub(crate) slow_consumer: bool,
+    /// Which consumer takes the frames.
+    pub(crate) consumer: Consumer,
     /// The message a decoder logs when its driver ends the stream before draining every frame
     /// (vicodec: "eos sent too early"). Either run may then miss frames (vicodec under TCG
     /// misses some of the first ones): when the shorter run logged it, the missing frames are
@@ -16,6 +15,19 @@ pub(crate) struct Row {
     /// Elements that must exist, and device nodes (resolved below) that must too.
     pub(crate) needs_elements: &'static [&'static str],
     pub(crate) source: Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Consumer {
+    /// `fdlinksrc ! fakesink`.
+    Element,
+    /// fdlinksrc holding frames in a queue and taking 40 ms each, checking each frame did not
+    /// change while it held it: the decoder must neither deadlock nor reuse a held surface.
+    Slow,
+    /// A program without GStreamer in its path (`fdlink-peer app-consume`, on
+    /// `fdlink::consumer`): it must get the same kernel objects and map them with the sync
+    /// ioctls.
+    App,
 }
 
 pub(crate) enum Source {
@@ -51,7 +63,17 @@ pub(crate) fn rows() -> Vec<Row> {
     vec![
         Row {
             name: "udmabuf",
-            slow_consumer: false,
+            consumer: Consumer::Element,
+            eos_bug: None,
+            needs_elements: &[],
+            source: Dmabuf {
+                source: "udmabuf",
+                layout: "offsets",
+            },
+        },
+        Row {
+            name: "udmabuf-app-consumer",
+            consumer: Consumer::App,
             eos_bug: None,
             needs_elements: &[],
             source: Dmabuf {
@@ -61,7 +83,7 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "dma-heap",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &[],
             source: Dmabuf {
@@ -71,7 +93,7 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "vgem",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &[],
             source: Dmabuf {
@@ -81,7 +103,7 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2src-vivid-vmalloc",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["v4l2src"],
             source: Pipeline {
@@ -92,7 +114,7 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2src-vivid-dma-contig",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["v4l2src"],
             source: Pipeline {
@@ -103,7 +125,7 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2fwhtdec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: Some("left undrained after CMD_STOP"),
             needs_elements: &["v4l2fwhtdec", "gdpdepay"],
             source: pipe(
@@ -113,7 +135,17 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2slh264dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
+            eos_bug: None,
+            needs_elements: &["v4l2slh264dec"],
+            source: pipe(
+                "filesrc location={fixture} ! h264parse ! v4l2slh264dec",
+                Some("h264-320x240.h264"),
+            ),
+        },
+        Row {
+            name: "v4l2slh264dec-app-consumer",
+            consumer: Consumer::App,
             eos_bug: None,
             needs_elements: &["v4l2slh264dec"],
             source: pipe(
@@ -123,7 +155,7 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2slh264dec-slow-consumer",
-            slow_consumer: true,
+            consumer: Consumer::Slow,
             eos_bug: None,
             needs_elements: &["v4l2slh264dec"],
             source: pipe(
@@ -133,7 +165,7 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2slvp8dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["v4l2slvp8dec"],
             source: pipe(
@@ -143,7 +175,7 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2slh265dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["v4l2slh265dec"],
             source: pipe(
@@ -153,7 +185,7 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2slvp9dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["v4l2slvp9dec"],
             source: pipe(
@@ -163,7 +195,7 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2h264dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["v4l2h264dec"],
             source: pipe(
@@ -173,14 +205,14 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "v4l2h265dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["v4l2h265dec"],
             source: External,
         },
         Row {
             name: "vah264dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["vah264dec"],
             source: pipe(
@@ -190,28 +222,28 @@ pub(crate) fn rows() -> Vec<Row> {
         },
         Row {
             name: "vah265dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["vah265dec"],
             source: External,
         },
         Row {
             name: "vavp9dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["vavp9dec"],
             source: External,
         },
         Row {
             name: "vaav1dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["vaav1dec"],
             source: External,
         },
         Row {
             name: "vaapih264dec",
-            slow_consumer: false,
+            consumer: Consumer::Element,
             eos_bug: None,
             needs_elements: &["vaapih264dec"],
             source: pipe(

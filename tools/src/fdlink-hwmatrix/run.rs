@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::FRAMES;
 use crate::peer_output::{early_eos_note, frames, leaked, minus, stat};
 use crate::procs::{dmabuf_syncs, fixtures_dir, spawn, spawn_traced};
-use crate::rows::{Device, Row, Source, element_exists, vivid_node};
+use crate::rows::{Consumer, Device, Row, Source, element_exists, vivid_node};
 
 pub(crate) enum Outcome {
     Pass(String),
@@ -19,7 +19,15 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     }
     let sock = sock_dir.join(format!("{}.sock", row.name));
     let sock = sock.to_str().unwrap().to_string();
-    let consumer_args = if row.slow_consumer {
+    let slow = row.consumer == Consumer::Slow;
+    let consumer_args = if row.consumer == Consumer::App {
+        vec![
+            "app-consume".to_string(),
+            "--frames-log".into(),
+            "--socket".into(),
+            sock.clone(),
+        ]
+    } else if slow {
         vec![
             "consume".to_string(),
             "--frames-log".into(),
@@ -180,12 +188,13 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     // A consumer whose downstream holds half the producer's max-held copies further frames
     // into its own memory (no fd-backed memory), so the decoder's pool keeps turning.
     let copied = got.iter().filter(|f| f.files.is_empty()).count();
-    if got.iter().any(|f| {
-        (f.files.is_empty() && !row.slow_consumer) || f.files.iter().any(|(_, e)| e == "file")
-    }) {
+    if got
+        .iter()
+        .any(|f| (f.files.is_empty() && !slow) || f.files.iter().any(|(_, e)| e == "file"))
+    {
         problems.push("a received frame is not a dmabuf".into());
     }
-    if row.slow_consumer && copied == got.len() {
+    if slow && copied == got.len() {
         problems.push("every frame was copied: none crossed as a dmabuf".into());
     }
     // Frames are matched by buffer offset (frame number), so a skipped frame shifts nothing,
@@ -204,7 +213,7 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
             problems.push(format!("frame {} arrived but was never sent", c.offset));
             break;
         };
-        if p.files != c.files && !(row.slow_consumer && c.files.is_empty()) {
+        if p.files != c.files && !(slow && c.files.is_empty()) {
             // What tells a link fault from an ambiguous match: how often the producer logged
             // this offset, and under which offsets it logged the received kernel objects.
             let same_offset = sent.iter().filter(|f| f.offset == c.offset).count();
@@ -307,7 +316,7 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
             None => problems.push(format!("{who} printed no fd report")),
         }
     }
-    if row.slow_consumer && problems.is_empty() {
+    if slow && problems.is_empty() {
         reference_note.push_str(&format!(
             ", a consumer holding frames 40 ms each never saw one change ({copied} copied by it past half of max-held)"
         ));

@@ -14,6 +14,9 @@
 //!     `pool-wait-longest-us`; `--live` makes its appsrc a live source)
 //! fdlink-peer produce-dmabuf --source udmabuf|dma-heap|vgem --socket PATH --frames N
 //!     --pool-max N [--size WxH] [--layout single|offsets|planes]
+//! fdlink-peer app-consume [--frames-log] --socket PATH
+//!     (a consumer made of fdlink::consumer alone, no GStreamer in its path: the same
+//!     `frame` lines as consume's, each frame mapped read-only, dmabufs with their sync ioctls)
 //! ```
 //!
 //! produce-dmabuf pushes NV12 frames in real kernel dmabufs (each filled with `offset % 251`):
@@ -94,6 +97,7 @@
 //! `eos`, and on failure `error: ...` on stderr with exit code 1.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod app_consume;
 mod demo;
 mod dmabuf_sources;
 mod probes;
@@ -103,6 +107,7 @@ mod report;
 mod run;
 mod try_write;
 
+use crate::app_consume::app_consume;
 use crate::demo::demo;
 use crate::produce::{produce_dmabuf, produce_pattern};
 use crate::report::{BASELINE_FDS, open_fd_targets, report_fds};
@@ -112,7 +117,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: fdlink-peer demo [--frames N] [--size WxH] [--copy]\n\
          \x20      fdlink-peer produce|consume [--frames-log] [--slow-ms N] [--pattern] [--stats-every MS [--summary]] [--seconds S] PIPELINE...\n\
-         \x20      fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--pool-min N] [--size WxH]"
+         \x20      fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--pool-min N] [--size WxH]\n\
+         \x20      fdlink-peer app-consume [--frames-log] --socket PATH"
     );
     std::process::exit(2)
 }
@@ -274,6 +280,7 @@ fn main() {
         "produce" | "consume" => launch(&o),
         "produce-pattern" => produce_pattern(&o),
         "produce-dmabuf" => produce_dmabuf(&o),
+        "app-consume" => app_consume(&o),
         _ => usage(),
     };
     // The demo's pipelines run in gst-launch-1.0 children: this process's fds say nothing
