@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! compare-harness produce|consume TRANSPORT key=value...
-//!   TRANSPORT: fdlink fdlink-copy shm shm-alloc ipcpipeline unixfd unixfd-copy raw, or
+//!   TRANSPORT: fdlink fdlink-copy fdlink-app shm shm-alloc ipcpipeline unixfd unixfd-copy raw, or
 //!   local (producer only: `videotestsrc ! fakesink`, what the source alone costs)
 //!   width= height= frames= rate= (0: unthrottled) path= (socket or fifo base) go= done=
 //!   timeout= (seconds, whole run) source= (videotestsrc, the default, or prefilled)
@@ -28,6 +28,8 @@
 //! - fps: consumer side, (frames - 1) / (last arrival - first arrival).
 //! - CPU: CLOCK_PROCESS_CPUTIME_ID (all threads, user + system) between the first and the last
 //!   frame each process sees, divided by the frames in between; start-up is left out.
+//! - `fdlink-app`: fdlinksink, and a consumer made of `fdlink::consumer` (no GStreamer in its
+//!   path): it maps each frame read-only, reads the header, and drops the frame (its release).
 //! - `raw`: no GStreamer. The producer keeps 4 mapped memfds, writes the same 16 bytes (no
 //!   other pixels), sends one fd plus a 100-byte message over SOCK_SEQPACKET and waits for a
 //!   16-byte reply; the consumer maps the received fd, reads the 16 bytes, unmaps, replies.
@@ -36,6 +38,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod app;
 mod gst_transports;
 mod prefilled_src;
 mod raw;
@@ -115,7 +118,9 @@ fn wait_for_path(p: &Path, deadline: Instant) -> bool {
 
 fn main() {
     let a = parse_args();
-    if a.transport == "raw" {
+    if a.transport == "fdlink-app" && a.role != "produce" {
+        app::consume_app(&a);
+    } else if a.transport == "raw" {
         let out = match a.role.as_str() {
             "produce" => produce_raw(&a),
             _ => consume_raw(&a),
