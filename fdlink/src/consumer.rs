@@ -299,7 +299,7 @@ impl Consumer {
             duration: time(header.duration),
             offset: (header.offset != u64::MAX).then_some(header.offset),
             flags: header.flags,
-            video: header.video,
+            video: header.video.map(Box::new),
             memories,
         })
     }
@@ -351,7 +351,8 @@ pub struct Frame {
     duration: Option<Duration>,
     offset: Option<u64>,
     flags: u32,
-    video: Option<VideoLayout>,
+    /// Boxed: most frames are light, and `Poll` carries them by value.
+    video: Option<Box<VideoLayout>>,
     memories: Vec<FrameMemory>,
 }
 
@@ -390,7 +391,7 @@ impl Frame {
     /// The video layout (format as a GstVideoFormat value, size, plane offsets and strides
     /// across the frame's bytes), when the producer sent one.
     pub fn video(&self) -> Option<&VideoLayout> {
-        self.video.as_ref()
+        self.video.as_deref()
     }
     /// The frame's memories, in order; none for a buffer without bytes.
     pub fn memories(&self) -> &[FrameMemory] {
