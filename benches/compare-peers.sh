@@ -25,7 +25,10 @@
 # "latency" (live videotestsrc at 30 fps; one-way latency from a stamp written just before
 # the sink to a probe just after the source). How each figure is taken:
 # tools/src/compare-harness/. The Markdown tables go to stdout and to --out (default:
-# benches/compare-peers.last.md); raw results sit beside it.
+# benches/compare-peers.last.md); raw results sit beside it, with every latency run's
+# per-frame latencies (.samples.tsv) and one SVG latency CDF per size drawn from them
+# (.cdf-WxH.svg).
+#   --sizes "640x480 1920x1080"  only these sizes (of the three above)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,6 +37,7 @@ FORKY=${FDLINK_FORKY_DIR:-/var/cache/fdlink-forky}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 QUICK=0
 REPS=""
+ONLY_SIZES=()
 USE_FORKY=1
 OUT=$ROOT/benches/compare-peers.last.md
 
@@ -43,6 +47,7 @@ while [ $# -gt 0 ]; do
         --reps) REPS=$2; shift ;;
         --no-forky) USE_FORKY=0 ;;
         --out) OUT=$2; shift ;;
+        --sizes) read -r -a ONLY_SIZES <<< "$2"; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -68,16 +73,23 @@ FORKY_TRANSPORTS=(local fdlink fdlink-copy unixfd unixfd-copy)
 RUN_TIMEOUT=150
 
 RESULTS=${OUT%.md}.results.tsv
+# One line per latency run: env mode transport size rep, then each frame's latency in µs.
+SAMPLES=${OUT%.md}.samples.tsv
 mkdir -p "$(dirname "$OUT")"
 : > "$RESULTS"
+: > "$SAMPLES"
 log() { echo "[compare-peers] $*" >&2; }
 
 # ---------------------------------------------------------------- build
 log "building plugin and harness in $TARGET"
 (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --locked -p gst-plugin-fdlink --lib \
     -p fdlink-tools --bin compare-harness >&2)
-PLUGIN_DIR=$TARGET/release
-HARNESS=$TARGET/release/compare-harness
+# Measured from a private copy: another cargo build into the same target directory during
+# the run (other work on the machine) would otherwise change the plugin between rows.
+BIN_DIR=$(mktemp -d /tmp/fdlink-cmp-bin.XXXXXX)
+cp "$TARGET/release/libgstfdlink.so" "$TARGET/release/compare-harness" "$BIN_DIR/"
+PLUGIN_DIR=$BIN_DIR
+HARNESS=$BIN_DIR/compare-harness
 
 # ---------------------------------------------------------------- forky chroot
 FORKY_ROOT=$FORKY/root
@@ -86,6 +98,7 @@ MOUNTED=()
 cleanup() {
     local m
     for m in "${MOUNTED[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$BIN_DIR"
 }
 trap cleanup EXIT
 
@@ -156,6 +169,9 @@ run_one() {
     local args=("$transport" "width=$w" "height=$h" "frames=$frames" "rate=$rate"
         "path=$inner/sock" "go=$inner/go" "done=$inner/done" "timeout=$RUN_TIMEOUT")
     if [ "$mode" = throughput-prefilled ]; then args+=("source=prefilled"); fi
+    # Only the consumer records arrivals; the producer would write an empty file.
+    local cargs=("${args[@]}")
+    if [ "$mode" = latency ]; then cargs+=("samples=$inner/samples"); fi
     # GST_PLUGIN_PATH_1_0 would override GST_PLUGIN_PATH; clear it.
     env -u GST_PLUGIN_PATH_1_0 GST_PLUGIN_PATH="$plugin_path" \
         timeout $((RUN_TIMEOUT + 30)) "${prefix[@]}" "$harness" produce "${args[@]}" \
@@ -166,7 +182,7 @@ run_one() {
         roles=(produce)  # no consumer: the source alone
     else
         env -u GST_PLUGIN_PATH_1_0 GST_PLUGIN_PATH="$plugin_path" \
-            timeout $((RUN_TIMEOUT + 30)) "${prefix[@]}" "$harness" consume "${args[@]}" \
+            timeout $((RUN_TIMEOUT + 30)) "${prefix[@]}" "$harness" consume "${cargs[@]}" \
             > "$base/c.out" 2> "$base/c.err" || crc=$?
     fi
     wait "$ppid" || prc=$?
@@ -184,6 +200,10 @@ run_one() {
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$env" "$mode" "$transport" "$size" "$rep" \
             "$role $line" >> "$RESULTS"
     done
+    if [ -s "$base/samples" ]; then
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$env" "$mode" "$transport" "$size" "$rep" \
+            "$(awk '!/^#/ { printf "%s%s", sep, $4; sep = " " }' "$base/samples")" >> "$SAMPLES"
+    fi
     rm -rf "$base"
 }
 
@@ -220,6 +240,9 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 # Size by size, all transports together: rows that are divided by each other run minutes
 # apart, not a whole run apart, so a change in the machine's load hits them alike.
 for i in "${!SIZES[@]}"; do
+    if [ ${#ONLY_SIZES[@]} -gt 0 ] && [[ " ${ONLY_SIZES[*]} " != *" ${SIZES[$i]} "* ]]; then
+        continue
+    fi
     run_size host "$i" "${HOST_TRANSPORTS[@]}"
     if [ -z "$FORKY_REASON" ]; then
         run_size forky "$i" "${FORKY_TRANSPORTS[@]}"
@@ -242,4 +265,6 @@ python3 "$ROOT/benches/compare-peers-table.py" "$RESULTS" \
     --date "$START" --load "$LOAD" --quick "$QUICK" --reps "$REPS" \
     --lat-frames "$LAT_FRAMES" --tp-frames "${TP_FRAMES[*]}" --pf-frames "${PF_FRAMES[*]}" \
     --forky-reason "$FORKY_REASON" | tee "$OUT"
-log "tables in $OUT, raw results in $RESULTS"
+python3 "$ROOT/benches/compare-peers-cdf.py" "$SAMPLES" --prefix "${OUT%.md}.cdf-" \
+    --note "Run of $START, $(nproc) cores, GStreamer $HOST_GST (host) and ${FORKY_GST%% *} (chroot); ${REPS} run(s) per transport pooled" >&2
+log "tables in $OUT, raw results in $RESULTS, latency samples in $SAMPLES"
