@@ -13,7 +13,8 @@ from collections import defaultdict
 
 SIZES = ["640x480", "1920x1080", "3840x2160"]
 ORDER = [
-    ("host", "local"), ("host", "raw"), ("host", "fdlink"), ("host", "fdlink-copy"), ("host", "shm"),
+    ("host", "local"), ("host", "raw"), ("host", "fdlink"), ("host", "fdlink-app"),
+    ("host", "fdlink-copy"), ("host", "shm"),
     ("host", "ipcpipeline"), ("forky", "local"), ("forky", "fdlink"), ("forky", "fdlink-copy"),
     ("forky", "unixfd"), ("forky", "unixfd-copy"),
 ]
@@ -21,6 +22,7 @@ LABEL = {
     "local": "no transport: source alone (one process)",
     "raw": "raw SCM_RIGHTS baseline",
     "fdlink": "fdlink (memfd pool, zero-copy)",
+    "fdlink-app": "fdlink to an application (fdlink::consumer)",
     "fdlink-copy": "fdlink copy path",
     "shm": "shmsink/shmsrc",
     "ipcpipeline": "ipcpipelinesink/src",

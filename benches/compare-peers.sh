@@ -11,6 +11,8 @@
 #   fdlink       fdlinksink/fdlinksrc, upstream allocates from fdlinksink's memfd pool
 #   fdlink-copy  the same with `identity drop-allocation=true` before the sink, so upstream
 #                uses system memory and fdlinksink copies each frame into a memfd
+#   fdlink-app   fdlinksink, and a consumer made of fdlink::consumer alone (an application:
+#                no GStreamer on its side)
 #   shm          shmsink/shmsrc (copy into shmsink's area)
 #   ipcpipeline  ipcpipelinesink / ipcslavepipeline(ipcpipelinesrc) over a fifo pair
 #   unixfd       unixfdsink/unixfdsrc (GStreamer 1.28, Debian forky chroot)
@@ -67,7 +69,7 @@ else
     LAT_FRAMES=300
     REPS=${REPS:-3}
 fi
-HOST_TRANSPORTS=(local raw fdlink fdlink-copy shm ipcpipeline)
+HOST_TRANSPORTS=(local raw fdlink fdlink-app fdlink-copy shm ipcpipeline)
 FORKY_TRANSPORTS=(local fdlink fdlink-copy unixfd unixfd-copy)
 # Whole-run limit per process; a hung transport shows up as "not run", never as a number.
 RUN_TIMEOUT=150
