@@ -10,7 +10,7 @@
 //!     let mapped = frame.map()?;
 //!     println!("{} bytes at pts {:?}", mapped.len(), frame.pts());
 //! } // each frame goes back to the producer as it is dropped
-//! # Ok::<(), fdlink::consumer::ConsumerError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::collections::HashMap;

@@ -84,11 +84,22 @@ impl Link {
                 client
             })
             .collect();
-        Link {
+        let link = Link {
             service,
             clients,
             _dir: dir,
+        };
+        // wait-for-connection holds the first frame for the first consumer only: with more,
+        // each must be past its hello before a frame, or it joins at the next one.
+        let until = std::time::Instant::now() + T;
+        while (link.sink_stats().get::<u32>("consumers").unwrap() as usize) < consumers {
+            assert!(
+                std::time::Instant::now() < until,
+                "consumers never connected"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        link
     }
 
     fn push(&self, buffer: gst::Buffer) {

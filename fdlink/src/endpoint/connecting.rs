@@ -68,12 +68,17 @@ pub fn connect_waiting(
     waker: &Waker,
 ) -> Result<Connection, ConnectError> {
     let deadline = Instant::now() + timeout;
-    // Watched before the first attempt, so that a socket made between the two is seen.
-    let watch = DirectoryWatch::new(path);
+    // Made only once an attempt failed (closing an inotify instance waits for an RCU grace
+    // period, tens of ms: a producer already there must not cost it), and tried again at
+    // once after, so a socket made between the attempt and the watch is seen.
+    let mut watch: Option<Option<DirectoryWatch>> = None;
     let mut eager_until: Option<Instant> = None;
     loop {
         match Connection::connect(path) {
             Ok(conn) => return Ok(conn),
+            Err(e) if producer_absent(&e) && watch.is_none() && !timeout.is_zero() => {
+                watch = Some(DirectoryWatch::new(path));
+            }
             Err(e) if producer_absent(&e) => {
                 let now = Instant::now();
                 // A socket file nobody listens on yet, at the first attempt: its producer
@@ -90,7 +95,7 @@ pub fn connect_waiting(
                     });
                 }
                 let left = deadline - now;
-                let woken = match &watch {
+                let woken = match watch.as_ref().and_then(Option::as_ref) {
                     Some(watch) if eager_until.is_some_and(|t| now >= t) => {
                         match watch.wait(waker, left.min(IDLE_RECHECK)) {
                             DirectoryWait::Woken => true,
