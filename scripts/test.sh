@@ -19,6 +19,11 @@ cargo clippy --locked --workspace --all-targets -q -- -D warnings
 cargo build --locked --workspace -q
 cargo test --locked --workspace
 
+# musl: the code type-checks against musl's libc structs (no musl GStreamer here, so a check).
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+RUSTFLAGS="-D warnings -C target-feature=-crt-static" PKG_CONFIG_ALLOW_CROSS=1 \
+  cargo check --locked --workspace --all-targets --target x86_64-unknown-linux-musl -q
+
 # Coverage-guided fuzzing, 30 s a target (fuzz/run.sh; the 10M-input campaign is
 # `fuzz/run.sh --runs 10000000`). Needs the nightly toolchain; cargo-fuzz is installed if
 # missing.

@@ -425,7 +425,8 @@ impl Connection {
         // SAFETY: msghdr is plain data; all-zero is a valid empty header.
         let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };
         mhdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        mhdr.msg_iovlen = iov.len();
+        // `as _`: usize on glibc, c_int on musl.
+        mhdr.msg_iovlen = iov.len() as _;
         if !raw.is_empty() {
             let payload = std::mem::size_of_val(raw);
             // SAFETY: CMSG_SPACE and CMSG_LEN only compute sizes.
@@ -577,7 +578,8 @@ fn recv_packet(
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };
     mhdr.msg_iov = iov.as_mut_ptr().cast();
-    mhdr.msg_iovlen = iov.len();
+    // `as _`: usize on glibc, c_int on musl.
+    mhdr.msg_iovlen = iov.len() as _;
     mhdr.msg_control = cmsg_buf.as_mut_ptr().cast();
     mhdr.msg_controllen = cmsg_len as _;
     let n = loop {

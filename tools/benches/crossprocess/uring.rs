@@ -40,7 +40,7 @@ impl Message {
         self.set_iov(bytes.as_ptr() as *mut u8, bytes.len());
         let Some(fd) = fd else {
             self.hdr.msg_control = std::ptr::null_mut();
-            self.hdr.msg_controllen = 0;
+            self.hdr.msg_controllen = 0 as _;
             return;
         };
         let fd_bytes = std::mem::size_of::<RawFd>() as u32;
@@ -48,14 +48,15 @@ impl Message {
         let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
         assert!(space <= CONTROL_BYTES);
         self.hdr.msg_control = self.control.as_mut_ptr() as *mut libc::c_void;
-        self.hdr.msg_controllen = space;
+        // `as _` here and below: usize on glibc, u32 / c_int on musl.
+        self.hdr.msg_controllen = space as _;
         // SAFETY: msg_control points at `space` writable, aligned bytes of `control`, so the
         // first header exists and its data has room for one fd.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&self.hdr);
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes) as usize;
+            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
         }
     }
@@ -64,7 +65,7 @@ impl Message {
     fn set_recv(&mut self, buf: &mut [u8]) {
         self.set_iov(buf.as_mut_ptr(), buf.len());
         self.hdr.msg_control = self.control.as_mut_ptr() as *mut libc::c_void;
-        self.hdr.msg_controllen = CONTROL_BYTES;
+        self.hdr.msg_controllen = CONTROL_BYTES as _;
         self.hdr.msg_flags = 0;
     }
 
@@ -79,7 +80,7 @@ impl Message {
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                     let data = libc::CMSG_DATA(c) as *const RawFd;
                     let n =
-                        ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                        ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
                     for i in 0..n {
                         // SAFETY (of the from_raw_fd): the kernel installed this fd for this
                         // process just now, and nothing else knows it.
