@@ -7,7 +7,10 @@
 #    $prefix/lib/gstreamer-1.0 (and gstfdlink.pc in $prefix/lib/pkgconfig), and
 #    gst-inspect-1.0 finds fdlinksink and fdlinksrc there with only GST_PLUGIN_SYSTEM_PATH
 #    pointed at that directory (GST_PLUGIN_PATH unset, a fresh registry). cargo-c is installed
-#    if missing (`cargo install cargo-c`, several minutes).
+#    if missing (`cargo install cargo-c`, several minutes). Then the C library of the
+#    application API (`cargo cinstall -p fdlink-capi`: libfdlink, fdlink.h, fdlink.pc):
+#    capi/examples/consume.c built against it through pkg-config alone takes 30 frames from a
+#    producer using the plugin installed just before.
 # 2. Debian package: scripts/package-deb.sh amd64 builds the .deb; it is installed with
 #    dpkg -i (so its Depends must already be met by GStreamer's runtime packages) into a clean
 #    Debian 12 chroot holding only gstreamer1.0-tools, -plugins-base and -plugins-good
@@ -84,6 +87,7 @@ cinstall_test() {
     fi
     prefix=$(mktemp -d /tmp/fdlink-cinstall.XXXXXX)
     TMPDIRS+=("$prefix")
+    PLUGIN_DIR=$prefix/lib/gstreamer-1.0
     log "cargo cinstall -p gst-plugin-fdlink --prefix=$prefix --libdir=$prefix/lib"
     if ! nice -n 10 cargo cinstall --locked -p gst-plugin-fdlink --prefix="$prefix" \
         --libdir="$prefix/lib" > "$prefix.log" 2>&1; then
@@ -108,6 +112,51 @@ cinstall_test() {
         ok "cargo cinstall: lib/gstreamer-1.0/libgstfdlink.so ($(stat -c %s "$so") bytes) and lib/pkgconfig/gstfdlink.pc; gst-inspect-1.0 finds fdlinksink and fdlinksrc with GST_PLUGIN_SYSTEM_PATH only ($((SECONDS - t0)) s)"
     else
         bad "cargo cinstall: gst-inspect-1.0 fdlinksink/fdlinksrc with GST_PLUGIN_SYSTEM_PATH=$prefix/lib/gstreamer-1.0"
+    fi
+}
+
+# The C library of the application API: `cargo cinstall -p fdlink-capi` installs libfdlink,
+# fdlink.h and fdlink.pc; capi/examples/consume.c builds against them through pkg-config alone
+# and takes 30 frames from a producer whose plugin the first check installed.
+capi_cinstall_test() {
+    local t0=$SECONDS prefix plugin_dir=${PLUGIN_DIR:-} sock out
+    prefix=$(mktemp -d /tmp/fdlink-capi.XXXXXX)
+    TMPDIRS+=("$prefix")
+    log "cargo cinstall -p fdlink-capi --prefix=$prefix --libdir=$prefix/lib"
+    if ! nice -n 10 cargo cinstall --locked -p fdlink-capi --prefix="$prefix" \
+        --libdir="$prefix/lib" > "$prefix.log" 2>&1; then
+        sed 's/^/    /' "$prefix.log" >&2
+        bad "cargo cinstall -p fdlink-capi failed"; return
+    fi
+    for f in include/fdlink.h lib/pkgconfig/fdlink.pc lib/libfdlink.a; do
+        [ -f "$prefix/$f" ] || { bad "cargo cinstall -p fdlink-capi: no $f"; return; }
+    done
+    # shellcheck disable=SC2046 # pkg-config's words are separate arguments
+    if ! cc -std=c99 -Wall -Werror -o "$prefix/consume" capi/examples/consume.c \
+        $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags --libs fdlink) \
+        2> "$prefix/cc.log"; then
+        sed 's/^/    /' "$prefix/cc.log" >&2
+        bad "capi/examples/consume.c does not build against the installed fdlink.pc"; return
+    fi
+    if [ -z "$plugin_dir" ]; then
+        bad "the C consumer: no installed plugin to produce with (run without --skip-cinstall)"; return
+    fi
+    sock=$prefix/s.sock
+    # The installed plugin beside GStreamer's own (videotestsrc).
+    env -u GST_PLUGIN_PATH GST_REGISTRY="$prefix/registry.bin" \
+        GST_PLUGIN_SYSTEM_PATH="$plugin_dir:$(pkg-config --variable=pluginsdir gstreamer-1.0)" \
+        gst-launch-1.0 -q videotestsrc num-buffers=30 ! video/x-raw,format=NV12,width=320,height=240 \
+        ! fdlinksink socket-path="$sock" wait-for-connection=true sync=false > "$prefix/producer.log" 2>&1 &
+    local producer=$! i
+    for i in $(seq 300); do [ -S "$sock" ] && break; sleep 0.1; done
+    out=$(LD_LIBRARY_PATH="$prefix/lib" timeout 60 "$prefix/consume" "$sock" 2>&1)
+    local rc=$?
+    wait $producer
+    if [ $rc -eq 0 ] && grep -q '^end frames 30' <<< "$out"; then
+        ok "cargo cinstall -p fdlink-capi: include/fdlink.h, lib/libfdlink.{so,a}, lib/pkgconfig/fdlink.pc; consume.c built with pkg-config alone took 30 frames from the installed plugin ($((SECONDS - t0)) s)"
+    else
+        echo "$out" | tail -5 | sed 's/^/    /' >&2
+        bad "the installed C library's example did not take 30 frames (rc $rc)"
     fi
 }
 
@@ -215,7 +264,11 @@ deb_test() { # deb_test ARCH
     ok "$arch: Debian package checks took $((SECONDS - t0)) s"
 }
 
-[ "$CINSTALL" = 1 ] && cinstall_test
+PLUGIN_DIR=""
+if [ "$CINSTALL" = 1 ]; then
+    cinstall_test
+    capi_cinstall_test
+fi
 if [ "$DEB" = 1 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         bad "Debian package: needs root (debootstrap, chroot, mount): run with sudo, or --skip-deb"
