@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use fdlink::consumer::{Consumer, ConsumerError};
 
-use crate::{Opts, init};
 use crate::dmabuf_sources::exporter;
 use crate::report::print_line;
+use crate::{Opts, init};
 
 /// How long it waits for the producer to listen.
 const CONNECT_WAIT: Duration = Duration::from_secs(60);
