@@ -10,7 +10,8 @@
 #    if missing (`cargo install cargo-c`, several minutes). Then the C library of the
 #    application API (`cargo cinstall -p fdlink-capi`: libfdlink, fdlink.h, fdlink.pc):
 #    capi/examples/consume.c built against it through pkg-config alone takes 30 frames from a
-#    producer using the plugin installed just before.
+#    producer using the plugin installed just before. And the core crate alone (`cargo
+#    package -p fdlink`) and the tools (`cargo install --path tools`).
 # 2. Debian package: scripts/package-deb.sh amd64 builds the .deb; it is installed with
 #    dpkg -i (so its Depends must already be met by GStreamer's runtime packages) into a clean
 #    Debian 12 chroot holding only gstreamer1.0-tools, -plugins-base and -plugins-good
@@ -160,6 +161,28 @@ capi_cinstall_test() {
     fi
 }
 
+# The GStreamer-free core crate stands alone (`cargo package` builds it from its own packaged
+# sources, crates.io dependencies only), and the tools install as a cargo target.
+crate_and_tools_test() {
+    local t0=$SECONDS root
+    if nice -n 10 cargo package --locked -p fdlink --allow-dirty > /tmp/fdlink-package.log 2>&1; then
+        ok "cargo package -p fdlink: the core crate builds from its packaged sources alone ($((SECONDS - t0)) s)"
+    else
+        tail -5 /tmp/fdlink-package.log | sed 's/^/    /' >&2
+        bad "cargo package -p fdlink failed (log: /tmp/fdlink-package.log)"
+    fi
+    t0=$SECONDS
+    root=$(mktemp -d /tmp/fdlink-tools.XXXXXX)
+    TMPDIRS+=("$root")
+    if nice -n 10 cargo install --locked --path tools --root "$root" > "$root.log" 2>&1 &&
+        grep -q 'usage: fdlink-peer' <<< "$("$root/bin/fdlink-peer" 2>&1)"; then
+        ok "cargo install --path tools: $(cd "$root/bin" && ls | tr '\n' ' ')($((SECONDS - t0)) s)"
+    else
+        tail -5 "$root.log" | sed 's/^/    /' >&2
+        bad "cargo install --path tools failed"
+    fi
+}
+
 # make_chroot: the cached clean chroot, made once.
 make_chroot() {
     local tmp=$CACHE/root.tmp
@@ -268,6 +291,7 @@ PLUGIN_DIR=""
 if [ "$CINSTALL" = 1 ]; then
     cinstall_test
     capi_cinstall_test
+    crate_and_tools_test
 fi
 if [ "$DEB" = 1 ]; then
     if [ "$(id -u)" -ne 0 ]; then
