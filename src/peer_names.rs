@@ -151,14 +151,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(s.n_fields(), 100);
-        // The structure's name and its 100 fields: interned by the parse, counted.
-        assert_eq!(budget.spent().0, 101);
+        // The structure's name and its 100 fields: interned by the parse, counted. GStreamer
+        // 1.26 keeps them as GstIdStr, not quarks: it interns nothing, nothing is counted.
+        let counted = if parser_interns() { 101 } else { 0 };
+        assert_eq!(budget.spent().0, counted);
         // Known now: the same text again costs nothing.
         budget
             .parse(&text, |t| t.parse::<gst::Structure>())
             .unwrap()
             .unwrap();
-        assert_eq!(budget.spent().0, 101);
+        assert_eq!(budget.spent().0, counted);
         // A quoted string's first word is looked at but, never interned, costs nothing.
         budget
             .parse(
@@ -167,7 +169,22 @@ mod tests {
             )
             .unwrap()
             .unwrap();
-        assert_eq!(budget.spent().0, 101);
+        assert_eq!(budget.spent().0, counted);
+    }
+
+    /// Whether this GStreamer's parser interns the names it reads (before 1.26).
+    fn parser_interns() -> bool {
+        let _ = "probe-structure, parser-interns-probe=(int)1;".parse::<gst::Structure>();
+        is_interned(&CString::new("parser-interns-probe").unwrap())
+    }
+
+    /// `text` parsed, its names interned as GStreamer before 1.26 interns them, so the
+    /// budget's arithmetic is tested on every version.
+    fn parse_interning(text: &str) -> gst::Structure {
+        for name in interned_names(text).unwrap() {
+            glib::Quark::from_str(std::str::from_utf8(&name).unwrap());
+        }
+        text.parse().unwrap()
     }
 
     #[test]
@@ -192,10 +209,7 @@ mod tests {
                 &format!("spend-{round}"),
                 &unique(&format!("spend{round}"), 99),
             );
-            budget
-                .parse(&text, |t| t.parse::<gst::Structure>())
-                .unwrap()
-                .unwrap();
+            budget.parse(&text, parse_interning).unwrap();
         }
         assert_eq!(budget.spent().0, 200);
         let text = structure("spend-2", &unique("spend2", 99));
@@ -203,10 +217,7 @@ mod tests {
         assert!(err.contains("limit in the life of the process"), "{err}");
         // Known names still parse: an honest stream goes on.
         let known = structure("spend-0", &unique("spend0", 99));
-        budget
-            .parse(&known, |t| t.parse::<gst::Structure>())
-            .unwrap()
-            .unwrap();
+        budget.parse(&known, parse_interning).unwrap();
         // Caps features and nested structures' names are names too.
         let caps = "video/x-raw(memory:spend-feature), nested=(structure)\"spend-inner\\,\\ a\\=\\(int\\)1\\;\"";
         let names = interned_names(caps).unwrap();

@@ -641,6 +641,12 @@ impl Link {
     }
 
     /// `unlock()`/`unlock_stop()`: make `next()` return None, or wait again.
+    /// Tells the producer why this consumer ends the link (an Error packet), for a fault the
+    /// streaming thread finds rather than the reader.
+    pub fn send_error(&self, why: &str) {
+        self.conn.send_error(why);
+    }
+
     pub fn set_flushing(&self, flushing: bool) {
         self.inbox.lock().unwrap().flushing = flushing;
         self.arrived.notify_all();

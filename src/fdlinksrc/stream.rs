@@ -13,7 +13,7 @@ use gst_base::prelude::*;
 
 use super::connection::Connector;
 use super::imp::{CAT, FdlinkSrc, Stop, protocol_error};
-use super::link::{Inbound, Link, QueueLimit};
+use super::link::{Inbound, Link, MAX_QUEUED_PACKET_BYTES, MAX_QUEUED_PACKETS, QueueLimit};
 use super::stats;
 use super::timeline::{OurClock, Timeline};
 use super::video_layout::{self, DownstreamLayout};
@@ -42,8 +42,9 @@ pub struct Stream {
     unset_caps: Option<gst::Caps>,
     /// Serialized events (tags, custom, ...) that came after the producer's segment but
     /// before anything said where the producer is: they go downstream after that segment,
-    /// shifted by the next buffer or gap.
-    held_events: Vec<gst::Event>,
+    /// shifted by the next buffer or gap. Each with the size of its structure text; at most
+    /// `MAX_QUEUED_PACKETS` of them or `MAX_QUEUED_PACKET_BYTES`, as the link's inbox holds.
+    held_events: Vec<(gst::Event, usize)>,
     /// Frames that went downstream from this connection's producer.
     pub frames_from_link: u64,
     /// Frames dropped on this side (`frames-dropped`) when the last one went downstream.
@@ -433,7 +434,7 @@ impl FdlinkSrc {
         self.ensure_segment(stream);
         let obj = self.obj();
         let pad = obj.src_pad();
-        for event in stream.held_events.drain(..) {
+        for (event, _) in stream.held_events.drain(..) {
             pad.push_event(event);
         }
     }
@@ -597,7 +598,7 @@ impl FdlinkSrc {
                 // Events held before the flush: sticky ones (tags) stay on the pad across a
                 // flush, so they still go out after the next segment; the others are
                 // flushed away.
-                stream.held_events.retain(|ev| ev.is_sticky());
+                stream.held_events.retain(|(ev, _)| ev.is_sticky());
                 let mut flush_start = gst::event::FlushStart::new();
                 control::set_seqnum(&mut flush_start, p.seqnum);
                 pad.push_event(flush_start);
@@ -637,8 +638,26 @@ impl FdlinkSrc {
                 }
                 // After the producer's segment, before anything said where the producer is.
                 let gst::EventView::Gap(gap) = event.view() else {
-                    // Tags and the like: they wait for the shift the next buffer gives.
-                    stream.held_events.push(event);
+                    // Tags and the like: they wait for the shift the next buffer gives,
+                    // bounded as the inbox is: a producer that sends events without end
+                    // before any buffer floods this consumer.
+                    let held_bytes: usize = stream.held_events.iter().map(|(_, b)| b).sum();
+                    if stream.held_events.len() >= MAX_QUEUED_PACKETS
+                        || held_bytes + p.structure.len() > MAX_QUEUED_PACKET_BYTES
+                    {
+                        let why = format!(
+                            "the producer sent {} events ({held_bytes} bytes) after its segment \
+                                 and before any buffer or gap; the limit is {MAX_QUEUED_PACKETS} \
+                                 events or {} MiB: it floods this consumer",
+                            stream.held_events.len() + 1,
+                            MAX_QUEUED_PACKET_BYTES >> 20
+                        );
+                        if let Some(link) = &stream.link {
+                            link.send_error(&format!("protocol error: {why}"));
+                        }
+                        return Some(protocol_error(&stream.connector.path, why));
+                    }
+                    stream.held_events.push((event, p.structure.len()));
                     return None;
                 };
                 // A gap says where the producer is itself, as a buffer's PTS would, and must

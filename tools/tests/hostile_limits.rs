@@ -566,3 +566,78 @@ fn holders_that_never_release_do_not_grow_the_pool() {
     );
     assert!(alive(&mut producer), "producer died: {}", producer.errors());
 }
+
+/// A producer that sends events after its segment and before any buffer or gap (they wait
+/// in fdlinksrc for the shift a buffer gives) without end: past 256 such events the consumer
+/// ends with an error naming the limit, and tells the producer. Without the bound it held
+/// every one (400 events of 40 KB: about 20 MiB).
+#[test]
+fn events_held_before_the_first_buffer_are_bounded() {
+    init_gst();
+    let dir = TempDir::new("held-events");
+    let sock = dir.socket();
+    let listener = Listener::bind(Path::new(&sock)).unwrap();
+    let mut consumer = Peer::spawn(&[
+        "consume",
+        &format!("fdlinksrc socket-path={sock} timeout=5000 ! fakesink"),
+    ]);
+    let deadline = Instant::now() + T;
+    let conn = loop {
+        if let Some(c) = listener.accept().unwrap() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no consumer connected");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut buf = vec![0u8; MAX_PACKET_SIZE];
+    conn.recv_wait(&mut buf, None, Some(T)).unwrap().unwrap();
+    conn.try_send(&protocol::encode_hello(&Hello::new(Role::Producer, 1)), &[])
+        .unwrap();
+    conn.send_packet(&Packet::Caps("application/x-test".into()), Some(T))
+        .unwrap();
+    let segment = gstfdlink::control::event_to_packet(
+        &gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()),
+        |_| {},
+    );
+    conn.send_timeout(
+        &encode(&Packet::Event {
+            event: segment,
+            base_time: 0,
+        }),
+        &[],
+        T,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let event = custom_event(40 * 1024);
+    let mut sent = 0;
+    for _ in 0..1000 {
+        if conn
+            .send_timeout(&event, &[], Duration::from_secs(2))
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    let status = consumer.wait(T);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the consumer ends with an error: {status}"
+    );
+    assert!(
+        consumer
+            .errors()
+            .contains("before any buffer or gap; the limit is 256 events"),
+        "the error names the limit (sent {sent}): {}",
+        consumer.errors()
+    );
+    let mut told = false;
+    while let Ok(Some(got)) = conn.recv_wait(&mut buf, None, Some(Duration::from_secs(2))) {
+        if let Ok(Packet::Error(m)) = Packet::decode(&buf[..got.len], got.fds) {
+            told |= m.contains("floods this consumer");
+        }
+    }
+    assert!(told, "the consumer told the producer why");
+}
