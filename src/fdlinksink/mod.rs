@@ -11,6 +11,7 @@
 //! ```
 
 mod base_sink_preroll;
+mod dma_drm;
 mod hub;
 mod imp;
 mod negotiation;

@@ -122,7 +122,9 @@ pub(super) fn propose_allocation(
         );
         gst::debug!(CAT, obj = element, "proposing the memfd allocator");
     }
-    if let Some(caps) = &caps
+    let dma_drm = super::dma_drm::propose_pool(element, query, caps.as_ref(), min_buffers);
+    if !dma_drm
+        && let Some(caps) = &caps
         && let Ok(info) = gst_video::VideoInfo::from_caps(caps)
     {
         let size = info.size() as u32;
