@@ -30,6 +30,8 @@ use crate::transport::{Connection, TransportError};
 
 /// `GST_EVENT_EOS`: the wire code of an end-of-stream event.
 const EVENT_EOS: u32 = 28174;
+/// `GST_EVENT_SEEK`.
+const EVENT_SEEK: u32 = 51201;
 
 /// What went wrong with the link. After any of these the consumer is done: connect again.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,37 @@ impl Consumer {
     /// The caps of the stream now (empty before the first caps).
     pub fn caps(&self) -> &str {
         &self.caps
+    }
+
+    /// Asks the producer's pipeline to seek to `position` (a flushing, accurate seek in
+    /// time); frames from there follow, after the ones already on their way.
+    pub fn seek(&self, position: Duration) -> Result<(), ConsumerError> {
+        let structure = format!(
+            "GstEventSeek, rate=(gdouble)1, format=(GstFormat)time, \
+             flags=(GstSeekFlags)GST_SEEK_FLAG_FLUSH+GST_SEEK_FLAG_ACCURATE, \
+             cur-type=(GstSeekType)set, cur=(gint64){}, stop-type=(GstSeekType)none, \
+             stop=(gint64)-1, trickmode-interval=(guint64)0",
+            position.as_nanos()
+        );
+        self.send_upstream_event(EVENT_SEEK, &structure)
+    }
+
+    /// Sends the producer's pipeline an upstream event: `event_type` is the GstEventType
+    /// value, `structure` its structure as GStreamer's text (a custom upstream event, 0x0401,
+    /// with any structure the application's producer understands).
+    pub fn send_upstream_event(
+        &self,
+        event_type: u32,
+        structure: &str,
+    ) -> Result<(), ConsumerError> {
+        let packet = Packet::<BorrowedFd<'_>>::UpstreamEvent(protocol::EventPacket {
+            event_type,
+            seqnum: 0,
+            structure: structure.to_owned(),
+        });
+        self.conn
+            .send_packet(&packet, Some(endpoint::HELLO_TIMEOUT))
+            .map_err(ConsumerError::from)
     }
 
     /// The next frame, waiting for it; `None` at the end of the stream.
@@ -365,6 +398,11 @@ impl Frame {
     /// The stream's caps when the frame was sent (GStreamer's caps text).
     pub fn caps(&self) -> &str {
         &self.caps
+    }
+    /// For DMA_DRM caps (GStreamer >= 1.24 decoders), the DRM fourcc code and modifier of the
+    /// frame's dmabufs, to import them (EGL_EXT_image_dma_buf_import_modifiers, Vulkan).
+    pub fn drm_format(&self) -> Option<(u32, u64)> {
+        crate::drm_format::of_caps(&self.caps)
     }
     /// Presentation time in the producer's segment, if it has one.
     pub fn pts(&self) -> Option<Duration> {

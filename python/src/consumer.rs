@@ -109,6 +109,14 @@ impl Consumer {
         }
     }
 
+    /// Asks the producer's pipeline to seek to `position` (nanoseconds; a flushing, accurate
+    /// seek in time): frames from there follow the ones already on their way.
+    fn seek(&mut self, position: u64) -> PyResult<()> {
+        self.link()?
+            .seek(Duration::from_nanos(position))
+            .map_err(consumer_error)
+    }
+
     /// The socket's fd, readable when a packet is waiting (for select, poll, selectors).
     fn fileno(&mut self) -> PyResult<i32> {
         Ok(self.link()?.as_fd().as_raw_fd())

@@ -152,3 +152,53 @@ fn held_frames_are_the_producers_until_dropped() {
         .expect("all released");
     producer.wait_success(T, "producer");
 }
+
+/// A seek from the application goes to the producer's pipeline, which seeks: the frames
+/// after it start at the position asked for. The seek's text is the one fdlinksrc sends for
+/// the same GStreamer seek event.
+#[test]
+fn an_application_seeks_the_producer() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    init_gst();
+    let dir = TempDir::new("app-consumer-seek");
+    let sock = dir.socket();
+    let mut producer = Peer::spawn(&[
+        "produce",
+        &format!(
+            "videotestsrc num-buffers=300 pattern=ball ! video/x-raw,format=NV12,width=64,height=48,framerate=30/1 ! fdlinksink socket-path={sock} wait-for-connection=true sync=false"
+        ),
+    ]);
+    let mut consumer = connect(&sock);
+    for _ in 0..5 {
+        consumer.next_frame().unwrap().expect("a frame");
+    }
+    let at = std::time::Duration::from_secs(5);
+    consumer.seek(at).unwrap();
+    let mut after = None;
+    while let Some(frame) = consumer.next_frame().unwrap() {
+        if frame.pts().is_some_and(|p| p >= at) {
+            after = frame.pts();
+            break;
+        }
+    }
+    assert_eq!(after, Some(at), "the first frame past the seek is at 5 s");
+    drop(consumer);
+    producer.wait(T);
+
+    let seek = gst::event::Seek::new(
+        1.0,
+        gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+        gst::SeekType::Set,
+        gst::ClockTime::from_nseconds(1_500_000_000),
+        gst::SeekType::None,
+        gst::ClockTime::NONE,
+    );
+    let packet = gstfdlink::control::event_to_packet(&seek, |_| {});
+    assert_eq!(packet.event_type, 51201);
+    assert!(
+        packet.structure.contains("cur=(gint64)1500000000")
+            && packet.structure.starts_with("GstEventSeek, rate=(gdouble)1, format=(GstFormat)time, flags=(GstSeekFlags)GST_SEEK_FLAG_FLUSH+GST_SEEK_FLAG_ACCURATE, cur-type=(GstSeekType)set,"),
+        "fdlink::consumer's seek text drifted from GStreamer's: {}",
+        packet.structure
+    );
+}
