@@ -425,3 +425,39 @@ pub fn av_mkv(dir: &TempDir) -> String {
     assert!(made.success(), "cannot make the test media");
     path.display().to_string()
 }
+
+/// The samples one GStreamer process makes of `source` (a pipeline description whose last
+/// element's output is wanted), pulled from an appsink: what a consumer across the link must
+/// get.
+pub fn samples_in_one_process(source: &str) -> Vec<gst::Sample> {
+    use gst::prelude::*;
+    let pipeline = gst::parse::launch(&format!("{source} ! appsink name=out sync=false"))
+        .unwrap()
+        .downcast::<gst::Bin>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut out = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        out.push(sample);
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    out
+}
+
+/// A producer's final stats once its consumer took a zero-copy stream of `frames` frames and
+/// went: every frame sent zero-copy and released, none copied or held.
+pub fn assert_released_zero_copy(stats: &gst::Structure, frames: u64) {
+    assert_eq!(
+        field(stats, "releases"),
+        frames,
+        "every frame released: {stats}"
+    );
+    assert_eq!(field(stats, "buffers-held"), 0, "{stats}");
+    assert_eq!(field(stats, "frames-copied"), 0, "zero-copy: {stats}");
+    assert_eq!(field(stats, "frames-zero-copy"), frames, "{stats}");
+}
