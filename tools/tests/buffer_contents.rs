@@ -16,9 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fdlink::protocol::{
-    self, BufferHeader, Hello, MAX_PACKET_SIZE, MetaEntry, Metas, Packet, Role,
-};
+use fdlink::protocol::{self, BufferHeader, MAX_PACKET_SIZE, MetaEntry, Metas, Packet};
 use fdlink::transport::{Connection, Listener};
 use gst::prelude::*;
 use gstfdlink::metas;
@@ -528,18 +526,7 @@ fn a_1mb_custom_meta_goes_by_memfd_without_leaking_fds() {
 
 /// A fake producer's connection to one real consumer: accepted, hellos exchanged, caps sent.
 fn fake_producer(listener: &Listener) -> Connection {
-    let deadline = Instant::now() + T;
-    let conn = loop {
-        if let Some(c) = listener.accept().unwrap() {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "no consumer connected");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let mut buf = vec![0u8; MAX_PACKET_SIZE];
-    conn.recv_wait(&mut buf, None, Some(T)).unwrap().unwrap();
-    conn.try_send(&protocol::encode_hello(&Hello::new(Role::Producer, 1)), &[])
-        .unwrap();
+    let conn = accept_as_producer(listener, T);
     conn.send_packet(&Packet::Caps("application/x-test".into()), Some(T))
         .unwrap();
     conn

@@ -184,18 +184,7 @@ fn one_page_frame(buffer_id: u64) -> (Vec<u8>, std::os::fd::OwnedFd) {
 /// A fake producer's connection to one real consumer: accepted, hellos exchanged, caps and a
 /// one-page frame sent.
 fn fake_producer_with_a_frame(listener: &Listener) -> Connection {
-    let deadline = Instant::now() + T;
-    let conn = loop {
-        if let Some(c) = listener.accept().unwrap() {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "no consumer connected");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let mut buf = vec![0u8; MAX_PACKET_SIZE];
-    conn.recv_wait(&mut buf, None, Some(T)).unwrap().unwrap();
-    conn.try_send(&protocol::encode_hello(&Hello::new(Role::Producer, 1)), &[])
-        .unwrap();
+    let conn = accept_as_producer(listener, T);
     conn.send_packet(&Packet::Caps("application/x-test".into()), Some(T))
         .unwrap();
     let (frame, fd) = one_page_frame(1);
@@ -581,18 +570,8 @@ fn events_held_before_the_first_buffer_are_bounded() {
         "consume",
         &format!("fdlinksrc socket-path={sock} timeout=5000 ! fakesink"),
     ]);
-    let deadline = Instant::now() + T;
-    let conn = loop {
-        if let Some(c) = listener.accept().unwrap() {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "no consumer connected");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let conn = accept_as_producer(&listener, T);
     let mut buf = vec![0u8; MAX_PACKET_SIZE];
-    conn.recv_wait(&mut buf, None, Some(T)).unwrap().unwrap();
-    conn.try_send(&protocol::encode_hello(&Hello::new(Role::Producer, 1)), &[])
-        .unwrap();
     conn.send_packet(&Packet::Caps("application/x-test".into()), Some(T))
         .unwrap();
     let segment = gstfdlink::control::event_to_packet(

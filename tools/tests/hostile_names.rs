@@ -179,16 +179,7 @@ fn consumer_bounds_the_names_a_producer_brings() {
         "--events-log",
         &format!("fdlinksrc socket-path={sock} timeout=5000 ! fakesink"),
     ]);
-    let conn = loop {
-        if let Some(c) = listener.accept().unwrap() {
-            break c;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let mut buf = vec![0u8; MAX_PACKET_SIZE];
-    conn.recv_wait(&mut buf, None, Some(T)).unwrap().unwrap();
-    conn.try_send(&protocol::encode_hello(&Hello::new(Role::Producer, 1)), &[])
-        .unwrap();
+    let conn = accept_as_producer(&listener, T);
     let caps =
         "video/x-raw, format=(string)NV12, width=(int)64, height=(int)64, framerate=(fraction)30/1";
     let seg = gst::FormattedSegment::<gst::ClockTime>::new();

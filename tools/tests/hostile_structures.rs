@@ -242,16 +242,8 @@ fn fake_producer(
 ) -> std::thread::JoinHandle<(Vec<String>, Vec<protocol::QueryReplyPacket>)> {
     let listener = Listener::bind(Path::new(sock)).unwrap();
     std::thread::spawn(move || {
-        let conn = loop {
-            if let Some(c) = listener.accept().unwrap() {
-                break c;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let conn = accept_as_producer(&listener, T);
         let mut buf = vec![0u8; MAX_PACKET_SIZE];
-        conn.recv_wait(&mut buf, None, Some(T)).unwrap().unwrap();
-        conn.try_send(&protocol::encode_hello(&Hello::new(Role::Producer, 1)), &[])
-            .unwrap();
         for p in packets {
             conn.send_timeout(&p, &[], T).unwrap();
         }

@@ -461,3 +461,27 @@ pub fn assert_released_zero_copy(stats: &gst::Structure, frames: u64) {
     assert_eq!(field(stats, "frames-copied"), 0, "zero-copy: {stats}");
     assert_eq!(field(stats, "frames-zero-copy"), frames, "{stats}");
 }
+
+/// A fake producer's side of one real consumer's connection: accepted on `listener` (within
+/// `timeout`), the consumer's hello read, the producer's hello sent.
+pub fn accept_as_producer(
+    listener: &fdlink::transport::Listener,
+    timeout: Duration,
+) -> fdlink::transport::Connection {
+    use fdlink::protocol::{self, Hello, MAX_PACKET_SIZE, Role};
+    let deadline = Instant::now() + timeout;
+    let conn = loop {
+        if let Some(c) = listener.accept().unwrap() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no consumer connected");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut buf = vec![0u8; MAX_PACKET_SIZE];
+    conn.recv_wait(&mut buf, None, Some(timeout))
+        .unwrap()
+        .expect("the consumer's hello");
+    conn.try_send(&protocol::encode_hello(&Hello::new(Role::Producer, 1)), &[])
+        .unwrap();
+    conn
+}
