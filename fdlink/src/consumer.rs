@@ -286,33 +286,27 @@ impl Consumer {
                 let (fd, size) = files[usize::from(m.fd_index)]
                     .clone()
                     .expect("the decoder checks fd indices");
-                if m.file_id != 0 {
-                    // Memories sharing the fd register it once.
-                    if let Some(r) = self.registered.get(&m.file_id) {
-                        if !Arc::ptr_eq(&r.fd, &fd) {
-                            return Err(ImportError::RegisteredTwice { id: m.file_id });
-                        }
-                        memories.push(FrameMemory {
-                            kind: m.kind,
-                            fd,
-                            offset: m.offset,
-                            size: m.size,
-                        });
-                        continue;
+                match self.registered.get(&m.file_id) {
+                    _ if m.file_id == 0 => {}
+                    // Memories sharing the fd register it once; another fd under its id is
+                    // refused.
+                    Some(r) if !Arc::ptr_eq(&r.fd, &fd) => {
+                        return Err(ImportError::RegisteredTwice { id: m.file_id });
                     }
-                    if self.registered.len() >= MAX_REGISTERED_FILES {
+                    Some(_) => {}
+                    None if self.registered.len() >= MAX_REGISTERED_FILES => {
                         return Err(ImportError::TooManyFiles {
                             max: MAX_REGISTERED_FILES,
                         });
                     }
-                    self.registered.insert(
-                        m.file_id,
-                        Registered {
+                    None => {
+                        let registered = Registered {
                             fd: fd.clone(),
                             kind: m.kind,
                             size,
-                        },
-                    );
+                        };
+                        self.registered.insert(m.file_id, registered);
+                    }
                 }
                 fd
             };
