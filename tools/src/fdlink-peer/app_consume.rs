@@ -91,10 +91,7 @@ pub(crate) fn app_consume(o: &Opts) -> i32 {
 /// without one the default layout of the caps; `-` for other caps.
 fn layout_text(frame: &fdlink::consumer::Frame) -> String {
     use gst::glib::translate::FromGlib;
-    let text =
-        |format: gst_video::VideoFormat, w: u32, h: u32, offsets: &[usize], strides: &[i32]| {
-            format!("{}:{w}x{h}:{offsets:?}:{strides:?}", format.to_str()).replace(' ', "")
-        };
+    let text = crate::probes::layout_line;
     if let Some(v) = frame.video() {
         let n = (v.n_planes as usize).min(v.offsets.len());
         // SAFETY: from_glib maps unknown values to VideoFormat::__Unknown.

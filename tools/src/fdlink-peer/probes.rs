@@ -33,17 +33,24 @@ fn buffer_crc(buffer: &gst::BufferRef) -> u32 {
 /// The buffer's GstVideoMeta as `FORMAT:WxH:offsets:strides`, or `-`.
 fn video_meta_text(buffer: &gst::BufferRef) -> String {
     match buffer.meta::<gst_video::VideoMeta>() {
-        Some(m) => format!(
-            "{}:{}x{}:{:?}:{:?}",
-            m.format().to_str(),
-            m.width(),
-            m.height(),
-            m.offset(),
-            m.stride()
-        )
-        .replace(' ', ""),
+        Some(m) => layout_line(m.format(), m.width(), m.height(), m.offset(), m.stride()),
         None => "-".into(),
     }
+}
+
+/// A frame layout as the `frame` lines print it: `FORMAT:WxH:[offsets]:[strides]`.
+pub(crate) fn layout_line(
+    format: gst_video::VideoFormat,
+    width: u32,
+    height: u32,
+    offsets: &[usize],
+    strides: &[i32],
+) -> String {
+    format!(
+        "{}:{width}x{height}:{offsets:?}:{strides:?}",
+        format.to_str()
+    )
+    .replace(' ', "")
 }
 
 /// The layout the buffer's bytes are in, in `video_meta_text`'s form: its GstVideoMeta's, or
@@ -59,15 +66,13 @@ fn layout_text(pad: &gst::Pad, buffer: &gst::BufferRef) -> String {
     else {
         return "-".into();
     };
-    format!(
-        "{}:{}x{}:{:?}:{:?}",
-        info.format().to_str(),
+    layout_line(
+        info.format(),
         info.width(),
         info.height(),
         info.offset(),
-        info.stride()
+        info.stride(),
     )
-    .replace(' ', "")
 }
 
 fn buffer_files(buffer: &gst::BufferRef) -> String {
