@@ -83,23 +83,9 @@ log() { echo "cross-aarch64: $*" >&2; }
 [ "$(id -u)" -eq 0 ] || { log "needs root (debootstrap, chroot, mount): run it with sudo"; exit 1; }
 [ "$(uname -m)" = x86_64 ] || { log "cross-builds from x86_64; this machine is $(uname -m)"; exit 1; }
 
-MOUNTED=()
-cleanup() {
-    local i
-    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
-        umount "${MOUNTED[$i]}" 2>/dev/null || umount -l "${MOUNTED[$i]}" 2>/dev/null || true
-    done
-    MOUNTED=()
-}
-trap cleanup EXIT
+. "$REPO/scripts/lib/mounts.sh"
+trap unmount_all EXIT
 trap 'exit 130' INT TERM
-
-bind() { # bind SRC DST [ro]
-    mkdir -p "$2"
-    mount --bind "$1" "$2" || return 1
-    MOUNTED+=("$2")
-    if [ "${3:-}" = ro ]; then mount -o remount,bind,ro "$2" || return 1; fi
-}
 
 # mount_common ROOT: what both chroots need: /proc, /dev, /dev/shm, /tmp and the repository.
 mount_common() {

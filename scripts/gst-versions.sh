@@ -60,24 +60,9 @@ PACKAGES="build-essential pkg-config ca-certificates python3-venv
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav"
 
-MOUNTED=()
-cleanup() {
-    local i
-    # Innermost first.
-    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
-        umount "${MOUNTED[$i]}" 2>/dev/null || umount -l "${MOUNTED[$i]}" 2>/dev/null || true
-    done
-    MOUNTED=()
-}
-trap cleanup EXIT
+. "$REPO/scripts/lib/mounts.sh"
+trap unmount_all EXIT
 trap 'exit 130' INT TERM
-
-bind() { # bind SRC DST [ro]
-    mkdir -p "$2"
-    mount --bind "$1" "$2" || return 1
-    MOUNTED+=("$2")
-    if [ "${3:-}" = ro ]; then mount -o remount,bind,ro "$2" || return 1; fi
-}
 
 # setup VERSION: makes (once) and mounts the chroot of VERSION; sets CHROOT.
 setup() {

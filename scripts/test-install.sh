@@ -49,14 +49,11 @@ FAILED=0
 ok() { SUMMARY+=("ok      $*"); }
 bad() { SUMMARY+=("FAILED  $*"); FAILED=1; }
 
-MOUNTED=()
+. "$REPO/scripts/lib/mounts.sh"
 TMPDIRS=()
 cleanup() {
     local i
-    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
-        umount "${MOUNTED[$i]}" 2>/dev/null || umount -l "${MOUNTED[$i]}" 2>/dev/null || true
-    done
-    MOUNTED=()
+    unmount_all
     for i in "${TMPDIRS[@]}"; do rm -rf "$i"; done
 }
 trap cleanup EXIT
