@@ -53,11 +53,11 @@ fn start(tag: &str, sink_props: &str, failing_props: &str) -> Run {
     ]);
     // A following producer plays as soon as its first consumer does, and may lose the failing
     // one before the other joins.
-    let wait_clients = if sink_props.contains("mode=follow") {
-        "1"
-    } else {
-        "2"
-    };
+    let following = sink_props.contains("mode=follow");
+    let wait_clients = if following { "1" } else { "2" };
+    // Live at 30 frames/s it streams for 10 s, so the failing consumer still gets frames when
+    // the healthy one came first and a loaded machine starts the failing one late.
+    let live = if following { "is-live=true" } else { "" };
     let producer = Peer::spawn(&[
         "produce",
         "--frames-log",
@@ -66,7 +66,7 @@ fn start(tag: &str, sink_props: &str, failing_props: &str) -> Run {
         wait_clients,
         "--wait-clients-gone",
         &format!(
-            "videotestsrc num-buffers={FRAMES} pattern=ball ! video/x-raw,format=NV12,width=320,height=240 ! fdlinksink socket-path={sock} sync=false {sink_props}"
+            "videotestsrc num-buffers={FRAMES} pattern=ball {live} ! video/x-raw,format=NV12,width=320,height=240 ! fdlinksink socket-path={sock} sync=false {sink_props}"
         ),
     ]);
     Run {

@@ -141,7 +141,8 @@ pub(crate) fn run(
         }
     };
     if let Some(el) = &element {
-        if o.wait_clients_gone && el.find_property("num-clients").is_some() {
+        // After an error the pipeline stops at once: waiting would stream on to the others.
+        if o.wait_clients_gone && code == 0 && el.find_property("num-clients").is_some() {
             // Consumers release what they hold as they stop: the final stats count it all.
             let deadline = Instant::now() + Duration::from_secs(10);
             while el.property::<u32>("num-clients") > 0 && Instant::now() < deadline {
