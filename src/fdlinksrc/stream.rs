@@ -452,10 +452,16 @@ impl FdlinkSrc {
         Err(Stop::Error(gst::error_msg!(
             gst::CoreError::Negotiation,
             (
-                "downstream does not accept the producer's caps {refused}, and the producer offered no other caps within {} ms of being asked to renegotiate",
-                waited.as_millis()
+                "downstream does not accept the producer's caps {refused}, and the producer offered no other caps within {} ms of being asked to renegotiate; downstream accepts {}",
+                waited.as_millis(),
+                self.downstream_caps()
             )
         )))
+    }
+
+    /// What downstream accepts, for an error that names both sides of a failed negotiation.
+    fn downstream_caps(&self) -> gst::Caps {
+        self.obj().src_pad().peer_query_caps(None)
     }
 
     /// New caps from the producer: downstream takes them, or the producer is asked to
@@ -579,7 +585,10 @@ impl FdlinkSrc {
                 if let Some((refused, _)) = &stream.refused_caps {
                     return Some(Stop::Error(gst::error_msg!(
                         gst::CoreError::Negotiation,
-                        ("downstream does not accept the producer's caps {refused}, and the stream ended before the producer offered others")
+                        (
+                            "downstream does not accept the producer's caps {refused}, and the stream ended before the producer offered others; downstream accepts {}",
+                            self.downstream_caps()
+                        )
                     )));
                 }
                 // Held events still go out, before the EOS.

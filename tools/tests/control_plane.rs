@@ -344,7 +344,8 @@ fn refused_caps_fail_at_ack_timeout_without_more_packets() {
     let err = consumer.errors();
     assert!(
         err.contains("downstream does not accept the producer's caps")
-            && err.contains("no other caps within"),
+            && err.contains("no other caps within")
+            && err.contains("downstream accepts video/x-raw, format=(string)RGB"),
         "consumer stderr: {err}"
     );
     // The 500 ms wait, plus starting the process; not the 60 s the test allows.

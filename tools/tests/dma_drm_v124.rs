@@ -195,7 +195,8 @@ fn drm_format_modifier_and_video_meta_reach_the_consumer() {
 }
 
 /// A consumer process whose downstream takes only plain raw video fails with a negotiation
-/// error that names the producer's DMA_DRM caps (the producer has no other caps to offer).
+/// error that names the producer's DMA_DRM caps (the producer has no other caps to offer) and
+/// the caps downstream accepts.
 #[test]
 fn consumer_without_dma_drm_fails_naming_the_caps() {
     init();
@@ -216,7 +217,8 @@ fn consumer_without_dma_drm_fails_naming_the_caps() {
     assert!(
         errors.contains("downstream does not accept")
             && errors.contains("video/x-raw(memory:DMABuf), format=(string)DMA_DRM")
-            && errors.contains("drm-format=(string)NV12"),
+            && errors.contains("drm-format=(string)NV12")
+            && errors.contains("downstream accepts video/x-raw, format=(string)NV12"),
         "{errors}"
     );
     service.set_state(gst::State::Null).unwrap();
