@@ -8,6 +8,8 @@ PACKAGES=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  # The hardware matrix's glupload row: GL elements and Mesa's EGL/GBM (llvmpipe in the VM).
+  gstreamer1.0-gl libegl-mesa0 libgl1-mesa-dri libgbm1
   musl-tools
 )
 

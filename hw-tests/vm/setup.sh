@@ -3,7 +3,7 @@
 #
 # One-command, idempotent setup of the fdlink test VM (see README.md):
 #   1. host packages (apt, only when something is missing),
-#   2. Debian bookworm-backports 6.12 kernel + out-of-tree vicodec/visl/vim2m/v4l2-mem2mem,
+#   2. Debian bookworm-backports 6.12 kernel + out-of-tree vicodec/visl/vim2m/v4l2-mem2mem/vkms,
 #   3. the initramfs.
 # Everything lives in ${FDLINK_VM_CACHE:-/var/cache/fdlink-vm}, outside the clone, so CI can
 # cache it. When the cache is complete this touches no network and takes well under a second.
@@ -16,9 +16,9 @@ CACHE=${FDLINK_VM_CACHE:-/var/cache/fdlink-vm}
 FORMAT=2
 HOST_PKGS=(qemu-system-x86 busybox-static kmod xz-utils gcc make libelf-dev bc strace)
 # Test drivers Debian does not build; compiled out of tree from linux-source.
-OOT_MODULES=(v4l2-mem2mem vim2m vicodec visl)
+OOT_MODULES=(v4l2-mem2mem vim2m vicodec visl vkms)
 # What the guest needs; each must be built in or a module (checked below).
-GUEST_MODULES=(vicodec vivid vgem visl vim2m udmabuf)
+GUEST_MODULES=(vicodec vivid vgem visl vim2m vkms udmabuf)
 # Loaded by the initramfs before the root filesystem is reachable (dependencies resolved).
 INITRD_MODULES=(virtio_pci 9pnet_virtio 9p overlay)
 # A local mirror, or snapshot.debian.org/archive/debian/<time> to pin an older kernel (the live
@@ -105,7 +105,8 @@ build_kernel() {
       "linux-source-$SER/drivers/media/test-drivers/vicodec/*" \
       "linux-source-$SER/drivers/media/test-drivers/visl/*" \
       "linux-source-$SER/drivers/media/test-drivers/vim2m.c" \
-      "linux-source-$SER/drivers/media/v4l2-core/v4l2-mem2mem.c" &
+      "linux-source-$SER/drivers/media/v4l2-core/v4l2-mem2mem.c" \
+      "linux-source-$SER/drivers/gpu/drm/vkms/*" &
   local srcpid=$!
   local d R=$B/root
   mkdir "$R"
@@ -132,6 +133,10 @@ visl-y := visl-core.o visl-video.o visl-dec.o visl-trace-points.o
 CFLAGS_visl-trace-points.o := -I$(src)
 EOK
   make -s -C "$H" M="$B/mod" CONFIG_DEBUG_INFO_BTF_MODULES= -j"$(nproc)" modules
+  # vkms builds with its own Makefile (its object list follows the kernel version).
+  make -s -C "$H" M="$B/src/drivers/gpu/drm/vkms" CONFIG_DRM_VKMS=m CONFIG_DEBUG_INFO_BTF_MODULES= \
+    -j"$(nproc)" modules
+  cp "$B/src/drivers/gpu/drm/vkms/vkms.ko" "$B/mod/"
   log "built out-of-tree modules: ${OOT_MODULES[*]}"
 
   # Keep only what the guest needs (vmlinuz, config, modules): ~10x smaller CI cache.
@@ -182,7 +187,7 @@ MODS=$K/lib/modules/$KVER
 # How the guest gets each driver. Bool options (udmabuf) are in neither modules.builtin nor the
 # module tree, so fall back to the config. run.sh modprobes only the "module" ones.
 declare -A CONFIG_OF=([vicodec]=VIDEO_VICODEC [vivid]=VIDEO_VIVID [vgem]=DRM_VGEM [visl]=VIDEO_VISL
-  [vim2m]=VIDEO_VIM2M [udmabuf]=UDMABUF)
+  [vim2m]=VIDEO_VIM2M [vkms]=DRM_VKMS [udmabuf]=UDMABUF)
 : >"$K/fdlink-drivers.tmp"
 for m in "${GUEST_MODULES[@]}"; do
   if modinfo -b "$K" -k "$KVER" -F filename "$m" >/dev/null 2>&1; then how=module

@@ -16,12 +16,16 @@ for dev in /dev/udmabuf /dev/dma_heap/system; do
   if [ -c "$dev" ]; then ok "$dev"; else bad "$dev"; fi
 done
 
-# vgem's card has no bound driver in sysfs; its device lives under the "vgem" platform device.
-cards=()
-for c in /sys/class/drm/card[0-9]*; do
-  [[ -e $c && $(readlink -f "$c") == */platform/vgem/* ]] && cards+=("/dev/dri/${c##*/}")
+# vgem's and vkms's cards have no bound driver in sysfs; each lives under its platform device.
+# Tests find each card by that path, not by number (vgem is card0 and vkms card1 today).
+for drm in vgem vkms; do
+  cards=()
+  for c in /sys/class/drm/card[0-9]*; do
+    # card1-Virtual-1 and the like are vkms's connectors, not cards.
+    [[ ${c##*/} =~ ^card[0-9]+$ && $(readlink -f "$c") == */platform/$drm/* ]] && cards+=("/dev/dri/${c##*/}")
+  done
+  if [ ${#cards[@]} -gt 0 ] && [ -c "${cards[0]}" ]; then ok "$drm: ${cards[*]}"; else bad "$drm /dev/dri/card*"; fi
 done
-if [ ${#cards[@]} -gt 0 ] && [ -c "${cards[0]}" ]; then ok "vgem: ${cards[*]}"; else bad "vgem /dev/dri/card*"; fi
 
 # /dev/video* nodes grouped by the V4L2 driver behind them.
 declare -A nodes=()
@@ -47,7 +51,7 @@ fi
 t1=$EPOCHREALTIME
 printf 'gst-inspect-1.0 took %s s with %s registry %s\n' \
   "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')" "$state" "${reg:-(default)}"
-for el in v4l2fwhtdec v4l2slh264dec v4l2slvp8dec; do
+for el in v4l2fwhtdec v4l2slh264dec v4l2slvp8dec kmssink; do
   if grep -q "^[^:]*: *$el:" <<<"$elements"; then ok "gst element $el"; else bad "gst element $el"; fi
 done
 echo "v4l2 elements: $(grep -o ' v4l2[a-z0-9]*:' <<<"$elements" | tr -d ' :' | sort | paste -sd' ' || true)"

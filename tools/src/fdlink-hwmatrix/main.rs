@@ -5,7 +5,10 @@
 //! another (both `fdlink-peer`), and checks: frames arrived, every frame was a dmabuf on both
 //! sides with the same kernel object (dev, inode, exporter), CRCs equal on both sides and equal
 //! to the same source run in one process, frame layout equal (VideoMeta, or the caps' default), zero bytes copied, no fd left open
-//! in either process. It prints one line per row and can write docs/hardware-matrix.md.
+//! in either process. On GStreamer 1.24 and later, a decoder whose output template offers
+//! DMA_DRM caps must negotiate them through the link (checked on both sides). It prints one line
+//! per row, naming the GStreamer release, and can write docs/hardware-matrix.md, which keeps
+//! one set of rows per release (`--write` replaces only the rows of the release that ran).
 //!
 //! ```text
 //! fdlink-hwmatrix [--write FILE] [--require ROW,ROW,...] [--only ROW,...]
@@ -15,8 +18,12 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod display;
+mod dma_drm;
+mod gl;
 mod markdown;
 mod peer_output;
 mod procs;
@@ -29,17 +36,21 @@ use crate::run::{Outcome, run_row};
 const FRAMES: u32 = 30;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn gst_version() -> String {
-    Command::new("gst-inspect-1.0")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("GStreamer ").map(str::to_string))
-        })
-        .unwrap_or_else(|| "?".into())
+/// The GStreamer release the rows run on (`gst-inspect-1.0 --version`), e.g. `1.26.2`.
+pub(crate) fn gst_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        Command::new("gst-inspect-1.0")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("GStreamer ").map(str::to_string))
+            })
+            .unwrap_or_else(|| "?".into())
+    })
 }
 
 fn main() {
@@ -109,7 +120,7 @@ fn main() {
             Outcome::NotRun(t) => ("not run", t),
         };
         println!(
-            "{:<26} {:<8} {text} ({:.1} s)",
+            "{:<26} {:<8} {text} (GStreamer {gst}, {:.1} s)",
             row.name,
             tag,
             started.elapsed().as_secs_f64()
@@ -129,14 +140,19 @@ fn main() {
             _ => {}
         }
     }
-    for r in &require {
+    // A required row left out by --only is not missing.
+    let left_out = |r: &String| only.as_ref().is_some_and(|o| !o.contains(r));
+    for r in require.iter().filter(|r| !left_out(r)) {
         if !results.values().any(|(n, _)| n == r) {
             eprintln!("required row {r} is not a row of the matrix");
             failed = true;
         }
     }
     if let Some(path) = write {
-        let md = markdown::matrix_markdown(&results, &kernel, &gst);
+        // The rows of other GStreamer releases already in the file stay.
+        let previous = std::fs::read_to_string(&path).ok();
+        let order: Vec<&str> = rows().iter().map(|r| r.name).collect();
+        let md = markdown::matrix_markdown(&results, &order, previous.as_deref(), &kernel, gst);
         std::fs::write(&path, md).expect("write matrix");
         println!("wrote {path}");
     }

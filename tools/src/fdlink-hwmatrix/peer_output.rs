@@ -66,6 +66,51 @@ pub(crate) fn leaked(lines: &[String]) -> Option<Vec<String>> {
     )
 }
 
+/// The DMA_DRM format of the last `event caps` line (`--events-log`): `Ok(drm-format)`, e.g.
+/// `NV12` (a linear modifier is left out of the caps) or `NV12:0x0100000000000001`;
+/// `Err(what)` when the caps are not DMA_DRM in DMABuf memory or no caps were logged.
+pub(crate) fn dma_drm_format(lines: &[String]) -> Result<String, String> {
+    let caps = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("event caps "))
+        .ok_or("no caps logged")?;
+    // `format=(string)DMA_DRM` as an element prints caps, `format=(gchararray)"DMA_DRM"` as
+    // they cross the wire (what the application consumer prints).
+    let field = |name: &str| {
+        caps.split(", ")
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| {
+                let v = v.trim_end_matches(';');
+                let v = match v.strip_prefix('(') {
+                    Some(typed) => typed.split_once(')').map_or(v, |(_, value)| value),
+                    None => v,
+                };
+                v.trim_matches('"')
+            })
+    };
+    match (
+        caps.starts_with("video/x-raw(memory:DMABuf)"),
+        field("format"),
+        field("drm-format"),
+    ) {
+        (true, Some("DMA_DRM"), Some(drm)) => Ok(drm.to_string()),
+        _ => Err(format!(
+            "{} caps",
+            caps.split(", ").take(2).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// A DMA_DRM format as the matrix reports it: the fourcc, and the modifier named when linear.
+pub(crate) fn drm_format_text(drm: &str) -> String {
+    match drm.split_once(':') {
+        None => format!("{drm} (modifier LINEAR)"),
+        Some((fourcc, "0x0000000000000000")) => format!("{fourcc} (modifier LINEAR)"),
+        Some((fourcc, modifier)) => format!("{fourcc} (modifier {modifier})"),
+    }
+}
+
 /// For a driver that may end the stream before it returned every frame (`marker` on stderr;
 /// vicodec under TCG leaves some of the first frames undrained): either run, through the link
 /// or in one process, can miss frames, a different number each time. The runs agree when the
@@ -111,7 +156,36 @@ pub(crate) fn minus(mut a: Vec<String>, b: &[String]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::early_eos_note;
+    use super::{dma_drm_format, drm_format_text, early_eos_note};
+
+    #[test]
+    fn dma_drm_caps_are_read_from_the_last_caps_event() {
+        let lines = |caps: &[&str]| -> Vec<String> {
+            caps.iter()
+                .map(|c| format!("event caps {c}"))
+                .chain(["frame offset=0 crc=0".to_string()])
+                .collect()
+        };
+        let drm = "video/x-raw(memory:DMABuf), format=(string)DMA_DRM, width=(int)320, height=(int)240, framerate=(fraction)30/1, drm-format=(string)NV12";
+        let plain = "video/x-raw, format=(string)NV12, width=(int)320, height=(int)240";
+        assert_eq!(dma_drm_format(&lines(&[plain, drm])).unwrap(), "NV12");
+        assert_eq!(
+            dma_drm_format(&lines(&[drm, plain])).unwrap_err(),
+            "video/x-raw, format=(string)NV12 caps"
+        );
+        let tiled = drm.replace("NV12", "NV12:0x0100000000000001");
+        assert_eq!(
+            drm_format_text(&dma_drm_format(&lines(&[&tiled])).unwrap()),
+            "NV12 (modifier 0x0100000000000001)"
+        );
+        assert_eq!(drm_format_text("NV12"), "NV12 (modifier LINEAR)");
+        let wire = r#"video/x-raw(memory:DMABuf), format=(gchararray)"DMA_DRM", width=(gint)320, drm-format=(gchararray)"NV12:0x0000000000000000";"#;
+        assert_eq!(
+            drm_format_text(&dma_drm_format(&lines(&[wire])).unwrap()),
+            "NV12 (modifier LINEAR)"
+        );
+        assert_eq!(dma_drm_format(&lines(&[])).unwrap_err(), "no caps logged");
+    }
 
     const MARKER: &str = "left undrained after CMD_STOP";
 

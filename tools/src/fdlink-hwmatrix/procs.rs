@@ -41,6 +41,15 @@ pub(crate) fn spawn(args: &[String]) -> Proc {
     spawn_cmd(Command::new(peer_path()).args(args))
 }
 
+/// A peer with extra environment variables (an element's debug log, read from its stderr).
+pub(crate) fn spawn_env(args: &[String], env: &[(&str, &str)]) -> Proc {
+    spawn_cmd(
+        Command::new(peer_path())
+            .args(args)
+            .envs(env.iter().copied()),
+    )
+}
+
 /// The consumer under `strace -e ioctl`, so the matrix can count DMA_BUF_IOCTL_SYNC calls
 /// around its CPU reads (GstDmaBufAllocator's map is supposed to make them: verified, not
 /// assumed). Without strace, a plain spawn.

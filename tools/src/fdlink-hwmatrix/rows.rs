@@ -28,6 +28,12 @@ pub(crate) enum Consumer {
     /// `fdlink::consumer`): it must get the same kernel objects and map them with the sync
     /// ioctls.
     App,
+    /// `fdlinksrc ! kmssink` on vkms (display.rs): every frame must be shown from its
+    /// dmabuf, imported as a framebuffer, never copied by kmssink.
+    Display,
+    /// `fdlinksrc ! glupload ! glcolorconvert ! gldownload ! fakesink` on headless EGL (gl.rs):
+    /// glupload must import every frame's dmabuf as EGLImages, never copy it into a texture.
+    Gl,
 }
 
 pub(crate) enum Source {
@@ -102,6 +108,16 @@ pub(crate) fn rows() -> Vec<Row> {
             },
         },
         Row {
+            name: "udmabuf-glupload",
+            consumer: Consumer::Gl,
+            eos_bug: None,
+            needs_elements: crate::gl::GL_ELEMENTS,
+            source: Dmabuf {
+                source: "udmabuf",
+                layout: "single",
+            },
+        },
+        Row {
             name: "v4l2src-vivid-vmalloc",
             consumer: Consumer::Element,
             eos_bug: None,
@@ -123,13 +139,40 @@ pub(crate) fn rows() -> Vec<Row> {
                 fixture: None,
             },
         },
+        // vkms scans out RGB only (XRGB8888 is GStreamer's BGRx): the decoders' NV12 could not
+        // be shown without a conversion, so the display rows take vivid's frames. At 10 fps:
+        // under TCG the consumer's CRC of each 1.2 MB frame alone takes tens of ms.
+        Row {
+            name: "v4l2src-vivid-dma-contig-kmssink",
+            consumer: Consumer::Display,
+            eos_bug: None,
+            needs_elements: &["v4l2src", "kmssink"],
+            source: Pipeline {
+                fragment: "v4l2src device={dev} io-mode=dmabuf num-buffers=30 ! video/x-raw,format=BGRx,width=640,height=480,framerate=10/1",
+                device: Device::Vivid("dma-contig"),
+                fixture: None,
+            },
+        },
+        Row {
+            name: "v4l2src-vivid-vmalloc-kmssink",
+            consumer: Consumer::Display,
+            eos_bug: None,
+            needs_elements: &["v4l2src", "kmssink"],
+            source: Pipeline {
+                fragment: "v4l2src device={dev} io-mode=dmabuf num-buffers=30 ! video/x-raw,format=BGRx,width=640,height=480,framerate=10/1",
+                device: Device::Vivid("vmalloc"),
+                fixture: None,
+            },
+        },
         Row {
             name: "v4l2fwhtdec",
             consumer: Consumer::Element,
             eos_bug: Some("left undrained after CMD_STOP"),
             needs_elements: &["v4l2fwhtdec", "gdpdepay"],
+            // 1.22's v4l2videodec takes the filter's first format (NV12), 1.26's keeps
+            // vicodec's default (I420): a filter naming one of them alone fails on the other.
             source: pipe(
-                "filesrc location={fixture} ! gdpdepay ! v4l2fwhtdec capture-io-mode=dmabuf ! video/x-raw,format=NV12",
+                "filesrc location={fixture} ! gdpdepay ! v4l2fwhtdec capture-io-mode=dmabuf ! video/x-raw,format={NV12,I420}",
                 Some("fwht-640x360.gdp"),
             ),
         },

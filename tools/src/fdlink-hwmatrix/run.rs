@@ -3,6 +3,9 @@
 use std::path::Path;
 
 use crate::FRAMES;
+use crate::display;
+use crate::dma_drm;
+use crate::gl;
 use crate::peer_output::{early_eos_note, frames, leaked, minus, stat};
 use crate::procs::{dmabuf_syncs, fixtures_dir, spawn, spawn_traced};
 use crate::rows::{Consumer, Device, Row, Source, element_exists, vivid_node};
@@ -17,10 +20,35 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     if let Some(missing) = row.needs_elements.iter().find(|e| !element_exists(e)) {
         return Outcome::NotRun(format!("no device ({missing} not registered)"));
     }
+    let display = row.consumer == Consumer::Display;
+    if let (true, Err(why)) = (display, display::available()) {
+        return Outcome::NotRun(why);
+    }
+    let gl = row.consumer == Consumer::Gl;
+    // GL alone first, without fdlink: the fds it leaves open are not the link's.
+    let gl_leaks = if gl {
+        match gl::available().and_then(|()| gl::reference()) {
+            Ok(leaks) => leaks,
+            Err(why) => return Outcome::NotRun(why),
+        }
+    } else {
+        Vec::new()
+    };
     let sock = sock_dir.join(format!("{}.sock", row.name));
     let sock = sock.to_str().unwrap().to_string();
     let slow = row.consumer == Consumer::Slow;
-    let consumer_args = if row.consumer == Consumer::App {
+    let dma_drm = dma_drm::expected(row);
+    // A DMA_DRM row asks for it in the consumer's pipeline (dma_drm.rs).
+    let filter = if dma_drm {
+        format!("{} ! ", dma_drm::FILTER)
+    } else {
+        String::new()
+    };
+    let mut consumer_args = if display {
+        display::consumer_args(&sock)
+    } else if gl {
+        gl::consumer_args(&sock)
+    } else if row.consumer == Consumer::App {
         vec![
             "app-consume".to_string(),
             "--frames-log".into(),
@@ -34,16 +62,19 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
             "--slow-ms".into(),
             "40".into(),
             format!(
-                "fdlinksrc socket-path={sock} timeout=60000 ! queue max-size-buffers=6 ! fakesink name=check"
+                "fdlinksrc socket-path={sock} timeout=60000 ! {filter}queue max-size-buffers=6 ! fakesink name=check"
             ),
         ]
     } else {
         vec![
             "consume".to_string(),
             "--frames-log".into(),
-            format!("fdlinksrc socket-path={sock} timeout=60000 ! fakesink"),
+            format!("fdlinksrc socket-path={sock} timeout=60000 ! {filter}fakesink"),
         ]
     };
+    if dma_drm {
+        consumer_args.insert(1, "--events-log".into());
+    }
     let live = matches!(
         row.source,
         Source::Pipeline {
@@ -104,17 +135,32 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
                 }
                 fragment = fragment.replace("{fixture}", path.to_str().unwrap());
             }
-            let producer = vec![
+            // The application consumer has no caps of its own: its DMA_DRM row asks for it in
+            // the producer's pipeline.
+            let producer_filter = if row.consumer == Consumer::App {
+                filter.as_str()
+            } else {
+                ""
+            };
+            let mut producer = vec![
                 "produce".to_string(),
                 "--frames-log".into(),
                 format!(
-                    "{fragment} ! fdlinksink socket-path={sock} wait-for-connection=true sync=false"
+                    "{fragment} ! {producer_filter}fdlinksink socket-path={sock} wait-for-connection=true sync=false"
                 ),
             ];
+            if dma_drm {
+                producer.insert(1, "--events-log".into());
+            }
+            let reference_sink = if dma_drm {
+                format!("{filter}{}", dma_drm::REFERENCE_SINK)
+            } else {
+                "fakesink name=check".into()
+            };
             let reference = vec![
                 "produce".to_string(),
                 "--frames-log".into(),
-                format!("{fragment} ! fakesink name=check"),
+                format!("{fragment} ! {reference_sink}"),
             ];
             (producer, Some(reference))
         }
@@ -141,7 +187,12 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     let trace = sock_dir.join(format!("{}.strace", row.name));
     // Tracing slows the consumer, which makes a live source skip frames for it: live rows run
     // untraced (the sync check is made on every other row).
-    let consumer = if live {
+    let fb_watch = display.then(display::FbWatch::start);
+    let consumer = if display {
+        display::spawn(&consumer_args)
+    } else if gl {
+        gl::spawn(&consumer_args)
+    } else if live {
         spawn(&consumer_args)
     } else {
         spawn_traced(&consumer_args, &trace)
@@ -304,7 +355,7 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     // v4l2src keeps its device open after NULL, with or without fdlink).
     for (who, out, baseline) in [
         ("producer", &p_out, reference_leaks.as_slice()),
-        ("consumer", &c_out, &[][..]),
+        ("consumer", &c_out, gl_leaks.as_slice()),
     ] {
         match leaked(out) {
             Some(l) => {
@@ -314,6 +365,24 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
                 }
             }
             None => problems.push(format!("{who} printed no fd report")),
+        }
+    }
+    if dma_drm {
+        match dma_drm::check(&p_out, &c_out) {
+            Ok(note) => reference_note.push_str(&note),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if let Some(watch) = fb_watch {
+        match display::check(&c_err, got.len(), watch) {
+            Ok(note) => reference_note.push_str(&note),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if gl {
+        match gl::check(&c_err, got.len()) {
+            Ok(note) => reference_note.push_str(&note),
+            Err(problem) => problems.push(problem),
         }
     }
     if slow && problems.is_empty() {

@@ -37,6 +37,7 @@ pub(crate) fn app_consume(o: &Opts) -> i32 {
             }
         }
     };
+    let mut last_caps = String::new();
     loop {
         let frame = match consumer.next_frame() {
             Ok(Some(f)) => f,
@@ -46,6 +47,11 @@ pub(crate) fn app_consume(o: &Opts) -> i32 {
                 return 1;
             }
         };
+        // The caps each frame came in, as `consume --events-log` logs its caps events.
+        if o.events_log && frame.caps() != last_caps {
+            last_caps = frame.caps().to_string();
+            print_line(&format!("event caps {last_caps}"));
+        }
         let mapped = match frame.map() {
             Ok(m) => m,
             Err(e) => {

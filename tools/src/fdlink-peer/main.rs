@@ -14,9 +14,10 @@
 //!     `pool-wait-longest-us`; `--live` makes its appsrc a live source)
 //! fdlink-peer produce-dmabuf --source udmabuf|dma-heap|vgem --socket PATH --frames N
 //!     --pool-max N [--size WxH] [--layout single|offsets|planes]
-//! fdlink-peer app-consume [--frames-log] --socket PATH
+//! fdlink-peer app-consume [--frames-log] [--events-log] --socket PATH
 //!     (a consumer made of fdlink::consumer alone, no GStreamer in its path: the same
-//!     `frame` lines as consume's, each frame mapped read-only, dmabufs with their sync ioctls)
+//!     `frame` lines as consume's, each frame mapped read-only, dmabufs with their sync ioctls;
+//!     `--events-log`: an `event caps CAPS` line before the first frame in new caps)
 //! ```
 //!
 //! produce-dmabuf pushes NV12 frames in real kernel dmabufs (each filled with `offset % 251`):
@@ -118,7 +119,7 @@ fn usage() -> ! {
         "usage: fdlink-peer demo [--frames N] [--size WxH] [--copy]\n\
          \x20      fdlink-peer produce|consume [--frames-log] [--slow-ms N] [--pattern] [--stats-every MS [--summary]] [--seconds S] PIPELINE...\n\
          \x20      fdlink-peer produce-pattern --socket PATH --frames N --pool-max N [--pool-min N] [--size WxH]\n\
-         \x20      fdlink-peer app-consume [--frames-log] --socket PATH"
+         \x20      fdlink-peer app-consume [--frames-log] [--events-log] --socket PATH"
     );
     std::process::exit(2)
 }
