@@ -13,7 +13,8 @@
 # The repository is bind-mounted at the same path, so the build lands in target/gst-<VERSION>
 # (the host's target/ is untouched); ~/.cargo and ~/.rustup are bind-mounted too (the host's
 # toolchain runs on the newer glibc). Prints a summary line per version and how long each part
-# took; exits non-zero if any build or test failed. Needs root (debootstrap, chroot, mount).
+# took; exits 1 if a build or a test failed, 3 if only a chroot could not be made (debootstrap
+# or apt failed). Needs root (debootstrap, chroot, mount).
 # Environment: DEBIAN_MIRROR, FDLINK_GST_CACHE (default /var/cache), FDLINK_GST_JOBS (cargo -j).
 set -uo pipefail
 
@@ -54,11 +55,13 @@ features() {
 }
 
 # What building and running the tests needs (scripts/setup.sh's list, plus the compiler and
-# what scripts/python-setup.sh needs for the Python module's tests).
+# what scripts/python-setup.sh needs for the Python module's tests), and strace, with which
+# the VM's matrix counts the consumers' sync ioctls.
 PACKAGES="build-essential pkg-config ca-certificates python3-venv
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav"
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  gstreamer1.0-gl libegl-mesa0 libgl1-mesa-dri libgbm1 strace"
 
 . "$REPO/scripts/lib/mounts.sh"
 trap unmount_all EXIT
@@ -149,18 +152,19 @@ in_chroot() {
 
 SUMMARY=()
 FAILED=0
+SETUP_FAILED=0
 for V in "${VERSIONS[@]}"; do
     t0=$SECONDS
     if ! setup "$V"; then
-        SUMMARY+=("GStreamer $V: chroot setup FAILED after $((SECONDS - t0)) s")
-        FAILED=1; cleanup; continue
+        SUMMARY+=("GStreamer $V: NOT run: the chroot setup failed after $((SECONDS - t0)) s (debootstrap or apt: see $CACHE/fdlink-gst-$(codename "$V")/*.log)")
+        SETUP_FAILED=1; unmount_all; continue
     fi
     t_setup=$((SECONDS - t0))
     gst=$(chroot "$CHROOT" pkg-config --modversion gstreamer-1.0 2>/dev/null || echo "$V.?")
     log "$V: GStreamer $gst in $CHROOT (setup $t_setup s)"
     if [ "$SETUP_ONLY" = 1 ]; then
         SUMMARY+=("GStreamer $gst: chroot ready, setup took $t_setup s")
-        cleanup; continue
+        unmount_all; continue
     fi
     feats=$(features "$V")
     log "$V: cargo build --workspace --features '$feats'"
@@ -170,7 +174,7 @@ for V in "${VERSIONS[@]}"; do
         { [ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv; } &&
         bash scripts/python-setup.sh"; then
         SUMMARY+=("GStreamer $gst: BUILD FAILED (features $feats), setup $t_setup s, build $((SECONDS - t1)) s")
-        FAILED=1; cleanup; continue
+        FAILED=1; unmount_all; continue
     fi
     if [ "$CLIPPY" = 1 ] && ! in_chroot "cargo clippy --locked --workspace --all-targets \
         --features '$feats' -- -D warnings"; then
@@ -192,8 +196,12 @@ for V in "${VERSIONS[@]}"; do
     line="GStreamer $gst: $passed passed, $failed failed"
     [ "$rc" = 0 ] || [ "$failed" != 0 ] || line="$line (cargo test exited $rc)"
     SUMMARY+=("$line, took $((SECONDS - t0)) s (setup $t_setup s, build $t_build s, tests $t_test s; log $out)")
-    cleanup
+    unmount_all
 done
 
 printf '%s\n' "${SUMMARY[@]}"
-exit $FAILED
+# 1: a build or a test failed; 3: nothing failed, but a chroot could not be made (the Debian
+# mirror, the network: not the code).
+[ "$FAILED" = 1 ] && exit 1
+[ "$SETUP_FAILED" = 1 ] && exit 3
+exit 0
