@@ -11,6 +11,9 @@ PACKAGES=(
   # The hardware matrix's glupload row: GL elements and Mesa's EGL/GBM (llvmpipe in the VM).
   gstreamer1.0-gl libegl-mesa0 libgl1-mesa-dri libgbm1
   musl-tools
+  # scripts/gst-versions.sh's chroots (GStreamer 1.26 and 1.28), which test.sh makes in the
+  # background: installed here, before, so two apt-gets never race for the lock.
+  debootstrap
 )
 
 missing=()
