@@ -31,6 +31,18 @@
 # per-frame latencies (.samples.tsv) and one SVG latency CDF per size drawn from them
 # (.cdf-WxH.svg).
 #   --sizes "640x480 1920x1080"  only these sizes (of the three above)
+#
+#   benches/compare-peers.sh --fanout [--reps N] [--source prefilled|videotestsrc] [--out FILE]
+#
+# The fan-out sweep instead (fdlink only, on the host's GStreamer): one live 3840x2160 NV12
+# 30 fps producer, N = 0 (the baseline: nobody connected), 1, 2, 4, 8, 16, 32 consumer
+# processes, 10 s counted per N after 2 s of warm-up; producer and consumer CPU per frame and
+# the frames each consumer got (benches/compare-peers-fanout.py says how each is taken).
+# --source: the live producer's source, the harness's prefilled one (default) or
+# videotestsrc. The table goes to stdout and to --out (default:
+# benches/results/fanout-4k30-COMMIT-DATE.md), the raw results and the curve (.svg) beside
+# it; with the default source the curve is also docs/img/fanout-4k30.svg. About 1.5
+# minutes per repetition (default 1).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,13 +54,18 @@ REPS=""
 ONLY_SIZES=()
 USE_FORKY=1
 OUT=$ROOT/benches/compare-peers.last.md
+OUT_SET=0
+FANOUT=0
+FANOUT_SOURCE=prefilled
 
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1 ;;
         --reps) REPS=$2; shift ;;
         --no-forky) USE_FORKY=0 ;;
-        --out) OUT=$2; shift ;;
+        --out) OUT=$2; OUT_SET=1; shift ;;
+        --fanout) FANOUT=1 ;;
+        --source) FANOUT_SOURCE=$2; shift ;;
         --sizes) read -r -a ONLY_SIZES <<< "$2"; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
@@ -56,6 +73,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+FANOUT_REPS=${REPS:-1}
 SIZES=(640x480 1920x1080 3840x2160)
 if [ "$QUICK" = 1 ]; then
     # Frames per size for the throughput run; the latency run is LAT_FRAMES at 30 fps.
@@ -77,9 +95,11 @@ RUN_TIMEOUT=150
 RESULTS=${OUT%.md}.results.tsv
 # One line per latency run: env mode transport size rep, then each frame's latency in µs.
 SAMPLES=${OUT%.md}.samples.tsv
-mkdir -p "$(dirname "$OUT")"
-: > "$RESULTS"
-: > "$SAMPLES"
+if [ "$FANOUT" = 0 ]; then
+    mkdir -p "$(dirname "$OUT")"
+    : > "$RESULTS"
+    : > "$SAMPLES"
+fi
 log() { echo "[compare-peers] $*" >&2; }
 
 # ---------------------------------------------------------------- build
@@ -92,6 +112,23 @@ BIN_DIR=$(mktemp -d /tmp/fdlink-cmp-bin.XXXXXX)
 cp "$TARGET/release/libgstfdlink.so" "$TARGET/release/compare-harness" "$BIN_DIR/"
 PLUGIN_DIR=$BIN_DIR
 HARNESS=$BIN_DIR/compare-harness
+
+# ---------------------------------------------------------------- fan-out sweep
+if [ "$FANOUT" = 1 ]; then
+    rm_bins() { rm -rf "$BIN_DIR"; }
+    trap rm_bins EXIT
+    if [ "$OUT_SET" = 0 ]; then
+        OUT=$ROOT/benches/results/fanout-4k30-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null ||
+            echo unknown)-$(date -u +%Y%m%dT%H%MZ).md
+    fi
+    python3 "$ROOT/benches/compare-peers-fanout.py" --harness "$HARNESS" \
+        --plugin-dir "$PLUGIN_DIR" --reps "$FANOUT_REPS" --source "$FANOUT_SOURCE" \
+        --out "$OUT" --svg "${OUT%.md}.svg"
+    if [ "$FANOUT_SOURCE" = prefilled ]; then
+        cp "${OUT%.md}.svg" "$ROOT/docs/img/fanout-4k30.svg"
+    fi
+    exit 0
+fi
 
 # ---------------------------------------------------------------- forky chroot
 FORKY_ROOT=$FORKY/root

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use gst_base::prelude::*;
 
 use crate::prefilled_src;
 use crate::record::{Record, json_str, read_header, write_header};
@@ -98,7 +99,6 @@ pub(crate) fn produce_gst(a: &Args) -> String {
     };
     let source = match a.source.as_str() {
         "prefilled" => {
-            assert!(a.rate == 0, "source=prefilled is for unthrottled runs");
             prefilled_src::register();
             format!("{} name=src num-buffers={}", prefilled_src::NAME, a.frames)
         }
@@ -114,11 +114,19 @@ pub(crate) fn produce_gst(a: &Args) -> String {
         .expect("producer pipeline")
         .downcast::<gst::Pipeline>()
         .unwrap();
+    if a.source == "prefilled" && a.rate > 0 {
+        // Paced by the clock at `rate`, as a camera is (see prefilled_src).
+        let src = pipeline.by_name("src").unwrap();
+        src.downcast_ref::<gst_base::BaseSrc>()
+            .unwrap()
+            .set_live(true);
+    }
     let sink = pipeline.by_name("sink").unwrap();
     if sink.find_property("wait-for-connection").is_some() {
-        sink.set_property("wait-for-connection", true);
+        // With consumers=0 nobody connects: the sink drops every frame.
+        sink.set_property("wait-for-connection", a.consumers != Some(0));
     }
-    let rec = Arc::new(Mutex::new(Record::default()));
+    let rec = Arc::new(Mutex::new(Record::with_warmup(a.warmup)));
     let copies = Arc::new(AtomicU64::new(0));
     let eos_seen = Arc::new(AtomicU64::new(0));
     let mem_type = Arc::new(Mutex::new(String::new()));
@@ -128,6 +136,7 @@ pub(crate) fn produce_gst(a: &Args) -> String {
         let eos_seen = eos_seen.clone();
         let mem_type = mem_type.clone();
         let seq = AtomicU64::new(0);
+        let warmup = a.warmup;
         sink.static_pad("sink").unwrap().add_probe(
             gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
             move |_, info| {
@@ -148,12 +157,15 @@ pub(crate) fn produce_gst(a: &Args) -> String {
                                 .unwrap_or_else(|| "none".into());
                         }
                         drop(m);
+                        let n = seq.fetch_add(1, Ordering::Relaxed);
                         if let Ok(mem) = b.peek_memory_mut(0)
                             && let Ok(mut map) = mem.map_writable()
                         {
-                            write_header(&mut map, seq.fetch_add(1, Ordering::Relaxed) as u32);
+                            write_header(&mut map, n as u32);
                         }
-                        rec.lock().unwrap().mark();
+                        if n >= warmup {
+                            rec.lock().unwrap().mark();
+                        }
                     }
                     Some(gst::PadProbeData::Event(ev)) if ev.type_() == gst::EventType::Eos => {
                         eos_seen.store(1, Ordering::Relaxed);
@@ -171,7 +183,11 @@ pub(crate) fn produce_gst(a: &Args) -> String {
         // PAUSED makes the sink listen; the consumer says "go" once it is up, so no frame is
         // sent before anyone listens (not every sink has wait-for-connection).
         pipeline.set_state(gst::State::Paused).expect("PAUSED");
-        if a.transport != "local" && !wait_for_path(&a.go, deadline) {
+        if let Some(n) = a.consumers {
+            if !wait_for_clients(&sink, n, deadline) {
+                error = format!("fewer than {n} consumers connected before the timeout");
+            }
+        } else if a.transport != "local" && !wait_for_path(&a.go, deadline) {
             error = "consumer never said go".into();
         }
         // Prerolled: the first frame made and, for source=prefilled, the pool written.
@@ -183,7 +199,10 @@ pub(crate) fn produce_gst(a: &Args) -> String {
     }
     if error.is_empty() {
         // CPU and time count from here: start-up and the preroll frame are not per-frame work.
-        rec.lock().unwrap().start();
+        // With a warm-up they count from the first frame after it.
+        if a.warmup == 0 {
+            rec.lock().unwrap().start();
+        }
         pipeline.set_state(gst::State::Playing).expect("PLAYING");
         loop {
             if Instant::now() > deadline {
@@ -207,9 +226,11 @@ pub(crate) fn produce_gst(a: &Args) -> String {
             }
         }
     }
-    // Keep everything alive until the consumer has what it will get.
-    if a.transport != "local" {
-        wait_for_path(&a.done, Instant::now() + Duration::from_secs(10));
+    // Keep everything alive until the consumer has what it will get; many consumers on a
+    // loaded machine take longer to drain and leave.
+    let linger = Duration::from_secs(if a.consumers.is_some() { 30 } else { 10 });
+    if a.transport != "local" && a.consumers != Some(0) {
+        wait_for_path(&a.done, Instant::now() + linger);
     }
     let mut extra = format!(
         ",\"writable_copies\":{},\"error\":\"{}\",\"sink_input_memory\":\"{}\"",
@@ -231,6 +252,17 @@ pub(crate) fn produce_gst(a: &Args) -> String {
     teardown(pipeline.upcast());
     drop(keep_fds);
     out
+}
+
+/// Waits until `sink` (fdlinksink) has `n` consumers connected; false at the deadline.
+fn wait_for_clients(sink: &gst::Element, n: u32, deadline: Instant) -> bool {
+    while sink.property::<u32>("num-clients") < n {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 fn teardown(pipeline: gst::Element) {
@@ -290,11 +322,11 @@ pub(crate) fn consume_gst(a: &Args) -> String {
     };
     let bin = pipeline.downcast_ref::<gst::Bin>().unwrap();
     let sink = bin.by_name("sink").unwrap();
-    let rec = Arc::new(Mutex::new(Record::default()));
+    let rec = Arc::new(Mutex::new(Record::with_warmup(a.warmup)));
     let (tx, rx) = mpsc::channel::<&'static str>();
     {
         let rec = rec.clone();
-        let expected = a.frames;
+        let expected = a.counted_frames();
         let tx = Mutex::new(tx);
         sink.static_pad("sink").unwrap().add_probe(
             gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,

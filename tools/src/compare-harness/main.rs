@@ -8,6 +8,9 @@
 //!   timeout= (seconds, whole run) source= (videotestsrc, the default, or prefilled)
 //!   samples= (consumer: a file for every frame's sequence number, send and receive time
 //!   on CLOCK_MONOTONIC and latency, to line a latency tail up with a scheduler trace)
+//!   consumers= (fdlink producer: wait for this many connected consumers instead of the go
+//!   file; 0: none, fdlinksink drops the frames) warmup= (both sides: the first this many
+//!   frames are sent but not counted; fps, CPU and frames are over the rest)
 //! ```
 //!
 //! `source=prefilled` replaces videotestsrc with [`prefilled_src`]: frames from the pool the
@@ -15,6 +18,7 @@
 //! first time the source meets it and never again. It stands for a hardware decoder or a
 //! camera, whose frames the CPU does not write, so the transport's own cost sets the pace
 //! instead of videotestsrc drawing every pixel.
+//! With rate= it is live: the clock paces it, as it does a camera (the fan-out sweep).
 //!
 //! Both sides print one line `RESULT {json}` on stdout.
 //!
@@ -62,6 +66,17 @@ struct Args {
     source: String,
     /// Where the consumer writes every frame's latency, to line a tail up with a trace.
     samples: Option<PathBuf>,
+    /// Producer: start once this many consumers are connected (the fan-out sweep).
+    consumers: Option<u32>,
+    /// Frames left out of every count at the start (sequence numbers below it).
+    warmup: u64,
+}
+
+impl Args {
+    /// The frames that count: all of them but the warm-up.
+    fn counted_frames(&self) -> u64 {
+        self.frames.saturating_sub(self.warmup)
+    }
 }
 
 fn parse_args() -> Args {
@@ -81,6 +96,8 @@ fn parse_args() -> Args {
         timeout: Duration::from_secs(120),
         source: "videotestsrc".into(),
         samples: None,
+        consumers: None,
+        warmup: 0,
     };
     for kv in it {
         let (k, v) = kv.split_once('=').expect("key=value");
@@ -95,6 +112,8 @@ fn parse_args() -> Args {
             "timeout" => a.timeout = Duration::from_secs(v.parse().unwrap()),
             "source" if v == "videotestsrc" || v == "prefilled" => a.source = v.into(),
             "samples" => a.samples = Some(v.into()),
+            "consumers" => a.consumers = Some(v.parse().unwrap()),
+            "warmup" => a.warmup = v.parse().unwrap(),
             _ => panic!("unknown argument {k}"),
         }
     }

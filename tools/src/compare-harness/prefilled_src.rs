@@ -173,6 +173,19 @@ mod imp {
             Ok(())
         }
 
+        /// Live (the harness sets it for rate= runs): BaseSrc waits for each frame's
+        /// timestamp on the clock, so frames leave at the stream's rate, as from a camera.
+        fn times(
+            &self,
+            buffer: &gst::BufferRef,
+        ) -> (Option<gst::ClockTime>, Option<gst::ClockTime>) {
+            if !self.obj().is_live() {
+                return (None, None);
+            }
+            let start = buffer.pts();
+            (start, start.zip(buffer.duration()).map(|(s, d)| s + d))
+        }
+
         fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
             let info = gst_video::VideoInfo::from_caps(caps)
                 .map_err(|_| gst::loggable_error!(gst::CAT_RUST, "not video: {caps}"))?;

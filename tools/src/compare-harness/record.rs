@@ -53,9 +53,19 @@ pub(crate) struct Record {
     /// warm-up: the latencies, and samples=.
     arrivals: Vec<(u64, u64, u64)>,
     started: bool,
+    /// Frames with a lower sequence number are not counted (warmup=).
+    warmup: u64,
 }
 
 impl Record {
+    /// A record that leaves the first `warmup` frames out of every count.
+    pub(crate) fn with_warmup(warmup: u64) -> Self {
+        Self {
+            warmup,
+            ..Self::default()
+        }
+    }
+
     /// Producer: counts time and CPU from now, not from the first frame.
     pub(crate) fn start(&mut self) {
         self.started = true;
@@ -84,8 +94,14 @@ impl Record {
         match header {
             Some((seq, ts)) => {
                 let seq = seq as u64;
-                if seq > self.next_seq {
-                    self.gaps += seq - self.next_seq;
+                if seq < self.warmup {
+                    self.next_seq = seq + 1;
+                    return;
+                }
+                // Gaps count inside the window only.
+                let expect = self.next_seq.max(self.warmup);
+                if seq > expect {
+                    self.gaps += seq - expect;
                 }
                 self.next_seq = seq + 1;
                 if seq >= WARMUP_FRAMES && now >= ts {
@@ -146,7 +162,7 @@ impl Record {
             a.width,
             a.height,
             a.rate,
-            a.frames,
+            a.counted_frames(),
             self.frames,
             self.gaps,
             self.bad,
