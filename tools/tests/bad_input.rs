@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,12 +36,6 @@ fn expect_consumer_error(mut c: Peer, needles: &[&str]) -> String {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
     }
     err
-}
-
-fn encode(p: &Packet<BorrowedFd<'_>>) -> Vec<u8> {
-    let mut out = Vec::new();
-    p.encode(&mut out).unwrap();
-    out
 }
 
 /// A fake producer: accepts one consumer, reads its hello, then runs `script` on the

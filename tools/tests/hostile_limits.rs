@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -118,12 +118,6 @@ fn pool_files(pid: i32) -> usize {
         }
     }
     inodes.len()
-}
-
-fn encode(p: &Packet<BorrowedFd<'_>>) -> Vec<u8> {
-    let mut out = Vec::new();
-    p.encode(&mut out).unwrap();
-    out
 }
 
 /// A fake consumer past the hello: the producer's hello read, its own sent.
@@ -572,21 +566,9 @@ fn events_held_before_the_first_buffer_are_bounded() {
     ]);
     let conn = accept_as_producer(&listener, T);
     let mut buf = vec![0u8; MAX_PACKET_SIZE];
-    conn.send_packet(&Packet::Caps("application/x-test".into()), Some(T))
-        .unwrap();
-    let segment = gstfdlink::control::event_to_packet(
-        &gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()),
-        |_| {},
-    );
-    conn.send_timeout(
-        &encode(&Packet::Event {
-            event: segment,
-            base_time: 0,
-        }),
-        &[],
-        T,
-    )
-    .unwrap();
+    for packet in stream_start_packets("application/x-test") {
+        conn.send_timeout(&packet, &[], T).unwrap();
+    }
     std::thread::sleep(Duration::from_millis(300));
     let event = custom_event(40 * 1024);
     let mut sent = 0;

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,12 +33,6 @@ fn fresh_names(round: usize) -> String {
 fn burst() -> String {
     let fields: Vec<String> = (0..300).map(|i| format!("burst{i}=(int)1")).collect();
     format!("hostile-burst, {};", fields.join(", "))
-}
-
-fn encode(p: &Packet<BorrowedFd<'_>>) -> Vec<u8> {
-    let mut out = Vec::new();
-    p.encode(&mut out).unwrap();
-    out
 }
 
 /// Resident memory of a process now (VmRSS), in KiB.
@@ -180,21 +173,11 @@ fn consumer_bounds_the_names_a_producer_brings() {
         &format!("fdlinksrc socket-path={sock} timeout=5000 ! fakesink"),
     ]);
     let conn = accept_as_producer(&listener, T);
-    let caps =
-        "video/x-raw, format=(string)NV12, width=(int)64, height=(int)64, framerate=(fraction)30/1";
-    let seg = gst::FormattedSegment::<gst::ClockTime>::new();
-    let segment = gstfdlink::control::event_to_packet(&gst::event::Segment::new(&seg), |_| {});
-    conn.send_timeout(&encode(&Packet::Caps(caps.into())), &[], T)
-        .unwrap();
-    conn.send_timeout(
-        &encode(&Packet::Event {
-            event: segment,
-            base_time: 0,
-        }),
-        &[],
-        T,
-    )
-    .unwrap();
+    for packet in stream_start_packets(
+        "video/x-raw, format=(string)NV12, width=(int)64, height=(int)64, framerate=(fraction)30/1",
+    ) {
+        conn.send_timeout(&packet, &[], T).unwrap();
+    }
     // A gap places the segment, so the events after it go downstream at once instead of
     // waiting for a buffer (what waits there is bounded on its own: hostile_limits.rs).
     let gap = gstfdlink::control::event_to_packet(

@@ -22,12 +22,6 @@ const T: Duration = Duration::from_secs(30);
 /// What the victim names when it refuses a text.
 const LIMIT: &str = "structure nests deeper than 32 levels";
 
-fn encode(p: &Packet<BorrowedFd<'_>>) -> Vec<u8> {
-    let mut out = Vec::new();
-    p.encode(&mut out).unwrap();
-    out
-}
-
 /// A structure text nested `levels` deep in brackets (6 bytes a level: 4,000 levels, 24 KB).
 fn deep(levels: usize) -> String {
     format!(
@@ -264,17 +258,9 @@ fn fake_producer(
 
 /// The packets a producer sends first: caps and a segment, so that the consumer streams.
 fn stream_start() -> Vec<Vec<u8>> {
-    let caps =
-        "video/x-raw, format=(string)NV12, width=(int)64, height=(int)64, framerate=(fraction)30/1";
-    let seg = gst::FormattedSegment::<gst::ClockTime>::new();
-    let ev = gstfdlink::control::event_to_packet(&gst::event::Segment::new(&seg), |_| {});
-    vec![
-        encode(&Packet::Caps(caps.into())),
-        encode(&Packet::Event {
-            event: ev,
-            base_time: 0,
-        }),
-    ]
+    stream_start_packets(
+        "video/x-raw, format=(string)NV12, width=(int)64, height=(int)64, framerate=(fraction)30/1",
+    )
 }
 
 /// A consumer refuses each hostile packet from its producer: its pipeline ends with the

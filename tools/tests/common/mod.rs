@@ -485,3 +485,25 @@ pub fn accept_as_producer(
         .unwrap();
     conn
 }
+
+/// A packet's bytes on the wire (what a hand-written peer sends).
+pub fn encode(p: &fdlink::protocol::Packet<std::os::fd::BorrowedFd<'_>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    p.encode(&mut out).unwrap();
+    out
+}
+
+/// The packets a producer sends first: `caps` and a default TIME segment (base time 0), so
+/// that a consumer streams.
+pub fn stream_start_packets(caps: &str) -> Vec<Vec<u8>> {
+    use fdlink::protocol::Packet;
+    let seg = gst::FormattedSegment::<gst::ClockTime>::new();
+    let event = gstfdlink::control::event_to_packet(&gst::event::Segment::new(&seg), |_| {});
+    vec![
+        encode(&Packet::Caps(caps.into())),
+        encode(&Packet::Event {
+            event,
+            base_time: 0,
+        }),
+    ]
+}
