@@ -58,31 +58,18 @@ for f in fdlink-hwmatrix fdlink-peer libgstfdlink.so; do
     { echo "guest-matrix: $BIN/$f missing: build it with scripts/gst-versions.sh $GST on the host" >&2; exit 2; }
 done
 
-MOUNTED=()
-unmount_all() {
-  local i
-  for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
-    umount -R "${MOUNTED[$i]}" 2>/dev/null || umount -l "${MOUNTED[$i]}" 2>/dev/null || true
-  done
-}
+. scripts/lib/mounts.sh
 trap unmount_all EXIT
-mnt() { # mnt DST mount-args...: mounts onto DST (made if missing) and records it
-  local dst=$1
-  shift
-  mkdir -p "$dst"
-  mount "$@" "$dst"
-  MOUNTED+=("$dst")
-}
-mnt "$CHROOT/proc" -t proc proc
-mnt "$CHROOT/sys" -t sysfs sysfs
-mnt "$CHROOT/dev" --rbind /dev
-mnt "$CHROOT/tmp" -t tmpfs -o mode=1777 tmpfs
-mnt "$CHROOT$REPO" --bind "$REPO"
+mount_at "$CHROOT/proc" -t proc proc
+mount_at "$CHROOT/sys" -t sysfs sysfs
+mount_at "$CHROOT/dev" --rbind /dev
+mount_at "$CHROOT/tmp" -t tmpfs -o mode=1777 tmpfs
+bind "$REPO" "$CHROOT$REPO"
 # The release's own registry, beside the guest's (run.sh's GST_REGISTRY, in the VM cache,
 # read-write and kept between boots): its plugins are not the host's.
 REGDIR=$(dirname "${GST_REGISTRY:-/tmp/x}")
 if [ -n "${GST_REGISTRY:-}" ] && [ -d "$REGDIR" ] && [ -w "$REGDIR" ]; then
-  mnt "$CHROOT$REGDIR" --bind "$REGDIR"
+  bind "$REGDIR" "$CHROOT$REGDIR"
   # Named like run.sh's (registry-KVER.*), which setup.sh keeps when it clears old kernels' ones.
   registry=$REGDIR/registry-$(uname -r).gst-$GST.bin
 else
