@@ -21,7 +21,7 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
         return Outcome::NotRun(format!("no device ({missing} not registered)"));
     }
     let display = row.consumer == Consumer::Display;
-    if let (true, Err(why)) = (display, display::available()) {
+    if display && let Err(why) = display::available() {
         return Outcome::NotRun(why);
     }
     let gl = row.consumer == Consumer::Gl;
