@@ -21,9 +21,14 @@ use crate::warning_gate::WarningGate;
 /// A consumer that has not completed the hello by then is dropped.
 pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Packets read from one consumer in one round: one that sends without pause cannot keep the
-/// control thread from the others (the rest waits for the next round).
-const MAX_READS_PER_ROUND: usize = 256;
+/// Packets the control thread reads from a consumer its poll found readable, per round. One:
+/// a second read would mostly meet an empty socket (EAGAIN), one wasted syscall per consumer
+/// and frame; what is left keeps the socket readable, and the next poll returns at once.
+const POLLED_READS_PER_ROUND: usize = 1;
+
+/// Packets read from one consumer in one round where no poll said what is queued (the
+/// release grace): one that sends without pause cannot keep the thread from the others.
+pub(super) const DRAIN_READS_PER_ROUND: usize = 256;
 
 /// Refused connections are warned about at most this often (each is logged at INFO), so a
 /// peer that connects in a loop cannot flood the log.
@@ -128,6 +133,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
                         && let Err(reason) = self.read_consumer(
                             &mut inner,
                             (*id, conn),
+                            POLLED_READS_PER_ROUND,
                             &mut buf,
                             &mut released,
                             &mut requests,
@@ -300,11 +306,13 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         self.notify_room();
     }
 
-    /// Reads everything pending from one consumer. An error means: drop it, for this reason.
+    /// Reads what one consumer sent, at most `max_reads` packets. An error means: drop it,
+    /// for this reason.
     pub(super) fn read_consumer(
         &self,
         inner: &mut Inner<H>,
         (id, conn): (u64, &Arc<Connection>),
+        max_reads: usize,
         buf: &mut [u8],
         released: &mut usize,
         requests: &mut Vec<HubEvent>,
@@ -313,7 +321,7 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
             conn.send_error(&format!("protocol error: {msg}"));
             Removal::Protocol(msg)
         };
-        for _ in 0..MAX_READS_PER_ROUND {
+        for _ in 0..max_reads {
             let got = match conn.try_recv(buf) {
                 Ok(got) => got,
                 Err(TransportError::WouldBlock) => return Ok(()),

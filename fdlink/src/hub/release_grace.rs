@@ -150,9 +150,14 @@ impl<H: Send + 'static, F: RetiredFiles> Hub<H, F> {
         let had_requests = requests.len();
         let mut released = 0;
         for (id, conn) in &list {
-            if let Err(reason) =
-                self.read_consumer(inner, (*id, conn), &mut buf, &mut released, &mut requests)
-            {
+            if let Err(reason) = self.read_consumer(
+                inner,
+                (*id, conn),
+                super::control::DRAIN_READS_PER_ROUND,
+                &mut buf,
+                &mut released,
+                &mut requests,
+            ) {
                 self.remove_consumer(inner, *id, reason.clone());
                 removed.push((*id, reason));
             }

@@ -9,12 +9,15 @@
 //!   socket goes back to the reader thread as `next()` returns, and until `e9949f2` the
 //!   reader was woken then (a futex wake on the frame's way downstream): 153 / 155 µs
 //!   (GStreamer 1.22 / 1.28, `2beced2`, 1.58x / 1.60x raw);
-//! - the parked reader looks on a timer of its own instead ([`PARKED_PERIOD_MAX`]), and stays
-//!   aside [`READER_GRACE`] after the streaming thread left: 128 / 118 µs (`e9949f2`, 1.33x /
-//!   1.22x raw). The grace leaves the 30 fps p50 within noise; in an unthrottled stream it
-//!   keeps the socket on the streaming thread, which took the consumer from 3.14 to
-//!   0.64-0.92 futex calls and from 13-16 to 9.2-13.9 µs CPU per frame
-//!   (docs/performance-benches.md, Syscalls per frame).
+//! - the parked reader looks on a timer of its own instead, and stays aside [`READER_GRACE`]
+//!   after the streaming thread left: 128 / 118 µs (`e9949f2`, 1.33x / 1.22x raw). The grace
+//!   leaves the 30 fps p50 within noise; in an unthrottled stream it keeps the socket on the
+//!   streaming thread, which took the consumer from 3.14 to 0.64-0.92 futex calls and from
+//!   13-16 to 9.2-13.9 µs CPU per frame (docs/performance-benches.md, Syscalls per frame);
+//! - while the stream flows the timer is [`PARKED_PERIOD_FLOWING`], not a period that starts
+//!   again at the grace after every frame: at 30 fps 0.8 looks per frame instead of 3.5, and
+//!   the consumer's CPU per frame (idle time included) 118-125 µs instead of 157 (raw
+//!   consumer: 83-87 µs).
 //!
 //! The grace and the timed waits are for `leaky=none` only: `oldest` and `copy` act on each
 //! frame as it arrives, so with them the reader reads again as soon as the streaming thread
@@ -31,10 +34,18 @@ use std::time::{Duration, Instant};
 /// reply waits not at all: an awaited reply ends the grace).
 pub(super) const READER_GRACE: Duration = Duration::from_millis(5);
 
-/// The longest a parked reader thread waits before it looks whether the streaming thread
-/// left the socket, while the stream flows: it may take the socket up this much later than
-/// READER_GRACE after the streaming thread left.
-const PARKED_PERIOD_MAX: Duration = Duration::from_millis(40);
+/// How long a parked reader thread waits before it looks whether the streaming thread left
+/// the socket, while the stream flows (the streaming thread came back since the last look):
+/// at 30 frames a second, less than one look per frame. Every look is a wake-up of the
+/// consumer process between frames.
+const PARKED_PERIOD_FLOWING: Duration = Duration::from_millis(40);
+
+/// The longest a parked reader thread waits before it looks again: it may take the socket up
+/// this much later than READER_GRACE after the streaming thread left (a producer's control
+/// packets wait that long while the streaming thread is blocked downstream; query replies
+/// wait not at all, see `Link::awaiting_reply`). Used once the streaming thread stayed in
+/// one wait for a whole flowing period (a slow stream).
+const PARKED_PERIOD_MAX: Duration = Duration::from_millis(80);
 
 /// The longest it waits while the streaming thread stays in one wait past
 /// `PARKED_PERIOD_MAX` (an idle stream): so long that an idle consumer barely wakes. The
@@ -146,16 +157,18 @@ impl Handoff {
             if !self.stays_aside {
                 return (ReaderStep::AwaitSignal, parks_now);
             }
-            // The period doubles while the streaming thread stays in one wait, up to
-            // PARKED_PERIOD_MAX; past it the stream is idle, and the reader sleeps until the
-            // streaming thread signals that it left.
+            // A streaming thread that came back since the last look keeps the flowing
+            // period; one that stayed in one wait makes it PARKED_PERIOD_MAX, then the
+            // stream is idle, and the reader sleeps until the streaming thread signals that
+            // it left.
             let visits = self.streaming_visits;
             wait.period = match wait.visits_at_last_look {
                 Some(v) if v == visits && wait.period >= PARKED_PERIOD_MAX => PARKED_PERIOD_IDLE,
-                Some(v) if v == visits => (wait.period * 2).min(PARKED_PERIOD_MAX),
-                _ => self
+                Some(v) if v == visits => PARKED_PERIOD_MAX,
+                Some(_) => PARKED_PERIOD_FLOWING,
+                None => self
                     .grace
-                    .clamp(Duration::from_millis(1), PARKED_PERIOD_MAX),
+                    .clamp(Duration::from_millis(1), PARKED_PERIOD_FLOWING),
             };
             self.reader_idles = wait.period > PARKED_PERIOD_MAX;
             wait.visits_at_last_look = Some(visits);
@@ -266,21 +279,27 @@ mod tests {
     use std::sync::mpsc;
     use std::thread::ThreadId;
 
-    /// A stream that flows (the streaming thread back within each period) never lets the
-    /// reader sleep past PARKED_PERIOD_MAX, and costs no signal.
+    /// A stream that flows (the streaming thread back within each period) keeps the reader
+    /// on PARKED_PERIOD_FLOWING after its first look, and costs no signal.
     #[test]
-    fn a_flowing_stream_keeps_the_reader_on_short_periods() {
+    fn a_flowing_stream_keeps_the_reader_on_the_flowing_period() {
         let mut h = Handoff::new(true);
         let mut wait = ReaderWait::default();
         assert_eq!(h.streaming_wants(), StreamingStep::AskReader);
+        let mut periods = Vec::new();
         for _ in 0..10 {
-            assert!(matches!(
-                h.reader_step(&mut wait, 0).0,
-                ReaderStep::Parked(p) if p <= PARKED_PERIOD_MAX
-            ));
+            match h.reader_step(&mut wait, 0).0 {
+                ReaderStep::Parked(p) => periods.push(p),
+                other => panic!("{other:?}"),
+            }
             assert!(!h.streaming_leaves());
             assert_eq!(h.streaming_wants(), StreamingStep::Read);
         }
+        assert_eq!(periods[0], READER_GRACE);
+        assert!(
+            periods[1..].iter().all(|p| *p == PARKED_PERIOD_FLOWING),
+            "{periods:?}"
+        );
     }
 
     #[test]
@@ -316,7 +335,7 @@ mod tests {
         assert!(!h.reader_parked());
     }
 
-    /// While the streaming thread stays in one wait, the parked reader's period doubles to
+    /// While the streaming thread stays in one wait, the parked reader's period grows to
     /// PARKED_PERIOD_MAX, then it sleeps PARKED_PERIOD_IDLE (an idle stream), and the
     /// streaming thread leaving that wait says to signal it.
     #[test]
@@ -331,13 +350,14 @@ mod tests {
             })
             .collect();
         let idle = PARKED_PERIOD_IDLE.as_millis() as u64;
-        assert_eq!(periods, [5, 10, 20, 40, idle, idle]);
-        // The streaming thread left and came back: the period starts again.
+        let max = PARKED_PERIOD_MAX.as_millis() as u64;
+        assert_eq!(periods, [5, max, idle, idle, idle, idle]);
+        // The streaming thread left and came back: the stream flows again.
         assert!(h.streaming_leaves(), "the sleeping reader is signalled");
         h.streaming_wants();
         assert_eq!(
             h.reader_step(&mut wait, 0).0,
-            ReaderStep::Parked(READER_GRACE)
+            ReaderStep::Parked(PARKED_PERIOD_FLOWING)
         );
     }
 

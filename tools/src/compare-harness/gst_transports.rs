@@ -209,7 +209,8 @@ pub(crate) fn produce_gst(a: &Args) -> String {
                 error = "timeout".into();
                 break;
             }
-            if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) {
+            // Seldom: this thread's wake-ups count in the process's CPU per frame.
+            if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(500)) {
                 match msg.view() {
                     gst::MessageView::Eos(_) => break,
                     gst::MessageView::Error(e) => {
@@ -369,7 +370,8 @@ pub(crate) fn consume_gst(a: &Args) -> String {
         if Instant::now() > deadline {
             break;
         }
-        if let Ok(why) = rx.recv_timeout(Duration::from_millis(50)) {
+        // Seldom: this thread's wake-ups count in the process's CPU per frame.
+        if let Ok(why) = rx.recv_timeout(Duration::from_millis(500)) {
             end = why;
             break;
         }
