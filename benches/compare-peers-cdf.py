@@ -17,17 +17,20 @@ from collections import defaultdict
 
 # (env, transport) in legend order, with a colour per transport; 1.28 (forky) rows dashed.
 ORDER = [
-    ("host", "raw"), ("host", "fdlink"), ("host", "fdlink-app"), ("host", "fdlink-copy"),
+    ("host", "raw"), ("host", "fdlink"), ("host", "fdlink-app"), ("host", "fdlink-py"),
+    ("host", "fdlink-copy"),
     ("host", "shm"), ("host", "ipcpipeline"), ("forky", "fdlink"), ("forky", "fdlink-copy"),
     ("forky", "unixfd"), ("forky", "unixfd-copy"),
 ]
 COLOUR = {
-    "raw": "#000000", "fdlink": "#1f77b4", "fdlink-app": "#8c564b", "fdlink-copy": "#17becf",
+    "raw": "#000000", "fdlink": "#1f77b4", "fdlink-app": "#8c564b", "fdlink-py": "#e377c2",
+    "fdlink-copy": "#17becf",
     "shm": "#2ca02c",
     "ipcpipeline": "#9467bd", "unixfd": "#d62728", "unixfd-copy": "#ff7f0e",
 }
 LABEL = {
     "raw": "raw SCM_RIGHTS", "fdlink": "fdlink zero-copy", "fdlink-app": "fdlink to an app",
+    "fdlink-py": "fdlink, Python consumer",
     "fdlink-copy": "fdlink copy path",
     "shm": "shmsink/shmsrc", "ipcpipeline": "ipcpipeline", "unixfd": "unixfd",
     "unixfd-copy": "unixfd copy path",

@@ -14,7 +14,7 @@ from collections import defaultdict
 SIZES = ["640x480", "1920x1080", "3840x2160"]
 ORDER = [
     ("host", "local"), ("host", "raw"), ("host", "fdlink"), ("host", "fdlink-app"),
-    ("host", "fdlink-copy"), ("host", "shm"),
+    ("host", "fdlink-py"), ("host", "fdlink-copy"), ("host", "shm"),
     ("host", "ipcpipeline"), ("forky", "local"), ("forky", "fdlink"), ("forky", "fdlink-copy"),
     ("forky", "unixfd"), ("forky", "unixfd-copy"),
 ]
@@ -23,6 +23,7 @@ LABEL = {
     "raw": "raw SCM_RIGHTS baseline",
     "fdlink": "fdlink (memfd pool, zero-copy)",
     "fdlink-app": "fdlink to an application (fdlink::consumer)",
+    "fdlink-py": "fdlink, Python consumer",
     "fdlink-copy": "fdlink copy path",
     "shm": "shmsink/shmsrc",
     "ipcpipeline": "ipcpipelinesink/src",

@@ -13,6 +13,9 @@
 #                uses system memory and fdlinksink copies each frame into a memfd
 #   fdlink-app   fdlinksink, and a consumer made of fdlink::consumer alone (an application:
 #                no GStreamer on its side)
+#   fdlink-py    fdlinksink, and a Python program on the fdlink module (python/) as consumer:
+#                benches/compare-harness-consumer.py, run from target/pyenv (made by
+#                scripts/python-setup.sh; without it the row is left out, saying so)
 #   shm          shmsink/shmsrc (copy into shmsink's area)
 #   ipcpipeline  ipcpipelinesink / ipcslavepipeline(ipcpipelinesrc) over a fifo pair
 #   unixfd       unixfdsink/unixfdsrc (GStreamer 1.28, Debian forky chroot)
@@ -31,6 +34,7 @@
 # per-frame latencies (.samples.tsv) and one SVG latency CDF per size drawn from them
 # (.cdf-WxH.svg).
 #   --sizes "640x480 1920x1080"  only these sizes (of the three above)
+#   --transports "raw fdlink"    only these transports (of the ones above)
 #
 #   benches/compare-peers.sh --fanout [--reps N] [--source prefilled|videotestsrc] [--out FILE]
 #
@@ -52,6 +56,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 QUICK=0
 REPS=""
 ONLY_SIZES=()
+ONLY_TRANSPORTS=()
 USE_FORKY=1
 OUT=$ROOT/benches/compare-peers.last.md
 OUT_SET=0
@@ -67,6 +72,7 @@ while [ $# -gt 0 ]; do
         --fanout) FANOUT=1 ;;
         --source) FANOUT_SOURCE=$2; shift ;;
         --sizes) read -r -a ONLY_SIZES <<< "$2"; shift ;;
+        --transports) read -r -a ONLY_TRANSPORTS <<< "$2"; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -87,7 +93,7 @@ else
     LAT_FRAMES=300
     REPS=${REPS:-3}
 fi
-HOST_TRANSPORTS=(local raw fdlink fdlink-app fdlink-copy shm ipcpipeline)
+HOST_TRANSPORTS=(local raw fdlink fdlink-app fdlink-py fdlink-copy shm ipcpipeline)
 FORKY_TRANSPORTS=(local fdlink fdlink-copy unixfd unixfd-copy)
 # Whole-run limit per process; a hung transport shows up as "not run", never as a number.
 RUN_TIMEOUT=150
@@ -211,9 +217,14 @@ run_one() {
     # Only the consumer records arrivals; the producer would write an empty file.
     local cargs=("${args[@]}")
     if [ "$mode" = latency ]; then cargs+=("samples=$inner/samples"); fi
+    # fdlink-py: fdlinksink as for fdlink-app; the consumer is the Python program.
+    local pargs=("${args[@]}") consumer=("$harness")
+    if [ "$transport" = fdlink-py ]; then
+        consumer=("$PYENV_PY" -I "$ROOT/benches/compare-harness-consumer.py")
+    fi
     # GST_PLUGIN_PATH_1_0 would override GST_PLUGIN_PATH; clear it.
     env -u GST_PLUGIN_PATH_1_0 GST_PLUGIN_PATH="$plugin_path" \
-        timeout $((RUN_TIMEOUT + 30)) "${prefix[@]}" "$harness" produce "${args[@]}" \
+        timeout $((RUN_TIMEOUT + 30)) "${prefix[@]}" "$harness" produce "${pargs[@]}" \
         > "$base/p.out" 2> "$base/p.err" &
     local ppid=$!
     local crc=0 prc=0 roles=(produce consume)
@@ -221,7 +232,7 @@ run_one() {
         roles=(produce)  # no consumer: the source alone
     else
         env -u GST_PLUGIN_PATH_1_0 GST_PLUGIN_PATH="$plugin_path" \
-            timeout $((RUN_TIMEOUT + 30)) "${prefix[@]}" "$harness" consume "${cargs[@]}" \
+            timeout $((RUN_TIMEOUT + 30)) "${prefix[@]}" "${consumer[@]}" consume "${cargs[@]}" \
             > "$base/c.out" 2> "$base/c.err" || crc=$?
     fi
     wait "$ppid" || prc=$?
@@ -273,6 +284,30 @@ run_size() {
         done
     done
 }
+
+# ---------------------------------------------------------------- transports to run
+# fdlink-py's consumer runs in target/pyenv, on the module built from the sources as they are.
+PYENV_PY=$ROOT/target/pyenv/bin/python
+SKIP_TRANSPORTS=()
+if ! PY_WHY=$("$ROOT/scripts/python-setup.sh" --check 2>&1); then
+    log "fdlink-py left out: ${PY_WHY:-target/pyenv is not ready (run scripts/python-setup.sh)}"
+    SKIP_TRANSPORTS+=(fdlink-py)
+fi
+# keep_transports NAME: drops from array NAME what --transports or the checks above leave out.
+keep_transports() {
+    local -n list=$1
+    local t kept=()
+    for t in "${list[@]}"; do
+        if [[ " ${SKIP_TRANSPORTS[*]} " == *" $t "* ]]; then continue; fi
+        if [ ${#ONLY_TRANSPORTS[@]} -gt 0 ] && [[ " ${ONLY_TRANSPORTS[*]} " != *" $t "* ]]; then
+            continue
+        fi
+        kept+=("$t")
+    done
+    list=("${kept[@]}")
+}
+keep_transports HOST_TRANSPORTS
+keep_transports FORKY_TRANSPORTS
 
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)

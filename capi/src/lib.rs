@@ -235,7 +235,8 @@ impl FdlinkFrame {
                 }
                 end = m.offset.saturating_add(m.size);
             }
-            let mapping = Mapping::new(first.fd(), first.kind, first.offset, end - first.offset)
+            let mapping = first
+                .map_window(first.offset, end - first.offset)
                 .map_err(|e| map_error(&e))?;
             self.whole = Some(mapping);
         }
@@ -252,8 +253,7 @@ impl FdlinkFrame {
         };
         let slot = &mut self.maps[index];
         if slot.is_none() {
-            *slot =
-                Some(Mapping::new(m.fd(), m.kind, m.offset, m.size).map_err(|e| map_error(&e))?);
+            *slot = Some(m.map().map_err(|e| map_error(&e))?);
         }
         Ok(slot.as_ref().map_or(&[], Mapping::bytes))
     }

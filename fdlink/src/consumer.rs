@@ -13,7 +13,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,10 +22,16 @@ use crate::endpoint::{self, HandshakeError};
 use crate::fdkind::{self, ImportError};
 use crate::mapping::Mapping;
 use crate::protocol::{
-    self, BufferHeader, DecodeError, FD_REGISTERED, MAX_PACKET_SIZE, MAX_REGISTERED_FILES,
-    MemoryKind, Packet, QueryReplyPacket, TIME_NONE, VideoLayout,
+    self, BufferHeader, DecodeError, FD_REGISTERED, MAX_PACKET_SIZE, MemoryKind, Packet,
+    QueryReplyPacket, TIME_NONE, VideoLayout,
 };
 use crate::transport::{Connection, TransportError};
+
+mod file_maps;
+#[cfg(test)]
+mod tests;
+
+use file_maps::{FileTable, RegisteredFile};
 
 /// `GST_EVENT_EOS`: the wire code of an end-of-stream event.
 const EVENT_EOS: u32 = 28174;
@@ -72,20 +77,14 @@ impl From<TransportError> for ConsumerError {
     }
 }
 
-/// A file the producer registered with this consumer: kept until it retires it.
-struct Registered {
-    fd: Arc<OwnedFd>,
-    kind: MemoryKind,
-    size: u64,
-}
-
 /// A connection to a producer. Frames come out in the producer's order; caps changes show in
 /// each frame's [`Frame::caps`].
 pub struct Consumer {
     conn: Arc<Connection>,
     buf: Vec<u8>,
     caps: Arc<str>,
-    registered: HashMap<u32, Registered>,
+    /// Files the producer registered, each with its shared mapping.
+    registered: FileTable,
     /// Most frames the producer lets this consumer hold before it skips or waits.
     hold_limit: u32,
     ended: bool,
@@ -113,7 +112,7 @@ impl Consumer {
             conn: Arc::new(conn),
             buf: vec![0; MAX_PACKET_SIZE],
             caps: Arc::from(""),
-            registered: HashMap::new(),
+            registered: FileTable::default(),
             hold_limit: producer.hold_limit,
             ended: false,
         })
@@ -208,8 +207,8 @@ impl Consumer {
             }
             Packet::Retire { file_ids } => {
                 for id in file_ids {
-                    if self.registered.remove(&id).is_none() {
-                        return Err(self.refuse(ImportError::RetiredUnknown { id }.into()));
+                    if let Err(e) = self.registered.retire(id) {
+                        return Err(self.refuse(e.into()));
                     }
                 }
             }
@@ -264,10 +263,10 @@ impl Consumer {
         }
         let mut memories = Vec::with_capacity(header.memories.len());
         for m in &header.memories {
-            let fd = if m.fd_index == FD_REGISTERED {
+            let (fd, file, file_size) = if m.fd_index == FD_REGISTERED {
                 let r = self
                     .registered
-                    .get(&m.file_id)
+                    .get(m.file_id)
                     .ok_or(ImportError::UnknownFile { id: m.file_id })?;
                 if r.kind != m.kind {
                     return Err(ImportError::RegisteredKind {
@@ -281,38 +280,31 @@ impl Consumer {
                     r.size,
                     [(m.offset, m.size)].into_iter(),
                 )?;
-                r.fd.clone()
+                (r.fd.clone(), Some(r.clone()), r.size)
             } else {
                 let (fd, size) = files[usize::from(m.fd_index)]
                     .clone()
                     .expect("the decoder checks fd indices");
-                match self.registered.get(&m.file_id) {
-                    _ if m.file_id == 0 => {}
+                let file = match self.registered.get(m.file_id) {
+                    _ if m.file_id == 0 => None,
                     // Memories sharing the fd register it once; another fd under its id is
                     // refused.
                     Some(r) if !Arc::ptr_eq(&r.fd, &fd) => {
                         return Err(ImportError::RegisteredTwice { id: m.file_id });
                     }
-                    Some(_) => {}
-                    None if self.registered.len() >= MAX_REGISTERED_FILES => {
-                        return Err(ImportError::TooManyFiles {
-                            max: MAX_REGISTERED_FILES,
-                        });
-                    }
-                    None => {
-                        let registered = Registered {
-                            fd: fd.clone(),
-                            kind: m.kind,
-                            size,
-                        };
-                        self.registered.insert(m.file_id, registered);
-                    }
-                }
-                fd
+                    Some(r) => Some(r.clone()),
+                    None => Some(
+                        self.registered
+                            .insert(m.file_id, fd.clone(), m.kind, size)?,
+                    ),
+                };
+                (fd, file, size)
             };
             memories.push(FrameMemory {
                 kind: m.kind,
                 fd,
+                file,
+                file_size,
                 offset: m.offset,
                 size: m.size,
             });
@@ -357,6 +349,11 @@ fn time(ns: u64) -> Option<Duration> {
 pub struct FrameMemory {
     pub kind: MemoryKind,
     fd: Arc<OwnedFd>,
+    /// The registered file the fd is, with its shared mapping; None for a file sent with
+    /// this frame only.
+    file: Option<Arc<RegisteredFile>>,
+    /// The file's size when checked: no window past it is mapped.
+    file_size: u64,
     pub offset: u64,
     pub size: u64,
 }
@@ -365,6 +362,31 @@ impl FrameMemory {
     /// The file (a sealed memfd, or a dmabuf of the producer's device).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// Maps the memory read-only: a window of its file's mapping when the producer
+    /// registered the file (mapped once for all frames on it), else a mapping of its own.
+    /// A dmabuf is bracketed by DMA_BUF_IOCTL_SYNC either way (start now, end on drop).
+    pub fn map(&self) -> std::io::Result<Mapping> {
+        self.map_window(self.offset, self.size)
+    }
+
+    /// Maps any window `[offset, offset + len)` of the memory's file read-only, as
+    /// [`FrameMemory::map`] does (for one window over several memories of one file).
+    pub fn map_window(&self, offset: u64, len: u64) -> std::io::Result<Mapping> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.file_size)
+        {
+            return Err(std::io::Error::other(format!(
+                "window {offset}+{len} outside the {}-byte file",
+                self.file_size
+            )));
+        }
+        match &self.file {
+            Some(file) => file.map(offset, len),
+            None => Mapping::new(self.fd(), self.kind, offset, len),
+        }
     }
 }
 
@@ -429,12 +451,13 @@ impl Frame {
     pub fn memories(&self) -> &[FrameMemory] {
         &self.memories
     }
-    /// Maps every memory read-only.
+    /// Maps every memory read-only (see [`FrameMemory::map`]). The mapping may outlive the
+    /// frame and later frames: it holds what it reads.
     pub fn map(&self) -> std::io::Result<MappedFrame> {
         let maps = self
             .memories
             .iter()
-            .map(|m| Mapping::new(m.fd(), m.kind, m.offset, m.size))
+            .map(FrameMemory::map)
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(MappedFrame { maps })
     }

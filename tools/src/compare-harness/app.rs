@@ -26,7 +26,8 @@ pub(crate) fn consume_app(a: &Args) -> String {
         }
     };
     std::fs::write(&a.go, b"go").expect("go file");
-    let rec = Arc::new(Mutex::new(Record::default()));
+    // warmup= as the GStreamer consumers take it: `expected` counts without those frames.
+    let rec = Arc::new(Mutex::new(Record::with_warmup(a.warmup)));
     let mut end = "timeout";
     let mut error = String::new();
     while Instant::now() < deadline {

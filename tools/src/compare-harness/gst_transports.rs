@@ -51,7 +51,9 @@ pub(crate) fn produce_gst(a: &Args) -> String {
     // identity drop-allocation=true answers the allocation query with nothing, so
     // videotestsrc uses its own system-memory pool and the sink has to copy.
     let sink = match a.transport.as_str() {
-        "fdlink" | "fdlink-app" => format!("fdlinksink name=sink socket-path={p} sync=false"),
+        "fdlink" | "fdlink-app" | "fdlink-py" => {
+            format!("fdlinksink name=sink socket-path={p} sync=false")
+        }
         "fdlink-copy" => {
             format!(
                 "identity drop-allocation=true ! fdlinksink name=sink socket-path={p} sync=false"
