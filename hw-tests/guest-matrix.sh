@@ -31,7 +31,7 @@ for a in "$@"; do
 done
 BIN=${FDLINK_BIN_DIR:-target/debug}
 export FDLINK_IN_VM=1
-REQUIRED=udmabuf,udmabuf-app-consumer,dma-heap,vgem,v4l2src-vivid-vmalloc,v4l2src-vivid-dma-contig,v4l2fwhtdec,v4l2slh264dec,v4l2slh264dec-slow-consumer,v4l2slh264dec-app-consumer,v4l2slvp8dec,v4l2src-vivid-dma-contig-kmssink,v4l2src-vivid-vmalloc-kmssink,udmabuf-glupload
+REQUIRED=udmabuf,udmabuf-app-consumer,dma-heap,vgem,v4l2src-vivid-vmalloc,v4l2src-vivid-dma-contig,v4l2fwhtdec,v4l2slh264dec,v4l2slh264dec-slow-consumer,v4l2slh264dec-app-consumer,v4l2slvp8dec,v4l2src-vivid-dma-contig-kmssink,v4l2src-vivid-vmalloc-kmssink,udmabuf-glupload,v4l2fwhtdec-pool-size,v4l2slh264dec-pool-size
 
 modprobe -r vivid 2>/dev/null || true
 modprobe vivid n_devs=2 allocators=0,1

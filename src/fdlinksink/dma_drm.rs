@@ -1,8 +1,9 @@
 //! DMA_DRM caps (GStreamer >= 1.24: `video/x-raw(memory:DMABuf), format=DMA_DRM,
 //! drm-format=FOURCC:0xMODIFIER`) in upstream's ALLOCATION query. `VideoInfo` does not read
-//! them, so they need their own answer: the pool minimum (what consumers may hold), which a
-//! hardware decoder adds to its own surfaces, and the frame size where the modifier's layout
-//! is known. No memfd pool: a DMA_DRM producer allocates its dmabufs itself.
+//! them, so they need their own answer: the pool minimum (what a consumer usually holds, see
+//! `negotiation::upstream_pool_min`), which a hardware decoder adds to its own surfaces, and
+//! the frame size where the modifier's layout is known. No memfd pool: a DMA_DRM producer
+//! allocates its dmabufs itself.
 
 use super::CAT;
 
@@ -43,7 +44,8 @@ fn is_dma_drm(caps: &gst::CapsRef) -> bool {
 }
 
 /// For DMA_DRM `caps`: adds to `query` a pool entry without a pool, of at least `min_buffers`
-/// buffers, and returns true (the caller adds VideoMeta as for any raw video). False for
+/// buffers and no maximum (a decoder's pool that can grow grows while consumers hold more),
+/// and returns true (the caller adds VideoMeta as for any raw video). False for
 /// other caps.
 pub(super) fn propose_pool(
     element: &gst::Element,

@@ -699,8 +699,8 @@ impl BaseSinkImpl for FdlinkSink {
         &self,
         query: &mut gst::query::Allocation,
     ) -> Result<(), gst::LoggableError> {
-        // Upstream pools (decoder surfaces) must have room for what one consumer may hold
-        // without the decoder running dry; decoders add this minimum to their own needs.
+        // Decoders add this minimum to their own surfaces, which are real (often scarce)
+        // memory: it covers what a consumer usually holds, not the most it may hold.
         let min = {
             let s = self.settings.lock().unwrap();
             // The default total is for many consumers together; one holds at most max-held.
@@ -708,7 +708,7 @@ impl BaseSinkImpl for FdlinkSink {
                 Some(total) if total > 0 => total,
                 _ => s.max_held,
             };
-            (held + 1).max(POOL_MIN_BUFFERS)
+            negotiation::upstream_pool_min(held).max(POOL_MIN_BUFFERS)
         };
         negotiation::propose_allocation(self.obj().upcast_ref(), query, min);
         Ok(())

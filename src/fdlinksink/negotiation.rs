@@ -96,10 +96,26 @@ pub(super) fn consumers_caps(
     result
 }
 
+/// Buffers of upstream's pool a consumer is counted as holding in the ALLOCATION answer: the
+/// frame its sink shows and the few its pipeline's latency keeps queued (a syncing consumer
+/// holds the producer's latency in frames: 6 behind v4l2slh264dec at 30 fps in the VM).
+const USUALLY_HELD: u32 = 4;
+
+/// The pool minimum fdlinksink proposes for consumers that may hold `held` buffers (max-held,
+/// or max-held-total when set): what a consumer usually holds, capped at `held`, plus the
+/// frame being sent. Decoders add it to their own surfaces, which cost memory whether used or
+/// not, so it is not the most consumers may hold: pools that can grow (GStreamer's, the memfd
+/// pool, VA, v4l2videodec with CREATE_BUFS) grow when consumers hold more, fixed ones
+/// (v4l2codecs) make the decoder wait for a release.
+pub(super) fn upstream_pool_min(held: u32) -> u32 {
+    held.min(USUALLY_HELD) + 1
+}
+
 /// Answers upstream's ALLOCATION query: for any caps a memfd allocator (sources, encoders and
 /// parsers that allocate with `gst_buffer_new_allocate` then write into shareable memory);
-/// for raw video also a memfd pool (if upstream wants one) of at least `min_buffers` buffers,
-/// or only that minimum; VideoMeta in any case.
+/// for raw video also a memfd pool (if upstream wants one) of at least `min_buffers` buffers
+/// and no maximum, or only that minimum; VideoMeta in any case. Upstream decoders that keep
+/// their own pool (v4l2videodec) read `min_buffers` from the memfd pool's entry too.
 ///
 /// Only raw video gets a pool: a pool's buffers have one size, which the query does not carry
 /// for other caps (an audio source's block, an encoder's frame), and too small a buffer breaks
@@ -147,4 +163,19 @@ pub(super) fn propose_allocation(
         }
     }
     query.add_allocation_meta::<gst_video::VideoMeta>(None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upstream_pool_min;
+
+    /// Upstream is asked for what a consumer usually holds plus the frame being sent, never
+    /// more than max-held + 1.
+    #[test]
+    fn pool_minimum_is_small_and_bounded_by_max_held() {
+        assert_eq!(upstream_pool_min(1), 2);
+        assert_eq!(upstream_pool_min(3), 4);
+        assert_eq!(upstream_pool_min(8), 5);
+        assert_eq!(upstream_pool_min(1024), 5);
+    }
 }

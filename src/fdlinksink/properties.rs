@@ -40,7 +40,7 @@ pub(super) fn specs() -> Vec<glib::ParamSpec> {
             .build(),
         glib::ParamSpecUInt::builder("max-held")
             .nick("Max held buffers per consumer")
-            .blurb("Buffers one consumer may hold unreleased; what happens at the limit is slow-policy. Upstream is asked for pools of at least max-held + 1 buffers")
+            .blurb("Buffers one consumer may hold unreleased; what happens at the limit is slow-policy. Upstream is asked for pools of at least min(max-held, 4) + 1 buffers")
             .minimum(1)
             .maximum(1024)
             .default_value(DEFAULT_MAX_HELD)

@@ -49,7 +49,7 @@ fn allocation(sink: &gst::Element, caps: &str) -> (Vec<(bool, u32, u32, u32)>, b
     (pools, video_meta)
 }
 
-/// DMA_DRM caps get the pool minimum plain NV12 gets (it follows max-held), the frame size
+/// DMA_DRM caps get the pool minimum plain NV12 gets (min(max-held, 4) + 1), the frame size
 /// where the modifier is linear (0, unknown, where it is tiled), no memfd pool, and VideoMeta.
 #[test]
 fn allocation_query_keeps_pool_minimum_and_video_meta_for_dma_drm() {
@@ -62,7 +62,7 @@ fn allocation_query_keeps_pool_minimum_and_video_meta_for_dma_drm() {
     assert!(meta);
     assert_eq!(nv12.len(), 1, "{nv12:?}");
     let (has_pool, size, min, _) = nv12[0];
-    assert!(has_pool && size == NV12_SIZE && min >= 21, "{nv12:?}");
+    assert!(has_pool && size == NV12_SIZE && min == 5, "{nv12:?}");
 
     let (linear, meta) = allocation(&sink, LINEAR);
     assert_eq!(linear, vec![(false, NV12_SIZE, min, 0)], "linear DMA_DRM");

@@ -26,6 +26,7 @@ mod dma_drm;
 mod gl;
 mod markdown;
 mod peer_output;
+mod pool_size;
 mod procs;
 mod rows;
 mod run;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::TIMEOUT;
 
-fn peer_path() -> PathBuf {
+pub(crate) fn peer_path() -> PathBuf {
     std::env::current_exe()
         .expect("own path")
         .with_file_name("fdlink-peer")
@@ -76,7 +76,7 @@ pub(crate) fn dmabuf_syncs(trace: &Path) -> Option<usize> {
     )
 }
 
-fn spawn_cmd(cmd: &mut Command) -> Proc {
+pub(crate) fn spawn_cmd(cmd: &mut Command) -> Proc {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -34,6 +34,9 @@ pub(crate) enum Consumer {
     /// `fdlinksrc ! glupload ! glcolorconvert ! gldownload ! fakesink` on headless EGL (gl.rs):
     /// glupload must import every frame's dmabuf as EGLImages, never copy it into a texture.
     Gl,
+    /// `fdlinksrc ! queue ! fakesink sync=true` at 30 fps (pool_size.rs): the decoder must
+    /// allocate at most 3 capture buffers more than alone and never run out of them.
+    PoolSize,
 }
 
 pub(crate) enum Source {
@@ -177,6 +180,17 @@ pub(crate) fn rows() -> Vec<Row> {
             ),
         },
         Row {
+            name: "v4l2fwhtdec-pool-size",
+            consumer: Consumer::PoolSize,
+            eos_bug: Some("left undrained after CMD_STOP"),
+            // The first element is the decoder; the others make its 90-frame fixture.
+            needs_elements: &["v4l2fwhtdec", "v4l2fwhtenc", "gdppay", "gdpdepay"],
+            source: pipe(
+                "filesrc location={fixture} ! gdpdepay ! v4l2fwhtdec capture-io-mode=dmabuf ! video/x-raw,format={NV12,I420}",
+                None,
+            ),
+        },
+        Row {
             name: "v4l2slh264dec",
             consumer: Consumer::Element,
             eos_bug: None,
@@ -204,6 +218,16 @@ pub(crate) fn rows() -> Vec<Row> {
             source: pipe(
                 "filesrc location={fixture} ! h264parse ! v4l2slh264dec",
                 Some("h264-320x240.h264"),
+            ),
+        },
+        Row {
+            name: "v4l2slh264dec-pool-size",
+            consumer: Consumer::PoolSize,
+            eos_bug: None,
+            needs_elements: &["v4l2slh264dec", "x264enc", "h264parse"],
+            source: pipe(
+                "filesrc location={fixture} ! h264parse ! v4l2slh264dec",
+                None,
             ),
         },
         Row {

@@ -20,6 +20,9 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     if let Some(missing) = row.needs_elements.iter().find(|e| !element_exists(e)) {
         return Outcome::NotRun(format!("no device ({missing} not registered)"));
     }
+    if row.consumer == Consumer::PoolSize {
+        return crate::pool_size::run(row, sock_dir);
+    }
     let display = row.consumer == Consumer::Display;
     if display && let Err(why) = display::available() {
         return Outcome::NotRun(why);
