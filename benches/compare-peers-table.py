@@ -224,7 +224,9 @@ def main():
               f"once before or at its first use and never again, as a hardware decoder's "
               f"frames are not written by the CPU; frames per run "
               f"{pf_frames.get('640x480')}/{pf_frames.get('1920x1080')}/"
-              f"{pf_frames.get('3840x2160')} by size; median of {a.reps} run(s)). The raw "
+              f"{pf_frames.get('3840x2160')} by size, the first tenth of them, while "
+              f"upstream's pool grows to its working size, sent but not counted; median of "
+              f"{a.reps} run(s)). The raw "
               f"row is the one above (it has no GStreamer source).")
         print()
         pf_rows = [r for r in rows("throughput-prefilled", tp_cells_of("throughput-prefilled"))

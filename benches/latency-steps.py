@@ -13,7 +13,8 @@ entries, recvmsg exits, wake-ups and switches of every thread), `producer.pid` a
   t4  its first recvmsg returned after t3 with bytes (the packet read),
 and the steps are t1-t0 ... t5-t4; a frame whose consumer thread was already running (no
 wake-up between t1 and t4) counts its wake-up steps as 0. Prints each step's median, the
-median of the whole, and how many frames were matched.
+median of the whole, the consumer's wake-ups per frame (its threads switched in over the
+run), and how many frames were matched.
 """
 import bisect
 import re
@@ -38,6 +39,8 @@ def events(data, producer, consumer):
     sends, wakes, recvs = [], defaultdict(list), defaultdict(list)
     switches_in = defaultdict(list)
     consumer_tids = set()
+    # Every thread of the consumer: those that ran (switched out) while recorded.
+    threads = set()
     for line in out.splitlines():
         m = LINE.match(line)
         if not m:
@@ -55,10 +58,12 @@ def events(data, producer, consumer):
             if w:
                 wakes[int(w[1])].append(t)
         elif ev == "sched:sched_switch":
+            if pid == consumer:
+                threads.add(tid)
             s = re.search(r"next_pid=(\d+)", trace)
             if s:
                 switches_in[int(s[1])].append(t)
-    return sorted(sends), wakes, switches_in, recvs, consumer_tids
+    return sorted(sends), wakes, switches_in, recvs, consumer_tids, threads
 
 
 def first_at_or_after(times, t):
@@ -74,7 +79,8 @@ def last_before(times, t):
 def steps_of(d):
     producer = int(open(f"{d}/producer.pid").read())
     consumer = int(open(f"{d}/consumer.pid").read())
-    sends, wakes, switches_in, recvs, tids = events(f"{d}/trace.data", producer, consumer)
+    sends, wakes, switches_in, recvs, tids, threads = events(
+        f"{d}/trace.data", producer, consumer)
     frames = []
     for line in open(f"{d}/samples.txt"):
         if line.startswith("#"):
@@ -104,7 +110,14 @@ def steps_of(d):
         for name, a, b in STEPS:
             per_step[name].append((ts[b] - ts[a]) / 1000)
         totals.append((t5 - t0) / 1000)
-    return per_step, totals, len(frames)
+    # The consumer's wake-ups: its threads switched in, from the first frame's stamp to the
+    # last one's arrival, per frame.
+    wakeups = 0.0
+    if len(frames) > 1:
+        a, b = frames[0][0], frames[-1][1]
+        n = sum(1 for tid in threads for t in switches_in[tid] if a <= t <= b)
+        wakeups = n / len(frames)
+    return per_step, totals, len(frames), wakeups
 
 
 def main():
@@ -117,14 +130,15 @@ def main():
     names = list(runs)
     cols = {}
     for name in names:
-        per_step, totals, n = defaultdict(list), [], 0
+        per_step, totals, n, wakes = defaultdict(list), [], 0, []
         for d in runs[name]:
-            p, t, f = steps_of(d)
+            p, t, f, w = steps_of(d)
             for k, v in p.items():
                 per_step[k] += v
             totals += t
             n += f
-        cols[name] = (per_step, totals, n)
+            wakes.append(w)
+        cols[name] = (per_step, totals, n, sum(wakes) / len(wakes))
     print("\n**One-way latency by step**, median µs over the matched frames\n")
     print("| step | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
@@ -134,6 +148,8 @@ def main():
             for n in names) + " |")
     print("| **stamp to probe (p50)** | " + " | ".join(
         f"**{statistics.median(cols[n][1]):.1f}**" if cols[n][1] else "-" for n in names) + " |")
+    print("| consumer wake-ups per frame (its threads switched in) | " + " | ".join(
+        f"{cols[n][3]:.2f}" for n in names) + " |")
     print("| frames matched / traced | " + " | ".join(
         f"{len(cols[n][1])}/{cols[n][2]}" for n in names) + " |")
 

@@ -18,14 +18,16 @@ GST_LIBS = ("libgstreamer", "libgstbase", "libglib", "libgobject", "libgstvideo"
             "libgstallocators", "libgstcoreelements", "libgstvideotestsrc", "libgstapp")
 
 
-def step(side, comm, dso, sym):
-    """The step a sample belongs to (a short name), by who ran it and where."""
+def step(side, comm, dso, sym, threaded):
+    """The step a sample belongs to (a short name), by who ran it and where. `threaded`: the
+    process has a GStreamer streaming thread, so its main thread only waits (the raw baseline
+    and the application consumer do everything on the main thread)."""
     kernel = dso == "[kernel.kallsyms]"
     if comm.startswith("fdlinksrc-read"):
         return "fdlinksrc's reader thread (its timed looks)"
     if comm.startswith("fdlinksink-ctl"):
         return "fdlinksink's control thread (reads the releases)"
-    if comm == "compare-harness" or comm.startswith("pool"):
+    if threaded and (comm == "compare-harness" or comm.startswith("pool")):
         return "the harness's main thread"
     if kernel:
         if any(k in sym for k in ("unix_stream", "unix_dgram", "unix_seqpacket", "skb", "sock_", "scm_",
@@ -40,7 +42,7 @@ def step(side, comm, dso, sym):
                               or "videotestsrc" in dso or "orc" in dso):
         return "source (videotestsrc fills the frame)"
     if "compare-harness" in dso or "compare_harness" in sym:
-        return "harness probe (stamp)"
+        return "the harness binary (raw: its own code; fdlink-app: fdlink::consumer)" if not threaded else "harness probe (stamp)"
     if "libgstfdlink" in dso or "fdlink" in sym:
         if side == "produce":
             return "fdlink (hub, policy, packet, send)"
@@ -120,8 +122,9 @@ def main():
             counts = steps(f"{d}/{f}.data", a.time)
             total = sum(counts.values()) or 1
             per = defaultdict(int)
+            threaded = any(comm.endswith(":src") for comm, _, _ in counts)
             for (comm, dso, sym), n in counts.items():
-                per[step(side, comm, dso, sym)] += n
+                per[step(side, comm, dso, sym, threaded)] += n
             cpu[(name, side)] = r["cpu_us_per_frame"]
             for s, n in per.items():
                 table[(side, s)][name] = n / total * r["cpu_us_per_frame"]
