@@ -180,7 +180,7 @@ def main():
             # Counted before the release, as app.rs drops its frame after the count.
             rec.consumed(header)
             frame.release()
-            if rec.frames == a["frames"]:
+            if rec.frames == max(a["frames"] - a["warmup"], 0):
                 end = "all"
                 break
     except fdlink.Error as e:

@@ -39,7 +39,7 @@ pub(crate) fn consume_app(a: &Args) -> String {
                 });
                 let mut r = rec.lock().unwrap();
                 r.consumed(header);
-                if r.frames == a.frames {
+                if r.frames == a.counted_frames() {
                     end = "all";
                     break;
                 }

@@ -26,7 +26,7 @@ use std::process::Command;
 use crate::peer_output::frames;
 use crate::procs::{Proc, peer_path, spawn, spawn_cmd};
 use crate::rows::{Row, Source};
-use crate::run::Outcome;
+use crate::run::{Outcome, peers_failed};
 
 /// Capture buffers the decoder may allocate through fdlink beyond what it allocates alone.
 const MAX_EXTRA: u64 = 3;
@@ -285,18 +285,8 @@ pub(crate) fn run(row: &Row, sock_dir: &Path) -> Outcome {
     );
     let (p_ok, p_out, p_err) = producer.finish();
     let (c_ok, c_out, c_err) = consumer.finish();
-    if !p_ok || !c_ok {
-        let first = |e: &str| {
-            e.lines()
-                .find(|l| l.starts_with("error"))
-                .unwrap_or("")
-                .to_string()
-        };
-        return Outcome::Fail(format!(
-            "producer ok={p_ok} consumer ok={c_ok}: {} {}",
-            first(&p_err),
-            first(&c_err)
-        ));
+    if let Some(failed) = peers_failed((p_ok, &p_err), (c_ok, &c_err)) {
+        return failed;
     }
     let linked = match usage(decoder, &trace, &p_err) {
         Ok(u) => u,

@@ -16,6 +16,28 @@ pub(crate) enum Outcome {
     NotRun(String),
 }
 
+/// A failure naming each side's exit and its first `error` line (its whole stderr when it
+/// has none), unless both producer and consumer (`(exited ok, stderr)`) succeeded.
+pub(crate) fn peers_failed(
+    (p_ok, p_err): (bool, &str),
+    (c_ok, c_err): (bool, &str),
+) -> Option<Outcome> {
+    if p_ok && c_ok {
+        return None;
+    }
+    let first = |e: &str| {
+        e.lines()
+            .find(|l| l.starts_with("error"))
+            .unwrap_or(e)
+            .to_string()
+    };
+    Some(Outcome::Fail(format!(
+        "producer ok={p_ok} consumer ok={c_ok}: {} {}",
+        first(p_err),
+        first(c_err)
+    )))
+}
+
 pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     if let Some(missing) = row.needs_elements.iter().find(|e| !element_exists(e)) {
         return Outcome::NotRun(format!("no device ({missing} not registered)"));
@@ -203,18 +225,8 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     let producer = spawn(&producer_args);
     let (p_ok, p_out, p_err) = producer.finish();
     let (c_ok, c_out, c_err) = consumer.finish();
-    if !p_ok || !c_ok {
-        let first = |e: &str| {
-            e.lines()
-                .find(|l| l.starts_with("error"))
-                .unwrap_or(e)
-                .to_string()
-        };
-        return Outcome::Fail(format!(
-            "producer ok={p_ok} consumer ok={c_ok}: {} {}",
-            first(&p_err),
-            first(&c_err)
-        ));
+    if let Some(failed) = peers_failed((p_ok, &p_err), (c_ok, &c_err)) {
+        return failed;
     }
     let sent = frames(&p_out);
     let got = frames(&c_out);
