@@ -344,12 +344,18 @@ fn two_consumers_each_get_every_frame() {
     let n = 40;
     // Non-live, and the producer waits for a consumer: start both consumers first, and let
     // the producer wait until both are in (it polls num-clients through its stats).
+    // Downstream holds at most 3 frames (2 queued, 1 in the sink, which keeps no last
+    // sample), under the consumer's hold budget of 4 (half the default max-held), so no frame
+    // is copied out and every one arrives in its producer's file; a longer queue fills up
+    // under load and makes copies.
     let consumers: Vec<Peer> = (0..2)
         .map(|_| {
             Peer::spawn(&[
                 "consume",
                 "--frames-log",
-                &format!("fdlinksrc socket-path={sock} timeout=30000 ! queue ! fakesink"),
+                &format!(
+                    "fdlinksrc socket-path={sock} timeout=30000 ! queue max-size-buffers=2 ! fakesink enable-last-sample=false"
+                ),
             ])
         })
         .collect();
