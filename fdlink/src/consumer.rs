@@ -263,11 +263,8 @@ impl Consumer {
         }
         let mut memories = Vec::with_capacity(header.memories.len());
         for m in &header.memories {
-            let (fd, file, file_size) = if m.fd_index == FD_REGISTERED {
-                let r = self
-                    .registered
-                    .get(m.file_id)
-                    .ok_or(ImportError::UnknownFile { id: m.file_id })?;
+            let file = if m.fd_index == FD_REGISTERED {
+                let r = self.registered.get(m.file_id)?;
                 if r.kind != m.kind {
                     return Err(ImportError::RegisteredKind {
                         id: m.file_id,
@@ -280,31 +277,29 @@ impl Consumer {
                     r.size,
                     [(m.offset, m.size)].into_iter(),
                 )?;
-                (r.fd.clone(), Some(r.clone()), r.size)
+                MemoryFile::Registered(r.clone())
             } else {
                 let (fd, size) = files[usize::from(m.fd_index)]
                     .clone()
                     .expect("the decoder checks fd indices");
-                let file = match self.registered.get(m.file_id) {
-                    _ if m.file_id == 0 => None,
+                match self.registered.get(m.file_id) {
+                    _ if m.file_id == 0 => MemoryFile::Once { fd, size },
                     // Memories sharing the fd register it once; another fd under its id is
                     // refused.
-                    Some(r) if !Arc::ptr_eq(&r.fd, &fd) => {
+                    Ok(r) if !Arc::ptr_eq(&r.fd, &fd) => {
                         return Err(ImportError::RegisteredTwice { id: m.file_id });
                     }
-                    Some(r) => Some(r.clone()),
-                    None => Some(
+                    Ok(r) => MemoryFile::Registered(r.clone()),
+                    Err(_) => MemoryFile::Registered(
                         self.registered
-                            .insert(m.file_id, fd.clone(), m.kind, size)?,
+                            .insert(m.file_id, Arc::new(RegisteredFile::new(fd, m.kind, size)))?
+                            .clone(),
                     ),
-                };
-                (fd, file, size)
+                }
             };
             memories.push(FrameMemory {
                 kind: m.kind,
-                fd,
                 file,
-                file_size,
                 offset: m.offset,
                 size: m.size,
             });
@@ -348,20 +343,35 @@ fn time(ns: u64) -> Option<Duration> {
 #[derive(Clone)]
 pub struct FrameMemory {
     pub kind: MemoryKind,
-    fd: Arc<OwnedFd>,
-    /// The registered file the fd is, with its shared mapping; None for a file sent with
-    /// this frame only.
-    file: Option<Arc<RegisteredFile>>,
-    /// The file's size when checked: no window past it is mapped.
-    file_size: u64,
+    file: MemoryFile,
     pub offset: u64,
     pub size: u64,
+}
+
+/// The file a frame's memory is a window of.
+#[derive(Clone)]
+enum MemoryFile {
+    /// A file the producer registered, with its shared mapping.
+    Registered(Arc<RegisteredFile>),
+    /// A file sent with this frame only, and its size when checked.
+    Once { fd: Arc<OwnedFd>, size: u64 },
 }
 
 impl FrameMemory {
     /// The file (a sealed memfd, or a dmabuf of the producer's device).
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        match &self.file {
+            MemoryFile::Registered(file) => file.fd.as_fd(),
+            MemoryFile::Once { fd, .. } => fd.as_fd(),
+        }
+    }
+
+    /// The file's size when checked: no window past it is mapped.
+    fn file_size(&self) -> u64 {
+        match &self.file {
+            MemoryFile::Registered(file) => file.size,
+            MemoryFile::Once { size, .. } => *size,
+        }
     }
 
     /// Maps the memory read-only: a window of its file's mapping when the producer
@@ -374,18 +384,15 @@ impl FrameMemory {
     /// Maps any window `[offset, offset + len)` of the memory's file read-only, as
     /// [`FrameMemory::map`] does (for one window over several memories of one file).
     pub fn map_window(&self, offset: u64, len: u64) -> std::io::Result<Mapping> {
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.file_size)
-        {
+        let file_size = self.file_size();
+        if offset.checked_add(len).is_none_or(|end| end > file_size) {
             return Err(std::io::Error::other(format!(
-                "window {offset}+{len} outside the {}-byte file",
-                self.file_size
+                "window {offset}+{len} outside the {file_size}-byte file"
             )));
         }
         match &self.file {
-            Some(file) => file.map(offset, len),
-            None => Mapping::new(self.fd(), self.kind, offset, len),
+            MemoryFile::Registered(file) => file.map(offset, len),
+            MemoryFile::Once { fd, .. } => Mapping::new(fd.as_fd(), self.kind, offset, len),
         }
     }
 }

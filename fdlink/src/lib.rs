@@ -23,6 +23,7 @@ pub mod peer_check;
 pub mod pending;
 pub mod producer;
 pub mod protocol;
+pub mod registered_files;
 pub mod structure_limits;
 pub mod transport;
 pub mod warning_gate;

@@ -146,7 +146,7 @@ fuzz_target!(|data: &[u8]| {
                 buffers.push(buffer);
             }
             Ok(Packet::Retire { file_ids }) => {
-                let _ = table.retire(&file_ids);
+                let _ = file_ids.iter().try_for_each(|&id| table.retire(id));
             }
             _ => {}
         }

@@ -332,7 +332,7 @@ impl Link {
                     file_ids.len(),
                     reader.files.len()
                 );
-                if let Err(e) = reader.files.retire(&file_ids) {
+                if let Err(e) = file_ids.iter().try_for_each(|&id| reader.files.retire(id)) {
                     let msg = format!("malformed packet: {e}");
                     self.conn.send_error(&msg);
                     return Some(Inbound::Failed(msg));

@@ -2,13 +2,12 @@
 //! when it arrives and kept with a pool of recycled memories (views, see [`super::views`]),
 //! which every buffer packet naming it shares.
 
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use super::ImportError;
 use super::views::{FileFd, ViewPool};
-use fdlink::protocol::{MAX_REGISTERED_FILES, MemoryKind};
+use fdlink::protocol::MemoryKind;
+use fdlink::registered_files::{RegisteredFiles, Retire};
 
 /// A file the producer registered: checked once, its memories recycled (see
 /// [`super::views`]).
@@ -29,67 +28,26 @@ pub enum FrameFile {
     Registered(RegisteredFile),
 }
 
+impl Retire for RegisteredFile {
+    /// Closes the idle views, and with the last of them the fd (buffers that use the file
+    /// keep it until freed).
+    fn retire(&self) {
+        self.views.close();
+    }
+}
+
 /// The files one producer registered with this consumer.
-#[derive(Debug, Default)]
-pub struct FileTable {
-    files: HashMap<u32, RegisteredFile>,
-}
-
-impl FileTable {
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
-    pub(super) fn get(&self, id: u32) -> Result<&RegisteredFile, ImportError> {
-        self.files.get(&id).ok_or(ImportError::UnknownFile { id })
-    }
-
-    pub(super) fn insert(&mut self, id: u32, file: RegisteredFile) -> Result<(), ImportError> {
-        if self.files.contains_key(&id) {
-            return Err(ImportError::RegisteredTwice { id });
-        }
-        if self.files.len() >= MAX_REGISTERED_FILES {
-            return Err(ImportError::TooManyFiles {
-                max: MAX_REGISTERED_FILES,
-            });
-        }
-        self.files.insert(id, file);
-        Ok(())
-    }
-
-    /// Closes the files registered under `ids` (buffers that use them keep them until freed).
-    pub fn retire(&mut self, ids: &[u32]) -> Result<(), ImportError> {
-        for &id in ids {
-            self.files
-                .remove(&id)
-                .ok_or(ImportError::RetiredUnknown { id })?
-                .views
-                .close();
-        }
-        Ok(())
-    }
-}
-
-impl Drop for FileTable {
-    fn drop(&mut self) {
-        for file in self.files.values() {
-            file.views.close();
-        }
-    }
-}
+pub type FileTable = RegisteredFiles<RegisteredFile>;
 
 #[cfg(test)]
 mod tests {
     use std::os::fd::{AsFd, BorrowedFd};
 
     use super::super::tests::{desc, header, unsealed_memfd};
-    use super::super::{Importer, ReleaseTokens, create_sealed_memfd};
+    use super::super::{ImportError, Importer, ReleaseTokens, create_sealed_memfd};
     use super::*;
     use crate::test_support::{fd_lock, open_fds};
+    use fdlink::protocol::MAX_REGISTERED_FILES;
     use fdlink::protocol::{FD_REGISTERED, MemoryDesc, PacketFds};
     use std::sync::Mutex;
 
@@ -137,7 +95,7 @@ mod tests {
         assert_eq!(open_fds(), before + 1, "one fd for the registered file");
 
         // Retired while buffers still use it: the fd stays until they go.
-        table.retire(&[5]).unwrap();
+        table.retire(5).unwrap();
         assert!(table.is_empty());
         assert_eq!(open_fds(), before + 1);
         drop((first, second));
@@ -227,7 +185,7 @@ mod tests {
 
         // Retired: the idle views go, and with them the fd.
         assert_eq!(open_fds(), before + 1);
-        table.retire(&[5]).unwrap();
+        table.retire(5).unwrap();
         assert_eq!(views.idle(), 0);
         assert_eq!(open_fds(), before, "fd closed at retire");
     }
@@ -305,7 +263,7 @@ mod tests {
             ImportError::NotSealed { index: 0 }
         );
         assert_eq!(
-            table.retire(&[9]).unwrap_err(),
+            table.retire(9).unwrap_err(),
             ImportError::RetiredUnknown { id: 9 }
         );
         // The table holds MAX_REGISTERED_FILES files at most.

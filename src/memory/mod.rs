@@ -371,7 +371,7 @@ impl Importer {
                 fd: views::FileFd::new(fd),
                 views: views::ViewPool::new(),
             };
-            table.insert(id, file.clone())?;
+            let file = table.insert(id, file)?.clone();
             files.push(FrameFile::Registered(file));
         }
         // Memories by id: their file after the packet's own, once per id.

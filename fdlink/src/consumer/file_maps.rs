@@ -8,13 +8,12 @@
 //! them. Mappings are bounded by the table: one per registered file (at most
 //! `MAX_REGISTERED_FILES`), plus retired ones that mapped frames still hold.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::fdkind::ImportError;
 use crate::mapping::{Mapping, Region};
-use crate::protocol::{MAX_REGISTERED_FILES, MemoryKind};
+use crate::protocol::MemoryKind;
+use crate::registered_files::{RegisteredFiles, Retire};
 
 /// A file the producer registered with this consumer, shared by the table and the frames
 /// that use it.
@@ -35,6 +34,15 @@ enum Cached {
 }
 
 impl RegisteredFile {
+    pub(super) fn new(fd: Arc<OwnedFd>, kind: MemoryKind, size: u64) -> RegisteredFile {
+        RegisteredFile {
+            fd,
+            kind,
+            size,
+            region: Mutex::new(Cached::Unmapped),
+        }
+    }
+
     /// Maps the window `[offset, offset + len)` (checked against the file when the frame
     /// came) read-only, from the file's shared mapping.
     pub(super) fn map(&self, offset: u64, len: u64) -> std::io::Result<Mapping> {
@@ -61,11 +69,6 @@ impl RegisteredFile {
         }
     }
 
-    /// Drops the table's hold on the mapping: it goes with the last mapped frame using it.
-    fn retire(&self) {
-        *self.lock() = Cached::Retired;
-    }
-
     fn lock(&self) -> MutexGuard<'_, Cached> {
         // A panic while the lock was held left a valid state behind (each arm assigns once).
         self.region.lock().unwrap_or_else(|e| e.into_inner())
@@ -81,56 +84,12 @@ impl RegisteredFile {
     }
 }
 
+impl Retire for RegisteredFile {
+    /// Drops the table's hold on the mapping: it goes with the last mapped frame using it.
+    fn retire(&self) {
+        *self.lock() = Cached::Retired;
+    }
+}
+
 /// The files one producer registered with this consumer.
-#[derive(Default)]
-pub(super) struct FileTable {
-    files: HashMap<u32, Arc<RegisteredFile>>,
-}
-
-impl FileTable {
-    pub(super) fn get(&self, id: u32) -> Option<&Arc<RegisteredFile>> {
-        self.files.get(&id)
-    }
-
-    /// Registers `fd` under `id` (not registered yet).
-    pub(super) fn insert(
-        &mut self,
-        id: u32,
-        fd: Arc<OwnedFd>,
-        kind: MemoryKind,
-        size: u64,
-    ) -> Result<Arc<RegisteredFile>, ImportError> {
-        if self.files.len() >= MAX_REGISTERED_FILES {
-            return Err(ImportError::TooManyFiles {
-                max: MAX_REGISTERED_FILES,
-            });
-        }
-        let file = Arc::new(RegisteredFile {
-            fd,
-            kind,
-            size,
-            region: Mutex::new(Cached::Unmapped),
-        });
-        self.files.insert(id, file.clone());
-        Ok(file)
-    }
-
-    /// Forgets the file registered under `id`; frames that use it keep it until they go.
-    pub(super) fn retire(&mut self, id: u32) -> Result<(), ImportError> {
-        let file = self
-            .files
-            .remove(&id)
-            .ok_or(ImportError::RetiredUnknown { id })?;
-        file.retire();
-        Ok(())
-    }
-}
-
-impl Drop for FileTable {
-    fn drop(&mut self) {
-        // Frames outliving the consumer keep only the mappings they use.
-        for file in self.files.values() {
-            file.retire();
-        }
-    }
-}
+pub(super) type FileTable = RegisteredFiles<Arc<RegisteredFile>>;

@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use super::{Consumer, Frame, Poll};
+use super::{Consumer, Frame, MemoryFile, Poll};
 use crate::endpoint;
 use crate::fdkind::create_sealed_memfd;
 use crate::protocol::{BufferHeader, FD_REGISTERED, MemoryDesc, MemoryKind, Packet};
@@ -90,7 +90,9 @@ fn frames_of_a_registered_file_share_one_mapping() {
         at + 4,
         "the same mapping, not a new one"
     );
-    let file = two.memories()[0].file.clone().unwrap();
+    let MemoryFile::Registered(file) = two.memories()[0].file.clone() else {
+        panic!("a registered file");
+    };
     assert_eq!(file.region_addr(), Some(at - 4096));
     // Any window of the file, from the same mapping; none past its end.
     let m = &two.memories()[0];
@@ -154,7 +156,7 @@ fn files_sent_with_one_frame_are_mapped_per_frame() {
     let fd = file(name);
     send(&producer, 1, 0, Some(&fd), 4096);
     let frame = next(&mut consumer);
-    assert!(frame.memories()[0].file.is_none());
+    assert!(matches!(frame.memories()[0].file, MemoryFile::Once { .. }));
     let mapped = frame.map().unwrap();
     assert_eq!(mapped.bytes().as_ref(), b"abcd");
     assert_eq!(mappings_of(name), 1);
