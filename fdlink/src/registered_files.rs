@@ -7,6 +7,7 @@
 //! still use a retired file keep it until they go.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use crate::fdkind::ImportError;
@@ -38,12 +39,6 @@ impl<F: Retire> Default for RegisteredFiles<F> {
     }
 }
 
-impl<F: Retire + std::fmt::Debug> std::fmt::Debug for RegisteredFiles<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.files.iter()).finish()
-    }
-}
-
 impl<F: Retire> RegisteredFiles<F> {
     pub fn len(&self) -> usize {
         self.files.len()
@@ -60,15 +55,14 @@ impl<F: Retire> RegisteredFiles<F> {
 
     /// Registers `file` under `id`, which must not be registered already, within the bound.
     pub fn insert(&mut self, id: u32, file: F) -> Result<&F, ImportError> {
-        if self.files.contains_key(&id) {
-            return Err(ImportError::RegisteredTwice { id });
-        }
-        if self.files.len() >= MAX_REGISTERED_FILES {
-            return Err(ImportError::TooManyFiles {
+        let full = self.files.len() >= MAX_REGISTERED_FILES;
+        match self.files.entry(id) {
+            Entry::Occupied(_) => Err(ImportError::RegisteredTwice { id }),
+            Entry::Vacant(_) if full => Err(ImportError::TooManyFiles {
                 max: MAX_REGISTERED_FILES,
-            });
+            }),
+            Entry::Vacant(slot) => Ok(slot.insert(file)),
         }
-        Ok(self.files.entry(id).or_insert(file))
     }
 
     /// Retires the file registered under `id`.
