@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::peer_output::leaked;
-use crate::procs::{Proc, spawn_env};
+use crate::procs::{Proc, first_error, spawn_env};
 
 /// What the consumer runs after its fdlinksrc: gldownload gives the frames back to the CPU
 /// after the import, so fakesink needs no GL, and no window is opened.
@@ -71,10 +71,7 @@ pub(crate) fn reference() -> Result<Vec<String>, String> {
     ];
     let (ok, out, err) = spawn(&args).finish();
     if !ok {
-        let why = err
-            .lines()
-            .find(|l| l.starts_with("error"))
-            .unwrap_or("it exited with an error");
+        let why = first_error(&err).unwrap_or("it exited with an error");
         return Err(format!("GL fails on its own, without fdlink: {why}"));
     }
     Ok(leaked(&out).unwrap_or_default())

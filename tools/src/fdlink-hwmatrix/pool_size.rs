@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::peer_output::frames;
-use crate::procs::{Proc, peer_path, spawn, spawn_cmd};
+use crate::procs::{Proc, first_error, spawn, spawn_ioctl_traced};
 use crate::rows::{Row, Source};
 use crate::run::{Outcome, peers_failed};
 
@@ -166,15 +166,15 @@ fn videodec_ran_out(log: &str) -> Option<(usize, i64)> {
     Some((left.iter().filter(|&&n| n == 0).count(), fewest))
 }
 
-/// `fdlink-peer ARGS` under strace, logging `DEBUG` on stderr.
+/// `fdlink-peer ARGS` under strace, its ioctls' arguments decoded (`-v`), logging `DEBUG` on
+/// stderr.
 fn spawn_counted(args: &[String], trace: &Path) -> Proc {
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-v", "-e", "trace=ioctl", "-o"])
-        .arg(trace)
-        .arg(peer_path())
-        .args(args)
-        .envs([("GST_DEBUG", DEBUG), ("GST_DEBUG_NO_COLOR", "1")]);
-    spawn_cmd(&mut cmd)
+    spawn_ioctl_traced(
+        args,
+        trace,
+        &["-v"],
+        &[("GST_DEBUG", DEBUG), ("GST_DEBUG_NO_COLOR", "1")],
+    )
 }
 
 /// The usage of a finished traced run.
@@ -253,7 +253,7 @@ pub(crate) fn run(row: &Row, sock_dir: &Path) -> Outcome {
     if !r_ok {
         return Outcome::NotRun(format!(
             "the decoder fails on its own, without fdlink: {}",
-            r_err.lines().find(|l| l.starts_with("error")).unwrap_or("")
+            first_error(&r_err).unwrap_or("")
         ));
     }
     let reference = match usage(decoder, &ref_trace, &r_err) {

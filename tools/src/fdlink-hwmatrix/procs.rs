@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::TIMEOUT;
 
-pub(crate) fn peer_path() -> PathBuf {
+fn peer_path() -> PathBuf {
     std::env::current_exe()
         .expect("own path")
         .with_file_name("fdlink-peer")
@@ -57,12 +57,31 @@ pub(crate) fn spawn_traced(args: &[String], trace: &Path) -> Proc {
     if Command::new("strace").arg("-V").output().is_err() {
         return spawn(args);
     }
+    spawn_ioctl_traced(args, trace, &["--seccomp-bpf"], &[])
+}
+
+/// A peer under `strace -f -e trace=ioctl` and `strace_args`, its log in `trace`, with extra
+/// environment variables.
+pub(crate) fn spawn_ioctl_traced(
+    args: &[String],
+    trace: &Path,
+    strace_args: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let mut cmd = Command::new("strace");
-    cmd.args(["-f", "--seccomp-bpf", "-qq", "-e", "trace=ioctl", "-o"])
+    cmd.args(["-f", "-qq", "-e", "trace=ioctl"])
+        .args(strace_args)
+        .arg("-o")
         .arg(trace)
         .arg(peer_path())
-        .args(args);
+        .args(args)
+        .envs(env.iter().copied());
     spawn_cmd(&mut cmd)
+}
+
+/// The first `error` line of a peer's stderr (fdlink-peer prints the bus's error that way).
+pub(crate) fn first_error(stderr: &str) -> Option<&str> {
+    stderr.lines().find(|l| l.starts_with("error"))
 }
 
 /// DMA_BUF_IOCTL_SYNC calls in an strace log (strace 6.1 names the ioctl but does not decode
@@ -76,7 +95,7 @@ pub(crate) fn dmabuf_syncs(trace: &Path) -> Option<usize> {
     )
 }
 
-pub(crate) fn spawn_cmd(cmd: &mut Command) -> Proc {
+fn spawn_cmd(cmd: &mut Command) -> Proc {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

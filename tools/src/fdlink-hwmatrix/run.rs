@@ -7,7 +7,7 @@ use crate::display;
 use crate::dma_drm;
 use crate::gl;
 use crate::peer_output::{early_eos_note, frames, leaked, minus, stat};
-use crate::procs::{dmabuf_syncs, fixtures_dir, spawn, spawn_traced};
+use crate::procs::{dmabuf_syncs, first_error, fixtures_dir, spawn, spawn_traced};
 use crate::rows::{Consumer, Device, Row, Source, element_exists, vivid_node};
 
 pub(crate) enum Outcome {
@@ -25,12 +25,7 @@ pub(crate) fn peers_failed(
     if p_ok && c_ok {
         return None;
     }
-    let first = |e: &str| {
-        e.lines()
-            .find(|l| l.starts_with("error"))
-            .unwrap_or(e)
-            .to_string()
-    };
+    let first = |e| first_error(e).unwrap_or(e);
     Some(Outcome::Fail(format!(
         "producer ok={p_ok} consumer ok={c_ok}: {} {}",
         first(p_err),
@@ -194,17 +189,13 @@ pub(crate) fn run_row(row: &Row, sock_dir: &Path) -> Outcome {
     // The source alone first: a decoder that fails without fdlink is not fdlink's failure.
     let reference = reference_args.map(|args| spawn(&args).finish());
     if let Some((false, r_out, r_err)) = &reference {
-        let why = r_err
-            .lines()
-            .find(|l| l.starts_with("error"))
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                if r_out.iter().any(|l| l.starts_with("frame ")) {
-                    "it crashed after decoding some frames".into()
-                } else {
-                    "it crashed before decoding a frame".into()
-                }
-            });
+        let why = first_error(r_err).map(str::to_string).unwrap_or_else(|| {
+            if r_out.iter().any(|l| l.starts_with("frame ")) {
+                "it crashed after decoding some frames".into()
+            } else {
+                "it crashed before decoding a frame".into()
+            }
+        });
         return Outcome::NotRun(format!(
             "the source fails on its own, without fdlink: {why}"
         ));
